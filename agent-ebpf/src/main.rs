@@ -1,0 +1,150 @@
+//! Wattson's stack sampler: a `perf_event` program attached to a timer event on every CPU.
+//!
+//! Each sample is aggregated in the kernel under (tgid, pid, cpu, user stack, kernel stack) in
+//! one of two buffers, picked by `CONFIG[CONFIG_ACTIVE]`, so user space drains the idle buffer
+//! while this program keeps writing the other. Everything that cannot be recorded is counted.
+//! On a host build this file compiles to an empty binary so the workspace stays buildable.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+mod sampler {
+    use aya_ebpf::{
+        EbpfContext,
+        bindings::BPF_F_USER_STACK,
+        helpers::bpf_get_smp_processor_id,
+        macros::{map, perf_event},
+        maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+        programs::{PerfEventContext, tracing::StackIdContext as _},
+    };
+    use wattson_agent_ebpf::{
+        CONFIG_ACTIVE, CONFIG_LEN, CONFIG_TGID_FILTER, COUNTER_FILTERED, COUNTER_KERNEL_STACK_ERR,
+        COUNTER_LEN, COUNTER_MAP_FULL, COUNTER_RINGBUF_FULL, COUNTER_SAMPLES,
+        COUNTER_USER_STACK_ERR, DEFAULT_MAP_ENTRIES, NEW_PROCESS_RING_BYTES, NewProcess, SampleKey,
+    };
+
+    const EFAULT: i32 = 14;
+    const EEXIST: i32 = 17;
+    const BPF_NOEXIST: u64 = 1;
+
+    #[map]
+    static COUNTS_0: HashMap<SampleKey, u64> = HashMap::with_max_entries(DEFAULT_MAP_ENTRIES, 0);
+    #[map]
+    static COUNTS_1: HashMap<SampleKey, u64> = HashMap::with_max_entries(DEFAULT_MAP_ENTRIES, 0);
+    #[map]
+    static STACKS_0: StackTrace = StackTrace::with_max_entries(DEFAULT_MAP_ENTRIES, 0);
+    #[map]
+    static STACKS_1: StackTrace = StackTrace::with_max_entries(DEFAULT_MAP_ENTRIES, 0);
+    #[map]
+    static CONFIG: Array<u64> = Array::with_max_entries(CONFIG_LEN, 0);
+    #[map]
+    static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_LEN, 0);
+    #[map]
+    static NEW_PROCESSES: RingBuf = RingBuf::with_byte_size(NEW_PROCESS_RING_BYTES, 0);
+    #[map]
+    static SEEN: LruHashMap<u32, u8> = LruHashMap::with_max_entries(DEFAULT_MAP_ENTRIES, 0);
+
+    #[inline(always)]
+    fn bump(slot: u32) {
+        if let Some(v) = COUNTERS.get_ptr_mut(slot) {
+            // SAFETY: per-CPU slot, only this CPU's program touches it and programs do not nest.
+            unsafe { *v += 1 };
+        }
+    }
+
+    #[inline(always)]
+    fn config(slot: u32) -> u64 {
+        CONFIG.get(slot).copied().unwrap_or(0)
+    }
+
+    #[perf_event]
+    pub fn wattson_sample(ctx: PerfEventContext) -> u32 {
+        sample(&ctx);
+        0
+    }
+
+    #[inline(always)]
+    fn sample(ctx: &PerfEventContext) {
+        bump(COUNTER_SAMPLES);
+        let tgid = ctx.tgid();
+        let filter = config(CONFIG_TGID_FILTER);
+        if filter != 0 && u64::from(tgid) != filter {
+            bump(COUNTER_FILTERED);
+            return;
+        }
+        let active = config(CONFIG_ACTIVE) & 1;
+        let (counts, stacks) = if active == 0 {
+            (&COUNTS_0, &STACKS_0)
+        } else {
+            (&COUNTS_1, &STACKS_1)
+        };
+
+        let user_stack_id = match ctx.get_stackid(stacks, u64::from(BPF_F_USER_STACK)) {
+            Ok(id) => id as i32,
+            Err(e) => {
+                // -EFAULT is the normal answer for kernel threads and the idle task.
+                if tgid != 0 && e != -EFAULT {
+                    bump(COUNTER_USER_STACK_ERR);
+                }
+                e
+            }
+        };
+        let kernel_stack_id = match ctx.get_stackid(stacks, 0) {
+            Ok(id) => id as i32,
+            Err(e) => {
+                // -EFAULT means the sample hit user mode: there is no kernel stack to record.
+                if e == -EEXIST {
+                    bump(COUNTER_KERNEL_STACK_ERR);
+                }
+                e
+            }
+        };
+
+        // SAFETY: the helper has no preconditions.
+        let cpu = unsafe { bpf_get_smp_processor_id() };
+        let key = SampleKey {
+            tgid,
+            pid: ctx.pid(),
+            cpu,
+            user_stack_id,
+            kernel_stack_id,
+            _pad: 0,
+        };
+        // The key holds the CPU, so only this CPU ever updates this entry: a plain add is safe.
+        if let Some(count) = counts.get_ptr_mut(&key) {
+            // SAFETY: pointer into a live map value owned by this CPU's key.
+            unsafe { *count += 1 };
+        } else if counts.insert(&key, &1, BPF_NOEXIST).is_err() {
+            bump(COUNTER_MAP_FULL);
+        }
+
+        if SEEN.get_ptr(&tgid).is_none() {
+            let _ = SEEN.insert(&tgid, &1, 0);
+            announce(ctx, tgid);
+        }
+    }
+
+    #[inline(always)]
+    fn announce(ctx: &PerfEventContext, tgid: u32) {
+        let Some(mut entry) = NEW_PROCESSES.reserve::<NewProcess>(0) else {
+            bump(COUNTER_RINGBUF_FULL);
+            // Forget the tgid so the next sample tries again.
+            let _ = SEEN.remove(&tgid);
+            return;
+        };
+        entry.write(NewProcess {
+            tgid,
+            pid: ctx.pid(),
+            comm: ctx.command().unwrap_or([0; 16]),
+        });
+        entry.submit(0);
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+        loop {}
+    }
+}

@@ -1,0 +1,436 @@
+//! The BPF stack sampler from user space: loads the embedded `perf_event` program, attaches it
+//! to a timer event on every online CPU, and drains the in-kernel aggregation maps.
+//!
+//! Draining flips `CONFIG_ACTIVE` so BPF writes the other buffer, waits for programs still
+//! running on the old index to finish, then reads and clears the idle counts and its paired
+//! stack map. Samples that land during the read go to the other buffer: nothing is lost.
+
+use std::{collections::HashMap as StdHashMap, io, thread, time::Duration};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, StackTraceMap},
+    programs::{
+        PerfEvent,
+        perf_event::{HardwareEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+};
+use wattson_agent_ebpf::{self as shared, SampleKey};
+
+/// The sampler object built by `agent/build.rs` from `agent-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wattson-sampler"));
+
+/// How long to wait after flipping buffers for programs that read the old index to finish.
+/// Programs run in interrupt context for microseconds; this is a wide margin, even under TCG.
+const FLIP_GRACE: Duration = Duration::from_millis(10);
+
+/// Errors from loading, attaching or draining the sampler.
+#[derive(Debug, thiserror::Error)]
+pub enum SamplerError {
+    /// The kernel refused to load BPF because this process lacks privileges.
+    #[error(
+        "permission denied loading BPF: run as root or grant CAP_BPF, CAP_PERFMON and \
+         CAP_SYS_RESOURCE (kernels before 5.11 also charge BPF maps to RLIMIT_MEMLOCK)"
+    )]
+    Permission(#[source] aya::EbpfError),
+    /// Loading the object or its maps failed for another reason.
+    #[error("loading the BPF sampler failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    /// The verifier or the kernel rejected the program.
+    #[error("loading the perf_event program failed: {0}")]
+    Program(#[source] aya::programs::ProgramError),
+    /// A map the object should define is missing or has the wrong type.
+    #[error("BPF map {name}: {source}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// Underlying error.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// `perf_event_open` failed on a CPU.
+    #[error(
+        "attaching the sampler to CPU {cpu} failed: {source}; check \
+         /proc/sys/kernel/perf_event_paranoid and CAP_PERFMON"
+    )]
+    Attach {
+        /// CPU the event was opened on.
+        cpu: u32,
+        /// Underlying error.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// The list of online CPUs could not be read.
+    #[error("reading {path}: {source}")]
+    OnlineCpus {
+        /// File that was read.
+        path: &'static str,
+        /// Underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Which perf event drives sampling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClockEvent {
+    /// Hardware CPU cycles (needs a PMU; absent in most VMs).
+    Cycles,
+    /// Software cpu-clock timer (always available).
+    CpuClock,
+}
+
+impl ClockEvent {
+    /// Name as `perf` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cycles => "cycles",
+            Self::CpuClock => "cpu-clock",
+        }
+    }
+}
+
+/// Sampler settings.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SamplerConfig {
+    /// Samples per second per CPU.
+    pub frequency: u64,
+    /// Only sample this process (thread-group id).
+    pub tgid_filter: Option<u32>,
+    /// Entries of each aggregation map and each stack map.
+    pub map_entries: u32,
+    /// Try hardware cycles before falling back to cpu-clock.
+    pub prefer_cycles: bool,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        Self {
+            frequency: 19,
+            tgid_filter: None,
+            map_entries: shared::DEFAULT_MAP_ENTRIES,
+            prefer_cycles: true,
+        }
+    }
+}
+
+/// Running totals of the sampler's counters (summed over CPUs, since load).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Times the program ran.
+    pub samples: u64,
+    /// Samples lost because the aggregation map was full.
+    pub map_full: u64,
+    /// User stacks that could not be collected for a user process.
+    pub user_stack_errors: u64,
+    /// Kernel stacks that could not be collected.
+    pub kernel_stack_errors: u64,
+    /// New-process announcements lost to a full ring buffer.
+    pub ringbuf_full: u64,
+    /// Samples skipped by the tgid filter.
+    pub filtered: u64,
+}
+
+/// One aggregated bucket read from the kernel, with its stacks resolved to addresses.
+#[derive(Clone, Debug)]
+pub struct RawSample {
+    /// The bucket key.
+    pub key: SampleKey,
+    /// Samples in the bucket.
+    pub count: u64,
+    /// User-space instruction pointers, innermost first (empty when unavailable).
+    pub user_stack: Vec<u64>,
+    /// Kernel instruction pointers, innermost first (empty when unavailable).
+    pub kernel_stack: Vec<u64>,
+}
+
+/// What one drain returned.
+#[derive(Clone, Debug, Default)]
+pub struct Drained {
+    /// Aggregated samples.
+    pub samples: Vec<RawSample>,
+    /// Buckets whose stack id was valid but whose stack had vanished from the map.
+    pub missing_stacks: u64,
+}
+
+/// A loaded and attached sampler.
+pub struct Sampler {
+    ebpf: Ebpf,
+    active: u32,
+    event: ClockEvent,
+    cpus: Vec<u32>,
+}
+
+impl Sampler {
+    /// Loads the program and its maps. Needs root or CAP_BPF + CAP_PERFMON.
+    pub fn load(config: &SamplerConfig) -> Result<Self, SamplerError> {
+        raise_memlock_limit();
+        let entries = config.map_entries;
+        let mut loader = EbpfLoader::new();
+        for name in shared::maps::COUNTS
+            .iter()
+            .chain(&shared::maps::STACKS)
+            .chain([&shared::maps::SEEN])
+        {
+            loader.map_max_entries(name, entries);
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|e| {
+            if is_permission(&e) {
+                SamplerError::Permission(e)
+            } else {
+                SamplerError::Load(e)
+            }
+        })?;
+        let program: &mut PerfEvent = program_mut(&mut ebpf)?;
+        program.load().map_err(SamplerError::Program)?;
+        let mut sampler = Self {
+            ebpf,
+            active: 0,
+            event: ClockEvent::CpuClock,
+            cpus: Vec::new(),
+        };
+        sampler.set_config(shared::CONFIG_ACTIVE, 0)?;
+        sampler.set_config(
+            shared::CONFIG_TGID_FILTER,
+            config.tgid_filter.map_or(0, u64::from),
+        )?;
+        Ok(sampler)
+    }
+
+    /// Attaches to every online CPU at `config.frequency`, with cycles when the PMU allows.
+    pub fn attach(&mut self, config: &SamplerConfig) -> Result<ClockEvent, SamplerError> {
+        let cpus = online_cpus()?;
+        let freq = config.frequency;
+        let program = program_mut(&mut self.ebpf)?;
+        let mut event = ClockEvent::CpuClock;
+        if config.prefer_cycles
+            && let Some(&first) = cpus.first()
+            && attach_one(program, ClockEvent::Cycles, first, freq).is_ok()
+        {
+            event = ClockEvent::Cycles;
+        }
+        for &cpu in &cpus {
+            if event == ClockEvent::Cycles && Some(&cpu) == cpus.first() {
+                continue;
+            }
+            attach_one(program, event, cpu, freq)
+                .map_err(|source| SamplerError::Attach { cpu, source })?;
+        }
+        tracing::info!(
+            cpus = cpus.len(),
+            event = event.name(),
+            freq,
+            "sampler attached"
+        );
+        self.event = event;
+        self.cpus = cpus;
+        Ok(event)
+    }
+
+    /// The event sampling is driven by.
+    pub fn event(&self) -> ClockEvent {
+        self.event
+    }
+
+    /// CPUs the sampler is attached to.
+    pub fn cpus(&self) -> &[u32] {
+        &self.cpus
+    }
+
+    /// Reads the counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, SamplerError> {
+        let name = shared::maps::COUNTERS;
+        let map = self.ebpf.map(name).ok_or(SamplerError::Map {
+            name,
+            source: aya::maps::MapError::InvalidName { name: name.into() },
+        })?;
+        let array = PerCpuArray::<_, u64>::try_from(map)
+            .map_err(|source| SamplerError::Map { name, source })?;
+        let read = |slot: u32| -> Result<u64, SamplerError> {
+            let values = array
+                .get(&slot, 0)
+                .map_err(|source| SamplerError::Map { name, source })?;
+            Ok(values.iter().sum())
+        };
+        Ok(Counters {
+            samples: read(shared::COUNTER_SAMPLES)?,
+            map_full: read(shared::COUNTER_MAP_FULL)?,
+            user_stack_errors: read(shared::COUNTER_USER_STACK_ERR)?,
+            kernel_stack_errors: read(shared::COUNTER_KERNEL_STACK_ERR)?,
+            ringbuf_full: read(shared::COUNTER_RINGBUF_FULL)?,
+            filtered: read(shared::COUNTER_FILTERED)?,
+        })
+    }
+
+    /// Flips buffers and returns everything aggregated in the one just retired.
+    pub fn drain(&mut self) -> Result<Drained, SamplerError> {
+        let idle = self.active;
+        self.active ^= 1;
+        self.set_config(shared::CONFIG_ACTIVE, u64::from(self.active))?;
+        thread::sleep(FLIP_GRACE);
+
+        let counts_name = shared::maps::COUNTS[idle as usize];
+        let stacks_name = shared::maps::STACKS[idle as usize];
+        let mut counts: HashMap<&mut MapData, SampleKey, u64> = self.typed_map(counts_name)?;
+        let keys: Vec<SampleKey> = counts.keys().filter_map(Result::ok).collect();
+        let mut buckets = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Ok(count) = counts.get(&key, 0) {
+                buckets.push((key, count));
+            }
+            // A failed remove leaves the key to be read again next drain: counted twice is
+            // worse than late, so a failure here is logged and the key is skipped next time
+            // only if it still fails to read.
+            if let Err(e) = counts.remove(&key) {
+                tracing::warn!(error = %e, "could not clear an aggregation entry");
+            }
+        }
+
+        let mut stacks: StackTraceMap<&mut MapData> = self.typed_map(stacks_name)?;
+        let mut cache: StdHashMap<i32, Option<Vec<u64>>> = StdHashMap::new();
+        let mut drained = Drained::default();
+        for (key, count) in buckets {
+            let mut resolve = |id: i32| -> Option<Vec<u64>> {
+                if id < 0 {
+                    return Some(Vec::new());
+                }
+                cache
+                    .entry(id)
+                    .or_insert_with(|| {
+                        stacks
+                            .get(&(id as u32), 0)
+                            .ok()
+                            .map(|st| st.frames().iter().map(|f| f.ip).collect())
+                    })
+                    .clone()
+            };
+            let user = resolve(key.user_stack_id);
+            let kernel = resolve(key.kernel_stack_id);
+            if user.is_none() || kernel.is_none() {
+                drained.missing_stacks += count;
+            }
+            drained.samples.push(RawSample {
+                key,
+                count,
+                user_stack: user.unwrap_or_default(),
+                kernel_stack: kernel.unwrap_or_default(),
+            });
+        }
+        let ids: Vec<u32> = stacks.stack_ids().filter_map(Result::ok).collect();
+        for id in ids {
+            let _ = stacks.remove(&id);
+        }
+        Ok(drained)
+    }
+
+    fn set_config(&mut self, slot: u32, value: u64) -> Result<(), SamplerError> {
+        let name = shared::maps::CONFIG;
+        let mut config: Array<&mut MapData, u64> = self.typed_map(name)?;
+        config
+            .set(slot, value, 0)
+            .map_err(|source| SamplerError::Map { name, source })
+    }
+
+    fn typed_map<'a, T>(&'a mut self, name: &'static str) -> Result<T, SamplerError>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self.ebpf.map_mut(name).ok_or(SamplerError::Map {
+            name,
+            source: aya::maps::MapError::InvalidName { name: name.into() },
+        })?;
+        T::try_from(map).map_err(|source| SamplerError::Map { name, source })
+    }
+}
+
+fn program_mut(ebpf: &mut Ebpf) -> Result<&mut PerfEvent, SamplerError> {
+    let program = ebpf
+        .program_mut(shared::PROGRAM_NAME)
+        .expect("the embedded object defines the sampler program");
+    program.try_into().map_err(SamplerError::Program)
+}
+
+fn attach_one(
+    program: &mut PerfEvent,
+    event: ClockEvent,
+    cpu: u32,
+    freq: u64,
+) -> Result<(), aya::programs::ProgramError> {
+    let config = match event {
+        ClockEvent::Cycles => PerfEventConfig::Hardware(HardwareEvent::CpuCycles),
+        ClockEvent::CpuClock => PerfEventConfig::Software(SoftwareEvent::CpuClock),
+    };
+    program.attach(
+        config,
+        PerfEventScope::AllProcessesOneCpu { cpu },
+        SamplePolicy::Frequency(freq),
+        false,
+    )?;
+    Ok(())
+}
+
+/// CPUs listed in `/sys/devices/system/cpu/online`.
+pub fn online_cpus() -> Result<Vec<u32>, SamplerError> {
+    const PATH: &str = "/sys/devices/system/cpu/online";
+    let text = std::fs::read_to_string(PATH)
+        .map_err(|source| SamplerError::OnlineCpus { path: PATH, source })?;
+    parse_cpu_list(&text).ok_or(SamplerError::OnlineCpus {
+        path: PATH,
+        source: io::Error::new(io::ErrorKind::InvalidData, format!("bad cpu list {text:?}")),
+    })
+}
+
+/// Parses the kernel's cpu list format (`0-3,8,10-11`).
+pub fn parse_cpu_list(text: &str) -> Option<Vec<u32>> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+                if b < a {
+                    return None;
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    Some(cpus)
+}
+
+fn is_permission(e: &aya::EbpfError) -> bool {
+    let text = format!("{e:?}");
+    text.contains("PermissionDenied") || text.contains("Operation not permitted")
+}
+
+/// BPF maps are charged to RLIMIT_MEMLOCK before Linux 5.11; lift it so loading works there.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall on a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!(
+            error = %io::Error::last_os_error(),
+            "could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cpu_list;
+
+    #[test]
+    fn cpu_lists_parse_like_the_kernel_writes_them() {
+        assert_eq!(
+            parse_cpu_list("0-3,8,10-11\n"),
+            Some(vec![0, 1, 2, 3, 8, 10, 11])
+        );
+        assert_eq!(parse_cpu_list("0\n"), Some(vec![0]));
+        assert_eq!(parse_cpu_list("3-1"), None);
+        assert_eq!(parse_cpu_list("x"), None);
+    }
+}

@@ -1,0 +1,1 @@
+//! Helpers shared by Wattson's end-to-end tests (in `tests/tests/`).

@@ -1,0 +1,86 @@
+//! `cargo xtask bench`: measurements taken side by side in one run, printed as one table.
+//! Ratios, not absolute times, are the figures to read: this machine is shared and noisy.
+//! Each area (agent overhead, ingest, storage and queries) lives in its own submodule and
+//! appends rows; this module only selects areas and prints.
+
+use std::fmt::Write as _;
+
+/// Options of `cargo xtask bench`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Only run areas whose name contains this (e.g. `agent`, `ingest`, `store`).
+    #[arg(long)]
+    pub only: Option<String>,
+}
+
+/// One line of the result table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Area, e.g. `agent`.
+    pub area: &'static str,
+    /// What was measured, e.g. `throughput, agent 99 Hz vs none`.
+    pub metric: String,
+    /// Measured value with its unit.
+    pub value: String,
+    /// The goal, when the issue sets one.
+    pub goal: String,
+    /// Whether the goal was met (None when there is no goal).
+    pub met: Option<bool>,
+}
+
+type Area = (&'static str, fn(&mut Vec<Row>) -> anyhow::Result<()>);
+
+/// Registered areas, in the order they run.
+const AREAS: &[Area] = &[];
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    let mut ran = 0;
+    for (name, area) in AREAS {
+        if args.only.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
+        eprintln!("bench: {name} ...");
+        area(&mut rows)?;
+        ran += 1;
+    }
+    if ran == 0 {
+        anyhow::bail!("no benchmark area matched (known: {:?})", names());
+    }
+    print!("{}", table(&rows));
+    Ok(())
+}
+
+fn names() -> Vec<&'static str> {
+    AREAS.iter().map(|(n, _)| *n).collect()
+}
+
+fn table(rows: &[Row]) -> String {
+    let w_metric = rows
+        .iter()
+        .map(|r| r.metric.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let w_value = rows.iter().map(|r| r.value.len()).max().unwrap_or(5).max(5);
+    let w_goal = rows.iter().map(|r| r.goal.len()).max().unwrap_or(4).max(4);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<8} {:<w_metric$} {:>w_value$} {:<w_goal$} met",
+        "area", "metric", "value", "goal"
+    );
+    for r in rows {
+        let met = match r.met {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "-",
+        };
+        let _ = writeln!(
+            out,
+            "{:<8} {:<w_metric$} {:>w_value$} {:<w_goal$} {met}",
+            r.area, r.metric, r.value, r.goal
+        );
+    }
+    out
+}

@@ -1,0 +1,41 @@
+//! `cargo xtask`: Wattson's developer tasks. `setup` installs every prerequisite, `test` is the
+//! one test command (CI runs exactly it), `vm-test` is the VM lab, `bench` prints the table of
+//! side-by-side measurements.
+
+mod bench;
+mod cmd;
+mod setup;
+mod test;
+mod vm;
+
+use clap::{Parser, Subcommand};
+
+/// Wattson developer tasks.
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand, Debug)]
+enum Task {
+    /// Install every prerequisite (apt packages, rust-src, bpf-linker, VM kernels), idempotently.
+    Setup(setup::Args),
+    /// The one test command: setup, fmt, clippy, unit and integration tests, then the VM lab.
+    Test(test::Args),
+    /// Boot Debian kernels under QEMU (TCG) and run the in-VM kernel tests in each.
+    VmTest(vm::Args),
+    /// Side-by-side measurements (agent overhead, ingest and query speed); prints a table.
+    Bench(bench::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup(args) => setup::run(&args),
+        Task::Test(args) => test::run(&args),
+        Task::VmTest(args) => vm::run(&args),
+        Task::Bench(args) => bench::run(&args),
+    }
+}
