@@ -3,4 +3,5 @@
 //!
 //! Data flows kernel maps -> [`sampler`] -> interval profile -> outputs and shipping.
 
+pub mod profile;
 pub mod sampler;
