@@ -1,2 +1,13 @@
 //! Wattson's wire format, package `wattson.v1`: the messages agents ship and the services the
 //! collector serves, generated from `proto/wattson/v1/*.proto` with protox (no protoc needed).
+//!
+//! [`v1`] holds the generated types; [`FILE_DESCRIPTOR_SET`] is the encoded descriptor set that
+//! the collector hands to tonic-reflection so `grpcurl` can discover the services.
+
+/// Package `wattson.v1`.
+pub mod v1 {
+    tonic::include_proto!("wattson.v1");
+}
+
+/// Encoded `google.protobuf.FileDescriptorSet` of every `wattson.v1` file (with imports).
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("wattson_descriptor");
