@@ -4,6 +4,7 @@
 
 mod bench;
 mod cmd;
+mod initramfs;
 mod setup;
 mod test;
 mod vm;

@@ -1,6 +1,150 @@
-//! placeholder
+//! `cargo xtask test`: the one test command, and the one CI runs. Setup first, then the cheap
+//! checks (fmt, clippy), unit and integration tests as root on this kernel, then the VM lab on
+//! every kernel. It prints a summary of every step and the test counts it read.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{cmd, setup, vm};
+
+/// Options of `cargo xtask test`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
-pub fn run(_a: &Args) -> anyhow::Result<()> {
-    Ok(())
+pub struct Args {
+    /// Skip the VM lab (quick local iterations only; CI always runs it).
+    #[arg(long)]
+    pub no_vm: bool,
+    /// Seconds one VM kernel may take before QEMU is killed.
+    #[arg(long, default_value_t = 600)]
+    pub vm_timeout: u64,
+}
+
+struct Step {
+    name: String,
+    ok: bool,
+    secs: f64,
+    note: String,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut steps: Vec<Step> = Vec::new();
+    let mut counts = (0u64, 0u64);
+
+    let mut step = |name: &str, f: &mut dyn FnMut() -> anyhow::Result<String>| -> bool {
+        eprintln!("\n==> {name}");
+        let t = Instant::now();
+        let result = f();
+        let (ok, note) = match result {
+            Ok(note) => (true, note),
+            Err(e) => (false, format!("{e:#}")),
+        };
+        if !ok {
+            eprintln!("{name} failed: {note}");
+        }
+        steps.push(Step {
+            name: name.into(),
+            ok,
+            secs: t.elapsed().as_secs_f64(),
+            note,
+        });
+        ok
+    };
+
+    // Each later step needs the earlier ones, so stop at the first failure.
+    let _ = step("setup", &mut || {
+        setup::ensure(false, !args.no_vm).map(|()| String::new())
+    }) && step("fmt", &mut || {
+        cargo(&["fmt", "--all", "--check"]).map(|()| String::new())
+    }) && step("clippy", &mut || {
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .map(|()| String::new())
+    }) && step("cargo test", &mut || {
+        let (p, f) = cargo_test()?;
+        counts.0 += p;
+        counts.1 += f;
+        Ok(format!("{p} passed, {f} failed"))
+    }) && (args.no_vm
+        || step("vm lab", &mut || {
+            let outcomes = vm::run_lab(&vm::Args {
+                kernel: "all".into(),
+                timeout: args.vm_timeout,
+            })?;
+            let mut notes = Vec::new();
+            for o in &outcomes {
+                counts.0 += o.tests.0;
+                counts.1 += o.tests.1;
+                notes.push(format!(
+                    "{} {}",
+                    o.kernel,
+                    if o.passed { "pass" } else { "FAIL" }
+                ));
+            }
+            if outcomes.iter().any(|o| !o.passed) {
+                bail!("{}", notes.join(", "));
+            }
+            Ok(notes.join(", "))
+        }));
+
+    eprintln!("\nsummary ({:.0}s):", started.elapsed().as_secs_f64());
+    for s in &steps {
+        let verdict = if s.ok { "ok" } else { "FAILED" };
+        let note = s.note.lines().next().unwrap_or("");
+        eprintln!("  {:<11} {verdict:<6} {:>6.0}s  {note}", s.name, s.secs);
+    }
+    let failed_step = steps.iter().find(|s| !s.ok).map(|s| s.name.clone());
+    println!("{} passed, {} failed", counts.0, counts.1);
+    match failed_step {
+        Some(name) => bail!("step `{name}` failed"),
+        None if counts.0 == 0 => bail!("no test ran"),
+        None => Ok(()),
+    }
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    cmd::run(
+        Command::new(env!("CARGO"))
+            .current_dir(cmd::root())
+            .args(args),
+    )
+}
+
+/// Runs `cargo test --workspace`, echoing its output and summing libtest's counts.
+fn cargo_test() -> anyhow::Result<(u64, u64)> {
+    let mut c = Command::new(env!("CARGO"));
+    c.current_dir(cmd::root())
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .stdout(Stdio::piped());
+    eprintln!("$ {}", cmd::display(&c));
+    let mut child = c.spawn().context("could not start cargo test")?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if line.contains("test result:") {
+            lines.push(line);
+        }
+    }
+    let status = child.wait()?;
+    let counts = vm::libtest_counts(&lines);
+    if !status.success() {
+        bail!(
+            "cargo test failed ({} passed, {} failed)",
+            counts.0,
+            counts.1
+        );
+    }
+    Ok(counts)
 }
