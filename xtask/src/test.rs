@@ -4,8 +4,14 @@
 
 use std::{
     io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
     process::{Command, Stdio},
-    time::Instant,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -21,6 +27,10 @@ pub struct Args {
     /// Seconds one VM kernel may take before QEMU is killed.
     #[arg(long, default_value_t = 600)]
     pub vm_timeout: u64,
+    /// Seconds `cargo test --workspace` may take before it is killed (a hung test fails the
+    /// step instead of hanging CI).
+    #[arg(long, default_value_t = 2400)]
+    pub test_timeout: u64,
 }
 
 struct Step {
@@ -71,7 +81,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ])
         .map(|()| String::new())
     }) && step("cargo test", &mut || {
-        let (p, f) = cargo_test()?;
+        let (p, f) = cargo_test(Duration::from_secs(args.test_timeout))?;
         counts.0 += p;
         counts.1 += f;
         Ok(format!("{p} passed, {f} failed"))
@@ -120,14 +130,35 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
     )
 }
 
-/// Runs `cargo test --workspace`, echoing its output and summing libtest's counts.
-fn cargo_test() -> anyhow::Result<(u64, u64)> {
+/// Runs `cargo test --workspace`, echoing its output and summing libtest's counts. After
+/// `timeout` the whole process group (cargo and the test binaries) is killed.
+fn cargo_test(timeout: Duration) -> anyhow::Result<(u64, u64)> {
     let mut c = Command::new(env!("CARGO"));
     c.current_dir(cmd::root())
         .args(["test", "--workspace", "--no-fail-fast"])
-        .stdout(Stdio::piped());
+        .stdout(Stdio::piped())
+        .process_group(0);
     eprintln!("$ {}", cmd::display(&c));
     let mut child = c.spawn().context("could not start cargo test")?;
+    let done = Arc::new(AtomicBool::new(false));
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let (done, timed_out, pgid) = (Arc::clone(&done), Arc::clone(&timed_out), child.id());
+        thread::spawn(move || {
+            let start = Instant::now();
+            while !done.load(Ordering::Relaxed) {
+                if start.elapsed() >= timeout {
+                    timed_out.store(true, Ordering::Relaxed);
+                    eprintln!("cargo test ran past {}s: killing it", timeout.as_secs());
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &format!("-{pgid}")])
+                        .status();
+                    return;
+                }
+                thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
     let stdout = child.stdout.take().expect("piped");
     let mut lines = Vec::new();
     for line in BufReader::new(stdout).lines() {
@@ -138,7 +169,16 @@ fn cargo_test() -> anyhow::Result<(u64, u64)> {
         }
     }
     let status = child.wait()?;
+    done.store(true, Ordering::Relaxed);
+    let _ = watchdog.join();
     let counts = vm::libtest_counts(&lines);
+    if timed_out.load(Ordering::Relaxed) {
+        bail!(
+            "cargo test was killed after {}s ({} passed so far)",
+            timeout.as_secs(),
+            counts.0
+        );
+    }
     if !status.success() {
         bail!(
             "cargo test failed ({} passed, {} failed)",
