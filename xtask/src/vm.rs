@@ -467,8 +467,13 @@ fn boot(k: Kernel, initrd: &Path, timeout: Duration) -> anyhow::Result<Outcome> 
         }
     }
     let (passed, mut summary) = verdict.expect("loop ends with a verdict");
-    // Give poweroff a moment, then make sure nothing is left running.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // After a marker, give poweroff a moment; after a timeout or panic, kill at once.
+    let grace = if passed || summary.starts_with("in-VM") {
+        5
+    } else {
+        0
+    };
+    let deadline = Instant::now() + Duration::from_secs(grace);
     while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
         while let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
             console.push(line.replace('\r', ""));
