@@ -3,5 +3,6 @@
 //!
 //! Data flows kernel maps -> [`sampler`] -> interval profile -> outputs and shipping.
 
+pub mod energy;
 pub mod profile;
 pub mod sampler;
