@@ -1,2 +1,4 @@
 //! Wattson's collector as a library: ingest, storage, fleet attribution and queries. The
 //! `wattson-collector` and `wattson` binaries are thin edges over it.
+
+pub mod store;

@@ -1,0 +1,494 @@
+//! The fleet-scale backend: ClickHouse over its HTTP interface, written for the 18.16 server
+//! Debian ships (no query parameters, no TTL, no `LowCardinality` by default, no
+//! `mutations_sync`; everything used here exists in 18.16 and is exercised by the shared suite).
+//!
+//! One `SummingMergeTree` table holds every rollup row, ordered by (kind, res, minute, service,
+//! key): rows from many hosts for the same key collapse during merges, and every query sums
+//! anyway, so unmerged parts read the same.
+//!
+//! Dedup without transactions: a batch's rows *and* its marker row (kind 6, key
+//! `SEQ@HOST`) go in one INSERT, which ClickHouse writes as one part per partition (month),
+//! atomically. Before inserting, the collector looks the marker up; ingests of the same host
+//! are serialized inside this process, so a retry racing its own original is caught. Two
+//! collectors receiving the same retry at the same instant could still both insert: run one
+//! collector per host shard, or use SQLite, when that matters. The marker minute is the batch's
+//! first minute, so the lookup reads one granule. Durability is "the HTTP insert returned":
+//! the data is in a part on the server's disk (18.16 has no fsync-after-insert setting).
+
+use std::fmt::Write as _;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::query_plan::{Range, TOTALS_COLUMNS, ranges, rank_expr};
+use super::rollup::{Kind, RES_MINUTE, Rollup};
+use super::{
+    Ingested, Keyed, Point, Retention, RetentionReport, Store, StoreError, StoreStats, TopQuery,
+    Totals, Window,
+};
+
+/// Kind code of batch marker rows (dedup records); never returned by queries.
+const MARKER: u8 = 6;
+/// Stripes of the per-host ingest lock.
+const STRIPES: usize = 64;
+
+/// ClickHouse-backed [`Store`].
+pub struct ClickHouseStore {
+    url: String,
+    db: String,
+    http: reqwest::blocking::Client,
+    stripes: Vec<Mutex<()>>,
+    hasher: RandomState,
+}
+
+impl ClickHouseStore {
+    /// Connects to the HTTP interface at `url` (`http://HOST:PORT`) and creates database `db`
+    /// and the table when missing.
+    pub fn open(url: &str, db: &str) -> Result<ClickHouseStore, StoreError> {
+        if db.is_empty() || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(StoreError::BadUrl {
+                url: format!("{url}/{db}"),
+                why: "database name must be [A-Za-z0-9_]+".into(),
+            });
+        }
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| StoreError::ClickHouse {
+                url: url.into(),
+                message: format!("building HTTP client: {e}"),
+            })?;
+        let store = ClickHouseStore {
+            url: url.trim_end_matches('/').to_string(),
+            db: db.to_string(),
+            http,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            hasher: RandomState::new(),
+        };
+        store.exec(&format!("CREATE DATABASE IF NOT EXISTS {db}"), None)?;
+        let cols: String = TOTALS_COLUMNS
+            .iter()
+            .map(|c| format!(", {c} UInt64"))
+            .collect();
+        store.exec(
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {db}.rollup (kind UInt8, res UInt8, minute DateTime, \
+                 service String, key String{cols}) ENGINE = SummingMergeTree() \
+                 PARTITION BY toYYYYMM(minute) ORDER BY (kind, res, minute, service, key)"
+            ),
+            None,
+        )?;
+        let version = store.query("SELECT version()")?;
+        tracing::info!(url, db, version = version.trim(), "clickhouse store open");
+        Ok(store)
+    }
+
+    /// Runs a statement; `body` is appended as the INSERT payload.
+    fn exec(&self, sql: &str, body: Option<String>) -> Result<String, StoreError> {
+        let err = |message: String| StoreError::ClickHouse {
+            url: self.url.clone(),
+            message,
+        };
+        let req = match body {
+            Some(b) => self
+                .http
+                .post(format!("{}/", self.url))
+                .query(&[("query", sql)])
+                .body(b),
+            None => self
+                .http
+                .post(format!("{}/", self.url))
+                .body(sql.to_string()),
+        };
+        let resp = req
+            .send()
+            .map_err(|e| err(format!("{e} (is clickhouse-server running?)")))?;
+        let status = resp.status();
+        let text = resp.text().map_err(|e| err(e.to_string()))?;
+        if !status.is_success() {
+            return Err(err(format!("HTTP {status}: {}", text.trim())));
+        }
+        Ok(text)
+    }
+
+    fn query(&self, sql: &str) -> Result<String, StoreError> {
+        self.exec(&format!("{sql} FORMAT TabSeparated"), None)
+    }
+
+    fn keyed(
+        &self,
+        kind: Kind,
+        window: Window,
+        service: Option<&str>,
+        by_key: bool,
+        tail: &str,
+    ) -> Result<Vec<Keyed>, StoreError> {
+        let w = window.aligned()?;
+        let mut filter = condition(kind as u8, &ranges(w, true));
+        if let Some(s) = service {
+            let _ = write!(filter, " AND service = {}", quote(s));
+        }
+        let (key, group) = if by_key {
+            ("key", "service, key")
+        } else {
+            ("''", "service")
+        };
+        let sql = format!(
+            "SELECT service, {key}, {sums}, uniqExact(key) FROM {db}.rollup WHERE {filter} \
+             GROUP BY {group} {tail}",
+            sums = sums(),
+            db = self.db
+        );
+        self.query(&sql)?
+            .lines()
+            .map(|line| {
+                let f: Vec<&str> = line.split('\t').collect();
+                Ok(Keyed {
+                    service: unescape(f.first().copied().unwrap_or("")),
+                    key: unescape(f.get(1).copied().unwrap_or("")),
+                    totals: self.totals(&f, 2)?,
+                    hosts: self.num(&f, 12)?,
+                })
+            })
+            .collect()
+    }
+
+    fn num(&self, f: &[&str], i: usize) -> Result<u64, StoreError> {
+        f.get(i)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| StoreError::ClickHouse {
+                url: self.url.clone(),
+                message: format!("unexpected answer row {f:?}: column {i} is not a number"),
+            })
+    }
+
+    fn totals(&self, f: &[&str], at: usize) -> Result<Totals, StoreError> {
+        let g = |i| self.num(f, at + i);
+        Ok(Totals {
+            samples_self: g(0)?,
+            samples_incl: g(1)?,
+            uj_self: g(2)?,
+            uj_incl: g(3)?,
+            est_uj_self: g(4)?,
+            est_uj_incl: g(5)?,
+            idle_uj: g(6)?,
+            est_idle_uj: g(7)?,
+            duration_ms: g(8)?,
+            dropped: g(9)?,
+        })
+    }
+
+    fn marker_key(rollup: &Rollup) -> String {
+        format!("{}@{}", rollup.sequence, rollup.host)
+    }
+
+    /// Waits until no mutation of the table is pending (18.16 has no `mutations_sync`).
+    fn wait_mutations(&self) -> Result<(), StoreError> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let pending = self.query(&format!(
+                "SELECT count() FROM system.mutations WHERE database = {} AND table = 'rollup' \
+                 AND is_done = 0",
+                quote(&self.db)
+            ))?;
+            if pending.trim() == "0" {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(StoreError::ClickHouse {
+                    url: self.url.clone(),
+                    message: "retention delete still running after 120 s".into(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn sums() -> String {
+    TOTALS_COLUMNS
+        .iter()
+        .map(|c| format!("sum({c})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `kind = K AND (<range> OR <range>...)`; ClickHouse's key analysis handles the OR.
+fn condition(kind: u8, ranges: &[Range]) -> String {
+    let parts: Vec<String> = ranges
+        .iter()
+        .map(|r| {
+            format!(
+                "(res = {} AND minute >= toDateTime({}) AND minute < toDateTime({}))",
+                r.res, r.from, r.to
+            )
+        })
+        .collect();
+    let any = if parts.is_empty() {
+        "0".to_string()
+    } else {
+        parts.join(" OR ")
+    };
+    format!("kind = {kind} AND ({any})")
+}
+
+/// A ClickHouse string literal.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\0' => out.push_str("\\0"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Reverses TabSeparated escaping of one field.
+fn unescape(s: &str) -> String {
+    if !s.contains('\\') {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match it.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some('0') => out.push('\0'),
+            Some(o) => out.push(o),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+fn json_row(
+    out: &mut String,
+    kind: u8,
+    res: u8,
+    minute: i64,
+    service: &str,
+    key: &str,
+    t: &Totals,
+) {
+    let s = serde_json::Value::from(service);
+    let k = serde_json::Value::from(key);
+    let _ = writeln!(
+        out,
+        "{{\"kind\":{kind},\"res\":{res},\"minute\":{minute},\"service\":{s},\"key\":{k},\
+         \"samples_self\":{},\"samples_incl\":{},\"uj_self\":{},\"uj_incl\":{},\
+         \"est_uj_self\":{},\"est_uj_incl\":{},\"idle_uj\":{},\"est_idle_uj\":{},\
+         \"duration_ms\":{},\"dropped\":{}}}",
+        t.samples_self,
+        t.samples_incl,
+        t.uj_self,
+        t.uj_incl,
+        t.est_uj_self,
+        t.est_uj_incl,
+        t.idle_uj,
+        t.est_idle_uj,
+        t.duration_ms,
+        t.dropped
+    );
+}
+
+impl Store for ClickHouseStore {
+    fn write(&self, rollup: &Rollup) -> Result<Ingested, StoreError> {
+        let stripe = self.hasher.hash_one(&rollup.host) as usize % STRIPES;
+        let _guard = self.stripes[stripe]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let key = Self::marker_key(rollup);
+        let seen = self.query(&format!(
+            "SELECT count() FROM {}.rollup WHERE kind = {MARKER} AND res = {RES_MINUTE} \
+             AND minute = toDateTime({}) AND key = {}",
+            self.db,
+            rollup.first_minute,
+            quote(&key)
+        ))?;
+        if seen.trim() != "0" {
+            return Ok(Ingested::Duplicate);
+        }
+        let mut body = String::with_capacity(rollup.rows.len() * 300 + 300);
+        for r in &rollup.rows {
+            json_row(
+                &mut body,
+                r.kind as u8,
+                r.res,
+                r.minute,
+                &r.service,
+                &r.key,
+                &r.totals,
+            );
+        }
+        let marker = Totals {
+            samples_self: rollup.samples,
+            samples_incl: u64::from(rollup.profiles),
+            ..Totals::default()
+        };
+        json_row(
+            &mut body,
+            MARKER,
+            RES_MINUTE,
+            rollup.first_minute,
+            "",
+            &key,
+            &marker,
+        );
+        self.exec(
+            &format!("INSERT INTO {}.rollup FORMAT JSONEachRow", self.db),
+            Some(body),
+        )?;
+        Ok(Ingested::New {
+            profiles: rollup.profiles,
+            samples: rollup.samples,
+        })
+    }
+
+    fn top(&self, q: &TopQuery) -> Result<Vec<Keyed>, StoreError> {
+        let tail = format!(
+            "ORDER BY {} DESC, service, key LIMIT {}",
+            rank_expr(q.rank),
+            q.limit
+        );
+        self.keyed(Kind::Function, q.window, q.service.as_deref(), true, &tail)
+    }
+
+    fn series(
+        &self,
+        window: Window,
+        service: &str,
+        function: &str,
+        step: i64,
+    ) -> Result<Vec<Point>, StoreError> {
+        let w = window.aligned()?;
+        let step = super::query_plan::check_step(step)?;
+        let filter = condition(Kind::Function as u8, &ranges(w, step % 3600 == 0));
+        let sql = format!(
+            "SELECT intDiv(toInt64(toUInt32(minute)) - {from}, {step}) * {step} + {from} AS bucket, \
+             {sums} FROM {db}.rollup WHERE {filter} AND service = {s} AND key = {k} \
+             GROUP BY bucket ORDER BY bucket",
+            from = w.from,
+            sums = sums(),
+            db = self.db,
+            s = quote(service),
+            k = quote(function)
+        );
+        self.query(&sql)?
+            .lines()
+            .map(|line| {
+                let f: Vec<&str> = line.split('\t').collect();
+                Ok(Point {
+                    at: self.num(&f, 0)? as i64,
+                    totals: self.totals(&f, 1)?,
+                })
+            })
+            .collect()
+    }
+
+    fn services(&self, window: Window) -> Result<Vec<Keyed>, StoreError> {
+        self.keyed(Kind::Service, window, None, false, "ORDER BY service")
+    }
+
+    fn hosts(&self, window: Window) -> Result<Vec<Keyed>, StoreError> {
+        self.keyed(Kind::Host, window, None, true, "ORDER BY key")
+    }
+
+    fn builds(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
+        self.keyed(Kind::Build, window, service, true, "ORDER BY service, key")
+    }
+
+    fn stacks(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
+        self.keyed(Kind::Stack, window, service, true, "ORDER BY service, key")
+    }
+
+    fn known_services(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .query(&format!(
+                "SELECT DISTINCT service FROM {}.rollup WHERE kind = {} ORDER BY service",
+                self.db,
+                Kind::Service as u8
+            ))?
+            .lines()
+            .map(unescape)
+            .collect())
+    }
+
+    fn retain(&self, policy: &Retention, now: i64) -> Result<RetentionReport, StoreError> {
+        let raw_cut = (now - policy.raw.as_secs() as i64).max(0);
+        let total_cut = (now - policy.total.as_secs() as i64).max(0);
+        let expired_cond = format!("minute < toDateTime({total_cut})");
+        let minute_cond = format!(
+            "res = {RES_MINUTE} AND kind != {MARKER} AND minute < toDateTime({raw_cut}) \
+             AND minute >= toDateTime({total_cut})"
+        );
+        let count = |cond: &str| -> Result<u64, StoreError> {
+            let n = self.query(&format!(
+                "SELECT count() FROM {}.rollup WHERE {cond} AND kind != {MARKER}",
+                self.db
+            ))?;
+            Ok(n.trim().parse().unwrap_or(0))
+        };
+        let report = RetentionReport {
+            minute_rows_deleted: count(&minute_cond)?,
+            expired_rows_deleted: count(&expired_cond)?,
+        };
+        if report.minute_rows_deleted + report.expired_rows_deleted > 0 {
+            self.exec(
+                &format!(
+                    "ALTER TABLE {}.rollup DELETE WHERE ({minute_cond}) OR ({expired_cond})",
+                    self.db
+                ),
+                None,
+            )?;
+            self.wait_mutations()?;
+        }
+        Ok(report)
+    }
+
+    fn stats(&self) -> Result<StoreStats, StoreError> {
+        let counts = self.query(&format!(
+            "SELECT countIf(kind = {MARKER}), countIf(kind != {MARKER}) FROM {}.rollup",
+            self.db
+        ))?;
+        let bytes = self.query(&format!(
+            "SELECT sum(bytes_on_disk) FROM system.parts WHERE database = {} \
+             AND table = 'rollup' AND active",
+            quote(&self.db)
+        ))?;
+        let f: Vec<&str> = counts.trim().split('\t').collect();
+        Ok(StoreStats {
+            batches: self.num(&f, 0)?,
+            rows: self.num(&f, 1)?,
+            bytes: bytes.trim().parse().unwrap_or(0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_and_unescape_round_trip() {
+        for s in ["plain", "it's", "a\\b", "tab\there", "nl\nx"] {
+            let q = quote(s);
+            assert_eq!(unescape(&q[1..q.len() - 1]), s);
+        }
+    }
+}

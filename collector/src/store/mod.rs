@@ -1,0 +1,338 @@
+//! Storage: the [`Store`] trait every backend implements, its error type, the query shapes it
+//! answers, and [`open`] which picks a backend from a `--store` URL.
+//!
+//! A batch is rolled up once at ingest ([`rollup`]) into rows keyed by (kind, resolution,
+//! minute, service, key) and written per minute *and* per hour, so a query over days reads hour
+//! rows and only its ragged edges at minute resolution. Retention then "downsamples" by deleting
+//! minute rows older than the raw period; hour rows live until the total retention ends.
+//!
+//! Measured and estimated microjoules are kept in separate columns all the way down, so a
+//! figure built from model estimates is always known to be estimated.
+//!
+//! The trait is synchronous: the gRPC server calls it from `spawn_blocking`.
+
+pub mod clickhouse;
+pub mod clickhouse_server;
+pub mod query_plan;
+pub mod rollup;
+pub mod sqlite;
+pub mod synthetic;
+
+use std::time::Duration;
+
+use wattson_proto::v1::Batch;
+
+pub use rollup::{Kind, Rollup, Row};
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The `--store` URL is not one we understand.
+    #[error(
+        "unsupported store URL {url:?}: {why} (expected sqlite://PATH or clickhouse://HOST:PORT/DB)"
+    )]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The batch cannot be stored as given (indexes out of range, bad timestamps...).
+    #[error("invalid batch from host {host:?} sequence {sequence}: {why}")]
+    InvalidBatch {
+        /// Host id of the batch.
+        host: String,
+        /// Sequence number of the batch.
+        sequence: u64,
+        /// What is wrong.
+        why: String,
+    },
+    /// A query that cannot be answered as asked (reversed range, unknown service...).
+    #[error("bad query: {0}")]
+    BadQuery(String),
+    /// SQLite failed.
+    #[error("sqlite store {path}: {source}")]
+    Sqlite {
+        /// Database file.
+        path: String,
+        /// Underlying error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The ClickHouse server could not be reached or answered with an error.
+    #[error("clickhouse store {url}: {message}")]
+    ClickHouse {
+        /// HTTP endpoint.
+        url: String,
+        /// Status and body of the server's answer, or the transport error.
+        message: String,
+    },
+    /// A local file or process operation failed (creating the database directory, starting a
+    /// test server...).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result of [`Store::ingest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// Stored now (durably, when this is returned).
+    New {
+        /// Interval profiles stored.
+        profiles: u32,
+        /// Samples stored.
+        samples: u64,
+    },
+    /// The (host id, sequence) was stored before; nothing was written.
+    Duplicate,
+}
+
+/// A half-open time window `[from, to)` in Unix seconds. Queries round `from` down and `to` up
+/// to whole minutes, the finest resolution stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Start, Unix seconds (inclusive).
+    pub from: i64,
+    /// End, Unix seconds (exclusive).
+    pub to: i64,
+}
+
+impl Window {
+    /// Checks the window and aligns it to minutes; a reversed or empty window is a [`StoreError::BadQuery`].
+    pub fn aligned(self) -> Result<Window, StoreError> {
+        if self.to < self.from {
+            return Err(StoreError::BadQuery(format!(
+                "reversed time range: from {} is after to {}",
+                self.from, self.to
+            )));
+        }
+        if self.to == self.from {
+            return Err(StoreError::BadQuery(format!(
+                "empty time window: from == to == {}",
+                self.from
+            )));
+        }
+        Ok(Window {
+            from: self.from.div_euclid(60) * 60,
+            to: (self.to + 59).div_euclid(60) * 60,
+        })
+    }
+
+    /// Length in seconds.
+    pub fn seconds(&self) -> i64 {
+        self.to - self.from
+    }
+}
+
+/// What `top` ranks by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rank {
+    /// Self energy (measured + estimated).
+    #[default]
+    EnergySelf,
+    /// Inclusive energy.
+    EnergyInclusive,
+    /// Self samples (CPU).
+    SamplesSelf,
+    /// Inclusive samples.
+    SamplesInclusive,
+}
+
+/// Sums of samples and energy; every figure the store returns is one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Totals {
+    /// Samples whose leaf was the key (or all samples, for service/host/build rows).
+    pub samples_self: u64,
+    /// Samples with the key anywhere on the stack.
+    pub samples_incl: u64,
+    /// Measured self microjoules.
+    pub uj_self: u64,
+    /// Measured inclusive microjoules.
+    pub uj_incl: u64,
+    /// Estimated (model) self microjoules.
+    pub est_uj_self: u64,
+    /// Estimated inclusive microjoules.
+    pub est_uj_incl: u64,
+    /// Measured idle microjoules (host rows only).
+    pub idle_uj: u64,
+    /// Estimated idle microjoules (host rows only).
+    pub est_idle_uj: u64,
+    /// Milliseconds of profile covered (host rows only).
+    pub duration_ms: u64,
+    /// Samples the agent's sampler dropped (host rows only).
+    pub dropped: u64,
+}
+
+impl Totals {
+    /// Adds another set of sums to this one.
+    pub fn add(&mut self, o: &Totals) {
+        self.samples_self += o.samples_self;
+        self.samples_incl += o.samples_incl;
+        self.uj_self += o.uj_self;
+        self.uj_incl += o.uj_incl;
+        self.est_uj_self += o.est_uj_self;
+        self.est_uj_incl += o.est_uj_incl;
+        self.idle_uj += o.idle_uj;
+        self.est_idle_uj += o.est_idle_uj;
+        self.duration_ms += o.duration_ms;
+        self.dropped += o.dropped;
+    }
+}
+
+/// One keyed sum from a query: `service` and `key` depend on the row kind (function name, host
+/// id, build id, folded stack).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyed {
+    /// Service label ("" for host rows).
+    pub service: String,
+    /// Function, host id, build id or folded stack.
+    pub key: String,
+    /// The sums.
+    pub totals: Totals,
+    /// Distinct hosts (only filled by [`Store::services`]).
+    pub hosts: u64,
+}
+
+/// A `top` query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopQuery {
+    /// Time window.
+    pub window: Window,
+    /// Only this service, when set.
+    pub service: Option<String>,
+    /// What to rank by.
+    pub rank: Rank,
+    /// How many rows.
+    pub limit: u32,
+}
+
+/// One point of a `series`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Point {
+    /// Start of the bucket, Unix seconds.
+    pub at: i64,
+    /// Sums over the bucket.
+    pub totals: Totals,
+}
+
+/// What [`Store::retain`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Minute rows are kept this long, then only hour rows remain.
+    pub raw: Duration,
+    /// Everything (hour rows, dedup records) is deleted after this long.
+    pub total: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            raw: Duration::from_secs(7 * 86_400),
+            total: Duration::from_secs(395 * 86_400),
+        }
+    }
+}
+
+/// What [`Store::retain`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionReport {
+    /// Minute rows deleted (already summed into hour rows at ingest). ClickHouse deletes
+    /// asynchronously and reports rows counted before the delete.
+    pub minute_rows_deleted: u64,
+    /// Rows deleted because they passed the total retention.
+    pub expired_rows_deleted: u64,
+}
+
+/// Size of the store, for `/metrics` and `power`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Batches stored (dedup records).
+    pub batches: u64,
+    /// Rollup rows.
+    pub rows: u64,
+    /// Bytes on disk, when the backend can tell.
+    pub bytes: u64,
+}
+
+/// A storage backend. Implementations are internally synchronized.
+pub trait Store: Send + Sync {
+    /// Stores a batch, deduplicating by (host id, sequence) atomically with the write; returns
+    /// only once the batch is durable.
+    fn ingest(&self, batch: &Batch) -> Result<Ingested, StoreError> {
+        let rollup = Rollup::from_batch(batch)?;
+        self.write(&rollup)
+    }
+
+    /// Writes an already rolled-up batch (what [`Store::ingest`] does after [`Rollup::from_batch`]).
+    fn write(&self, rollup: &Rollup) -> Result<Ingested, StoreError>;
+
+    /// Functions ranked by `q.rank`, summed over the window (per service and function).
+    fn top(&self, q: &TopQuery) -> Result<Vec<Keyed>, StoreError>;
+
+    /// One function's sums over time, in buckets of `step` seconds (a multiple of 60).
+    fn series(
+        &self,
+        window: Window,
+        service: &str,
+        function: &str,
+        step: i64,
+    ) -> Result<Vec<Point>, StoreError>;
+
+    /// Per-service totals over the window with the number of distinct hosts reporting.
+    fn services(&self, window: Window) -> Result<Vec<Keyed>, StoreError>;
+
+    /// Per-host totals (attributed, idle, covered duration) over the window.
+    fn hosts(&self, window: Window) -> Result<Vec<Keyed>, StoreError>;
+
+    /// Per (service, build id) totals over the window.
+    fn builds(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError>;
+
+    /// Folded stacks (root first, `;`-separated) with their sums, for flame graphs and pprof.
+    fn stacks(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError>;
+
+    /// Every service the store has ever seen, sorted.
+    fn known_services(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Applies a retention policy relative to `now` (Unix seconds).
+    fn retain(&self, policy: &Retention, now: i64) -> Result<RetentionReport, StoreError>;
+
+    /// Size of the store.
+    fn stats(&self) -> Result<StoreStats, StoreError>;
+}
+
+/// Opens the store named by a `--store` URL: `sqlite://PATH` or `clickhouse://HOST:PORT/DB`.
+pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err(StoreError::BadUrl {
+                url: url.into(),
+                why: "missing database path".into(),
+            });
+        }
+        return Ok(Box::new(sqlite::SqliteStore::open(path)?));
+    }
+    if let Some(rest) = url.strip_prefix("clickhouse://") {
+        let (addr, db) = rest.split_once('/').unwrap_or((rest, "wattson"));
+        let db = if db.is_empty() { "wattson" } else { db };
+        if addr.is_empty() {
+            return Err(StoreError::BadUrl {
+                url: url.into(),
+                why: "missing HOST:PORT".into(),
+            });
+        }
+        return Ok(Box::new(clickhouse::ClickHouseStore::open(
+            &format!("http://{addr}"),
+            db,
+        )?));
+    }
+    Err(StoreError::BadUrl {
+        url: url.into(),
+        why: "unknown scheme".into(),
+    })
+}

@@ -1,0 +1,114 @@
+//! Query planning shared by the SQL backends: which resolution covers which part of a window,
+//! the column list every sum uses, and how `top` ranks. Keeping this in one place is what makes
+//! SQLite and ClickHouse return the same figures for the same query.
+
+use super::rollup::{RES_HOUR, RES_MINUTE, split_hours};
+use super::{Rank, StoreError, Window};
+
+/// The summed columns, in [`super::Totals`] field order.
+pub const TOTALS_COLUMNS: [&str; 10] = [
+    "samples_self",
+    "samples_incl",
+    "uj_self",
+    "uj_incl",
+    "est_uj_self",
+    "est_uj_incl",
+    "idle_uj",
+    "est_idle_uj",
+    "duration_ms",
+    "dropped",
+];
+
+/// A range of rows of one resolution: `minute` in `[from, to)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    /// Resolution code.
+    pub res: u8,
+    /// Start, Unix seconds (inclusive).
+    pub from: i64,
+    /// End, Unix seconds (exclusive).
+    pub to: i64,
+}
+
+/// The non-empty ranges that together cover a minute-aligned window exactly once: whole hours
+/// from hour rows (when `hours` allows) and the edges from minute rows.
+pub fn ranges(w: Window, hours: bool) -> Vec<Range> {
+    let (h0, h1) = if hours {
+        split_hours(w.from, w.to)
+    } else {
+        (w.to, w.to)
+    };
+    [
+        Range {
+            res: RES_HOUR,
+            from: h0,
+            to: h1,
+        },
+        Range {
+            res: RES_MINUTE,
+            from: w.from,
+            to: h0,
+        },
+        Range {
+            res: RES_MINUTE,
+            from: h1,
+            to: w.to,
+        },
+    ]
+    .into_iter()
+    .filter(|r| r.from < r.to)
+    .collect()
+}
+
+/// SQL expression `top` orders by (descending), over summed columns.
+pub fn rank_expr(rank: Rank) -> &'static str {
+    match rank {
+        Rank::EnergySelf => "sum(uj_self) + sum(est_uj_self)",
+        Rank::EnergyInclusive => "sum(uj_incl) + sum(est_uj_incl)",
+        Rank::SamplesSelf => "sum(samples_self)",
+        Rank::SamplesInclusive => "sum(samples_incl)",
+    }
+}
+
+/// A series step must be a positive multiple of a minute.
+pub fn check_step(step: i64) -> Result<i64, StoreError> {
+    if step <= 0 || step % 60 != 0 {
+        return Err(StoreError::BadQuery(format!(
+            "series step {step}s is not a positive multiple of 60s"
+        )));
+    }
+    Ok(step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_cover_window_once() {
+        // 00:30 .. 03:10 -> minutes 00:30..01:00, hours 01:00..03:00, minutes 03:00..03:10.
+        let w = Window {
+            from: 1800,
+            to: 3 * 3600 + 600,
+        };
+        let r = ranges(w, true);
+        assert_eq!(r.len(), 3);
+        let covered: i64 = r.iter().map(|r| r.to - r.from).sum();
+        assert_eq!(covered, w.to - w.from);
+        assert!(r.contains(&Range {
+            res: RES_HOUR,
+            from: 3600,
+            to: 3 * 3600
+        }));
+        // Inside one hour: minute rows only.
+        let r = ranges(Window { from: 60, to: 600 }, true);
+        assert_eq!(
+            r,
+            vec![Range {
+                res: RES_MINUTE,
+                from: 60,
+                to: 600
+            }]
+        );
+    }
+}

@@ -1,0 +1,361 @@
+//! The embedded default backend: one SQLite file in WAL mode.
+//!
+//! Durability: `journal_mode=WAL` with `synchronous=FULL`, so every commit fsyncs the WAL
+//! before [`Store::write`] returns; `NORMAL` would survive a process crash but could lose the
+//! last acknowledged batches on power loss, and an acknowledged batch is never resent.
+//! Dedup: the (host, sequence) insert into `batches` and the rollup upserts share one
+//! transaction, so a batch is either fully stored and recorded or neither.
+//!
+//! One connection writes, another reads (WAL lets readers run alongside the writer).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::query_plan::{Range, TOTALS_COLUMNS, ranges, rank_expr};
+use super::rollup::{Kind, RES_HOUR, RES_MINUTE, Rollup};
+use super::{
+    Ingested, Keyed, Point, Retention, RetentionReport, Store, StoreError, StoreStats, TopQuery,
+    Totals, Window,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS batches (
+    host TEXT NOT NULL, seq INTEGER NOT NULL, received INTEGER NOT NULL,
+    profiles INTEGER NOT NULL, samples INTEGER NOT NULL,
+    PRIMARY KEY (host, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS batches_received ON batches (received);
+CREATE TABLE IF NOT EXISTS rollup (
+    kind INTEGER NOT NULL, res INTEGER NOT NULL, minute INTEGER NOT NULL,
+    service TEXT NOT NULL, key TEXT NOT NULL,
+    samples_self INTEGER NOT NULL, samples_incl INTEGER NOT NULL,
+    uj_self INTEGER NOT NULL, uj_incl INTEGER NOT NULL,
+    est_uj_self INTEGER NOT NULL, est_uj_incl INTEGER NOT NULL,
+    idle_uj INTEGER NOT NULL, est_idle_uj INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL, dropped INTEGER NOT NULL,
+    PRIMARY KEY (kind, res, minute, service, key)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rollup_series ON rollup (kind, res, service, key, minute);
+CREATE TABLE IF NOT EXISTS services (service TEXT PRIMARY KEY) WITHOUT ROWID;
+";
+
+const UPSERT: &str = "
+INSERT INTO rollup VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+ON CONFLICT (kind, res, minute, service, key) DO UPDATE SET
+    samples_self = samples_self + excluded.samples_self,
+    samples_incl = samples_incl + excluded.samples_incl,
+    uj_self = uj_self + excluded.uj_self, uj_incl = uj_incl + excluded.uj_incl,
+    est_uj_self = est_uj_self + excluded.est_uj_self,
+    est_uj_incl = est_uj_incl + excluded.est_uj_incl,
+    idle_uj = idle_uj + excluded.idle_uj, est_idle_uj = est_idle_uj + excluded.est_idle_uj,
+    duration_ms = duration_ms + excluded.duration_ms, dropped = dropped + excluded.dropped";
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    path: String,
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database at `path`, with its parent directory.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                what: format!("creating directory {} for the sqlite store", dir.display()),
+                source,
+            })?;
+        }
+        let err = |source| StoreError::Sqlite {
+            path: name.clone(),
+            source,
+        };
+        let writer = Connection::open(path).map_err(err)?;
+        writer
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        writer
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        writer
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
+        writer.execute_batch(SCHEMA).map_err(err)?;
+        let reader = Connection::open(path).map_err(err)?;
+        reader
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
+        tracing::info!(path = %name, "sqlite store open (WAL, synchronous=FULL)");
+        Ok(SqliteStore {
+            path: name,
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+        })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn).map_err(|e| self.err(e))
+    }
+
+    /// `SELECT ... FROM (<union of ranges>)` for one kind, optionally one service.
+    fn keyed(
+        &self,
+        kind: Kind,
+        window: Window,
+        service: Option<&str>,
+        by_key: bool,
+        tail: &str,
+    ) -> Result<Vec<Keyed>, StoreError> {
+        let w = window.aligned()?;
+        let src = source(kind, &ranges(w, true), service.is_some(), None);
+        let (key, group) = if by_key {
+            ("key", "service, key")
+        } else {
+            ("''", "service")
+        };
+        let sql = format!(
+            "SELECT service, {key}, {sums}, count(DISTINCT key) FROM ({src}) GROUP BY {group} {tail}",
+            sums = sums()
+        );
+        self.read(|c| {
+            let mut st = c.prepare_cached(&sql)?;
+            let rows = st.query_map(rusqlite::params_from_iter(service), |r| {
+                Ok(Keyed {
+                    service: r.get(0)?,
+                    key: r.get(1)?,
+                    totals: totals_at(r, 2)?,
+                    hosts: r.get::<_, i64>(12)? as u64,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+}
+
+fn sums() -> String {
+    TOTALS_COLUMNS
+        .iter()
+        .map(|c| format!("sum({c})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Union of primary-key range scans (one per resolution range): SQLite plans each as a range,
+/// where one OR'd condition would scan the whole kind.
+fn source(kind: Kind, ranges: &[Range], by_service: bool, key: Option<()>) -> String {
+    let mut parts = Vec::new();
+    for r in ranges {
+        let mut s = format!(
+            "SELECT * FROM rollup WHERE kind = {} AND res = {} AND minute >= {} AND minute < {}",
+            kind as u8, r.res, r.from, r.to
+        );
+        if by_service {
+            s.push_str(" AND service = ?1");
+        }
+        if key.is_some() {
+            s.push_str(" AND key = ?2");
+        }
+        parts.push(s);
+    }
+    if parts.is_empty() {
+        // Keeps the SQL valid for a window with no range (cannot happen after `aligned`).
+        parts.push("SELECT * FROM rollup WHERE 0".into());
+    }
+    parts.join(" UNION ALL ")
+}
+
+fn totals_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Totals> {
+    let g = |i: usize| -> rusqlite::Result<u64> {
+        Ok(r.get::<_, Option<i64>>(at + i)?.unwrap_or(0) as u64)
+    };
+    Ok(Totals {
+        samples_self: g(0)?,
+        samples_incl: g(1)?,
+        uj_self: g(2)?,
+        uj_incl: g(3)?,
+        est_uj_self: g(4)?,
+        est_uj_incl: g(5)?,
+        idle_uj: g(6)?,
+        est_idle_uj: g(7)?,
+        duration_ms: g(8)?,
+        dropped: g(9)?,
+    })
+}
+
+impl Store for SqliteStore {
+    fn write(&self, rollup: &Rollup) -> Result<Ingested, StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let fresh = tx
+            .execute(
+                "INSERT OR IGNORE INTO batches VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    rollup.host,
+                    rollup.sequence as i64,
+                    now,
+                    rollup.profiles,
+                    rollup.samples as i64
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        if fresh == 0 {
+            // Dropping the transaction rolls back; nothing was written.
+            return Ok(Ingested::Duplicate);
+        }
+        {
+            let mut up = tx.prepare_cached(UPSERT).map_err(|e| self.err(e))?;
+            let mut svc = tx
+                .prepare_cached("INSERT OR IGNORE INTO services VALUES (?1)")
+                .map_err(|e| self.err(e))?;
+            for row in &rollup.rows {
+                let t = &row.totals;
+                up.execute(params![
+                    row.kind as u8,
+                    row.res,
+                    row.minute,
+                    row.service,
+                    row.key,
+                    t.samples_self as i64,
+                    t.samples_incl as i64,
+                    t.uj_self as i64,
+                    t.uj_incl as i64,
+                    t.est_uj_self as i64,
+                    t.est_uj_incl as i64,
+                    t.idle_uj as i64,
+                    t.est_idle_uj as i64,
+                    t.duration_ms as i64,
+                    t.dropped as i64,
+                ])
+                .map_err(|e| self.err(e))?;
+                if row.kind == Kind::Service && row.res == RES_HOUR {
+                    svc.execute(params![row.service]).map_err(|e| self.err(e))?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(Ingested::New {
+            profiles: rollup.profiles,
+            samples: rollup.samples,
+        })
+    }
+
+    fn top(&self, q: &TopQuery) -> Result<Vec<Keyed>, StoreError> {
+        let tail = format!(
+            "ORDER BY {} DESC, service, key LIMIT {}",
+            rank_expr(q.rank),
+            q.limit
+        );
+        self.keyed(Kind::Function, q.window, q.service.as_deref(), true, &tail)
+    }
+
+    fn series(
+        &self,
+        window: Window,
+        service: &str,
+        function: &str,
+        step: i64,
+    ) -> Result<Vec<Point>, StoreError> {
+        let w = window.aligned()?;
+        let step = super::query_plan::check_step(step)?;
+        let src = source(Kind::Function, &ranges(w, step % 3600 == 0), true, Some(()));
+        let sql = format!(
+            "SELECT (minute - {from}) / {step} * {step} + {from} AS bucket, {sums} FROM ({src}) \
+             GROUP BY bucket ORDER BY bucket",
+            from = w.from,
+            sums = sums()
+        );
+        self.read(|c| {
+            let mut st = c.prepare_cached(&sql)?;
+            let rows = st.query_map(params![service, function], |r| {
+                Ok(Point {
+                    at: r.get(0)?,
+                    totals: totals_at(r, 1)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn services(&self, window: Window) -> Result<Vec<Keyed>, StoreError> {
+        // Grouped by service only: `key` (the host) is what count(DISTINCT key) counts.
+        self.keyed(Kind::Service, window, None, false, "ORDER BY service")
+    }
+
+    fn hosts(&self, window: Window) -> Result<Vec<Keyed>, StoreError> {
+        self.keyed(Kind::Host, window, None, true, "ORDER BY key")
+    }
+
+    fn builds(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
+        self.keyed(Kind::Build, window, service, true, "ORDER BY service, key")
+    }
+
+    fn stacks(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
+        self.keyed(Kind::Stack, window, service, true, "ORDER BY service, key")
+    }
+
+    fn known_services(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached("SELECT service FROM services ORDER BY service")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    fn retain(&self, policy: &Retention, now: i64) -> Result<RetentionReport, StoreError> {
+        let raw_cut = now - policy.raw.as_secs() as i64;
+        let total_cut = now - policy.total.as_secs() as i64;
+        let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let run = |sql: &str, a: i64| conn.execute(sql, params![a]).map_err(|e| self.err(e));
+        let expired = run("DELETE FROM rollup WHERE minute < ?1", total_cut)?;
+        let minutes = run(
+            &format!("DELETE FROM rollup WHERE res = {RES_MINUTE} AND minute < ?1"),
+            raw_cut,
+        )?;
+        run("DELETE FROM batches WHERE received < ?1", total_cut)?;
+        // Forget services with no rows left, so `known_services` stays truthful.
+        conn.execute(
+            &format!(
+                "DELETE FROM services WHERE service NOT IN \
+                 (SELECT DISTINCT service FROM rollup WHERE kind = {})",
+                Kind::Service as u8
+            ),
+            [],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(RetentionReport {
+            minute_rows_deleted: minutes as u64,
+            expired_rows_deleted: expired as u64,
+        })
+    }
+
+    fn stats(&self) -> Result<StoreStats, StoreError> {
+        let (batches, rows, pages, page_size) = self.read(|c| {
+            let batches: i64 = c.query_row("SELECT count(*) FROM batches", [], |r| r.get(0))?;
+            let rows: i64 = c.query_row("SELECT count(*) FROM rollup", [], |r| r.get(0))?;
+            let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let size: Option<i64> = c
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .optional()?;
+            Ok((batches, rows, pages, size.unwrap_or(4096)))
+        })?;
+        let wal = std::fs::metadata(format!("{}-wal", self.path)).map_or(0, |m| m.len());
+        Ok(StoreStats {
+            batches: batches as u64,
+            rows: rows as u64,
+            bytes: (pages * page_size) as u64 + wal,
+        })
+    }
+}

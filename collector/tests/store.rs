@@ -1,0 +1,402 @@
+//! The shared storage suite: every test is one generic function over `&dyn Store`, instantiated
+//! once against SQLite (a temp file) and once against a real `clickhouse-server` 18.16 that the
+//! harness starts on 127.0.0.1 with a private data dir and stops afterwards.
+
+use std::time::Duration;
+
+use wattson_collector::store::clickhouse_server::ClickHouseServer;
+use wattson_collector::store::synthetic::BatchBuilder;
+use wattson_collector::store::{
+    self, Ingested, Keyed, Rank, Retention, Store, StoreError, TopQuery, Window,
+};
+
+/// 2026-11-02 00:00:00 UTC: a Monday at an hour (and day) boundary.
+const T0: i64 = 1_793_577_600;
+
+enum Guard {
+    Sqlite(#[expect(dead_code, reason = "kept alive for the test's duration")] tempfile::TempDir),
+    ClickHouse(
+        #[expect(dead_code, reason = "kept alive for the test's duration")] ClickHouseServer,
+    ),
+}
+
+fn sqlite() -> (Guard, Box<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join("db/wattson.sqlite").display()
+    );
+    let s = store::open(&url).unwrap();
+    (Guard::Sqlite(dir), s)
+}
+
+fn clickhouse() -> (Guard, Box<dyn Store>) {
+    let server = ClickHouseServer::start().expect("start clickhouse-server (cargo xtask setup)");
+    let s = store::open(&server.store_url("wattson_test")).unwrap();
+    (Guard::ClickHouse(server), s)
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_backend { $( #[test] fn $name() { let (_g, s) = super::sqlite(); super::$name(&*s); } )* }
+        mod clickhouse_backend { $( #[test] fn $name() { let (_g, s) = super::clickhouse(); super::$name(&*s); } )* }
+    };
+}
+
+suite!(
+    duplicate_batch_is_stored_once,
+    self_and_inclusive_rollup,
+    recursion_counts_inclusive_once,
+    estimated_energy_stays_separate,
+    window_mixes_hours_and_minutes,
+    series_buckets,
+    services_hosts_builds_stacks,
+    bad_queries_are_errors,
+    invalid_batch_is_rejected_and_not_marked_seen,
+    retention_drops_minutes_then_everything,
+    concurrent_retries_store_once,
+);
+
+fn day() -> Window {
+    Window {
+        from: T0,
+        to: T0 + 86_400,
+    }
+}
+
+fn top(s: &dyn Store, w: Window, rank: Rank) -> Vec<Keyed> {
+    s.top(&TopQuery {
+        window: w,
+        service: None,
+        rank,
+        limit: 100,
+    })
+    .unwrap()
+}
+
+fn find<'a>(rows: &'a [Keyed], service: &str, key: &str) -> &'a Keyed {
+    rows.iter()
+        .find(|r| r.service == service && r.key == key)
+        .unwrap_or_else(|| panic!("no row {service}/{key} in {rows:#?}"))
+}
+
+fn simple(host: &str, seq: u64, at: i64) -> wattson_proto::v1::Batch {
+    BatchBuilder::new(host, seq)
+        .interval(
+            at,
+            10,
+            false,
+            500.0,
+            &[
+                ("api", "b1", "main;work;hash", 5, 2_000.0),
+                ("api", "b1", "main;work", 3, 1_000.0),
+            ],
+        )
+        .build()
+}
+
+fn duplicate_batch_is_stored_once(s: &dyn Store) {
+    let b = simple("h1", 1, T0 + 5);
+    assert_eq!(
+        s.ingest(&b).unwrap(),
+        Ingested::New {
+            profiles: 1,
+            samples: 8
+        }
+    );
+    assert_eq!(s.ingest(&b).unwrap(), Ingested::Duplicate);
+    // Same sequence from another host is a different batch.
+    assert!(matches!(
+        s.ingest(&simple("h2", 1, T0 + 5)).unwrap(),
+        Ingested::New { .. }
+    ));
+    let rows = top(s, day(), Rank::SamplesInclusive);
+    assert_eq!(find(&rows, "api", "main").totals.samples_incl, 16);
+    assert_eq!(s.stats().unwrap().batches, 2);
+}
+
+fn self_and_inclusive_rollup(s: &dyn Store) {
+    s.ingest(&simple("h1", 1, T0 + 5)).unwrap();
+    let rows = top(s, day(), Rank::EnergySelf);
+    let hash = find(&rows, "api", "hash").totals;
+    let work = find(&rows, "api", "work").totals;
+    let main = find(&rows, "api", "main").totals;
+    assert_eq!((hash.samples_self, hash.samples_incl), (5, 5));
+    assert_eq!((work.samples_self, work.samples_incl), (3, 8));
+    assert_eq!((main.samples_self, main.samples_incl), (0, 8));
+    assert_eq!(
+        (hash.uj_self, work.uj_self, work.uj_incl),
+        (2_000, 1_000, 3_000)
+    );
+    // Ranked by self energy: hash (2 mJ) before work (1 mJ) before main (0).
+    let order: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(order, ["hash", "work", "main"]);
+    let by_incl = top(s, day(), Rank::EnergyInclusive);
+    assert_eq!(by_incl[2].key, "hash");
+}
+
+fn recursion_counts_inclusive_once(s: &dyn Store) {
+    let b = BatchBuilder::new("h1", 1)
+        .interval(
+            T0,
+            10,
+            false,
+            0.0,
+            &[("api", "", "main;fib;fib;fib", 4, 40.0)],
+        )
+        .build();
+    s.ingest(&b).unwrap();
+    let rows = top(s, day(), Rank::SamplesInclusive);
+    let fib = find(&rows, "api", "fib").totals;
+    assert_eq!(
+        (fib.samples_self, fib.samples_incl, fib.uj_incl),
+        (4, 4, 40)
+    );
+}
+
+fn estimated_energy_stays_separate(s: &dyn Store) {
+    s.ingest(&simple("measured", 1, T0)).unwrap();
+    let est = BatchBuilder::new("vm", 1)
+        .interval(
+            T0 + 60,
+            10,
+            true,
+            100.0,
+            &[("api", "b1", "main;work;hash", 5, 7_000.0)],
+        )
+        .build();
+    s.ingest(&est).unwrap();
+    let hash = find(&top(s, day(), Rank::EnergySelf), "api", "hash").totals;
+    assert_eq!((hash.uj_self, hash.est_uj_self), (2_000, 7_000));
+    assert_eq!((hash.uj_incl, hash.est_uj_incl), (2_000, 7_000));
+    let hosts = s.hosts(day()).unwrap();
+    let vm = find(&hosts, "", "vm").totals;
+    assert_eq!(
+        (vm.uj_self, vm.est_uj_self, vm.idle_uj, vm.est_idle_uj),
+        (0, 7_000, 0, 100)
+    );
+    let m = find(&hosts, "", "measured").totals;
+    assert_eq!((m.uj_self, m.est_uj_self, m.idle_uj), (3_000, 0, 500));
+    // Hour rows carry the split too: a window of whole hours reads only hour rows.
+    let hour = Window {
+        from: T0,
+        to: T0 + 3600,
+    };
+    let hash = find(&top(s, hour, Rank::EnergySelf), "api", "hash").totals;
+    assert_eq!((hash.uj_self, hash.est_uj_self), (2_000, 7_000));
+}
+
+/// One batch per minute over 3 hours 30 minutes; each minute m has m+1 samples of `leaf`.
+fn spread(s: &dyn Store) {
+    for m in 0..210i64 {
+        let b = BatchBuilder::new("h1", m as u64 + 1)
+            .interval(
+                T0 + m * 60 + 7,
+                10,
+                false,
+                0.0,
+                &[("api", "", "main;leaf", m as u64 + 1, 10.0)],
+            )
+            .build();
+        s.ingest(&b).unwrap();
+    }
+}
+
+fn expected(from_min: i64, to_min: i64) -> u64 {
+    (from_min..to_min.min(210)).map(|m| m as u64 + 1).sum()
+}
+
+fn window_mixes_hours_and_minutes(s: &dyn Store) {
+    spread(s);
+    // (from, to) in minutes after T0: ragged both ends, inside one hour, whole hours, and an
+    // unaligned start that rounds down to its minute.
+    for (a, b) in [
+        (17, 197),
+        (5, 40),
+        (60, 180),
+        (0, 210),
+        (61, 62),
+        (119, 121),
+    ] {
+        let w = Window {
+            from: T0 + a * 60,
+            to: T0 + b * 60,
+        };
+        let leaf = find(&top(s, w, Rank::SamplesSelf), "api", "leaf").totals;
+        assert_eq!(leaf.samples_self, expected(a, b), "window {a}..{b} min");
+        assert_eq!(
+            leaf.uj_self,
+            10 * (b.min(210) - a) as u64,
+            "energy {a}..{b}"
+        );
+    }
+    let w = Window {
+        from: T0 + 30 * 60 + 59,
+        to: T0 + 31 * 60,
+    };
+    let leaf = find(&top(s, w, Rank::SamplesSelf), "api", "leaf").totals;
+    assert_eq!(leaf.samples_self, expected(30, 31));
+}
+
+fn series_buckets(s: &dyn Store) {
+    spread(s);
+    let w = Window {
+        from: T0,
+        to: T0 + 4 * 3600,
+    };
+    let hourly = s.series(w, "api", "leaf", 3600).unwrap();
+    let got: Vec<(i64, u64)> = hourly
+        .iter()
+        .map(|p| (p.at, p.totals.samples_self))
+        .collect();
+    let want: Vec<(i64, u64)> = (0..4)
+        .map(|h| (T0 + h * 3600, expected(h * 60, h * 60 + 60)))
+        .collect();
+    assert_eq!(got, want);
+    let five = s.series(w, "api", "leaf", 300).unwrap();
+    assert_eq!(five.len(), 42); // 210 minutes / 5
+    assert_eq!(five[3].at, T0 + 900);
+    assert_eq!(five[3].totals.samples_self, expected(15, 20));
+    assert!(s.series(w, "api", "nope", 60).unwrap().is_empty());
+}
+
+fn services_hosts_builds_stacks(s: &dyn Store) {
+    s.ingest(&simple("h1", 1, T0)).unwrap();
+    s.ingest(&simple("h2", 1, T0 + 600)).unwrap();
+    let db = BatchBuilder::new("h3", 1)
+        .interval(
+            T0,
+            10,
+            false,
+            0.0,
+            &[("db", "b9", "main;query;read_[k]", 2, 50.0)],
+        )
+        .build();
+    s.ingest(&db).unwrap();
+    let svc = s.services(day()).unwrap();
+    assert_eq!(svc.len(), 2);
+    assert_eq!((svc[0].service.as_str(), svc[0].hosts), ("api", 2));
+    assert_eq!(svc[0].totals.samples_self, 16);
+    assert_eq!((svc[1].service.as_str(), svc[1].hosts), ("db", 1));
+    assert_eq!(s.hosts(day()).unwrap().len(), 3);
+    let builds = s.builds(day(), Some("db")).unwrap();
+    assert_eq!(builds.len(), 1);
+    assert_eq!(
+        (builds[0].key.as_str(), builds[0].totals.uj_self),
+        ("b9", 50)
+    );
+    let stacks = s.stacks(day(), None).unwrap();
+    let k = find(&stacks, "db", "main;query;read_[k]").totals;
+    assert_eq!(k.samples_self, 2);
+    assert_eq!(
+        find(&stacks, "api", "main;work;hash").totals.samples_self,
+        10
+    );
+    assert_eq!(s.known_services().unwrap(), ["api", "db"]);
+}
+
+fn bad_queries_are_errors(s: &dyn Store) {
+    s.ingest(&simple("h1", 1, T0)).unwrap();
+    let reversed = Window {
+        from: T0 + 10,
+        to: T0,
+    };
+    let empty = Window { from: T0, to: T0 };
+    for w in [reversed, empty] {
+        let e = s
+            .top(&TopQuery {
+                window: w,
+                service: None,
+                rank: Rank::EnergySelf,
+                limit: 10,
+            })
+            .unwrap_err();
+        assert!(matches!(e, StoreError::BadQuery(_)), "{e}");
+        assert!(matches!(
+            s.series(w, "api", "hash", 60),
+            Err(StoreError::BadQuery(_))
+        ));
+    }
+    let e = s.series(day(), "api", "hash", 90).unwrap_err();
+    assert!(e.to_string().contains("multiple of 60"), "{e}");
+}
+
+fn invalid_batch_is_rejected_and_not_marked_seen(s: &dyn Store) {
+    let mut b = simple("h1", 7, T0);
+    b.profiles[0].samples[0].stack_index = 99;
+    let e = s.ingest(&b).unwrap_err();
+    assert!(e.to_string().contains("stack_index"), "{e}");
+    let mut nan = simple("h1", 7, T0);
+    nan.profiles[0].samples[0].microjoules = f64::NAN;
+    assert!(matches!(
+        s.ingest(&nan),
+        Err(StoreError::InvalidBatch { .. })
+    ));
+    // The corrected batch with the same sequence is stored, not taken for a duplicate.
+    assert!(matches!(
+        s.ingest(&simple("h1", 7, T0)).unwrap(),
+        Ingested::New { .. }
+    ));
+}
+
+fn retention_drops_minutes_then_everything(s: &dyn Store) {
+    let old = T0 - 40 * 86_400;
+    let mid = T0 - 10 * 86_400;
+    s.ingest(&simple("h1", 1, old + 90)).unwrap();
+    s.ingest(&simple("h1", 2, mid + 90)).unwrap();
+    s.ingest(&simple("h1", 3, T0 + 90)).unwrap();
+    let policy = Retention {
+        raw: Duration::from_secs(7 * 86_400),
+        total: Duration::from_secs(30 * 86_400),
+    };
+    let report = s.retain(&policy, T0 + 3600).unwrap();
+    assert!(
+        report.minute_rows_deleted > 0 && report.expired_rows_deleted > 0,
+        "{report:?}"
+    );
+    let hours = |at: i64| Window {
+        from: at,
+        to: at + 3600,
+    };
+    let minutes = |at: i64| Window {
+        from: at + 60,
+        to: at + 120,
+    };
+    let samples = |w: Window| {
+        s.top(&TopQuery {
+            window: w,
+            service: None,
+            rank: Rank::SamplesSelf,
+            limit: 10,
+        })
+        .unwrap()
+        .iter()
+        .map(|r| r.totals.samples_self)
+        .sum::<u64>()
+    };
+    assert_eq!(samples(hours(old)), 0, "expired data is gone");
+    assert_eq!(samples(hours(mid)), 8, "hour rows outlive the raw period");
+    assert_eq!(
+        samples(minutes(mid)),
+        0,
+        "minute rows past the raw period are gone"
+    );
+    assert_eq!(samples(minutes(T0)), 8, "recent minute rows stay");
+    // A second pass has nothing left to do.
+    assert_eq!(s.retain(&policy, T0 + 3600).unwrap(), Default::default());
+}
+
+fn concurrent_retries_store_once(s: &dyn Store) {
+    let b = simple("h1", 42, T0);
+    let results: Vec<Ingested> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..6).map(|_| sc.spawn(|| s.ingest(&b).unwrap())).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let new = results
+        .iter()
+        .filter(|r| matches!(r, Ingested::New { .. }))
+        .count();
+    assert_eq!(new, 1, "{results:?}");
+    let rows = top(s, day(), Rank::SamplesInclusive);
+    assert_eq!(find(&rows, "api", "main").totals.samples_incl, 8);
+}
