@@ -2,3 +2,4 @@
 //! `wattson-collector` and `wattson` binaries are thin edges over it.
 
 pub mod store;
+pub mod validate;

@@ -4,6 +4,9 @@
 //! [`v1`] holds the generated types; [`FILE_DESCRIPTOR_SET`] is the encoded descriptor set that
 //! the collector hands to tonic-reflection so `grpcurl` can discover the services.
 
+pub mod codec;
+pub mod synthetic;
+
 /// Package `wattson.v1`.
 pub mod v1 {
     tonic::include_proto!("wattson.v1");

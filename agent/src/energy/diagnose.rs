@@ -48,34 +48,33 @@ pub fn diagnose(args: &EnergyArgs) -> Diagnosis {
     let topology = topology.unwrap_or_else(|_| Topology::single_package([0]));
     let mut sources = Vec::new();
     for kind in SourceKind::MEASURED.into_iter().chain([SourceKind::Model]) {
-        let report = match open_source(kind, args, &topology) {
+        let mut report = match open_source(kind, args, &topology) {
             Ok(source) => SourceReport {
                 kind,
                 usable: true,
                 domains: source.domains().iter().map(ToString::to_string).collect(),
                 detail: source.describe(),
             },
-            Err(e) => {
-                let mut detail = e.to_string();
-                if kind == SourceKind::Powercap
-                    && let Ok(zones) = powercap::discover(&args.powercap_root)
-                {
-                    for z in zones.iter().filter(|z| z.energy_uj.is_err()) {
-                        detail.push_str(&format!(
-                            "; zone {} ({}) unreadable",
-                            z.dir.display(),
-                            z.name
-                        ));
-                    }
-                }
-                SourceReport {
-                    kind,
-                    usable: false,
-                    domains: Vec::new(),
-                    detail,
+            Err(e) => SourceReport {
+                kind,
+                usable: false,
+                domains: Vec::new(),
+                detail: e.to_string(),
+            },
+        };
+        if kind == SourceKind::Powercap
+            && let Ok(zones) = powercap::discover(&args.powercap_root)
+        {
+            for z in zones {
+                if let Err(e) = &z.energy_uj {
+                    report.detail.push_str(&format!(
+                        "; zone {} ({}) unreadable: {e}",
+                        z.dir.display(),
+                        z.name
+                    ));
                 }
             }
-        };
+        }
         sources.push(report);
     }
     let auto = sources.iter().find(|s| s.usable).map(|s| s.kind);
