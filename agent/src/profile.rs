@@ -221,6 +221,15 @@ pub struct EnergyMeta {
     pub total_microjoules: u64,
     /// Part of it attributed to samples (the rest is idle or unattributed).
     pub attributed_microjoules: u64,
+    /// Idle baseline over the window, microjoules; part of `attributed_microjoules` when
+    /// `attribution` is `full`, reported apart when it is `dynamic`.
+    pub idle_microjoules: u64,
+    /// Energy no sample could carry (a package with no samples), microjoules.
+    pub unattributed_microjoules: u64,
+    /// `dynamic` (idle not charged to functions) or `full`.
+    pub attribution: String,
+    /// Energy by domain over the window, e.g. `package-0`, `dram-0`, `psys`, microjoules.
+    pub domains: BTreeMap<String, u64>,
 }
 
 /// What a weighted view (folded lines, top functions) counts.

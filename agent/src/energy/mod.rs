@@ -19,6 +19,7 @@ pub mod model;
 pub mod msr;
 pub mod perf;
 pub mod powercap;
+mod report;
 pub mod topology;
 
 use std::{fmt, io, path::PathBuf, time::Duration};
@@ -28,6 +29,7 @@ pub use attribute::{IntervalEnergy, PackageEnergy, SampleSlot};
 pub use diagnose::{Diagnosis, SourceReport, diagnose};
 pub use idle::IdleLearner;
 pub use meter::Meter;
+pub use report::meta;
 pub use topology::Topology;
 
 /// An energy domain as RAPL names it.

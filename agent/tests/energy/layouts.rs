@@ -235,3 +235,54 @@ fn model_source_is_labelled_estimated_everywhere() {
     let model = ModelSource::new(curve, Topology::single_package([0]));
     assert!(model.estimated());
 }
+
+#[test]
+fn fixture_powercap_energy_lands_in_profile_samples_and_meta() {
+    use wattson_agent::profile::{Profile, Sample};
+    let mut cap = Powercap::new();
+    cap.zone("intel-rapl:0", "package-0", 0, PACKAGE_RANGE)
+        .zone("intel-rapl:0:0", "dram", 0, DRAM_RANGE)
+        .zone("intel-rapl:1", "psys", 0, PACKAGE_RANGE);
+    let mut meter = powercap_meter(&cap, Topology::single_package([0, 1]), &args_with_idle(1.0));
+    cap.advance("intel-rapl:0", 8_000_000);
+    cap.advance("intel-rapl:0:0", 2_000_000);
+    cap.advance("intel-rapl:1", 11_000_000);
+    let sample = |tgid: u32, cpu: u32, count: u64| Sample {
+        tgid,
+        pid: tgid,
+        cpu,
+        stack: 0,
+        count,
+        microjoules: None,
+    };
+    let mut profile = Profile {
+        duration_nanos: 2_000_000_000,
+        frequency: 99,
+        samples: vec![sample(10, 0, 60), sample(11, 1, 20), sample(0, 1, 50)],
+        ..Profile::default()
+    };
+    let e = meter.attribute_profile(&mut profile);
+    let uj: Vec<Option<u64>> = profile.samples.iter().map(|s| s.microjoules).collect();
+    // 10 J - 2 J idle = 8 J over the 80 non-idle samples; the idle task gets none.
+    assert_eq!(uj, vec![Some(6_000_000), Some(2_000_000), Some(0)]);
+    let meta = profile.energy.as_ref().expect("energy meta");
+    assert_eq!(meta.source, "powercap");
+    assert!(!meta.estimated);
+    assert_eq!(
+        (
+            meta.total_microjoules,
+            meta.attributed_microjoules,
+            meta.idle_microjoules
+        ),
+        (10_000_000, 8_000_000, 2_000_000)
+    );
+    assert_eq!(meta.attribution, "dynamic");
+    assert_eq!(meta.domains.get("psys"), Some(&11_000_000));
+    assert_eq!(meta.domains.get("dram-0"), Some(&2_000_000));
+    let text = e.to_string();
+    assert!(
+        text.contains("package 4.00 W") && text.contains("dram 1.00 W"),
+        "{text}"
+    );
+    assert!(text.contains("(measured)"), "{text}");
+}
