@@ -3,6 +3,12 @@
 //!
 //! Data flows kernel maps -> [`sampler`] -> interval profile -> outputs and shipping.
 
+pub mod binary;
 pub mod energy;
+pub mod interval;
+pub mod output;
+pub mod privilege;
+pub mod process;
 pub mod profile;
 pub mod sampler;
+pub mod symbolize;

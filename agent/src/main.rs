@@ -1,10 +1,27 @@
-//! `wattson-agent`: the command-line edge of the agent library.
-use clap::Parser;
+//! `wattson-agent`: the command-line edge of the agent library. Each subcommand keeps its
+//! options (an `Args` struct) and its `run` in its own module; adding one is an enum variant
+//! here plus a match arm.
+use clap::{Parser, Subcommand};
+
+mod doctor;
+mod record;
 
 /// Wattson host agent: samples stacks with eBPF and attributes CPU energy to functions.
 #[derive(Parser, Debug)]
 #[command(version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Record a one-shot profile of this host (or one process) to a file, like `perf record`.
+    Record(record::RecordArgs),
+    /// Check what this host supports (BPF, BTF, perf events, privileges, symbols, frame
+    /// pointers) and say how to fix what is missing.
+    Doctor(doctor::DoctorArgs),
+}
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -13,6 +30,9 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let _cli = Cli::parse();
-    Ok(())
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Record(args) => record::run(args),
+        Command::Doctor(args) => doctor::run(args),
+    }
 }

@@ -9,13 +9,13 @@ use std::{collections::HashMap as StdHashMap, io, thread, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         PerfEvent,
         perf_event::{HardwareEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
-use wattson_agent_ebpf::{self as shared, SampleKey};
+use wattson_agent_ebpf::{self as shared, NewProcess, SampleKey};
 
 /// The sampler object built by `agent/build.rs` from `agent-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wattson-sampler"));
@@ -160,6 +160,8 @@ pub struct Sampler {
     active: u32,
     event: ClockEvent,
     cpus: Vec<u32>,
+    frequency: u64,
+    new_processes: Option<RingBuf<MapData>>,
 }
 
 impl Sampler {
@@ -184,11 +186,20 @@ impl Sampler {
         })?;
         let program: &mut PerfEvent = program_mut(&mut ebpf)?;
         program.load().map_err(SamplerError::Program)?;
+        let name = shared::maps::NEW_PROCESSES;
+        let new_processes = match ebpf.take_map(name) {
+            Some(map) => {
+                Some(RingBuf::try_from(map).map_err(|source| SamplerError::Map { name, source })?)
+            }
+            None => None,
+        };
         let mut sampler = Self {
             ebpf,
             active: 0,
             event: ClockEvent::CpuClock,
             cpus: Vec::new(),
+            frequency: config.frequency,
+            new_processes,
         };
         sampler.set_config(shared::CONFIG_ACTIVE, 0)?;
         sampler.set_config(
@@ -225,12 +236,61 @@ impl Sampler {
         );
         self.event = event;
         self.cpus = cpus;
+        self.frequency = freq;
         Ok(event)
+    }
+
+    /// Attaches to CPUs that came online since [`Self::attach`] (or the last call), with the
+    /// same event and frequency. Returns the CPUs added. CPUs that went offline keep their
+    /// (idle) events; the kernel re-enables them if the CPU returns.
+    pub fn attach_new_cpus(&mut self) -> Result<Vec<u32>, SamplerError> {
+        let online = online_cpus()?;
+        let added: Vec<u32> = online
+            .into_iter()
+            .filter(|c| !self.cpus.contains(c))
+            .collect();
+        let (event, freq) = (self.event, self.frequency);
+        let program = program_mut(&mut self.ebpf)?;
+        for &cpu in &added {
+            attach_one(program, event, cpu, freq)
+                .map_err(|source| SamplerError::Attach { cpu, source })?;
+            tracing::info!(cpu, "sampler attached to a CPU that came online");
+        }
+        self.cpus.extend(&added);
+        Ok(added)
+    }
+
+    /// Thread groups seen for the first time since the last call (from the BPF ring buffer),
+    /// so their `/proc` entries can be read while they still exist.
+    pub fn new_processes(&mut self) -> Vec<NewProcess> {
+        let mut out = Vec::new();
+        if let Some(ring) = self.new_processes.as_mut() {
+            while let Some(item) = ring.next() {
+                if item.len() >= std::mem::size_of::<NewProcess>() {
+                    // SAFETY: the BPF side writes exactly one NewProcess (repr(C), integers
+                    // only) per record; read_unaligned copes with the ring's 8-byte alignment.
+                    out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+                }
+            }
+        }
+        out
+    }
+
+    /// File descriptor that becomes readable when [`Self::new_processes`] has events, for
+    /// callers that `poll` instead of polling on a timer.
+    pub fn new_processes_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd as _;
+        self.new_processes.as_ref().map(|r| r.as_fd())
     }
 
     /// The event sampling is driven by.
     pub fn event(&self) -> ClockEvent {
         self.event
+    }
+
+    /// Samples per second per CPU the events were opened with.
+    pub fn frequency(&self) -> u64 {
+        self.frequency
     }
 
     /// CPUs the sampler is attached to.

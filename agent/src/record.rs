@@ -1,0 +1,257 @@
+//! `wattson-agent record`: a one-shot local profile, like `perf record`, written as pprof,
+//! folded stacks or JSON, with a summary on stdout (samples, processes, dropped/truncated,
+//! top functions, clock event).
+//!
+//! Everything that can be checked before sampling is (privileges, `--pid`, output path,
+//! frequency), so a bad invocation fails in milliseconds instead of after `--duration`.
+
+use std::{
+    fs::File,
+    io::Write as _,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use wattson_agent::{
+    interval::Recorder,
+    output::{self, Format},
+    privilege,
+    process::{ProcessTable, ServiceRule},
+    profile::{Profile, Weight},
+    sampler::{Sampler, SamplerConfig},
+    symbolize::Symbolizer,
+};
+
+/// How often new-process events are read (short-lived processes must be caught alive).
+const POLL: Duration = Duration::from_millis(20);
+/// How often the kernel maps are drained during a recording.
+const DRAIN_EVERY: Duration = Duration::from_secs(1);
+
+/// What `--weight` counts in folded output and in the summary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightArg {
+    /// Number of samples.
+    Samples,
+    /// CPU nanoseconds (samples x sampling period).
+    Cpu,
+}
+
+impl WeightArg {
+    /// The profile weight this selects.
+    pub fn weight(self) -> Weight {
+        match self {
+            Self::Samples => Weight::Samples,
+            Self::Cpu => Weight::CpuNanos,
+        }
+    }
+}
+
+/// Options of `wattson-agent record`.
+#[derive(clap::Args, Debug)]
+pub struct RecordArgs {
+    /// How long to sample, e.g. `10s`, `1m30s`. Ctrl-C stops early and keeps the profile.
+    #[arg(long, short, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Samples per second per CPU (odd primes avoid lock-step with periodic work).
+    #[arg(long, short = 'F', default_value_t = 99)]
+    pub frequency: u64,
+    /// Only sample this process (thread-group id). If it exits, the partial profile is kept.
+    #[arg(long, short)]
+    pub pid: Option<u32>,
+    /// File to write. Checked for writability before sampling starts.
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// Output format; default from the file extension (.folded/.txt, .json, else pprof).
+    #[arg(long, short, value_enum)]
+    pub format: Option<Format>,
+    /// What folded lines and the summary count.
+    #[arg(long, value_enum, default_value = "samples")]
+    pub weight: WeightArg,
+    /// Service label mapping, repeatable: FIELD:PATTERN=SERVICE with FIELD one of unit, exe,
+    /// comm, cgroup, container; PATTERN exact or ending in `*`.
+    #[arg(long = "service", value_name = "RULE")]
+    pub services: Vec<ServiceRule>,
+    /// Functions to list in the summary.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Sample with the software cpu-clock even if hardware cycles are available.
+    #[arg(long)]
+    pub cpu_clock: bool,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Runs `record`.
+pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
+    let format = args
+        .format
+        .unwrap_or_else(|| Format::from_path(&args.output));
+    check_frequency(args.frequency)?;
+    if let Some(pid) = args.pid
+        && !Path::new(&format!("/proc/{pid}")).exists()
+    {
+        bail!("--pid {pid}: no such process (nothing in /proc/{pid}); check the id with `ps`");
+    }
+    let mut out = File::create(&args.output).with_context(|| {
+        format!(
+            "--output {}: cannot write there; pick a writable path",
+            args.output.display()
+        )
+    })?;
+    privilege::check_can_sample().map_err(anyhow::Error::msg)?;
+
+    let mut config = SamplerConfig::default();
+    config.frequency = args.frequency;
+    config.tgid_filter = args.pid;
+    config.prefer_cycles = !args.cpu_clock;
+    let mut sampler = Sampler::load(&config)?;
+    sampler.attach(&config)?;
+    let table = ProcessTable::new("/proc", args.services.clone());
+    let mut recorder = Recorder::new(sampler, table, Symbolizer::default())?;
+
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    tracing::info!(duration = ?args.duration, frequency = args.frequency, "recording");
+    let started = Instant::now();
+    let mut last_drain = started;
+    let mut pid_exited = None;
+    while started.elapsed() < args.duration && !STOP.load(Ordering::Relaxed) {
+        std::thread::sleep(POLL.min(args.duration.saturating_sub(started.elapsed())));
+        recorder.poll();
+        if let Some(pid) = args.pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            pid_exited = Some(started.elapsed());
+            break;
+        }
+        if last_drain.elapsed() >= DRAIN_EVERY {
+            recorder.drain()?;
+            last_drain = Instant::now();
+        }
+    }
+    let profile = recorder.finish_window()?;
+    if let (Some(pid), Some(at)) = (args.pid, pid_exited) {
+        eprintln!(
+            "process {pid} exited after {:.1}s of the requested {:.1}s; keeping the partial profile",
+            at.as_secs_f64(),
+            args.duration.as_secs_f64()
+        );
+    }
+
+    let bytes = output::encode(&profile, format, args.weight.weight())?;
+    out.write_all(&bytes)
+        .and_then(|()| out.flush())
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    print!(
+        "{}",
+        summary(
+            &profile,
+            args.weight.weight(),
+            args.top,
+            &args.output,
+            format,
+            bytes.len()
+        )
+    );
+    Ok(())
+}
+
+/// Rejects frequencies the kernel would refuse, naming the limit's file.
+fn check_frequency(frequency: u64) -> anyhow::Result<()> {
+    const MAX: &str = "/proc/sys/kernel/perf_event_max_sample_rate";
+    if frequency == 0 {
+        bail!("--frequency must be at least 1 (samples per second per CPU)");
+    }
+    let max = std::fs::read_to_string(MAX)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    if let Some(max) = max
+        && frequency > max
+    {
+        bail!("--frequency {frequency} is above the kernel's limit {max} ({MAX})");
+    }
+    Ok(())
+}
+
+/// The text printed after recording.
+pub fn summary(
+    p: &Profile,
+    weight: Weight,
+    top: usize,
+    path: &Path,
+    format: Format,
+    bytes: usize,
+) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let secs = p.duration_nanos as f64 / 1e9;
+    let why = if p.clock_event == "cycles" {
+        "hardware PMU"
+    } else {
+        "software timer; no hardware PMU available or --cpu-clock"
+    };
+    let _ = writeln!(
+        s,
+        "recorded {secs:.1}s at {} Hz on {} CPUs, clock event {} ({why})",
+        p.frequency,
+        p.cpus.len(),
+        p.clock_event
+    );
+    let st = &p.stats;
+    let pct = |n: u64| 100.0 * n as f64 / st.samples.max(1) as f64;
+    let dropped: Vec<String> = st
+        .dropped
+        .iter()
+        .map(|(r, n)| format!("{} {n}", r.name()))
+        .collect();
+    let _ = writeln!(
+        s,
+        "samples: {} in {} processes; dropped {}{}; truncated stacks {} ({:.1}%); \
+         without user stack {}; unsymbolized frames {}",
+        st.samples,
+        p.processes.len(),
+        st.dropped_total(),
+        if dropped.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", dropped.join(", "))
+        },
+        st.truncated_stacks,
+        pct(st.truncated_stacks),
+        st.user_stack_errors,
+        st.unsymbolized_frames,
+    );
+    if st.processes_missed > 0 {
+        let _ = writeln!(
+            s,
+            "warning: {} new-process events lost (ring buffer full); their metadata may be missing",
+            st.processes_missed
+        );
+    }
+    let format_name = match format {
+        Format::Pprof => "pprof",
+        Format::Folded => "folded",
+        Format::Json => "json",
+    };
+    let _ = writeln!(s, "wrote {} ({format_name}, {bytes} bytes)", path.display());
+    let _ = writeln!(s, "top functions by self {}:", weight.unit());
+    for f in p.top_self(weight).iter().take(top) {
+        let _ = writeln!(
+            s,
+            "  {:>6.2}%  {:<50} {}",
+            100.0 * f.share,
+            f.function,
+            f.module
+        );
+    }
+    s
+}

@@ -1,0 +1,431 @@
+//! Host-side symbolization of sampled addresses into [`Frame`]s, with blazesym.
+//!
+//! User addresses are first placed in the process's captured maps ([`ProcessTable`]), which
+//! gives the module path and file offset (kept on every frame, with the module's build id, so a
+//! collector could symbolize remotely). The ELF is then asked for the symbol at that file
+//! offset: ELF symtab/dynsym, DWARF file:line and inlined functions when debug info exists
+//! (including separate debug files found by build id or debuglink), demangled (Rust, C++).
+//! Anonymous executable memory is looked up in the JIT's perf map (`/tmp/perf-PID.map`).
+//! Kernel addresses go through kallsyms. Results are cached per (build id or path, offset).
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use blazesym::symbolize::{
+    Symbolized, Symbolizer as Blaze,
+    source::{Elf, Kernel, Source},
+};
+
+use crate::{
+    process::{ProcessTable, hex},
+    profile::{Frame, FrameKind},
+};
+
+/// Module name of kernel text, as `perf` spells it.
+pub const KERNEL_MODULE: &str = "[kernel.kallsyms]";
+
+/// One function at an address: inlined callees come first (leafward).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Resolved {
+    function: String,
+    file: Option<String>,
+    line: u32,
+    inlined: bool,
+}
+
+/// A JIT's perf map: sorted (start, end, name).
+type PerfMap = Vec<(u64, u64, String)>;
+
+/// Symbolizes user and kernel addresses, caching per module build id and offset.
+pub struct Symbolizer {
+    blaze: Blaze,
+    perf_map_dir: PathBuf,
+    /// (build id or path, lookup offset) -> functions, leaf first (empty = unknown).
+    user: HashMap<(Arc<str>, u64), Arc<[Resolved]>>,
+    kernel: HashMap<u64, (Arc<[Resolved]>, Option<String>)>,
+    build_ids: HashMap<String, Option<Arc<str>>>,
+    perf_maps: HashMap<u32, PerfMap>,
+    kernel_build_id: Option<String>,
+    /// A copy of this process's vDSO on disk: every process maps the same kernel image.
+    vdso: std::sync::OnceLock<Option<String>>,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Self::new("/tmp")
+    }
+}
+
+impl Symbolizer {
+    /// A symbolizer that looks for JIT perf maps in `perf_map_dir` (normally `/tmp`).
+    pub fn new(perf_map_dir: impl Into<PathBuf>) -> Self {
+        let blaze = Blaze::builder()
+            .enable_code_info(true)
+            .enable_inlined_fns(true)
+            .enable_demangling(true)
+            .build();
+        Self {
+            blaze,
+            perf_map_dir: perf_map_dir.into(),
+            user: HashMap::new(),
+            kernel: HashMap::new(),
+            build_ids: HashMap::new(),
+            perf_maps: HashMap::new(),
+            kernel_build_id: kernel_build_id(Path::new("/sys/kernel/notes")),
+            vdso: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Frames for a user stack of `tgid` (instruction pointers, leaf first). Every address but
+    /// the leaf is a return address, looked up one byte earlier so the call site is named.
+    pub fn user_frames(
+        &mut self,
+        table: &mut ProcessTable,
+        tgid: u32,
+        stack: &[u64],
+        generation: u64,
+    ) -> Vec<Frame> {
+        let mut out = Vec::with_capacity(stack.len());
+        for (i, &addr) in stack.iter().enumerate() {
+            let lookup_adj = u64::from(i > 0);
+            let mapping = table.mapping(tgid, addr, generation).cloned();
+            // (file to read symbols from, module name to report)
+            let elf = match mapping.as_ref().and_then(|m| m.path.as_deref()) {
+                Some(p) if p.starts_with('/') => {
+                    let p = p.strip_suffix(" (deleted)").unwrap_or(p).to_owned();
+                    Some((p.clone(), p))
+                }
+                Some("[vdso]") => self
+                    .vdso
+                    .get_or_init(dump_own_vdso)
+                    .clone()
+                    .map(|p| (p, "[vdso]".to_owned())),
+                _ => None,
+            };
+            match (mapping, elf) {
+                (Some(m), Some((path, module))) => {
+                    let offset = m.file_offset(addr);
+                    let build_id = self.build_id(&path);
+                    let key: Arc<str> =
+                        build_id.clone().unwrap_or_else(|| Arc::from(path.as_str()));
+                    let resolved = self.elf_lookup(key, &path, offset.saturating_sub(lookup_adj));
+                    push_resolved(
+                        &mut out,
+                        &resolved,
+                        FrameKind::User,
+                        &module,
+                        build_id.as_deref(),
+                        Some(offset),
+                        addr,
+                    );
+                }
+                (m, _) => {
+                    let pseudo = m.and_then(|m| m.path).filter(|p| !p.starts_with("[anon"));
+                    let (module, function) = match pseudo {
+                        Some(p) => (p, None),
+                        None => match self.perf_map_lookup(tgid, addr, generation) {
+                            Some(name) => ("[perf-map]".to_owned(), Some(name)),
+                            None => ("[unknown]".to_owned(), None),
+                        },
+                    };
+                    out.push(Frame {
+                        kind: FrameKind::User,
+                        function,
+                        file: None,
+                        line: 0,
+                        inlined: false,
+                        module,
+                        build_id: None,
+                        file_offset: None,
+                        address: addr,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Frames for a kernel stack (leaf first).
+    pub fn kernel_frames(&mut self, stack: &[u64]) -> Vec<Frame> {
+        let mut out = Vec::with_capacity(stack.len());
+        for (i, &addr) in stack.iter().enumerate() {
+            let lookup = addr.saturating_sub(u64::from(i > 0));
+            let (resolved, module) = self
+                .kernel
+                .entry(lookup)
+                .or_insert_with(|| {
+                    let src = Source::Kernel(Kernel::default());
+                    match self
+                        .blaze
+                        .symbolize_single(&src, blazesym::symbolize::Input::AbsAddr(lookup))
+                    {
+                        Ok(Symbolized::Sym(sym)) => {
+                            let module = sym
+                                .module
+                                .as_ref()
+                                .map(|m| m.to_string_lossy().into_owned())
+                                .filter(|m| !m.is_empty() && !m.starts_with('/'))
+                                .map(|m| {
+                                    if m.starts_with('[') {
+                                        m
+                                    } else {
+                                        format!("[{m}]")
+                                    }
+                                });
+                            (resolved_from(&sym), module)
+                        }
+                        _ => (Arc::from(Vec::new()), None),
+                    }
+                })
+                .clone();
+            let module = module.unwrap_or_else(|| KERNEL_MODULE.to_owned());
+            let build_id = (module == KERNEL_MODULE)
+                .then(|| self.kernel_build_id.clone())
+                .flatten();
+            push_resolved(
+                &mut out,
+                &resolved,
+                FrameKind::Kernel,
+                &module,
+                build_id.as_deref(),
+                Some(addr),
+                addr,
+            );
+        }
+        out
+    }
+
+    fn build_id(&mut self, path: &str) -> Option<Arc<str>> {
+        self.build_ids
+            .entry(path.to_owned())
+            .or_insert_with(|| crate::process::build_id(Path::new(path)).map(Arc::from))
+            .clone()
+    }
+
+    fn elf_lookup(&mut self, key: Arc<str>, path: &str, offset: u64) -> Arc<[Resolved]> {
+        if let Some(hit) = self.user.get(&(key.clone(), offset)) {
+            return hit.clone();
+        }
+        let src = Source::Elf(Elf::new(path));
+        let resolved = match self
+            .blaze
+            .symbolize_single(&src, blazesym::symbolize::Input::FileOffset(offset))
+        {
+            Ok(Symbolized::Sym(sym)) => resolved_from(&sym),
+            Ok(Symbolized::Unknown(_)) => Arc::from(Vec::new()),
+            Err(e) => {
+                tracing::debug!(path, offset, error = %e, "symbolization failed");
+                Arc::from(Vec::new())
+            }
+        };
+        self.user.insert((key, offset), resolved.clone());
+        resolved
+    }
+
+    fn perf_map_lookup(&mut self, tgid: u32, addr: u64, _generation: u64) -> Option<String> {
+        let find = |map: &PerfMap| {
+            let i = map.partition_point(|e| e.0 <= addr).checked_sub(1)?;
+            let (start, end, name) = &map[i];
+            (*start <= addr && addr < *end).then(|| name.clone())
+        };
+        if let Some(hit) = self.perf_maps.get(&tgid).and_then(find) {
+            return Some(hit);
+        }
+        // JITs append to the file as they compile, so re-read it on a miss.
+        let path = self.perf_map_dir.join(format!("perf-{tgid}.map"));
+        let map = parse_perf_map(&fs::read_to_string(path).ok()?);
+        let hit = find(&map);
+        self.perf_maps.insert(tgid, map);
+        hit
+    }
+}
+
+/// Writes this process's vDSO image to a temporary file so it can be symbolized like any ELF
+/// (the kernel maps the same image into every process, at file offset 0).
+fn dump_own_vdso() -> Option<String> {
+    let maps = fs::read_to_string("/proc/self/maps").ok()?;
+    let m = crate::process::parse_maps(&maps)
+        .into_iter()
+        .find(|m| m.path.as_deref() == Some("[vdso]"))?;
+    // SAFETY: the vDSO mapping is readable for its whole length for the life of the process.
+    let image =
+        unsafe { std::slice::from_raw_parts(m.start as *const u8, (m.end - m.start) as usize) };
+    let path = std::env::temp_dir().join(format!("wattson-vdso-{}.so", std::process::id()));
+    fs::write(&path, image).ok()?;
+    Some(path.to_string_lossy().into_owned())
+}
+
+/// Functions at one address, leaf (innermost inlined) first.
+fn resolved_from(sym: &blazesym::symbolize::Sym<'_>) -> Arc<[Resolved]> {
+    let location = |ci: Option<&blazesym::symbolize::CodeInfo<'_>>| match ci {
+        Some(ci) => (
+            Some(ci.to_path().to_string_lossy().into_owned()),
+            ci.line.unwrap_or(0),
+        ),
+        None => (None, 0),
+    };
+    let mut out = Vec::with_capacity(sym.inlined.len() + 1);
+    for f in sym.inlined.iter().rev() {
+        let (file, line) = location(f.code_info.as_ref());
+        out.push(Resolved {
+            function: f.name.to_string(),
+            file,
+            line,
+            inlined: true,
+        });
+    }
+    let (file, line) = location(sym.code_info.as_deref());
+    out.push(Resolved {
+        function: sym.name.to_string(),
+        file,
+        line,
+        inlined: false,
+    });
+    Arc::from(out)
+}
+
+fn push_resolved(
+    out: &mut Vec<Frame>,
+    resolved: &[Resolved],
+    kind: FrameKind,
+    module: &str,
+    build_id: Option<&str>,
+    file_offset: Option<u64>,
+    address: u64,
+) {
+    let frame = |function: Option<String>, file, line, inlined| Frame {
+        kind,
+        function,
+        file,
+        line,
+        inlined,
+        module: module.to_owned(),
+        build_id: build_id.map(str::to_owned),
+        file_offset,
+        address,
+    };
+    if resolved.is_empty() {
+        out.push(frame(None, None, 0, false));
+    }
+    for r in resolved {
+        out.push(frame(
+            Some(r.function.clone()),
+            r.file.clone(),
+            r.line,
+            r.inlined,
+        ));
+    }
+}
+
+/// Parses a perf map (`START SIZE NAME` per line, hex, optional `0x`), sorted by start.
+pub fn parse_perf_map(text: &str) -> Vec<(u64, u64, String)> {
+    let hex_u64 = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    let mut out: Vec<(u64, u64, String)> = text
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ' ');
+            let start = hex_u64(parts.next()?)?;
+            let size = hex_u64(parts.next()?)?;
+            let name = parts.next()?.trim();
+            Some((start, start.checked_add(size)?, name.to_owned()))
+        })
+        .collect();
+    out.sort_by_key(|e| e.0);
+    out
+}
+
+/// The running kernel's GNU build id from `/sys/kernel/notes` (a sequence of ELF notes).
+pub fn kernel_build_id(notes: &Path) -> Option<String> {
+    let data = fs::read(notes).ok()?;
+    let word = |i: usize| -> Option<usize> {
+        Some(u32::from_ne_bytes(data.get(i..i + 4)?.try_into().ok()?) as usize)
+    };
+    let mut i = 0;
+    while i + 12 <= data.len() {
+        let (namesz, descsz, kind) = (word(i)?, word(i + 4)?, word(i + 8)?);
+        let name_at = i + 12;
+        let desc_at = name_at + namesz.div_ceil(4) * 4;
+        if kind == 3 && data.get(name_at..name_at + namesz)? == b"GNU\0" {
+            return Some(hex(data.get(desc_at..desc_at + descsz)?));
+        }
+        i = desc_at + descsz.div_ceil(4) * 4;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn marker_function_for_symbolization() -> u64 {
+        std::hint::black_box(42)
+    }
+
+    #[test]
+    fn own_function_symbolizes_with_file_and_line() {
+        let me = std::process::id();
+        let mut table = ProcessTable::new("/proc", Vec::new());
+        table.observe(me, "test");
+        let addr = marker_function_for_symbolization as *const () as u64 + 1;
+        let mut sym = Symbolizer::default();
+        let frames = sym.user_frames(&mut table, me, &[addr], 1);
+        let outer = frames.last().expect("a frame");
+        let name = outer.function.as_deref().unwrap_or_default();
+        assert!(
+            name.ends_with("marker_function_for_symbolization"),
+            "demangled name, got {frames:?}"
+        );
+        assert!(
+            outer
+                .file
+                .as_deref()
+                .unwrap_or_default()
+                .ends_with("symbolize.rs")
+        );
+        assert!(outer.line > 0);
+        assert!(outer.file_offset.is_some());
+        assert!(outer.module.starts_with('/'));
+    }
+
+    #[test]
+    fn kernel_addresses_name_kernel_functions() {
+        let text = fs::read_to_string("/proc/kallsyms").unwrap();
+        let addr = text
+            .lines()
+            .find(|l| l.ends_with(" vfs_read"))
+            .and_then(|l| u64::from_str_radix(l.split(' ').next()?, 16).ok())
+            .filter(|&a| a != 0);
+        let Some(addr) = addr else {
+            eprintln!("kallsyms addresses hidden (not root?): skipped");
+            return;
+        };
+        let frames = Symbolizer::default().kernel_frames(&[addr + 4]);
+        assert_eq!(frames[0].function.as_deref(), Some("vfs_read"));
+        assert_eq!(frames[0].module, KERNEL_MODULE);
+    }
+
+    #[test]
+    fn perf_maps_parse_and_sort() {
+        let map = parse_perf_map("0x2000 10 js:foo\n1000 20 bar baz\nbad line\n");
+        assert_eq!(
+            map,
+            vec![
+                (0x1000, 0x1020, "bar baz".to_owned()),
+                (0x2000, 0x2010, "js:foo".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn kernel_build_id_reads_when_present() {
+        if Path::new("/sys/kernel/notes").exists() {
+            let id = kernel_build_id(Path::new("/sys/kernel/notes"));
+            assert!(id.is_some_and(|id| id.len() >= 40));
+        }
+    }
+}
