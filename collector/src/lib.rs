@@ -1,5 +1,6 @@
 //! Wattson's collector as a library: ingest, storage, fleet attribution and queries. The
 //! `wattson-collector` and `wattson` binaries are thin edges over it.
 
+pub mod server;
 pub mod store;
 pub mod validate;
