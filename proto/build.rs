@@ -4,7 +4,11 @@ use std::path::PathBuf;
 
 use prost::Message as _;
 
-const PROTOS: &[&str] = &["wattson/v1/profile.proto", "wattson/v1/ingest.proto"];
+const PROTOS: &[&str] = &[
+    "wattson/v1/profile.proto",
+    "wattson/v1/ingest.proto",
+    "wattson/v1/query.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("proto");

@@ -1,6 +1,11 @@
 //! Wattson's collector as a library: ingest, storage, fleet attribution and queries. The
 //! `wattson-collector` and `wattson` binaries are thin edges over it.
 
-pub mod server;
+pub mod attribute;
+pub mod flame;
+pub mod query;
+pub mod query_service;
+pub mod report;
+pub mod retention;
 pub mod store;
 pub mod validate;

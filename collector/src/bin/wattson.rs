@@ -1,0 +1,357 @@
+//! `wattson`: ask a collector where the fleet's power goes. Tables for people, `--json` for
+//! scripts; flame graphs as SVG files. Every energy figure built from a model says "est".
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+use wattson_collector::flame::{self, Weight};
+use wattson_collector::report;
+use wattson_proto::v1::query_service_client::QueryServiceClient;
+use wattson_proto::v1::{
+    PowerRequest, RankBy, SeriesRequest, StacksRequest, StacksResponse, TimeWindow, TopRequest,
+};
+
+/// Query a Wattson collector: power by function and service, over time, as flame graphs.
+#[derive(Parser, Debug)]
+#[command(name = "wattson", version, about)]
+struct Cli {
+    /// Collector gRPC endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "WATTSON_COLLECTOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    collector: String,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// A time window. Times are `now`, `-2h` / `2h` (ago), Unix seconds, or RFC 3339.
+#[derive(clap::Args, Debug, Clone)]
+struct WindowArgs {
+    /// Start of the window.
+    #[arg(long, default_value = "-1h")]
+    from: String,
+    /// End of the window.
+    #[arg(long, default_value = "now")]
+    to: String,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum By {
+    /// Attributed energy (watts).
+    Energy,
+    /// CPU samples.
+    Cpu,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum WeightArg {
+    /// Widths by samples (CPU time).
+    Samples,
+    /// Widths by attributed microjoules.
+    Energy,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Functions ranked by energy or CPU.
+    Top {
+        #[command(flatten)]
+        window: WindowArgs,
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Rank by energy or CPU.
+        #[arg(long, value_enum, default_value = "energy")]
+        by: By,
+        /// Rank by inclusive (function and its callees) instead of self.
+        #[arg(long)]
+        inclusive: bool,
+        /// Rows to show.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One function's power and CPU over time.
+    Series {
+        #[command(flatten)]
+        window: WindowArgs,
+        /// Service of the function.
+        #[arg(long)]
+        service: String,
+        /// Function name (as `top` prints it).
+        #[arg(long)]
+        function: String,
+        /// Bucket length (e.g. 5m, 1h); picked from the window when omitted.
+        #[arg(long)]
+        step: Option<humantime::Duration>,
+    },
+    /// Merged profile of the window as folded stacks (`frame;frame count`).
+    Profile {
+        #[command(flatten)]
+        window: WindowArgs,
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// What the counts are.
+        #[arg(long, value_enum, default_value = "samples")]
+        weight: WeightArg,
+        /// Output file ("-" for stdout).
+        #[arg(long, default_value = "-")]
+        output: PathBuf,
+    },
+    /// SVG flame graph of the window.
+    Flame {
+        #[command(flatten)]
+        window: WindowArgs,
+        /// Only this service (otherwise every stack is rooted at its service).
+        #[arg(long)]
+        service: Option<String>,
+        /// What widths count.
+        #[arg(long, value_enum, default_value = "energy")]
+        weight: WeightArg,
+        /// Output SVG file.
+        #[arg(long, default_value = "wattson-flame.svg")]
+        output: PathBuf,
+    },
+    /// Compare a baseline window with the window: table of changes and a differential flame graph.
+    Diff {
+        /// Baseline window as FROM..TO (same time syntax as --from).
+        #[arg(long)]
+        baseline: String,
+        #[command(flatten)]
+        window: WindowArgs,
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// What to compare.
+        #[arg(long, value_enum, default_value = "energy")]
+        weight: WeightArg,
+        /// Rows to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Also write a differential flame graph here.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Fleet power summary per service.
+    Power {
+        #[command(flatten)]
+        window: WindowArgs,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(run(cli))
+}
+
+fn window(w: &WindowArgs) -> anyhow::Result<TimeWindow> {
+    let now = report::now();
+    Ok(TimeWindow {
+        from_unix_seconds: report::parse_time(&w.from, now).context("--from")?,
+        to_unix_seconds: report::parse_time(&w.to, now).context("--to")?,
+    })
+}
+
+fn weight(w: WeightArg) -> Weight {
+    match w {
+        WeightArg::Samples => Weight::Samples,
+        WeightArg::Energy => Weight::Energy,
+    }
+}
+
+fn status(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", e.message(), e.code())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut client = QueryServiceClient::connect(cli.collector.clone())
+        .await
+        .with_context(|| format!("connecting to collector {} (--collector)", cli.collector))?;
+    let mut client2 = client.clone();
+    let mut stacks =
+        async |w: TimeWindow, service: &Option<String>| -> anyhow::Result<StacksResponse> {
+            Ok(client2
+                .stacks(StacksRequest {
+                    window: Some(w),
+                    service: service.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner())
+        };
+    match cli.command {
+        Command::Top {
+            window: w,
+            service,
+            by,
+            inclusive,
+            limit,
+        } => {
+            let rank = match (by, inclusive) {
+                (By::Energy, false) => RankBy::EnergySelf,
+                (By::Energy, true) => RankBy::EnergyInclusive,
+                (By::Cpu, false) => RankBy::SamplesSelf,
+                (By::Cpu, true) => RankBy::SamplesInclusive,
+            };
+            let r = client
+                .top(TopRequest {
+                    window: Some(window(&w)?),
+                    service: service.unwrap_or_default(),
+                    rank: rank as i32,
+                    limit,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            emit(cli.json, report::top_json(&r), || report::top_table(&r))
+        }
+        Command::Series {
+            window: w,
+            service,
+            function,
+            step,
+        } => {
+            let step_seconds = match step {
+                Some(s) => u32::try_from(s.as_secs()).context("--step too large")?,
+                None => 0,
+            };
+            let r = client
+                .series(SeriesRequest {
+                    window: Some(window(&w)?),
+                    service,
+                    function,
+                    step_seconds,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            emit(cli.json, report::series_json(&r), || {
+                report::series_table(&r)
+            })
+        }
+        Command::Profile {
+            window: w,
+            service,
+            weight: wt,
+            output,
+        } => {
+            let rows = stacks(window(&w)?, &service).await?.stacks;
+            let text = flame::folded(&rows, weight(wt), service.is_none());
+            if text.is_empty() {
+                bail!("no stacks in the window");
+            }
+            if output.as_os_str() == "-" {
+                print!("{text}");
+            } else {
+                std::fs::write(&output, text)
+                    .with_context(|| format!("writing --output {}", output.display()))?;
+                eprintln!("wrote {}", output.display());
+            }
+            Ok(())
+        }
+        Command::Flame {
+            window: w,
+            service,
+            weight: wt,
+            output,
+        } => {
+            let rows = stacks(window(&w)?, &service).await?.stacks;
+            let title = format!(
+                "wattson {} ({})",
+                service.as_deref().unwrap_or("fleet"),
+                report::weight_label(weight(wt))
+            );
+            let svg = flame::svg(
+                &flame::folded(&rows, weight(wt), service.is_none()),
+                &title,
+                weight(wt),
+                flame::any_estimated(&rows),
+            )?;
+            std::fs::write(&output, svg)
+                .with_context(|| format!("writing --output {}", output.display()))?;
+            eprintln!("wrote {}", output.display());
+            Ok(())
+        }
+        Command::Diff {
+            baseline,
+            window: w,
+            service,
+            weight: wt,
+            limit,
+            output,
+        } => {
+            let (bf, bt) = baseline
+                .split_once("..")
+                .context("--baseline must be FROM..TO, e.g. -2h..-1h")?;
+            let now = report::now();
+            let base_w = TimeWindow {
+                from_unix_seconds: report::parse_time(bf, now).context("--baseline start")?,
+                to_unix_seconds: report::parse_time(bt, now).context("--baseline end")?,
+            };
+            let before = stacks(base_w, &service).await?;
+            let after = stacks(window(&w)?, &service).await?;
+            let d = report::diff(&before, &after, weight(wt), limit);
+            if let Some(out) = output {
+                let prefix = service.is_none();
+                let svg = flame::diff_svg(
+                    &flame::folded(&before.stacks, weight(wt), prefix),
+                    &flame::folded(&after.stacks, weight(wt), prefix),
+                    "wattson diff (red grew, blue shrank)",
+                    weight(wt),
+                    flame::any_estimated(&before.stacks) || flame::any_estimated(&after.stacks),
+                )?;
+                std::fs::write(&out, svg)
+                    .with_context(|| format!("writing --output {}", out.display()))?;
+                eprintln!("wrote {}", out.display());
+            }
+            emit(cli.json, report::diff_json(&d), || report::diff_table(&d))
+        }
+        Command::Power { window: w } => {
+            let r = client
+                .power(PowerRequest {
+                    window: Some(window(&w)?),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            emit(cli.json, report::power_json(&r), || report::power_table(&r))
+        }
+    }
+}
+
+fn emit(json: bool, value: Value, table: impl FnOnce() -> String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{}", table());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+}

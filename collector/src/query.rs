@@ -1,0 +1,301 @@
+//! Answering queries: checks a request (window, service, function), reads the store and
+//! attributes power with the fleet configuration. The gRPC query service and the tests call
+//! this; it returns the wire types directly so there is one shape for every consumer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use wattson_proto::v1::{
+    FunctionRow, Power, PowerRequest, PowerResponse, RankBy, SeriesPoint, SeriesRequest,
+    SeriesResponse, ServicePower, StackRow, StacksRequest, StacksResponse, TimeWindow, TopRequest,
+    TopResponse,
+};
+
+use crate::attribute::{FleetConfig, add_power};
+use crate::store::{Keyed, Rank, Store, StoreError, TopQuery, Window};
+
+/// Default and largest `top` row counts.
+const DEFAULT_LIMIT: u32 = 20;
+const MAX_LIMIT: u32 = 10_000;
+
+/// Why a query was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The request is malformed (missing or reversed window, bad step...).
+    #[error("{0}")]
+    Bad(String),
+    /// The service has never reported to this collector.
+    #[error("unknown service {service:?}; known services: {known}")]
+    UnknownService {
+        /// As asked.
+        service: String,
+        /// What the store knows, comma-separated.
+        known: String,
+    },
+    /// Nothing matches in the window.
+    #[error("{0}")]
+    NoData(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for QueryError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::BadQuery(m) => QueryError::Bad(m),
+            e => QueryError::Store(e),
+        }
+    }
+}
+
+/// Queries over a store with a fleet configuration.
+pub struct QueryEngine {
+    store: Arc<dyn Store>,
+    fleet: FleetConfig,
+}
+
+fn window(w: Option<&TimeWindow>) -> Result<Window, QueryError> {
+    let w = w.ok_or_else(|| QueryError::Bad("window is required".into()))?;
+    Ok(Window {
+        from: w.from_unix_seconds,
+        to: w.to_unix_seconds,
+    }
+    .aligned()?)
+}
+
+fn wire(w: Window) -> Option<TimeWindow> {
+    Some(TimeWindow {
+        from_unix_seconds: w.from,
+        to_unix_seconds: w.to,
+    })
+}
+
+/// A series step for a window: about 300 points, whole minutes, whole hours past two days.
+pub fn default_step(seconds: i64) -> i64 {
+    let step = (seconds / 300).max(60).div_euclid(60) * 60;
+    if seconds > 2 * 86_400 {
+        (step + 3599) / 3600 * 3600
+    } else {
+        step
+    }
+}
+
+impl QueryEngine {
+    /// An engine over `store`.
+    pub fn new(store: Arc<dyn Store>, fleet: FleetConfig) -> QueryEngine {
+        QueryEngine { store, fleet }
+    }
+
+    /// The fleet configuration in use.
+    pub fn fleet(&self) -> &FleetConfig {
+        &self.fleet
+    }
+
+    fn check_service(&self, service: &str) -> Result<(), QueryError> {
+        if service.is_empty() {
+            return Ok(());
+        }
+        let known = self.store.known_services()?;
+        if known.iter().any(|s| s == service) {
+            return Ok(());
+        }
+        Err(QueryError::UnknownService {
+            service: service.into(),
+            known: if known.is_empty() {
+                "none yet (no agent has reported)".into()
+            } else {
+                known.join(", ")
+            },
+        })
+    }
+
+    /// Per service: (scale to the fleet, samples in the window).
+    fn scales(&self, w: Window) -> Result<HashMap<String, (f64, u64)>, QueryError> {
+        Ok(self
+            .store
+            .services(w)?
+            .into_iter()
+            .map(|s| {
+                let (fleet, _) = self.fleet.fleet_hosts(&s.service, s.hosts);
+                let scale = fleet as f64 / s.hosts.max(1) as f64;
+                (s.service, (scale, s.totals.samples_self))
+            })
+            .collect())
+    }
+
+    /// Functions ranked by energy or samples.
+    pub fn top(&self, req: &TopRequest) -> Result<TopResponse, QueryError> {
+        let w = window(req.window.as_ref())?;
+        self.check_service(&req.service)?;
+        let rank = match RankBy::try_from(req.rank).unwrap_or(RankBy::Unspecified) {
+            RankBy::Unspecified | RankBy::EnergySelf => Rank::EnergySelf,
+            RankBy::EnergyInclusive => Rank::EnergyInclusive,
+            RankBy::SamplesSelf => Rank::SamplesSelf,
+            RankBy::SamplesInclusive => Rank::SamplesInclusive,
+        };
+        let limit = match req.limit {
+            0 => DEFAULT_LIMIT,
+            n => n.min(MAX_LIMIT),
+        };
+        let scales = self.scales(w)?;
+        let rows = self.store.top(&TopQuery {
+            window: w,
+            service: (!req.service.is_empty()).then(|| req.service.clone()),
+            rank,
+            limit,
+        })?;
+        let secs = w.seconds() as f64;
+        let rows = rows
+            .into_iter()
+            .map(|r| {
+                let (scale, total) = scales.get(&r.service).copied().unwrap_or((1.0, 0));
+                let (s, i) = self.fleet.self_and_inclusive(&r.totals, secs, scale);
+                let share = |n: u64| {
+                    if total == 0 {
+                        0.0
+                    } else {
+                        n as f64 / total as f64
+                    }
+                };
+                FunctionRow {
+                    cpu_share_self: share(r.totals.samples_self),
+                    cpu_share_inclusive: share(r.totals.samples_incl),
+                    service: r.service,
+                    function: r.key,
+                    samples_self: r.totals.samples_self,
+                    samples_inclusive: r.totals.samples_incl,
+                    self_power: Some(s),
+                    inclusive_power: Some(i),
+                }
+            })
+            .collect();
+        Ok(TopResponse {
+            window: wire(w),
+            rows,
+            currency: self.fleet.currency.clone(),
+        })
+    }
+
+    /// One function over time.
+    pub fn series(&self, req: &SeriesRequest) -> Result<SeriesResponse, QueryError> {
+        let w = window(req.window.as_ref())?;
+        if req.service.is_empty() || req.function.is_empty() {
+            return Err(QueryError::Bad(
+                "series needs a service and a function".into(),
+            ));
+        }
+        self.check_service(&req.service)?;
+        let step = match req.step_seconds {
+            0 => default_step(w.seconds()),
+            s => i64::from(s),
+        };
+        let points = self.store.series(w, &req.service, &req.function, step)?;
+        if points.is_empty() {
+            return Err(QueryError::NoData(format!(
+                "function {:?} of service {:?} has no samples in the window \
+                 (`wattson top --service {}` lists its functions)",
+                req.function, req.service, req.service
+            )));
+        }
+        let scale = self.scales(w)?.get(&req.service).map_or(1.0, |(s, _)| *s);
+        let points = points
+            .into_iter()
+            .map(|p| {
+                let bucket = (step.min(w.to - p.at)) as f64;
+                let (s, i) = self.fleet.self_and_inclusive(&p.totals, bucket, scale);
+                SeriesPoint {
+                    at_unix_seconds: p.at,
+                    samples_self: p.totals.samples_self,
+                    samples_inclusive: p.totals.samples_incl,
+                    self_power: Some(s),
+                    inclusive_power: Some(i),
+                }
+            })
+            .collect();
+        Ok(SeriesResponse {
+            window: wire(w),
+            step_seconds: step as u32,
+            points,
+        })
+    }
+
+    /// Folded stacks with samples and joules.
+    pub fn stacks(&self, req: &StacksRequest) -> Result<StacksResponse, QueryError> {
+        let w = window(req.window.as_ref())?;
+        self.check_service(&req.service)?;
+        let service = (!req.service.is_empty()).then_some(req.service.as_str());
+        let stacks = self
+            .store
+            .stacks(w, service)?
+            .into_iter()
+            .map(|k: Keyed| StackRow {
+                service: k.service,
+                folded: k.key,
+                samples: k.totals.samples_self,
+                joules_measured: k.totals.uj_self as f64 / 1e6,
+                joules_estimated: k.totals.est_uj_self as f64 / 1e6,
+            })
+            .collect();
+        Ok(StacksResponse {
+            window: wire(w),
+            stacks,
+        })
+    }
+
+    /// Fleet power per service.
+    pub fn power(&self, req: &PowerRequest) -> Result<PowerResponse, QueryError> {
+        let w = window(req.window.as_ref())?;
+        let secs = w.seconds() as f64;
+        let mut total = Power::default();
+        let mut services = Vec::new();
+        for s in self.store.services(w)? {
+            let (fleet, configured) = self.fleet.fleet_hosts(&s.service, s.hosts);
+            let scale = fleet as f64 / s.hosts.max(1) as f64;
+            let power = self
+                .fleet
+                .power(s.totals.uj_self, s.totals.est_uj_self, secs, scale);
+            add_power(&mut total, &power);
+            services.push(ServicePower {
+                service: s.service,
+                hosts_reporting: s.hosts,
+                fleet_hosts: fleet,
+                fleet_configured: configured,
+                samples: s.totals.samples_self,
+                power: Some(power),
+            });
+        }
+        let hosts = self.store.hosts(w)?;
+        let (mut idle, mut est_idle, mut dropped) = (0u64, 0u64, 0u64);
+        for h in &hosts {
+            idle += h.totals.idle_uj;
+            est_idle += h.totals.est_idle_uj;
+            dropped += h.totals.dropped;
+        }
+        Ok(PowerResponse {
+            window: wire(w),
+            services,
+            total: Some(total),
+            hosts_reporting: hosts.len() as u64,
+            idle_watts: (idle + est_idle) as f64 / 1e6 / secs,
+            idle_estimated: est_idle > 0,
+            dropped_samples: dropped,
+            pue: self.fleet.pue.unwrap_or(0.0),
+            co2_g_per_kwh: self.fleet.co2_g_per_kwh.unwrap_or(0.0),
+            price_per_kwh: self.fleet.price_per_kwh.unwrap_or(0.0),
+            currency: self.fleet.currency.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_step;
+
+    #[test]
+    fn default_steps() {
+        assert_eq!(default_step(3600), 60);
+        assert_eq!(default_step(86_400), 240);
+        assert_eq!(default_step(30 * 86_400), 3 * 3600);
+    }
+}
