@@ -6,6 +6,7 @@ use std::{collections::HashMap, path::Path, time::Duration};
 
 use wattson_agent::{
     binary,
+    energy::{self, EnergyArgs},
     interval::Recorder,
     privilege,
     process::ProcessTable,
@@ -23,6 +24,9 @@ pub struct DoctorArgs {
     /// Hottest binaries to inspect.
     #[arg(long, default_value_t = 5)]
     pub binaries: usize,
+    /// Energy sources to check (the same flags `record` and `run` take).
+    #[command(flatten)]
+    pub energy: EnergyArgs,
 }
 
 /// Outcome of one check.
@@ -62,6 +66,31 @@ impl Check {
             ..Self::info(name, detail)
         }
     }
+}
+
+/// One check per energy source, then the plain verdict: is there RAPL, what `auto` uses.
+fn energy_checks(args: &EnergyArgs) -> Vec<Check> {
+    let d = energy::diagnose(args);
+    let mut out = Vec::new();
+    if let Err(e) = &d.topology {
+        out.push(Check::no(
+            "CPU topology",
+            e,
+            "attribution assumes one package; check --sysfs-root",
+        ));
+    }
+    for s in &d.sources {
+        let name = format!("energy source {}", s.kind);
+        out.push(match &s.fix {
+            None => Check::yes(
+                &name,
+                format!("domains {}; {}", s.domains.join(", "), s.detail),
+            ),
+            Some(fix) => Check::no(&name, &s.detail, fix),
+        });
+    }
+    out.push(Check::info("energy", d.verdict()));
+    out
 }
 
 /// Runs every check and prints the report.
@@ -114,6 +143,7 @@ pub fn checks(args: &DoctorArgs) -> Vec<Check> {
         "falls back to the cpu-clock timer (fine for CPU profiles); no PMU in most VMs, \
          enable vPMU in the hypervisor if you want cycles",
     ));
+    out.extend(energy_checks(&args.energy));
     let mut config = SamplerConfig::default();
     config.frequency = 49;
     let sampler = match Sampler::load(&config) {

@@ -15,6 +15,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use wattson_agent::{
+    energy::{EnergyArgs, IntervalEnergy, Meter},
     interval::Recorder,
     output::{self, Format},
     privilege,
@@ -36,6 +37,8 @@ pub enum WeightArg {
     Samples,
     /// CPU nanoseconds (samples x sampling period).
     Cpu,
+    /// Attributed energy in microjoules (needs an energy source; estimated under `model`).
+    Energy,
 }
 
 impl WeightArg {
@@ -44,6 +47,7 @@ impl WeightArg {
         match self {
             Self::Samples => Weight::Samples,
             Self::Cpu => Weight::CpuNanos,
+            Self::Energy => Weight::Microjoules,
         }
     }
 }
@@ -79,6 +83,9 @@ pub struct RecordArgs {
     /// Sample with the software cpu-clock even if hardware cycles are available.
     #[arg(long)]
     pub cpu_clock: bool,
+    /// Energy measurement and attribution.
+    #[command(flatten)]
+    pub energy: EnergyArgs,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -105,6 +112,10 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
         )
     })?;
     privilege::check_can_sample().map_err(anyhow::Error::msg)?;
+    let mut meter = Meter::open(&args.energy)?;
+    if meter.is_none() && args.weight == WeightArg::Energy {
+        bail!("--weight energy needs an energy source; drop --energy-source none");
+    }
 
     let mut config = SamplerConfig::default();
     config.frequency = args.frequency;
@@ -114,6 +125,9 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
     sampler.attach(&config)?;
     let table = ProcessTable::new("/proc", args.services.clone());
     let mut recorder = Recorder::new(sampler, table, Symbolizer::default())?;
+    if let Some(m) = meter.as_mut() {
+        m.restart(); // the energy interval starts with the sampling window
+    }
 
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
@@ -138,7 +152,8 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
             last_drain = Instant::now();
         }
     }
-    let profile = recorder.finish_window()?;
+    let mut profile = recorder.finish_window()?;
+    let energy = meter.as_mut().map(|m| m.attribute_profile(&mut profile));
     if let (Some(pid), Some(at)) = (args.pid, pid_exited) {
         eprintln!(
             "process {pid} exited after {:.1}s of the requested {:.1}s; keeping the partial profile",
@@ -159,7 +174,8 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
             args.top,
             &args.output,
             format,
-            bytes.len()
+            bytes.len(),
+            energy.as_ref()
         )
     );
     Ok(())
@@ -190,6 +206,7 @@ pub fn summary(
     path: &Path,
     format: Format,
     bytes: usize,
+    energy: Option<&IntervalEnergy>,
 ) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
@@ -252,6 +269,21 @@ pub fn summary(
             f.function,
             f.module
         );
+    }
+    if let Some(e) = energy {
+        let _ = write!(s, "{e}");
+        let estimated = if e.estimated { ", ESTIMATED" } else { "" };
+        let _ = writeln!(s, "top functions by self energy (J{estimated}):");
+        for f in p.top_self(Weight::Microjoules).iter().take(top) {
+            let _ = writeln!(
+                s,
+                "  {:>10.4} J {:>6.2}%  {:<50} {}",
+                f.value as f64 / 1e6,
+                100.0 * f.share,
+                f.function,
+                f.module
+            );
+        }
     }
     s
 }

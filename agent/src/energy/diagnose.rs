@@ -16,6 +16,8 @@ pub struct SourceReport {
     pub domains: Vec<String>,
     /// The method line when usable; the reason when not.
     pub detail: String,
+    /// When unusable: what it would take to make it work.
+    pub fix: Option<String>,
 }
 
 /// The energy part of `doctor`.
@@ -54,12 +56,14 @@ pub fn diagnose(args: &EnergyArgs) -> Diagnosis {
                 usable: true,
                 domains: source.domains().iter().map(ToString::to_string).collect(),
                 detail: source.describe(),
+                fix: None,
             },
             Err(e) => SourceReport {
                 kind,
                 usable: false,
                 domains: Vec::new(),
                 detail: e.to_string(),
+                fix: Some(fix(kind).to_owned()),
             },
         };
         if kind == SourceKind::Powercap
@@ -89,6 +93,40 @@ pub fn diagnose(args: &EnergyArgs) -> Diagnosis {
     }
 }
 
+/// What makes a source work, for `doctor`.
+fn fix(kind: SourceKind) -> &'static str {
+    match kind {
+        SourceKind::Perf => {
+            "needs RAPL hardware (bare metal, or a hypervisor that passes the power PMU \
+             through) and root or CAP_PERFMON"
+        }
+        SourceKind::Powercap => {
+            "needs RAPL hardware and the intel_rapl_common driver (`modprobe intel_rapl_msr`); \
+             energy_uj is root-only; containers must not mask /sys/devices/virtual/powercap"
+        }
+        SourceKind::Msr => "needs RAPL hardware, `modprobe msr` and root (CAP_SYS_RAWIO)",
+        SourceKind::Model => "check --model-idle-watts, --model-max-watts and --model-curve",
+    }
+}
+
+impl Diagnosis {
+    /// One plain sentence: is there RAPL, and what does `auto` use.
+    pub fn verdict(&self) -> String {
+        match (self.rapl, self.auto) {
+            (true, Some(kind)) => {
+                format!("RAPL available: --energy-source auto uses {kind} (measured)")
+            }
+            (false, Some(SourceKind::Model)) => {
+                "no RAPL on this host (no perf power PMU, no powercap \
+                zones, no RAPL MSRs): --energy-source auto falls back to the model, so every joule \
+                is ESTIMATED from CPU utilization, not measured"
+                    .to_owned()
+            }
+            _ => "no energy source works: energy is disabled".to_owned(),
+        }
+    }
+}
+
 impl fmt::Display for Diagnosis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.topology {
@@ -108,21 +146,6 @@ impl fmt::Display for Diagnosis {
                 writeln!(f, "  {:<9} unusable: {}", s.kind.name(), s.detail)?;
             }
         }
-        if !self.rapl {
-            writeln!(
-                f,
-                "  no RAPL: this host exposes no energy counters (no perf power PMU, no \
-                 powercap zones, no RAPL MSRs)"
-            )?;
-        }
-        match self.auto {
-            Some(SourceKind::Model) => writeln!(
-                f,
-                "  --energy-source auto uses: model (every joule is ESTIMATED from CPU \
-                 utilization, not measured)"
-            ),
-            Some(kind) => writeln!(f, "  --energy-source auto uses: {kind} (measured)"),
-            None => writeln!(f, "  --energy-source auto: nothing usable, energy disabled"),
-        }
+        writeln!(f, "  {}", self.verdict())
     }
 }

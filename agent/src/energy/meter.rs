@@ -124,6 +124,14 @@ impl Meter {
         &self.faults
     }
 
+    /// Starts a new interval now: reads the counters and discards the energy since the last
+    /// read (call when sampling starts, so energy and samples cover the same window).
+    pub fn restart(&mut self) {
+        if let Err(e) = self.source.read(&Activity::default()) {
+            tracing::warn!(source = self.source.kind().name(), error = %e, "energy source read failed");
+        }
+    }
+
     /// Reads the energy of the interval that just ended (`elapsed` long, sampled at
     /// `frequency` Hz per CPU) and attributes it to `slots`.
     pub fn interval(

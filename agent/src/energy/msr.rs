@@ -134,6 +134,12 @@ impl MsrSource {
         let mut found = None;
         for (vendor, unit_reg) in [(Vendor::Intel, INTEL_UNIT), (Vendor::Amd, AMD_UNIT)] {
             match device.read(first, unit_reg) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(EnergyError::Unavailable(format!(
+                        "no MSR device for CPU {first}: the msr driver is not loaded \
+                         (`modprobe msr` creates /dev/cpu/N/msr)"
+                    )));
+                }
                 Ok(0) => errors.push(format!("{vendor:?} unit register {unit_reg:#x} reads 0")),
                 Ok(unit) => {
                     found = Some((vendor, unit));
@@ -144,8 +150,8 @@ impl MsrSource {
         }
         let Some((vendor, unit)) = found else {
             return Err(EnergyError::Unavailable(format!(
-                "no RAPL unit register on CPU {first}: {} (EIO means the CPU or hypervisor \
-                 does not implement RAPL MSRs; ENOENT means `modprobe msr`)",
+                "no RAPL unit register on CPU {first}: {} (EIO: the CPU or hypervisor does \
+                 not implement RAPL MSRs)",
                 errors.join("; ")
             )));
         };
@@ -400,7 +406,7 @@ mod tests {
             Ok(_) => panic!("opened without registers"),
         };
         assert!(
-            err.contains("0x606") && err.contains("modprobe msr"),
+            err.contains("0x606") && err.contains("not implement RAPL MSRs"),
             "{err}"
         );
     }
