@@ -11,4 +11,5 @@ pub mod privilege;
 pub mod process;
 pub mod profile;
 pub mod sampler;
+pub mod ship;
 pub mod symbolize;

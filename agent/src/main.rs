@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod doctor;
 mod record;
+mod run;
 
 /// Wattson host agent: samples stacks with eBPF and attributes CPU energy to functions.
 #[derive(Parser, Debug)]
@@ -21,6 +22,8 @@ enum Command {
     /// Check what this host supports (BPF, BTF, perf events, privileges, symbols, frame
     /// pointers) and say how to fix what is missing.
     Doctor(doctor::DoctorArgs),
+    /// Run the daemon: sample every interval and ship energy-weighted profiles to a collector.
+    Run(Box<run::RunArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +37,6 @@ fn main() -> anyhow::Result<()> {
     match &cli.command {
         Command::Record(args) => record::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Run(args) => run::run(args),
     }
 }

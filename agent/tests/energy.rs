@@ -27,7 +27,7 @@ fn doctor_on_this_host_names_the_auto_fallback() {
         assert_eq!(d.auto, Some(SourceKind::Model), "{text}");
         assert!(text.contains("no RAPL"), "{text}");
         assert!(
-            text.contains("auto uses: model") && text.contains("ESTIMATED"),
+            text.contains("auto falls back to the model") && text.contains("ESTIMATED"),
             "{text}"
         );
         for s in d.sources.iter().filter(|s| s.kind != SourceKind::Model) {

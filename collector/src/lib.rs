@@ -7,5 +7,6 @@ pub mod query;
 pub mod query_service;
 pub mod report;
 pub mod retention;
+pub mod server;
 pub mod store;
 pub mod validate;

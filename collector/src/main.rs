@@ -1,12 +1,131 @@
 //! `wattson-collector`: the command-line edge of the collector library.
-use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use wattson_collector::server::{self, ServeConfig, TlsFiles};
+use wattson_collector::validate::Limits;
 
 /// Wattson collector: receives interval profiles from agents and answers queries.
 #[derive(Parser, Debug)]
 #[command(version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve gRPC ingest (plus grpc.health.v1 and reflection) in front of a store.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the bound address is logged).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Where batches go: `sqlite://PATH` (embedded, default) or `clickhouse://HOST:PORT/DB`.
+    #[arg(long, default_value = "sqlite://wattson.db")]
+    store: String,
+    /// Server certificate (PEM) for mutual TLS; needs --tls-key and --tls-ca.
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// Server private key (PEM) for mutual TLS.
+    #[arg(long, requires_all = ["tls_cert", "tls_ca"])]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) that client certificates must be signed by.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// Require `authorization: Bearer TOKEN` on every ingest call.
+    #[arg(long, env = "WATTSON_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Largest accepted request after decompression, bytes.
+    #[arg(long, default_value_t = server::DEFAULT_MAX_MESSAGE_BYTES)]
+    max_message_bytes: usize,
+    /// Fleet sizes per service and PUE / CO2 / price factors (TOML) for fleet power figures.
+    #[arg(long)]
+    fleet: Option<PathBuf>,
+    /// Keep per-minute rows this long; older data is kept per hour.
+    #[arg(long, default_value = "7d")]
+    retain_raw: humantime::Duration,
+    /// Delete everything older than this.
+    #[arg(long, default_value = "395d")]
+    retain_total: humantime::Duration,
+}
 
 fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let tls = TlsFiles::from_flags(args.tls_cert, args.tls_key, args.tls_ca)?;
+    let store = wattson_collector::store::open(&args.store)
+        .with_context(|| format!("opening --store {}", args.store))?;
+    let store: Arc<dyn wattson_collector::store::Store> = Arc::from(store);
+    let fleet = match &args.fleet {
+        Some(p) => wattson_collector::attribute::FleetConfig::load(p)?,
+        None => wattson_collector::attribute::FleetConfig::default(),
+    };
+    if args.retain_raw.as_secs() > args.retain_total.as_secs() {
+        anyhow::bail!(
+            "--retain-raw {} is longer than --retain-total {}",
+            args.retain_raw,
+            args.retain_total
+        );
+    }
+    let retention = wattson_collector::store::Retention {
+        raw: *args.retain_raw,
+        total: *args.retain_total,
+    };
+    let config = ServeConfig {
+        fleet,
+        tls,
+        token: args.token,
+        max_message_bytes: args.max_message_bytes,
+        limits: Limits::default(),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let listener = server::bind(args.listen).await?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        // Scripts and tests read this line to find a port picked with :0.
+        tracing::info!(%addr, store = %args.store, "listening");
+        let housekeeping = tokio::spawn(wattson_collector::retention::run(
+            store.clone(),
+            retention,
+            std::time::Duration::from_secs(3600),
+        ));
+        server::serve(listener, store, config, shutdown_signal()).await?;
+        housekeeping.abort();
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM ({e}); stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: finishing in-flight batches"),
+        _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight batches"),
+    }
 }

@@ -1,0 +1,278 @@
+//! `wattson-agent run`: the daemon. Every `--interval` it closes a profile window (sampler
+//! drain -> symbolized profile), charges the interval's energy to it, adds it to a batch, and
+//! every `--batch-intervals` windows writes the batch to the on-disk spool; a shipper task
+//! sends spooled batches to the collector, oldest first, with backoff and jitter.
+//!
+//! SIGINT/SIGTERM end the current window early and spool it, then give the shipper
+//! `--shutdown-grace` to flush; whatever the collector has not acknowledged stays in the spool
+//! for the next start.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use tokio::sync::{Notify, watch};
+use wattson_agent::{
+    energy::{EnergyArgs, Meter},
+    interval::Recorder,
+    privilege,
+    process::{ProcessTable, ServiceRule},
+    sampler::{Sampler, SamplerConfig},
+    ship::{
+        self, ShipStats, Shipper,
+        client::{Client, ClientTls},
+        spool::Spool,
+        wire::{BatchBuilder, HostIdentity, Interval},
+    },
+    symbolize::Symbolizer,
+};
+
+/// How often new-process events are read (short-lived processes must be caught alive).
+const POLL: Duration = Duration::from_millis(20);
+/// How often the kernel maps are drained within an interval.
+const DRAIN_EVERY: Duration = Duration::from_secs(1);
+
+/// Options of `wattson-agent run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Collector to ship to: `http://HOST:7070`, or `https://HOST:7070` with the TLS flags.
+    #[arg(long, env = "WATTSON_COLLECTOR")]
+    pub collector: String,
+    /// Samples per second per CPU (a prime, so sampling never locks step with periodic work).
+    #[arg(long, short = 'F', default_value_t = 19)]
+    pub frequency: u64,
+    /// Length of one interval profile, e.g. `10s`.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub interval: Duration,
+    /// Intervals per batch (more means fewer, larger requests; the spool holds whole batches).
+    #[arg(long, default_value_t = 1)]
+    pub batch_intervals: usize,
+    /// Directory of the on-disk spool (survives restarts; holds the sequence counter).
+    #[arg(long, default_value = "/var/lib/wattson/spool")]
+    pub spool_dir: PathBuf,
+    /// Bound of the spool in bytes (compressed batches); when full the oldest go first and
+    /// the loss is counted and reported to the collector.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub spool_max_bytes: u64,
+    /// Stable identity of this host; default: /etc/machine-id.
+    #[arg(long)]
+    pub host_id: Option<String>,
+    /// Client certificate (PEM) for mutual TLS; needs --tls-key and --tls-ca.
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) the collector's certificate must be signed by.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// Bearer token sent with every batch (the collector's --token).
+    #[arg(long, env = "WATTSON_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Longest wait between retries while the collector is unreachable.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub max_backoff: Duration,
+    /// Deadline of one send.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub send_timeout: Duration,
+    /// On SIGTERM, how long to keep sending spooled batches before exiting.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub shutdown_grace: Duration,
+    /// Service label mapping, repeatable: FIELD:PATTERN=SERVICE with FIELD one of unit, exe,
+    /// comm, cgroup, container; PATTERN exact or ending in `*`.
+    #[arg(long = "service", value_name = "RULE")]
+    pub services: Vec<ServiceRule>,
+    /// Sample with the software cpu-clock even if hardware cycles are available.
+    #[arg(long)]
+    pub cpu_clock: bool,
+    #[command(flatten)]
+    pub energy: EnergyArgs,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Reads the host identity: `--host-id` or /etc/machine-id, and the CPU model.
+fn host_identity(args: &RunArgs, meter: Option<&Meter>) -> anyhow::Result<HostIdentity> {
+    let host_id = match &args.host_id {
+        Some(id) => id.trim().to_owned(),
+        None => std::fs::read_to_string("/etc/machine-id")
+            .map(|s| s.trim().to_owned())
+            .context("reading /etc/machine-id for the host id; pass --host-id to set one")?,
+    };
+    if host_id.is_empty() || host_id.chars().any(char::is_control) {
+        bail!("host id {host_id:?} is empty or has control characters; pass --host-id");
+    }
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let packages = meter.map_or(0, |m| m.topology().packages().len() as u32);
+    Ok(HostIdentity {
+        host_id,
+        cpu_model,
+        packages,
+    })
+}
+
+/// Runs the daemon until SIGINT/SIGTERM.
+pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    if args.frequency == 0 {
+        bail!("--frequency must be at least 1 (samples per second per CPU)");
+    }
+    if args.interval < Duration::from_millis(100) {
+        bail!("--interval must be at least 100ms");
+    }
+    if args.batch_intervals == 0 {
+        bail!("--batch-intervals must be at least 1");
+    }
+    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(ClientTls {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+        }),
+        _ => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    // The channel is created inside the runtime so its connection tasks have one to run on.
+    let client = runtime.block_on(async {
+        Client::new(
+            &args.collector,
+            tls.as_ref(),
+            args.token.as_deref(),
+            args.send_timeout,
+        )
+    })?;
+    let spool = Spool::open(&args.spool_dir, args.spool_max_bytes)?;
+    let spool = Arc::new(Mutex::new(spool));
+
+    privilege::check_can_sample().map_err(anyhow::Error::msg)?;
+    let mut meter = Meter::open(&args.energy)?;
+    let host = host_identity(args, meter.as_ref())?;
+    let mut config = SamplerConfig::default();
+    config.frequency = args.frequency;
+    config.prefer_cycles = !args.cpu_clock;
+    let mut sampler = Sampler::load(&config)?;
+    sampler.attach(&config)?;
+    let table = ProcessTable::new("/proc", args.services.clone());
+    let mut recorder = Recorder::new(sampler, table, Symbolizer::default())?;
+
+    let wake = Arc::new(Notify::new());
+    let stats = Arc::new(ShipStats::default());
+    let (stop_tx, stop_rx) = watch::channel(None);
+    let shipper = Shipper {
+        spool: spool.clone(),
+        client,
+        wake: wake.clone(),
+        backoff: ship::default_backoff(args.max_backoff),
+        stats: stats.clone(),
+    };
+    let shipping = runtime.spawn(shipper.run(stop_rx));
+
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    tracing::info!(
+        collector = %args.collector,
+        host_id = %host.host_id,
+        frequency = args.frequency,
+        interval = ?args.interval,
+        energy = meter.as_ref().map_or("none".to_owned(), |m| m.describe()),
+        "agent running"
+    );
+
+    let mut builder = BatchBuilder::new();
+    let mut window_started = Instant::now();
+    let mut last_drain = window_started;
+    loop {
+        let stopping = STOP.load(Ordering::Relaxed);
+        if !stopping {
+            std::thread::sleep(POLL);
+            recorder.poll();
+            if last_drain.elapsed() >= DRAIN_EVERY {
+                recorder.drain()?;
+                last_drain = Instant::now();
+            }
+            if window_started.elapsed() < args.interval {
+                continue;
+            }
+        }
+        window_started = Instant::now();
+        last_drain = window_started;
+        let mut profile = recorder.finish_window()?;
+        let energy = meter.as_mut().map(|m| m.attribute_profile(&mut profile));
+        builder.add(&Interval { profile, energy });
+        if builder.intervals() >= args.batch_intervals || stopping {
+            let full = std::mem::replace(&mut builder, BatchBuilder::new());
+            spool_batch(&spool, &host, full)?;
+            wake.notify_one();
+        }
+        if stopping {
+            break;
+        }
+    }
+
+    tracing::info!(grace = ?args.shutdown_grace, "stopping: flushing the spool");
+    let _ = stop_tx.send(Some(Instant::now() + args.shutdown_grace));
+    runtime
+        .block_on(shipping)
+        .context("the shipper task failed")?;
+    let spool = spool.lock().unwrap_or_else(|p| p.into_inner());
+    let losses = spool.losses();
+    tracing::info!(
+        sent = stats.sent.load(Ordering::Relaxed),
+        duplicates = stats.duplicates.load(Ordering::Relaxed),
+        rejected = stats.rejected.load(Ordering::Relaxed),
+        retries = stats.retries.load(Ordering::Relaxed),
+        left_in_spool = spool.len(),
+        spool_dropped_batches = losses.spool_dropped_batches,
+        spool_dropped_samples = losses.spool_dropped_samples,
+        "agent stopped"
+    );
+    Ok(())
+}
+
+/// Writes `builder`'s intervals to the spool as one batch.
+fn spool_batch(
+    spool: &Mutex<Spool>,
+    host: &HostIdentity,
+    builder: BatchBuilder,
+) -> anyhow::Result<()> {
+    let (intervals, samples) = (builder.intervals() as u64, builder.samples());
+    let mut spool = spool.lock().unwrap_or_else(|p| p.into_inner());
+    let pushed = spool.push(intervals, samples, |seq, losses| {
+        builder.finish(host, seq, losses)
+    })?;
+    // Tests and operators read this line: every sample the agent produced is counted here.
+    tracing::info!(
+        sequence = pushed.sequence,
+        intervals,
+        samples,
+        bytes = pushed.bytes,
+        dropped_oldest = pushed.dropped,
+        waiting = spool.len(),
+        "batch spooled"
+    );
+    Ok(())
+}

@@ -1,0 +1,465 @@
+//! The on-disk spool: every batch is written here (zstd-compressed protobuf) before it is sent,
+//! and removed only once the collector acknowledged it, so a collector outage or an agent
+//! restart loses nothing. The spool is bounded (`--spool-max-bytes`): when full, the oldest
+//! batches go first and what they held is counted in persistent loss counters that every later
+//! batch reports to the collector.
+//!
+//! Layout of the directory:
+//! - `NNNNNNNNNNNNNNNNNNNN-I-S.batch.zst`: batch with sequence N holding I intervals, S samples;
+//! - `next-sequence`: the next sequence number, always above every sequence ever used, so a
+//!   restarted agent never reuses one (the collector would drop it as a duplicate);
+//! - `losses`: cumulative `batches intervals samples` dropped from a full spool;
+//! - `rejected/`: batches the collector refused as invalid, kept for inspection.
+//!
+//! Every file is written to a temporary name, fsynced and renamed, then the directory is
+//! fsynced: after a crash a file is either complete or absent.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use prost::Message as _;
+use wattson_proto::v1::{AgentLosses, Batch};
+
+/// zstd level for spooled batches: fast, and protobuf tables compress well at any level.
+const ZSTD_LEVEL: i32 = 3;
+const SUFFIX: &str = ".batch.zst";
+
+/// Spool failures.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// A file operation failed.
+    #[error("spool {path}: {what}: {source}")]
+    Io {
+        /// File or directory.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A state file holds something that is not ours.
+    #[error("spool {path}: {why} (remove the file only if you accept reusing sequence numbers)")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// A batch file does not decode.
+    #[error("spool {path}: not a valid batch ({why})")]
+    BadBatch {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// One spooled batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// Sequence number.
+    pub sequence: u64,
+    /// Intervals inside.
+    pub intervals: u64,
+    /// Samples inside.
+    pub samples: u64,
+    /// Size on disk, bytes.
+    pub bytes: u64,
+}
+
+/// What [`Spool::push`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pushed {
+    /// Sequence number given to the new batch.
+    pub sequence: u64,
+    /// Compressed size, bytes.
+    pub bytes: u64,
+    /// Older batches dropped to make room.
+    pub dropped: u64,
+}
+
+/// A bounded on-disk queue of batches, oldest first.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    entries: BTreeMap<u64, Entry>,
+    next_sequence: u64,
+    losses: AgentLosses,
+    /// The batch being sent: never dropped from under the sender.
+    in_flight: Option<u64>,
+}
+
+fn io(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> SpoolError {
+    let path = path.to_path_buf();
+    move |source| SpoolError::Io { path, what, source }
+}
+
+/// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
+fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp).map_err(io(&tmp, "creating"))?;
+    f.write_all(bytes).map_err(io(&tmp, "writing"))?;
+    f.sync_all().map_err(io(&tmp, "syncing"))?;
+    fs::rename(&tmp, path).map_err(io(path, "renaming into place"))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir, "syncing the directory"))
+}
+
+fn parse_name(name: &str) -> Option<(u64, u64, u64)> {
+    let stem = name.strip_suffix(SUFFIX)?;
+    let mut parts = stem.split('-');
+    let seq = parts.next()?.parse().ok()?;
+    let intervals = parts.next()?.parse().ok()?;
+    let samples = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some((seq, intervals, samples))
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool in `dir`, bounded to `max_bytes`.
+    pub fn open(dir: impl Into<PathBuf>, max_bytes: u64) -> Result<Self, SpoolError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(io(&dir, "creating the spool directory"))?;
+        let mut entries = BTreeMap::new();
+        for item in fs::read_dir(&dir).map_err(io(&dir, "listing"))? {
+            let item = item.map_err(io(&dir, "listing"))?;
+            let name = item.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                // Left by a crash mid-write: never acknowledged, never complete.
+                let _ = fs::remove_file(item.path());
+                continue;
+            }
+            let Some((sequence, intervals, samples)) = parse_name(&name) else {
+                continue;
+            };
+            let bytes = item.metadata().map_err(io(&item.path(), "stat"))?.len();
+            entries.insert(
+                sequence,
+                Entry {
+                    sequence,
+                    intervals,
+                    samples,
+                    bytes,
+                },
+            );
+        }
+        let next_path = dir.join("next-sequence");
+        let stored_next = match fs::read_to_string(&next_path) {
+            Ok(s) => s.trim().parse::<u64>().map_err(|e| SpoolError::Corrupt {
+                path: next_path.clone(),
+                why: format!("expected a number: {e}"),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
+            Err(e) => return Err(io(&next_path, "reading")(e)),
+        };
+        let after_files = entries.keys().next_back().map_or(1, |s| s + 1);
+        let losses_path = dir.join("losses");
+        let losses = match fs::read_to_string(&losses_path) {
+            Ok(s) => {
+                let n: Vec<u64> = s
+                    .split_whitespace()
+                    .filter_map(|w| w.parse().ok())
+                    .collect();
+                match n[..] {
+                    [b, i, s] => AgentLosses {
+                        spool_dropped_batches: b,
+                        spool_dropped_intervals: i,
+                        spool_dropped_samples: s,
+                    },
+                    _ => {
+                        return Err(SpoolError::Corrupt {
+                            path: losses_path,
+                            why: "expected `batches intervals samples`".into(),
+                        });
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => AgentLosses::default(),
+            Err(e) => return Err(io(&losses_path, "reading")(e)),
+        };
+        let spool = Self {
+            dir,
+            max_bytes,
+            entries,
+            next_sequence: stored_next.max(after_files),
+            losses,
+            in_flight: None,
+        };
+        tracing::info!(
+            dir = %spool.dir.display(),
+            batches = spool.entries.len(),
+            bytes = spool.bytes(),
+            next_sequence = spool.next_sequence,
+            dropped_batches = spool.losses.spool_dropped_batches,
+            "spool open"
+        );
+        Ok(spool)
+    }
+
+    /// Bytes the spool holds.
+    pub fn bytes(&self) -> u64 {
+        self.entries.values().map(|e| e.bytes).sum()
+    }
+
+    /// Batches waiting.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Cumulative losses from a full spool.
+    pub fn losses(&self) -> AgentLosses {
+        self.losses
+    }
+
+    /// The next sequence number to be used.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
+    }
+
+    fn path_of(&self, e: &Entry) -> PathBuf {
+        self.dir.join(format!(
+            "{:020}-{}-{}{SUFFIX}",
+            e.sequence, e.intervals, e.samples
+        ))
+    }
+
+    /// Stores a batch built by `build(sequence, losses)` durably, dropping the oldest batches
+    /// if the spool would exceed its bound. Returns what happened.
+    pub fn push(
+        &mut self,
+        intervals: u64,
+        samples: u64,
+        build: impl FnOnce(u64, AgentLosses) -> Batch,
+    ) -> Result<Pushed, SpoolError> {
+        let sequence = self.next_sequence;
+        // Persist the counter first: a crash after this line skips a sequence, never reuses one.
+        self.next_sequence += 1;
+        write_atomic(
+            &self.dir,
+            &self.dir.join("next-sequence"),
+            self.next_sequence.to_string().as_bytes(),
+        )?;
+        let batch = build(sequence, self.losses);
+        let bytes = zstd::encode_all(&batch.encode_to_vec()[..], ZSTD_LEVEL)
+            .map_err(io(&self.dir, "compressing a batch"))?;
+        let entry = Entry {
+            sequence,
+            intervals,
+            samples,
+            bytes: bytes.len() as u64,
+        };
+        let mut dropped = 0;
+        if entry.bytes > self.max_bytes {
+            tracing::error!(
+                sequence,
+                bytes = entry.bytes,
+                max = self.max_bytes,
+                "batch larger than --spool-max-bytes: dropped (raise the limit)"
+            );
+            self.count_loss(&entry)?;
+            return Ok(Pushed {
+                sequence,
+                bytes: entry.bytes,
+                dropped: 1,
+            });
+        }
+        while self.bytes() + entry.bytes > self.max_bytes {
+            let Some(victim) = self
+                .entries
+                .values()
+                .find(|e| Some(e.sequence) != self.in_flight)
+                .copied()
+            else {
+                break;
+            };
+            self.remove(victim.sequence)?;
+            self.count_loss(&victim)?;
+            dropped += 1;
+            tracing::warn!(
+                sequence = victim.sequence,
+                intervals = victim.intervals,
+                samples = victim.samples,
+                total_dropped_batches = self.losses.spool_dropped_batches,
+                "spool full: dropped the oldest batch"
+            );
+        }
+        write_atomic(&self.dir, &self.path_of(&entry), &bytes)?;
+        self.entries.insert(sequence, entry);
+        Ok(Pushed {
+            sequence,
+            bytes: entry.bytes,
+            dropped,
+        })
+    }
+
+    fn count_loss(&mut self, e: &Entry) -> Result<(), SpoolError> {
+        self.losses.spool_dropped_batches += 1;
+        self.losses.spool_dropped_intervals += e.intervals;
+        self.losses.spool_dropped_samples += e.samples;
+        let l = self.losses;
+        write_atomic(
+            &self.dir,
+            &self.dir.join("losses"),
+            format!(
+                "{} {} {}\n",
+                l.spool_dropped_batches, l.spool_dropped_intervals, l.spool_dropped_samples
+            )
+            .as_bytes(),
+        )
+    }
+
+    /// The oldest batch, marked in flight (so a full spool does not drop it while it is sent).
+    pub fn take_oldest(&mut self) -> Result<Option<(Entry, Batch)>, SpoolError> {
+        let Some(entry) = self.entries.values().next().copied() else {
+            return Ok(None);
+        };
+        let path = self.path_of(&entry);
+        let compressed = fs::read(&path).map_err(io(&path, "reading"))?;
+        let raw = zstd::decode_all(&compressed[..]).map_err(|e| SpoolError::BadBatch {
+            path: path.clone(),
+            why: format!("zstd: {e}"),
+        })?;
+        let batch = Batch::decode(&raw[..]).map_err(|e| SpoolError::BadBatch {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
+        self.in_flight = Some(entry.sequence);
+        Ok(Some((entry, batch)))
+    }
+
+    /// Forgets a batch the collector acknowledged.
+    pub fn acknowledge(&mut self, sequence: u64) -> Result<(), SpoolError> {
+        self.in_flight = None;
+        self.remove(sequence)
+    }
+
+    /// Ends the in-flight mark without removing (the send failed; it will be retried).
+    pub fn release(&mut self) {
+        self.in_flight = None;
+    }
+
+    /// Moves a batch the collector refused as invalid to `rejected/` and counts it as lost.
+    pub fn reject(&mut self, sequence: u64) -> Result<(), SpoolError> {
+        self.in_flight = None;
+        let Some(entry) = self.entries.remove(&sequence) else {
+            return Ok(());
+        };
+        let from = self.path_of(&entry);
+        let dir = self.dir.join("rejected");
+        fs::create_dir_all(&dir).map_err(io(&dir, "creating"))?;
+        let to = dir.join(from.file_name().unwrap_or_default());
+        fs::rename(&from, &to).map_err(io(&from, "moving to rejected/"))?;
+        self.count_loss(&entry)
+    }
+
+    /// Removes a batch that is unreadable (counted as lost).
+    pub fn discard(&mut self, sequence: u64) -> Result<(), SpoolError> {
+        self.in_flight = None;
+        if let Some(entry) = self.entries.get(&sequence).copied() {
+            self.remove(sequence)?;
+            self.count_loss(&entry)?;
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, sequence: u64) -> Result<(), SpoolError> {
+        if let Some(entry) = self.entries.remove(&sequence) {
+            let path = self.path_of(&entry);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path, "removing")(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(seq: u64, losses: AgentLosses, filler: usize) -> Batch {
+        Batch {
+            host_id: "h".into(),
+            sequence: seq,
+            // Incompressible filler so sizes are predictable.
+            strings: (0..filler)
+                .map(|i| format!("{:x}", (i as u64 + seq).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+                .collect(),
+            losses: Some(losses),
+            ..Batch::default()
+        }
+    }
+
+    #[test]
+    fn sequence_survives_reopen_and_acknowledged_batches_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        for _ in 0..3 {
+            s.push(1, 10, |seq, l| batch(seq, l, 10)).unwrap();
+        }
+        let (e, b) = s.take_oldest().unwrap().unwrap();
+        assert_eq!((e.sequence, b.sequence), (1, 1));
+        s.acknowledge(1).unwrap();
+        drop(s);
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.next_sequence(), 4);
+        assert_eq!(s.take_oldest().unwrap().unwrap().0.sequence, 2);
+    }
+
+    #[test]
+    fn full_spool_drops_oldest_and_counts_the_loss_persistently() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = {
+            let mut s = Spool::open(dir.path().join("probe"), 1 << 20).unwrap();
+            s.push(1, 5, |seq, l| batch(seq, l, 200)).unwrap().bytes
+        };
+        let mut s = Spool::open(dir.path().join("s"), one * 3 + one / 2).unwrap();
+        for _ in 0..5 {
+            s.push(2, 7, |seq, l| batch(seq, l, 200)).unwrap();
+        }
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.losses().spool_dropped_batches, 2);
+        assert_eq!(s.losses().spool_dropped_intervals, 4);
+        assert_eq!(s.losses().spool_dropped_samples, 14);
+        let (e, b) = s.take_oldest().unwrap().unwrap();
+        assert_eq!(e.sequence, 3, "the two oldest went first");
+        // Batch 3 was built before any drop; each batch reports the losses known when built.
+        assert_eq!(b.losses.unwrap().spool_dropped_batches, 0);
+        drop(s);
+        let s = Spool::open(dir.path().join("s"), 1 << 20).unwrap();
+        assert_eq!(s.losses().spool_dropped_batches, 2);
+    }
+
+    #[test]
+    fn in_flight_batch_is_not_dropped_and_temp_files_are_cleaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = {
+            let mut s = Spool::open(dir.path().join("probe"), 1 << 20).unwrap();
+            s.push(1, 1, |seq, l| batch(seq, l, 200)).unwrap().bytes
+        };
+        let mut s = Spool::open(dir.path().join("s"), one * 2 + one / 2).unwrap();
+        s.push(1, 1, |seq, l| batch(seq, l, 200)).unwrap();
+        s.push(1, 1, |seq, l| batch(seq, l, 200)).unwrap();
+        let (e, _) = s.take_oldest().unwrap().unwrap();
+        s.push(1, 1, |seq, l| batch(seq, l, 200)).unwrap();
+        assert!(s.entries.contains_key(&e.sequence), "in-flight kept");
+        assert!(!s.entries.contains_key(&2), "next oldest dropped");
+        fs::write(dir.path().join("s").join("x.tmp"), b"partial").unwrap();
+        drop(s);
+        Spool::open(dir.path().join("s"), 1 << 20).unwrap();
+        assert!(!dir.path().join("s").join("x.tmp").exists());
+    }
+}

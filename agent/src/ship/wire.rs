@@ -1,0 +1,351 @@
+//! Converting interval [`Profile`]s (and their [`IntervalEnergy`]) to a `wattson.v1` [`Batch`]:
+//! one [`BatchBuilder`] collects one or more intervals into shared, deduplicated string,
+//! function, frame, stack and process tables, pprof style, so a batch carries each name once.
+
+use std::collections::HashMap;
+
+use wattson_proto::v1::{
+    AgentLosses, Batch, ClockEvent, DomainKind, EnergyDomain, EnergySource, Frame, FrameKind,
+    Function, Host, IntervalProfile, Process, Sample, Stack,
+};
+
+use crate::energy::{Domain, IntervalEnergy, SourceKind};
+use crate::profile::{self, Profile};
+
+/// The host a batch comes from (fields that do not change between intervals).
+#[derive(Debug, Clone, Default)]
+pub struct HostIdentity {
+    /// Stable host id (`/etc/machine-id` unless `--host-id` says otherwise).
+    pub host_id: String,
+    /// CPU model from `/proc/cpuinfo`.
+    pub cpu_model: String,
+    /// CPU packages (0 when unknown).
+    pub packages: u32,
+}
+
+/// One interval ready to ship: the profile, and its energy account when a source was read.
+#[derive(Debug, Clone)]
+pub struct Interval {
+    /// The symbolized, aggregated profile.
+    pub profile: Profile,
+    /// Energy of the interval; `None` when the agent runs without an energy source.
+    pub energy: Option<IntervalEnergy>,
+}
+
+/// Accumulates intervals into one batch's tables.
+#[derive(Debug, Default)]
+pub struct BatchBuilder {
+    strings: Vec<String>,
+    string_ids: HashMap<String, u32>,
+    functions: Vec<Function>,
+    function_ids: HashMap<(u32, u32), u32>,
+    frames: Vec<Frame>,
+    frame_ids: HashMap<FrameKey, u32>,
+    stacks: Vec<Stack>,
+    stack_ids: HashMap<Vec<u32>, u32>,
+    processes: Vec<Process>,
+    process_ids: HashMap<ProcessKey, u32>,
+    profiles: Vec<IntervalProfile>,
+    samples: u64,
+    hostname: String,
+    kernel_release: String,
+    cpus: u32,
+}
+
+/// Identity of a wire frame (all fields but the address, which the wire does not carry).
+type FrameKey = (u32, u32, bool, u32, u64, u32, i32);
+/// Identity of a wire process: pid plus every label, since a pid can be reused.
+type ProcessKey = (u32, u32, u32, u32, u32, u32, u32, Vec<u32>);
+
+impl BatchBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        let mut b = Self::default();
+        b.intern(""); // strings[0] == ""
+        b
+    }
+
+    /// Intervals added so far.
+    pub fn intervals(&self) -> usize {
+        self.profiles.len()
+    }
+
+    /// Samples added so far.
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.string_ids.get(s) {
+            return id;
+        }
+        let id = self.strings.len() as u32;
+        self.strings.push(s.to_owned());
+        self.string_ids.insert(s.to_owned(), id);
+        id
+    }
+
+    fn intern_opt(&mut self, s: Option<&str>) -> u32 {
+        s.map_or(0, |s| self.intern(s))
+    }
+
+    fn frame(&mut self, f: &profile::Frame) -> u32 {
+        let name = self.intern(&f.name());
+        let file = self.intern_opt(f.file.as_deref());
+        let next = self.functions.len() as u32;
+        let function = *self.function_ids.entry((name, file)).or_insert(next);
+        if function == next {
+            self.functions.push(Function {
+                name_index: name,
+                file_index: file,
+            });
+        }
+        let kind = match f.kind {
+            profile::FrameKind::Kernel => FrameKind::Kernel,
+            profile::FrameKind::User => FrameKind::User,
+        } as i32;
+        let build_id = self.intern_opt(f.build_id.as_deref());
+        let module = self.intern(&f.module);
+        let offset = f.file_offset.unwrap_or(f.address);
+        let key = (function, f.line, f.inlined, build_id, offset, module, kind);
+        let next = self.frames.len() as u32;
+        let id = *self.frame_ids.entry(key).or_insert(next);
+        if id == next {
+            self.frames.push(Frame {
+                function_index: function,
+                line: f.line,
+                inlined: f.inlined,
+                build_id_index: build_id,
+                file_offset: offset,
+                module_index: module,
+                kind,
+            });
+        }
+        id
+    }
+
+    fn process(&mut self, tgid: u32, p: Option<&profile::Process>) -> u32 {
+        let (comm, exe, cmdline, service, container, unit, build_ids) = match p {
+            Some(p) => (
+                self.intern(&p.comm),
+                self.intern_opt(p.exe.as_deref()),
+                self.intern(&p.cmdline.join(" ")),
+                self.intern(&p.service),
+                self.intern_opt(p.container_id.as_deref()),
+                self.intern_opt(p.systemd_unit.as_deref()),
+                p.build_id.iter().map(|b| self.intern(b)).collect(),
+            ),
+            // The idle task and processes whose metadata never arrived.
+            None => {
+                let comm = if tgid == 0 { "swapper" } else { "[unknown]" };
+                let c = self.intern(comm);
+                (c, 0, 0, c, 0, 0, Vec::new())
+            }
+        };
+        let key = (
+            tgid,
+            comm,
+            exe,
+            cmdline,
+            service,
+            container,
+            unit,
+            build_ids.clone(),
+        );
+        let next = self.processes.len() as u32;
+        let id = *self.process_ids.entry(key).or_insert(next);
+        if id == next {
+            self.processes.push(Process {
+                pid: tgid,
+                comm_index: comm,
+                exe_index: exe,
+                cmdline_index: cmdline,
+                service_index: service,
+                container_index: container,
+                unit_index: unit,
+                build_id_indices: build_ids,
+            });
+        }
+        id
+    }
+
+    /// Adds one interval. Its samples are merged per (stack, process, thread): the wire does
+    /// not carry the CPU, which only mattered for per-package attribution, done already.
+    pub fn add(&mut self, interval: &Interval) {
+        let p = &interval.profile;
+        self.hostname.clone_from(&p.hostname);
+        self.kernel_release.clone_from(&p.kernel_release);
+        self.cpus = self.cpus.max(p.cpus.len() as u32);
+
+        let frame_ids: Vec<u32> = p.frames.iter().map(|f| self.frame(f)).collect();
+        let stack_ids: Vec<u32> = p
+            .stacks
+            .iter()
+            .map(|s| {
+                let frames: Vec<u32> = s.frames.iter().map(|&f| frame_ids[f as usize]).collect();
+                let next = self.stacks.len() as u32;
+                let id = *self.stack_ids.entry(frames.clone()).or_insert(next);
+                if id == next {
+                    self.stacks.push(Stack {
+                        frame_indices: frames,
+                    });
+                }
+                id
+            })
+            .collect();
+
+        let mut rows: HashMap<(u32, u32, u32), usize> = HashMap::new();
+        let mut samples: Vec<Sample> = Vec::new();
+        let energy = interval.energy.as_ref();
+        for s in &p.samples {
+            let process = self.process(s.tgid, p.processes.get(&s.tgid));
+            let stack = stack_ids[s.stack as usize];
+            let uj = s.microjoules.unwrap_or(0);
+            let at = *rows.entry((stack, process, s.pid)).or_insert_with(|| {
+                samples.push(Sample {
+                    stack_index: stack,
+                    process_index: process,
+                    tid: s.pid,
+                    count: 0,
+                    microjoules: 0.0,
+                });
+                samples.len() - 1
+            });
+            samples[at].count += s.count;
+            samples[at].microjoules += uj as f64;
+            self.samples += s.count;
+        }
+
+        let model = p
+            .energy
+            .as_ref()
+            .filter(|m| m.estimated)
+            .and_then(|m| m.model.clone())
+            .or_else(|| energy.filter(|e| e.estimated).map(|e| e.method.clone()));
+        let energy_model_index = self.intern_opt(model.as_deref());
+        let (source, domains, interval_uj, idle_uj, attributed_uj, estimated) = match energy {
+            Some(e) => (
+                source_kind(e.source),
+                domains(e),
+                e.interval_uj() as f64,
+                // Idle charged to functions (`--attribution full`) is in attributed already.
+                e.packages
+                    .iter()
+                    .filter(|p| !p.idle_charged)
+                    .map(|p| p.idle_uj)
+                    .sum::<u64>() as f64,
+                e.attributed_uj() as f64,
+                e.estimated,
+            ),
+            None => match &p.energy {
+                Some(m) => (
+                    source_name(&m.source),
+                    Vec::new(),
+                    m.total_microjoules as f64,
+                    m.total_microjoules.saturating_sub(m.attributed_microjoules) as f64,
+                    m.attributed_microjoules as f64,
+                    m.estimated,
+                ),
+                None => (EnergySource::None, Vec::new(), 0.0, 0.0, 0.0, false),
+            },
+        };
+        self.profiles.push(IntervalProfile {
+            start_unix_nanos: p.start_unix_nanos,
+            duration_nanos: p.duration_nanos,
+            frequency_hz: u32::try_from(p.frequency).unwrap_or(u32::MAX),
+            clock_event: match p.clock_event.as_str() {
+                "cycles" => ClockEvent::Cycles,
+                "cpu-clock" => ClockEvent::CpuClock,
+                _ => ClockEvent::Unspecified,
+            } as i32,
+            energy_source: source as i32,
+            energy_model_index,
+            domains,
+            interval_microjoules: interval_uj,
+            idle_microjoules: idle_uj,
+            attributed_microjoules: attributed_uj,
+            estimated,
+            dropped_samples: p.stats.dropped_total(),
+            samples,
+        });
+    }
+
+    /// The batch, with its identity and the agent's cumulative losses.
+    pub fn finish(self, host: &HostIdentity, sequence: u64, losses: AgentLosses) -> Batch {
+        Batch {
+            host_id: host.host_id.clone(),
+            sequence,
+            host: Some(Host {
+                host_id: host.host_id.clone(),
+                hostname: self.hostname,
+                kernel_release: self.kernel_release,
+                cpu_model: host.cpu_model.clone(),
+                cpus: self.cpus,
+                packages: host.packages,
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+            }),
+            created_unix_nanos: now_unix_nanos(),
+            strings: self.strings,
+            functions: self.functions,
+            frames: self.frames,
+            stacks: self.stacks,
+            processes: self.processes,
+            profiles: self.profiles,
+            losses: Some(losses),
+        }
+    }
+}
+
+/// Wall clock, nanoseconds since the Unix epoch.
+pub fn now_unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn source_kind(k: SourceKind) -> EnergySource {
+    match k {
+        SourceKind::Perf => EnergySource::Perf,
+        SourceKind::Powercap => EnergySource::Powercap,
+        SourceKind::Msr => EnergySource::Msr,
+        SourceKind::Model => EnergySource::Model,
+    }
+}
+
+fn source_name(name: &str) -> EnergySource {
+    match name {
+        "perf" => EnergySource::Perf,
+        "powercap" => EnergySource::Powercap,
+        "msr" => EnergySource::Msr,
+        "model" => EnergySource::Model,
+        _ => EnergySource::Unspecified,
+    }
+}
+
+fn domain_kind(d: Domain) -> DomainKind {
+    match d {
+        Domain::Package => DomainKind::Package,
+        Domain::Core => DomainKind::Cores,
+        Domain::Uncore => DomainKind::Uncore,
+        Domain::Dram => DomainKind::Dram,
+        Domain::Psys => DomainKind::Psys,
+    }
+}
+
+fn domains(e: &IntervalEnergy) -> Vec<EnergyDomain> {
+    let per_package = e.packages.iter().flat_map(|p| {
+        p.domains.iter().map(move |&(d, uj)| EnergyDomain {
+            kind: domain_kind(d) as i32,
+            package: p.package,
+            microjoules: uj as f64,
+            estimated: p.estimated,
+        })
+    });
+    let host = e.host_domains.iter().map(|&(d, uj)| EnergyDomain {
+        kind: domain_kind(d) as i32,
+        package: 0,
+        microjoules: uj as f64,
+        estimated: e.estimated,
+    });
+    per_package.chain(host).collect()
+}

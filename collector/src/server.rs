@@ -1,0 +1,298 @@
+//! The collector's gRPC server: the `wattson.v1.IngestService` over a [`Store`], plus
+//! `grpc.health.v1` and server reflection, with optional mutual TLS and bearer token.
+//!
+//! Ingest validates a batch ([`crate::validate`]), then hands it to [`Store::ingest`], which
+//! deduplicates by (host id, sequence) atomically with the write and returns only once the batch
+//! is durable; only then is the agent acknowledged. Store work runs on the blocking pool so a
+//! slow disk never stalls the network threads. Shutdown stops accepting connections and lets
+//! every in-flight batch finish before [`serve`] returns.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::codec::CompressionEncoding;
+use tonic::service::Interceptor;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+use wattson_proto::v1::ingest_service_server::{IngestService, IngestServiceServer};
+use wattson_proto::v1::{IngestRequest, IngestResponse};
+
+use crate::store::{Ingested, Store, StoreError};
+use crate::validate::{self, Limits};
+
+/// Default maximum size of one decoded request, bytes.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Errors starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A TLS file could not be read.
+    #[error("cannot read {flag} file {path}: {source}")]
+    TlsFile {
+        /// The flag that named the file.
+        flag: &'static str,
+        /// The path given.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TLS flags given only partly.
+    #[error("{0}")]
+    TlsFlags(String),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source} (is another collector running on this port?)")]
+    Bind {
+        /// Address asked for.
+        addr: SocketAddr,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The transport failed (TLS configuration rejected, accept loop error).
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Mutual-TLS files (PEM): the server's certificate and key, and the CA that client
+/// certificates must chain to.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Server certificate chain (`--tls-cert`).
+    pub cert: PathBuf,
+    /// Server private key (`--tls-key`).
+    pub key: PathBuf,
+    /// CA for client certificates (`--tls-ca`).
+    pub ca: PathBuf,
+}
+
+impl TlsFiles {
+    /// Builds from the three optional flags: all or none must be given.
+    pub fn from_flags(
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        ca: Option<PathBuf>,
+    ) -> Result<Option<Self>, ServeError> {
+        match (cert, key, ca) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(Self { cert, key, ca })),
+            _ => Err(ServeError::TlsFlags(
+                "mutual TLS needs all of --tls-cert, --tls-key and --tls-ca (or none of them)"
+                    .into(),
+            )),
+        }
+    }
+
+    fn read(flag: &'static str, path: &PathBuf) -> Result<Vec<u8>, ServeError> {
+        std::fs::read(path).map_err(|source| ServeError::TlsFile {
+            flag,
+            path: path.clone(),
+            source,
+        })
+    }
+
+    /// Server-side TLS configuration requiring a client certificate signed by `ca`.
+    pub fn server_config(&self) -> Result<ServerTlsConfig, ServeError> {
+        let cert = Self::read("--tls-cert", &self.cert)?;
+        let key = Self::read("--tls-key", &self.key)?;
+        let ca = Self::read("--tls-ca", &self.ca)?;
+        Ok(ServerTlsConfig::new()
+            .identity(Identity::from_pem(cert, key))
+            .client_ca_root(Certificate::from_pem(ca))
+            .client_auth_optional(false))
+    }
+}
+
+/// Everything [`serve`] needs besides the store.
+#[derive(Debug, Clone, Default)]
+pub struct ServeConfig {
+    /// Mutual TLS; plain TCP when `None`.
+    pub tls: Option<TlsFiles>,
+    /// Bearer token every ingest call must carry (`authorization: Bearer TOKEN`).
+    pub token: Option<String>,
+    /// Largest accepted request, bytes (0 = [`DEFAULT_MAX_MESSAGE_BYTES`]).
+    pub max_message_bytes: usize,
+    /// Batch validation limits.
+    pub limits: Limits,
+    /// Fleet size and factors the query service attributes power with.
+    pub fleet: crate::attribute::FleetConfig,
+}
+
+/// The ingest service over a store.
+pub struct Ingest {
+    store: Arc<dyn Store>,
+    limits: Arc<Limits>,
+}
+
+impl Ingest {
+    /// A service writing to `store`, validating with `limits`.
+    pub fn new(store: Arc<dyn Store>, limits: Limits) -> Self {
+        Self {
+            store,
+            limits: Arc::new(limits),
+        }
+    }
+}
+
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::InvalidBatch { .. } => Status::invalid_argument(e.to_string()),
+        // Anything else is the collector's problem; the agent keeps the batch and retries.
+        _ => Status::unavailable(format!("store: {e}")),
+    }
+}
+
+#[tonic::async_trait]
+impl IngestService for Ingest {
+    async fn ingest(
+        &self,
+        request: Request<IngestRequest>,
+    ) -> Result<Response<IngestResponse>, Status> {
+        let peer = request.remote_addr();
+        let Some(batch) = request.into_inner().batch else {
+            return Err(Status::invalid_argument("batch is missing"));
+        };
+        let store = self.store.clone();
+        let limits = self.limits.clone();
+        let started = Instant::now();
+        // Validation and the durable write both run on the blocking pool: they are CPU and disk.
+        let outcome = tokio::task::spawn_blocking(move || {
+            validate::validate(&batch, &limits)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let stored = store.ingest(&batch).map_err(store_status)?;
+            Ok::<_, Status>((batch.host_id, batch.sequence, stored))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("ingest task failed: {e}")))?;
+        match outcome {
+            Ok((host, sequence, Ingested::Duplicate)) => {
+                tracing::info!(%host, sequence, "duplicate batch acknowledged, nothing stored");
+                Ok(Response::new(IngestResponse {
+                    sequence,
+                    duplicate: true,
+                    profiles_stored: 0,
+                    samples_stored: 0,
+                }))
+            }
+            Ok((host, sequence, Ingested::New { profiles, samples })) => {
+                tracing::debug!(
+                    %host,
+                    sequence,
+                    profiles,
+                    samples,
+                    ms = started.elapsed().as_millis() as u64,
+                    "batch stored"
+                );
+                Ok(Response::new(IngestResponse {
+                    sequence,
+                    duplicate: false,
+                    profiles_stored: profiles,
+                    samples_stored: samples,
+                }))
+            }
+            Err(status) => {
+                tracing::warn!(?peer, code = ?status.code(), "batch rejected: {}", status.message());
+                Err(status)
+            }
+        }
+    }
+}
+
+/// Checks `authorization: Bearer TOKEN` on every call when a token is configured.
+#[derive(Clone)]
+struct BearerAuth(Option<Arc<str>>);
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.0 else {
+            return Ok(request);
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(request),
+            Some(_) => Err(Status::unauthenticated("bearer token does not match")),
+            None => Err(Status::unauthenticated(
+                "missing `authorization: Bearer TOKEN` (the collector runs with --token)",
+            )),
+        }
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a token matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Binds `addr` (port 0 picks a free one); the bound address is `listener.local_addr()`.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Serves ingest, health and reflection on `listener` until `shutdown` resolves, then stops
+/// accepting and returns once in-flight calls have finished.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let max = match config.max_message_bytes {
+        0 => DEFAULT_MAX_MESSAGE_BYTES,
+        n => n,
+    };
+    let query = crate::query_service::Query::server(Arc::new(crate::query::QueryEngine::new(
+        store.clone(),
+        config.fleet,
+    )));
+    let ingest = IngestServiceServer::new(Ingest::new(store, config.limits))
+        .max_decoding_message_size(max)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .accept_compressed(CompressionEncoding::Gzip);
+    let ingest = tonic::service::interceptor::InterceptedService::new(
+        ingest,
+        BearerAuth(config.token.map(Arc::from)),
+    );
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<IngestServiceServer<Ingest>>().await;
+    health
+        .set_serving::<wattson_proto::v1::query_service_server::QueryServiceServer<crate::query_service::Query>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(wattson_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::TlsFlags(format!("reflection descriptor set: {e}")))?;
+
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server_config()?)?;
+    }
+    let local = listener.local_addr().ok();
+    tracing::info!(
+        listen = ?local,
+        tls = config.tls.is_some(),
+        max_message_bytes = max,
+        "collector serving wattson.v1.IngestService, QueryService, grpc.health.v1, reflection"
+    );
+    builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ingest)
+        .add_service(query)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    tracing::info!("collector stopped; in-flight batches finished");
+    Ok(())
+}
