@@ -1,0 +1,267 @@
+//! Queries end to end over real gRPC on 127.0.0.1:0: batches go in through the ingest service
+//! into SQLite, answers come out of the query service and the `wattson` CLI (tables, `--json`,
+//! flame graph SVG). Energy here is synthetic (no RAPL on this host): one host reports measured
+//! joules, another model estimates, and the figures must keep them apart.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use tonic::Code;
+use wattson_collector::attribute::FleetConfig;
+use wattson_collector::server::{self, ServeConfig};
+use wattson_collector::store::synthetic::BatchBuilder;
+use wattson_collector::store::{self, Store};
+use wattson_proto::v1::ingest_service_client::IngestServiceClient;
+use wattson_proto::v1::query_service_client::QueryServiceClient;
+use wattson_proto::v1::{
+    IngestRequest, PowerRequest, RankBy, SeriesRequest, StacksRequest, TimeWindow, TopRequest,
+};
+
+/// 2026-11-02 00:00:00 UTC.
+const T0: i64 = 1_793_577_600;
+
+struct Collector {
+    addr: String,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Collector {
+    async fn start(fleet: FleetConfig) -> Collector {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("w.db").display());
+        let store: Arc<dyn Store> = Arc::from(store::open(&url).unwrap());
+        let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let config = ServeConfig {
+            fleet,
+            ..ServeConfig::default()
+        };
+        let task = tokio::spawn(async move {
+            server::serve(listener, store, config, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Collector {
+            addr,
+            _dir: dir,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+fn window(from: i64, to: i64) -> Option<TimeWindow> {
+    Some(TimeWindow {
+        from_unix_seconds: from,
+        to_unix_seconds: to,
+    })
+}
+
+/// Ten minutes of a measured host and an estimated host running `api`, plus a `db` host.
+async fn load(addr: &str) {
+    let mut c = IngestServiceClient::connect(addr.to_string())
+        .await
+        .unwrap();
+    for m in 0..10i64 {
+        let at = T0 + m * 60;
+        for (host, est) in [("m1", false), ("vm1", true)] {
+            let b = BatchBuilder::new(host, m as u64 + 1)
+                .interval(
+                    at,
+                    60,
+                    est,
+                    6_000_000.0,
+                    &[
+                        // 6 J per minute in hash = 0.1 W; 3 J in parse = 0.05 W.
+                        ("api", "b1", "main;serve;hash", 60, 6_000_000.0),
+                        ("api", "b1", "main;serve;parse", 30, 3_000_000.0),
+                    ],
+                )
+                .build();
+            c.ingest(IngestRequest { batch: Some(b) }).await.unwrap();
+        }
+        let b = BatchBuilder::new("d1", m as u64 + 1)
+            .interval(
+                at,
+                60,
+                false,
+                0.0,
+                &[("db", "b9", "main;query", 10, 600_000.0)],
+            )
+            .build();
+        c.ingest(IngestRequest { batch: Some(b) }).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_series_power_over_grpc() {
+    let fleet = FleetConfig::default()
+        .with_fleet_hosts("api", 20)
+        .with_pue(1.5);
+    let col = Collector::start(fleet).await;
+    load(&col.addr).await;
+    let mut q = QueryServiceClient::connect(col.addr.clone()).await.unwrap();
+    let w = window(T0, T0 + 600);
+
+    let top = q
+        .top(TopRequest {
+            window: w,
+            service: "api".into(),
+            rank: RankBy::EnergySelf as i32,
+            limit: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let hash = &top.rows[0];
+    assert_eq!(
+        (hash.service.as_str(), hash.function.as_str()),
+        ("api", "hash")
+    );
+    let p = hash.self_power.unwrap();
+    // Two hosts x 60 J over 600 s = 0.2 W, half measured and half estimated.
+    assert!((p.watts - 0.2).abs() < 1e-9, "{p:?}");
+    assert!(p.estimated);
+    assert!((p.joules_measured - 60.0).abs() < 1e-9 && (p.joules_estimated - 60.0).abs() < 1e-9);
+    // 2 of 20 api hosts profiled: fleet 2 W, facility (PUE 1.5) 3 W.
+    assert!((p.fleet_watts - 2.0).abs() < 1e-9 && (p.facility_watts - 3.0).abs() < 1e-9);
+    assert!((hash.cpu_share_self - 60.0 / 90.0).abs() < 1e-9);
+    assert_eq!(top.rows[1].function, "parse");
+
+    let series = q
+        .series(SeriesRequest {
+            window: w,
+            service: "api".into(),
+            function: "serve".into(),
+            step_seconds: 300,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(series.points.len(), 2);
+    let inc = series.points[0].inclusive_power.unwrap();
+    // serve inclusive: 2 hosts x 9 J per minute = 18 J/60 s = 0.3 W in every bucket.
+    assert!((inc.watts - 0.3).abs() < 1e-9, "{inc:?}");
+    assert_eq!(series.points[0].samples_self, 0);
+
+    let power = q
+        .power(PowerRequest { window: w })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(power.hosts_reporting, 3);
+    let api = power.services.iter().find(|s| s.service == "api").unwrap();
+    assert_eq!(
+        (api.hosts_reporting, api.fleet_hosts, api.fleet_configured),
+        (2, 20, true)
+    );
+    let db = power.services.iter().find(|s| s.service == "db").unwrap();
+    let dbp = db.power.unwrap();
+    assert!(!dbp.estimated && (dbp.watts - 0.01).abs() < 1e-9, "{dbp:?}");
+    assert!(power.idle_estimated && (power.idle_watts - 0.2).abs() < 1e-9);
+
+    // Bad queries are errors that say what is wrong.
+    let e = q
+        .top(TopRequest {
+            window: w,
+            service: "nope".into(),
+            ..TopRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(e.message().contains("api, db"), "{}", e.message());
+    let e = q
+        .top(TopRequest {
+            window: window(T0 + 600, T0),
+            ..TopRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("reversed"), "{}", e.message());
+    let e = q
+        .stacks(StacksRequest {
+            window: window(T0, T0),
+            service: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("empty"), "{}", e.message());
+    let e = q.power(PowerRequest { window: None }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = q
+        .series(SeriesRequest {
+            window: w,
+            service: "api".into(),
+            function: "nonexistent".into(),
+            step_seconds: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    col.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wattson_cli_tables_json_and_flame() {
+    let col = Collector::start(FleetConfig::default()).await;
+    load(&col.addr).await;
+    let addr = col.addr.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |args: &[&str]| {
+            let o = Command::new(env!("CARGO_BIN_EXE_wattson"))
+                .arg("--collector")
+                .arg(&addr)
+                .args(args)
+                .output()
+                .unwrap();
+            (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stdout).to_string(),
+                String::from_utf8_lossy(&o.stderr).to_string(),
+            )
+        };
+        let (from, to) = (T0.to_string(), (T0 + 600).to_string());
+        let win = ["--from", from.as_str(), "--to", to.as_str()];
+        let top = run(&[&["top"][..], &win].concat());
+        let json = run(&[&["--json", "top", "--limit", "2"][..], &win].concat());
+        let svg = dir.path().join("f.svg");
+        let flame = run(&[&["flame", "--output", svg.to_str().unwrap()][..], &win].concat());
+        let svg_text = std::fs::read_to_string(&svg).unwrap_or_default();
+        let bad = run(&[&["top", "--service", "nope"][..], &win].concat());
+        let power = run(&[&["power"][..], &win].concat());
+        (top, json, flame, svg_text, bad, power)
+    })
+    .await
+    .unwrap();
+    let (top, json, flame, svg, bad, power) = out;
+    assert!(top.0, "{}", top.2);
+    let first = top.1.lines().nth(2).unwrap();
+    assert!(
+        first.starts_with("api") && first.contains("hash"),
+        "{}",
+        top.1
+    );
+    assert!(first.contains("W est"), "estimated label missing: {first}");
+    let v: serde_json::Value = serde_json::from_str(&json.1).unwrap();
+    assert_eq!(v["rows"].as_array().unwrap().len(), 2);
+    assert_eq!(v["rows"][0]["function"], "hash");
+    assert_eq!(v["rows"][0]["self"]["estimated"], true);
+    assert!(flame.0, "{}", flame.2);
+    assert!(svg.contains("<svg") && svg.contains("hash") && svg.contains("estimated"));
+    assert!(!bad.0 && bad.2.contains("unknown service"), "{}", bad.2);
+    assert!(power.0 && power.1.contains("TOTAL"), "{}", power.1);
+    col.stop().await;
+}
