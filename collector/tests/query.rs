@@ -240,13 +240,37 @@ async fn wattson_cli_tables_json_and_flame() {
         let svg = dir.path().join("f.svg");
         let flame = run(&[&["flame", "--output", svg.to_str().unwrap()][..], &win].concat());
         let svg_text = std::fs::read_to_string(&svg).unwrap_or_default();
+        let pb = dir.path().join("p.pb.gz");
+        let pprof = run(&[&["profile", "--output", pb.to_str().unwrap()][..], &win].concat());
+        let pprof_bytes = std::fs::read(&pb).unwrap_or_default();
+        let folded = run(&[
+            &["profile", "--format", "folded", "--output", "-"][..],
+            &win,
+        ]
+        .concat());
         let bad = run(&[&["top", "--service", "nope"][..], &win].concat());
         let power = run(&[&["power"][..], &win].concat());
-        (top, json, flame, svg_text, bad, power)
+        (
+            top,
+            json,
+            flame,
+            svg_text,
+            bad,
+            power,
+            (pprof, pprof_bytes, folded),
+        )
     })
     .await
     .unwrap();
-    let (top, json, flame, svg, bad, power) = out;
+    let (top, json, flame, svg, bad, power, (pprof, pprof_bytes, folded)) = out;
+    assert!(pprof.0, "{}", pprof.2);
+    assert_eq!(&pprof_bytes[..2], &[0x1f, 0x8b], "pprof output is gzipped");
+    // 10 minutes x 2 api hosts x 60 samples of hash, rooted at the service.
+    assert!(
+        folded.1.contains("api;main;serve;hash 1200\n"),
+        "{}",
+        folded.1
+    );
     assert!(top.0, "{}", top.2);
     let first = top.1.lines().nth(2).unwrap();
     assert!(

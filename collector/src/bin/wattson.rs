@@ -58,6 +58,14 @@ enum WeightArg {
     Energy,
 }
 
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum ProfileFormat {
+    /// Gzipped pprof profile.proto.
+    Pprof,
+    /// Folded stacks.
+    Folded,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Functions ranked by energy or CPU.
@@ -91,18 +99,21 @@ enum Command {
         #[arg(long)]
         step: Option<humantime::Duration>,
     },
-    /// Merged profile of the window as folded stacks (`frame;frame count`).
+    /// Merged profile of the window: gzipped pprof (samples and microjoules) or folded stacks.
     Profile {
         #[command(flatten)]
         window: WindowArgs,
-        /// Only this service.
+        /// Only this service (otherwise every stack is rooted at its service).
         #[arg(long)]
         service: Option<String>,
-        /// What the counts are.
+        /// pprof (for `go tool pprof`, Pyroscope, speedscope) or folded (`frame;frame count`).
+        #[arg(long, value_enum, default_value = "pprof")]
+        format: ProfileFormat,
+        /// What folded counts are (pprof carries both).
         #[arg(long, value_enum, default_value = "samples")]
         weight: WeightArg,
-        /// Output file ("-" for stdout).
-        #[arg(long, default_value = "-")]
+        /// Output file ("-" for stdout, folded only).
+        #[arg(long, default_value = "wattson.pb.gz")]
         output: PathBuf,
     },
     /// SVG flame graph of the window.
@@ -249,18 +260,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Profile {
             window: w,
             service,
+            format,
             weight: wt,
             output,
         } => {
-            let rows = stacks(window(&w)?, &service).await?.stacks;
-            let text = flame::folded(&rows, weight(wt), service.is_none());
-            if text.is_empty() {
+            let r = stacks(window(&w)?, &service).await?;
+            if r.stacks.is_empty() {
                 bail!("no stacks in the window");
             }
+            let data = match format {
+                ProfileFormat::Folded => {
+                    flame::folded(&r.stacks, weight(wt), service.is_none()).into_bytes()
+                }
+                ProfileFormat::Pprof => {
+                    if output.as_os_str() == "-" {
+                        bail!("pprof is binary: give --output FILE");
+                    }
+                    let w = r.window.unwrap_or_default();
+                    wattson_collector::pprof::encode(
+                        &r.stacks,
+                        w.from_unix_seconds,
+                        w.to_unix_seconds,
+                        service.is_none(),
+                    )?
+                }
+            };
             if output.as_os_str() == "-" {
-                print!("{text}");
+                use std::io::Write as _;
+                std::io::stdout().write_all(&data)?;
             } else {
-                std::fs::write(&output, text)
+                std::fs::write(&output, data)
                     .with_context(|| format!("writing --output {}", output.display()))?;
                 eprintln!("wrote {}", output.display());
             }
