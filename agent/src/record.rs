@@ -152,6 +152,9 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
             last_drain = Instant::now();
         }
     }
+    if let Some(m) = meter.as_mut() {
+        m.end_window(); // read energy before symbolizing, which takes a while
+    }
     let mut profile = recorder.finish_window()?;
     let energy = meter.as_mut().map(|m| m.attribute_profile(&mut profile));
     if let (Some(pid), Some(at)) = (args.pid, pid_exited) {

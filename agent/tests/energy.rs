@@ -2,6 +2,8 @@
 //! fixture sysfs/powercap trees whose counters the tests advance (see `energy/fixture.rs`);
 //! the split test runs two real busy processes under the real BPF sampler (needs root).
 
+#[path = "energy/cli.rs"]
+mod cli;
 #[path = "energy/faults.rs"]
 mod faults;
 #[path = "energy/fixture.rs"]

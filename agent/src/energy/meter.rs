@@ -2,11 +2,14 @@
 //! once per interval, stands the model in for any package whose counters failed, keeps the
 //! idle baseline, attributes, and counts every fault by kind.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use super::{
-    Activity, Domain, EnergyArgs, EnergyError, EnergySource, Fault, SourceChoice, SourceKind,
-    Topology,
+    Activity, Domain, DomainReading, EnergyArgs, EnergyError, EnergySource, Fault, SourceChoice,
+    SourceKind, Topology,
     args::AttributionMode,
     attribute::{self, IntervalEnergy, PackageInput, SampleSlot},
     idle::{DEFAULT_MAX_BUSY, IdleLearner},
@@ -43,6 +46,15 @@ pub struct Meter {
     idle_configured: Option<f64>,
     learner: IdleLearner,
     faults: BTreeMap<Fault, u64>,
+    last_read: Instant,
+    pending: Option<Pending>,
+}
+
+/// Counters read when a window ended, waiting for that window's samples.
+struct Pending {
+    elapsed: Duration,
+    /// `None` for estimated sources, which need the samples to estimate.
+    readings: Option<(Vec<DomainReading>, Option<Fault>)>,
 }
 
 impl Meter {
@@ -101,6 +113,8 @@ impl Meter {
             idle_configured: args.idle_watts,
             learner: IdleLearner::new(args.idle_window, DEFAULT_MAX_BUSY),
             faults: BTreeMap::new(),
+            last_read: Instant::now(),
+            pending: None,
         })
     }
 
@@ -127,9 +141,50 @@ impl Meter {
     /// Starts a new interval now: reads the counters and discards the energy since the last
     /// read (call when sampling starts, so energy and samples cover the same window).
     pub fn restart(&mut self) {
-        if let Err(e) = self.source.read(&Activity::default()) {
-            tracing::warn!(source = self.source.kind().name(), error = %e, "energy source read failed");
+        let _ = self.read_source(&Activity::default());
+        self.last_read = Instant::now();
+        self.pending = None;
+    }
+
+    /// Marks the end of a sampling window: reads the counters now, so the energy covers the
+    /// window and not the time spent symbolizing it. [`attribute_profile`](Self::attribute_profile)
+    /// then uses this reading; without it, it reads when called.
+    pub fn end_window(&mut self) {
+        self.end_window_with(self.last_read.elapsed());
+    }
+
+    /// [`end_window`](Self::end_window) for a window whose length the caller measured (or,
+    /// in tests driving fixture counters, chose).
+    pub fn end_window_with(&mut self, elapsed: Duration) {
+        self.last_read = Instant::now();
+        let readings = (!self.source.estimated()).then(|| {
+            self.read_source(&Activity {
+                elapsed,
+                ..Activity::default()
+            })
+        });
+        self.pending = Some(Pending { elapsed, readings });
+    }
+
+    /// Attributes the window closed by [`end_window`](Self::end_window) (closing it now if
+    /// it was not) to `slots`; the window's length is the time between the two reads.
+    pub fn window(&mut self, frequency: u64, slots: &[SampleSlot]) -> IntervalEnergy {
+        if self.pending.is_none() {
+            self.end_window();
         }
+        let Pending { elapsed, readings } = self.pending.take().unwrap_or(Pending {
+            elapsed: Duration::ZERO,
+            readings: None,
+        });
+        let activity = Activity {
+            elapsed,
+            cpu_busy: attribute::busy_by_cpu(slots, frequency, elapsed),
+        };
+        let read = match readings {
+            Some(read) => read,
+            None => self.read_source(&activity),
+        };
+        self.account(&activity, frequency, slots, read)
     }
 
     /// Reads the energy of the interval that just ended (`elapsed` long, sampled at
@@ -140,22 +195,38 @@ impl Meter {
         frequency: u64,
         slots: &[SampleSlot],
     ) -> IntervalEnergy {
-        let mut faults = Vec::new();
-        if elapsed.is_zero() {
-            faults.push(Fault::ZeroInterval);
-        }
+        self.last_read = Instant::now();
+        self.pending = None;
         let activity = Activity {
             elapsed,
             cpu_busy: attribute::busy_by_cpu(slots, frequency, elapsed),
         };
-        let readings = match self.source.read(&activity) {
-            Ok(r) => r,
+        let read = self.read_source(&activity);
+        self.account(&activity, frequency, slots, read)
+    }
+
+    fn read_source(&mut self, activity: &Activity) -> (Vec<DomainReading>, Option<Fault>) {
+        match self.source.read(activity) {
+            Ok(r) => (r, None),
             Err(e) => {
                 tracing::warn!(source = self.source.kind().name(), error = %e, "energy source read failed");
-                faults.push(Fault::Unreadable);
-                Vec::new()
+                (Vec::new(), Some(Fault::Unreadable))
             }
-        };
+        }
+    }
+
+    fn account(
+        &mut self,
+        activity: &Activity,
+        frequency: u64,
+        slots: &[SampleSlot],
+        (readings, read_fault): (Vec<DomainReading>, Option<Fault>),
+    ) -> IntervalEnergy {
+        let elapsed = activity.elapsed;
+        let mut faults: Vec<Fault> = read_fault.into_iter().collect();
+        if elapsed.is_zero() {
+            faults.push(Fault::ZeroInterval);
+        }
         let source_estimated = self.source.estimated();
         let mut by_package: BTreeMap<u32, BTreeMap<Domain, Option<u64>>> = BTreeMap::new();
         let mut host: BTreeMap<Domain, u64> = BTreeMap::new();
@@ -201,7 +272,7 @@ impl Meter {
                         "no package energy this interval: the model estimates it"
                     );
                 }
-                let uj = self.fallback.estimate(package, &activity);
+                let uj = self.fallback.estimate(package, activity);
                 (vec![(Domain::Package, uj)], true)
             };
             let busy = self

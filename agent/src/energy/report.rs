@@ -8,8 +8,9 @@ use super::{IntervalEnergy, Meter, SampleSlot};
 use crate::profile::{EnergyMeta, Profile};
 
 impl Meter {
-    /// Reads the energy of the window `profile` covers, charges it to the profile's samples
-    /// (`Sample::microjoules`) and records where it came from (`Profile::energy`).
+    /// Charges the energy of the window that just ended (see [`Meter::end_window`]) to the
+    /// profile's samples (`Sample::microjoules`) and records where it came from
+    /// (`Profile::energy`).
     pub fn attribute_profile(&mut self, profile: &mut Profile) -> IntervalEnergy {
         let slots: Vec<SampleSlot> = profile
             .samples
@@ -20,8 +21,7 @@ impl Meter {
                 idle_task: s.tgid == 0 && s.pid == 0,
             })
             .collect();
-        let elapsed = std::time::Duration::from_nanos(profile.duration_nanos);
-        let energy = self.interval(elapsed, profile.frequency, &slots);
+        let energy = self.window(profile.frequency, &slots);
         for (sample, uj) in profile.samples.iter_mut().zip(&energy.per_slot_uj) {
             sample.microjoules = Some(*uj);
         }

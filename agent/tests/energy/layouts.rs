@@ -261,6 +261,7 @@ fn fixture_powercap_energy_lands_in_profile_samples_and_meta() {
         samples: vec![sample(10, 0, 60), sample(11, 1, 20), sample(0, 1, 50)],
         ..Profile::default()
     };
+    meter.end_window_with(Duration::from_secs(2));
     let e = meter.attribute_profile(&mut profile);
     let uj: Vec<Option<u64>> = profile.samples.iter().map(|s| s.microjoules).collect();
     // 10 J - 2 J idle = 8 J over the 80 non-idle samples; the idle task gets none.
