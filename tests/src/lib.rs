@@ -1,1 +1,3 @@
 //! Helpers shared by Wattson's end-to-end tests (in `tests/tests/`).
+
+pub mod procs;
