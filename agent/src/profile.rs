@@ -226,6 +226,10 @@ pub struct EnergyMeta {
     pub idle_microjoules: u64,
     /// Energy no sample could carry (a package with no samples), microjoules.
     pub unattributed_microjoules: u64,
+    /// Energy charged to CPU time outside this profile (processes a `--pid` filter left
+    /// out, measured from /proc/stat), microjoules. total = attributed + idle (when not
+    /// charged) + unattributed + unsampled.
+    pub unsampled_microjoules: u64,
     /// `dynamic` (idle not charged to functions) or `full`.
     pub attribution: String,
     /// Energy by domain over the window, e.g. `package-0`, `dram-0`, `psys`, microjoules.

@@ -126,6 +126,9 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
     let table = ProcessTable::new("/proc", args.services.clone());
     let mut recorder = Recorder::new(sampler, table, Symbolizer::default())?;
     if let Some(m) = meter.as_mut() {
+        if args.pid.is_some() {
+            m.set_partial_sampling("/proc/stat".into());
+        }
         m.restart(); // the energy interval starts with the sampling window
     }
 

@@ -79,6 +79,9 @@ pub struct IntervalEnergy {
     pub per_slot_uj: Vec<u64>,
     /// What went wrong this interval (each also counted by the meter and logged).
     pub faults: Vec<Fault>,
+    /// Part of `attributed_uj()` charged to CPU time the sampler did not see (processes
+    /// outside a `--pid` filter, measured from /proc/stat); not in `per_slot_uj`.
+    pub unsampled_uj: u64,
 }
 
 impl IntervalEnergy {

@@ -4,6 +4,7 @@
 
 use std::{
     collections::BTreeMap,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -12,6 +13,7 @@ use super::{
     SourceKind, Topology,
     args::AttributionMode,
     attribute::{self, IntervalEnergy, PackageInput, SampleSlot},
+    cputime::CpuTimes,
     idle::{DEFAULT_MAX_BUSY, IdleLearner},
     model::ModelSource,
     msr::{DevCpuMsr, MsrSource},
@@ -48,6 +50,14 @@ pub struct Meter {
     faults: BTreeMap<Fault, u64>,
     last_read: Instant,
     pending: Option<Pending>,
+    partial: Option<Partial>,
+}
+
+/// Sampling that sees only some processes: per-CPU busy time comes from /proc/stat.
+struct Partial {
+    stat: PathBuf,
+    start: Option<CpuTimes>,
+    busy: Option<BTreeMap<u32, f64>>,
 }
 
 /// Counters read when a window ended, waiting for that window's samples.
@@ -115,6 +125,7 @@ impl Meter {
             faults: BTreeMap::new(),
             last_read: Instant::now(),
             pending: None,
+            partial: None,
         })
     }
 
@@ -138,12 +149,38 @@ impl Meter {
         &self.faults
     }
 
+    /// Declares that the sampler sees only some processes (`record --pid`): each window, the
+    /// CPU time it did not see (per CPU, from `stat`, normally /proc/stat) is charged its
+    /// share of the energy as `unsampled_uj` instead of the sampled process getting it all.
+    pub fn set_partial_sampling(&mut self, stat: PathBuf) {
+        let start = self.read_cpu_times(&stat);
+        self.partial = Some(Partial {
+            stat,
+            start,
+            busy: None,
+        });
+    }
+
+    fn read_cpu_times(&self, stat: &std::path::Path) -> Option<CpuTimes> {
+        CpuTimes::read(stat)
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "no per-CPU busy time: unsampled processes' energy goes to the sampled ones");
+            })
+            .ok()
+    }
+
     /// Starts a new interval now: reads the counters and discards the energy since the last
     /// read (call when sampling starts, so energy and samples cover the same window).
     pub fn restart(&mut self) {
         let _ = self.read_source(&Activity::default());
         self.last_read = Instant::now();
         self.pending = None;
+        if let Some(stat) = self.partial.as_ref().map(|p| p.stat.clone()) {
+            let now = self.read_cpu_times(&stat);
+            if let Some(p) = self.partial.as_mut() {
+                p.start = now;
+            }
+        }
     }
 
     /// Marks the end of a sampling window: reads the counters now, so the energy covers the
@@ -157,6 +194,16 @@ impl Meter {
     /// in tests driving fixture counters, chose).
     pub fn end_window_with(&mut self, elapsed: Duration) {
         self.last_read = Instant::now();
+        if let Some(stat) = self.partial.as_ref().map(|p| p.stat.clone()) {
+            let now = self.read_cpu_times(&stat);
+            if let Some(p) = self.partial.as_mut() {
+                p.busy = match (&now, &p.start) {
+                    (Some(now), Some(start)) => Some(now.busy_since(start)),
+                    _ => None,
+                };
+                p.start = now;
+            }
+        }
         let readings = (!self.source.estimated()).then(|| {
             self.read_source(&Activity {
                 elapsed,
@@ -176,15 +223,22 @@ impl Meter {
             elapsed: Duration::ZERO,
             readings: None,
         });
+        let sampled = slots.len();
+        let mut all = slots.to_vec();
+        if let Some(busy) = self.partial.as_mut().and_then(|p| p.busy.take()) {
+            all.extend(unsampled_slots(&busy, slots, frequency, elapsed));
+        }
         let activity = Activity {
             elapsed,
-            cpu_busy: attribute::busy_by_cpu(slots, frequency, elapsed),
+            cpu_busy: attribute::busy_by_cpu(&all, frequency, elapsed),
         };
         let read = match readings {
             Some(read) => read,
             None => self.read_source(&activity),
         };
-        self.account(&activity, frequency, slots, read)
+        let mut e = self.account(&activity, frequency, &all, read);
+        e.unsampled_uj = e.per_slot_uj.drain(sampled..).sum();
+        e
     }
 
     /// Reads the energy of the interval that just ended (`elapsed` long, sampled at
@@ -344,6 +398,33 @@ impl Meter {
             host_domains: host.into_iter().collect(),
             per_slot_uj,
             faults,
+            unsampled_uj: 0,
         }
     }
+}
+
+/// One slot per CPU for the busy time the sampler did not see: the samples a full-system
+/// sampler would have taken (busy x frequency x seconds) minus those it did take.
+fn unsampled_slots(
+    busy: &BTreeMap<u32, f64>,
+    sampled: &[SampleSlot],
+    frequency: u64,
+    elapsed: Duration,
+) -> Vec<SampleSlot> {
+    let expected = frequency as f64 * elapsed.as_secs_f64();
+    busy.iter()
+        .filter_map(|(&cpu, &b)| {
+            let seen: u64 = sampled
+                .iter()
+                .filter(|s| s.cpu == cpu && !s.idle_task)
+                .map(|s| s.count)
+                .sum();
+            let count = ((b * expected).round() as u64).saturating_sub(seen);
+            (count > 0).then_some(SampleSlot {
+                cpu,
+                count,
+                idle_task: false,
+            })
+        })
+        .collect()
 }

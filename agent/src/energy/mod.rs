@@ -12,6 +12,7 @@
 mod args;
 pub mod attribute;
 mod counter;
+pub mod cputime;
 mod diagnose;
 mod idle;
 mod meter;

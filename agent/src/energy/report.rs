@@ -51,9 +51,10 @@ pub fn meta(e: &IntervalEnergy) -> EnergyMeta {
         estimated: e.estimated,
         model: Some(format!("{}{estimated_note}", e.method)),
         total_microjoules: e.interval_uj(),
-        attributed_microjoules: e.attributed_uj(),
+        attributed_microjoules: e.attributed_uj() - e.unsampled_uj,
         idle_microjoules: e.idle_uj(),
         unattributed_microjoules: e.unattributed_uj(),
+        unsampled_microjoules: e.unsampled_uj,
         attribution: e.attribution.name().to_owned(),
         domains,
     }
@@ -115,6 +116,14 @@ impl fmt::Display for IntervalEnergy {
             idle_basis.first().copied().unwrap_or("none"),
             self.attribution.name()
         )?;
+        if self.unsampled_uj > 0 {
+            writeln!(
+                f,
+                "of the attributed energy, {:.3} J went to CPU time outside the profile \
+                 (processes the --pid filter left out, busy time from /proc/stat)",
+                joules(self.unsampled_uj)
+            )?;
+        }
         if !self.faults.is_empty() {
             let names: Vec<&str> = self.faults.iter().map(|f| f.name()).collect();
             writeln!(f, "energy faults this interval: {}", names.join(", "))?;

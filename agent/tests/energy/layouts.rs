@@ -287,3 +287,33 @@ fn fixture_powercap_energy_lands_in_profile_samples_and_meta() {
     );
     assert!(text.contains("(measured)"), "{text}");
 }
+
+#[test]
+fn fixture_proc_stat_charges_cpu_time_a_pid_filter_hid() {
+    // A `record --pid` sees only its process: the other busy time on the package, read from
+    // a fixture /proc/stat, takes its share instead of the filtered process getting it all.
+    let mut cap = Powercap::new();
+    cap.zone("intel-rapl:0", "package-0", 0, PACKAGE_RANGE);
+    let mut meter = powercap_meter(&cap, Topology::single_package([0, 1]), &args_with_idle(0.0));
+    let dir = tempfile::tempdir().unwrap();
+    let stat = dir.path().join("stat");
+    std::fs::write(&stat, "cpu0 0 0 0 0 0 0 0 0\ncpu1 0 0 0 0 0 0 0 0\n").unwrap();
+    meter.set_partial_sampling(stat.clone());
+    meter.restart();
+    // Over 1 s (100 ticks per CPU): CPU 0 fully busy, CPU 1 half busy.
+    std::fs::write(&stat, "cpu0 90 0 10 0 0 0 0 0\ncpu1 40 0 10 50 0 0 0 0\n").unwrap();
+    cap.advance("intel-rapl:0", 6_000_000);
+    meter.end_window_with(Duration::from_secs(1));
+    // The filtered process ran 50 of the 100 samples CPU 0 would have had at 100 Hz.
+    let e = meter.window(100, &[slot(0, 50)]);
+    // Busy samples: CPU 0 100, CPU 1 50; the process has 50 of 150 -> 2 J of 6 J.
+    assert_eq!(e.per_slot_uj, vec![2_000_000]);
+    assert_eq!(e.unsampled_uj, 4_000_000);
+    assert_eq!(e.attributed_uj(), 6_000_000);
+    assert!(e.to_string().contains("outside the profile"), "{e}");
+    let meta = wattson_agent::energy::meta(&e);
+    assert_eq!(
+        (meta.attributed_microjoules, meta.unsampled_microjoules),
+        (2_000_000, 4_000_000)
+    );
+}
