@@ -220,6 +220,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         }
         window_started = Instant::now();
         last_drain = window_started;
+        if let Some(m) = meter.as_mut() {
+            m.end_window(); // energy of the window, not of the symbolizing that follows
+        }
         let mut profile = recorder.finish_window()?;
         let energy = meter.as_mut().map(|m| m.attribute_profile(&mut profile));
         builder.add(&Interval { profile, energy });

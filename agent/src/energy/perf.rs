@@ -373,6 +373,62 @@ mod tests {
     }
 
     #[test]
+    fn amd_power_core_pmu_opens_one_energy_core_event_per_core() {
+        let dir = tempfile::tempdir().unwrap();
+        fixture(
+            dir.path(),
+            &[("energy-pkg", "event=0x02", SCALE, "Joules")],
+            "0",
+        );
+        let core = pmu_dir(dir.path(), "power_core");
+        std::fs::create_dir_all(core.join("events")).unwrap();
+        std::fs::create_dir_all(core.join("format")).unwrap();
+        std::fs::write(core.join("type"), "4094\n").unwrap();
+        std::fs::write(core.join("format/event"), "config:0-7\n").unwrap();
+        std::fs::write(core.join("events/energy-core"), "event=0x01\n").unwrap();
+        std::fs::write(core.join("events/energy-core.scale"), format!("{SCALE}\n")).unwrap();
+        std::fs::write(core.join("events/energy-core.unit"), "Joules\n").unwrap();
+        let descs = describe(dir.path()).unwrap();
+        let per_core = descs.iter().find(|d| d.pmu == "power_core").unwrap();
+        assert_eq!(per_core.domain, Domain::Core);
+        // SMT siblings share a core: one event per core, on its first CPU.
+        let topo = Topology::from_places([
+            (
+                0,
+                CpuPlace {
+                    package: 0,
+                    core: 0,
+                },
+            ),
+            (
+                1,
+                CpuPlace {
+                    package: 0,
+                    core: 1,
+                },
+            ),
+            (
+                2,
+                CpuPlace {
+                    package: 0,
+                    core: 0,
+                },
+            ),
+            (
+                3,
+                CpuPlace {
+                    package: 0,
+                    core: 1,
+                },
+            ),
+        ]);
+        assert_eq!(
+            placements(per_core, &topo),
+            vec![(Some(0), 0), (Some(0), 1)]
+        );
+    }
+
+    #[test]
     fn a_wrong_unit_or_missing_package_event_is_an_error_not_a_guess() {
         let dir = tempfile::tempdir().unwrap();
         fixture(
