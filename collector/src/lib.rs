@@ -3,6 +3,7 @@
 
 pub mod attribute;
 pub mod flame;
+pub mod metrics;
 pub mod pprof;
 pub mod query;
 pub mod query_service;

@@ -54,6 +54,9 @@ struct ServeArgs {
     /// Delete everything older than this.
     #[arg(long, default_value = "395d")]
     retain_total: humantime::Duration,
+    /// Serve Prometheus `GET /metrics` here (ingest counters, store size, per-service watts).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,7 +76,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let tls = TlsFiles::from_flags(args.tls_cert, args.tls_key, args.tls_ca)?;
     let store = wattson_collector::store::open(&args.store)
         .with_context(|| format!("opening --store {}", args.store))?;
-    let store: Arc<dyn wattson_collector::store::Store> = Arc::from(store);
+    let counted = Arc::new(wattson_collector::metrics::Counted::new(Arc::from(store)));
+    let store: Arc<dyn wattson_collector::store::Store> = counted.clone();
     let fleet = match &args.fleet {
         Some(p) => wattson_collector::attribute::FleetConfig::load(p)?,
         None => wattson_collector::attribute::FleetConfig::default(),
@@ -89,6 +93,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         raw: *args.retain_raw,
         total: *args.retain_total,
     };
+    let engine = Arc::new(wattson_collector::query::QueryEngine::new(
+        store.clone(),
+        fleet.clone(),
+    ));
     let config = ServeConfig {
         fleet,
         tls,
@@ -107,7 +115,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             retention,
             std::time::Duration::from_secs(3600),
         ));
+        let metrics = match args.metrics_listen {
+            Some(addr) => {
+                let l = wattson_collector::metrics::bind(addr).await?;
+                tracing::info!(addr = %l.local_addr()?, "serving Prometheus /metrics");
+                Some(tokio::spawn(wattson_collector::metrics::serve(
+                    l, counted, engine,
+                )))
+            }
+            None => None,
+        };
         server::serve(listener, store, config, shutdown_signal()).await?;
+        if let Some(m) = metrics {
+            m.abort();
+        }
         housekeeping.abort();
         Ok(())
     })

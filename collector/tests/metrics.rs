@@ -1,0 +1,74 @@
+//! Prometheus `/metrics` over a real socket on 127.0.0.1:0: ingest counters (stored,
+//! duplicate, error), store size, and per-service watts labelled estimated or not.
+
+use std::io::{Read as _, Write as _};
+use std::sync::Arc;
+
+use wattson_collector::attribute::FleetConfig;
+use wattson_collector::metrics::{self, Counted};
+use wattson_collector::query::QueryEngine;
+use wattson_collector::store::synthetic::BatchBuilder;
+use wattson_collector::store::{self, Store};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_expose_counters_size_and_service_watts() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("m.db").display());
+    let counted = Arc::new(Counted::new(Arc::from(store::open(&url).unwrap())));
+    let store: Arc<dyn Store> = counted.clone();
+    let now = wattson_collector::report::now();
+    // One minute ago: 30 J measured on `api`, 30 J estimated on `vm` -> 0.1 W each over 300 s.
+    let api = BatchBuilder::new("h1", 1)
+        .interval(
+            now - 60,
+            10,
+            false,
+            0.0,
+            &[("api", "", "main;hash", 7, 30e6)],
+        )
+        .build();
+    let vm = BatchBuilder::new("h2", 1)
+        .interval(now - 60, 10, true, 0.0, &[("vm", "", "main;spin", 3, 30e6)])
+        .build();
+    store.ingest(&api).unwrap();
+    store.ingest(&api).unwrap();
+    store.ingest(&vm).unwrap();
+    let mut bad = api.clone();
+    bad.sequence = 2;
+    bad.profiles[0].samples[0].stack_index = 9;
+    assert!(store.ingest(&bad).is_err());
+
+    let engine = Arc::new(QueryEngine::new(store.clone(), FleetConfig::default()));
+    let listener = metrics::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(metrics::serve(listener, counted, engine));
+    let body = tokio::task::spawn_blocking(move || {
+        let get = |path: &str| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        };
+        (get("/metrics"), get("/other"))
+    })
+    .await
+    .unwrap();
+    task.abort();
+    let (m, other) = body;
+    assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+    assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+    for line in [
+        "wattson_collector_batches_total{result=\"stored\"} 2",
+        "wattson_collector_batches_total{result=\"duplicate\"} 1",
+        "wattson_collector_batches_total{result=\"error\"} 1",
+        "wattson_collector_samples_total 10",
+        "wattson_store_batches 2",
+        "wattson_service_watts{service=\"api\",estimated=\"false\"} 0.1",
+        "wattson_service_watts{service=\"vm\",estimated=\"true\"} 0.1",
+        "wattson_service_hosts_reporting{service=\"api\"} 1",
+    ] {
+        assert!(m.contains(line), "missing {line:?} in\n{m}");
+    }
+    assert!(m.contains("# TYPE wattson_store_bytes gauge"));
+}
