@@ -32,6 +32,7 @@ fn number_after(text: &str, key: &str) -> f64 {
 
 #[test]
 fn fixture_powercap_record_weight_energy_writes_microjoule_folded_stacks() {
+    let _alone = crate::fixture::exclusive();
     let mut cap = Powercap::new();
     cap.zone(
         "intel-rapl:0",

@@ -6,9 +6,16 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
 };
 
 use tempfile::TempDir;
+
+/// Held by tests that measure real CPU time, so they do not run busy loops against each other.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// The kernel's usual `max_energy_range_uj` for a package zone.
 pub const PACKAGE_RANGE: u64 = 262_143_328_850;

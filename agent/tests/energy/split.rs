@@ -16,16 +16,21 @@ use std::{
 
 use wattson_agent::{
     energy::{EnergyArgs, Meter, SampleSlot, Topology, powercap::PowercapSource},
-    sampler::{Sampler, SamplerConfig},
+    sampler::{RawSample, Sampler, SamplerConfig},
 };
 
 use crate::fixture::{DRAM_RANGE, PACKAGE_RANGE, Powercap};
 
 const CHILD_ENV: &str = "WATTSON_ENERGY_TEST_CHILD";
+/// Samples the lighter process needs before the split is compared.
+const MIN_SAMPLES: u64 = 2_500;
+/// Longest the split test waits for them.
+const MAX_RUN: Duration = Duration::from_secs(45);
 
 /// Not a test: the body of the busy processes the split test starts (re-running this test
 /// binary with `CHILD_ENV=cpu:duty%`). It spins pinned to a CPU at the given duty cycle
-/// (busy 10 ms of every 10 ms x 100 / duty) until killed.
+/// (busy 30 ms of every 30 ms x 100 / duty: few wakeups, so little sampling skew at each)
+/// until killed.
 #[test]
 #[ignore = "helper process of the split test, started by it"]
 fn busy_child() {
@@ -43,7 +48,7 @@ fn busy_child() {
             0
         );
     }
-    let busy = Duration::from_millis(10);
+    let busy = Duration::from_millis(30);
     let period = busy * 100 / duty as u32;
     let mut x = 0u64;
     loop {
@@ -93,6 +98,7 @@ const ZONES: [(&str, &str, u64, u64); 4] = [
 
 #[test]
 fn fixture_powercap_two_real_busy_processes_split_energy_by_cpu_time() {
+    let _alone = crate::fixture::exclusive();
     let cpus = wattson_agent::sampler::online_cpus().unwrap();
     assert!(cpus.len() >= 2, "needs two CPUs, found {cpus:?}");
     let mut cap = Powercap::new();
@@ -137,20 +143,36 @@ fn fixture_powercap_two_real_busy_processes_split_energy_by_cpu_time() {
             charged
         })
     };
-    thread::sleep(Duration::from_secs(6));
+    // Run until the lighter process has enough samples for a 3% comparison (sampling noise
+    // is about 1/sqrt(n)), however loaded the machine is, within MAX_RUN.
+    let (full_pid, third_pid) = (full.id(), third.id());
+    let mut samples: Vec<RawSample> = Vec::new();
+    let samples_of = |samples: &[RawSample], pid: u32| -> u64 {
+        samples
+            .iter()
+            .filter(|s| s.key.tgid == pid)
+            .map(|s| s.count)
+            .sum()
+    };
+    loop {
+        thread::sleep(Duration::from_secs(1));
+        samples.extend(sampler.drain().unwrap().samples);
+        let least = samples_of(&samples, full_pid).min(samples_of(&samples, third_pid));
+        if least >= MIN_SAMPLES || started.elapsed() >= MAX_RUN {
+            break;
+        }
+    }
     stop.store(true, Ordering::Relaxed);
     let fixture_delta = writer.join().unwrap();
-    let drained = sampler.drain().unwrap();
+    samples.extend(sampler.drain().unwrap().samples);
     let elapsed = started.elapsed();
-    let cpu_full = cpu_nanos(full.id()) - cpu_before.0;
-    let cpu_third = cpu_nanos(third.id()) - cpu_before.1;
-    let (full_pid, third_pid) = (full.id(), third.id());
+    let cpu_full = cpu_nanos(full_pid) - cpu_before.0;
+    let cpu_third = cpu_nanos(third_pid) - cpu_before.1;
     full.kill().unwrap();
     third.kill().unwrap();
     let _ = (full.wait(), third.wait());
 
-    let slots: Vec<SampleSlot> = drained
-        .samples
+    let slots: Vec<SampleSlot> = samples
         .iter()
         .map(|s| SampleSlot {
             cpu: s.key.cpu,
@@ -160,20 +182,11 @@ fn fixture_powercap_two_real_busy_processes_split_energy_by_cpu_time() {
         .collect();
     let e = meter.interval(elapsed, config.frequency, &slots);
     let energy_of = |pid: u32| -> u64 {
-        drained
-            .samples
+        samples
             .iter()
             .zip(&e.per_slot_uj)
             .filter(|(s, _)| s.key.tgid == pid)
             .map(|(_, uj)| uj)
-            .sum()
-    };
-    let samples_of = |pid: u32| -> u64 {
-        drained
-            .samples
-            .iter()
-            .filter(|s| s.key.tgid == pid)
-            .map(|s| s.count)
             .sum()
     };
     let (e_full, e_third) = (energy_of(full_pid), energy_of(third_pid));
@@ -184,8 +197,8 @@ fn fixture_powercap_two_real_busy_processes_split_energy_by_cpu_time() {
          energy uJ full {e_full} third {e_third}; energy ratio {energy_ratio:.4}, cpu ratio \
          {cpu_ratio:.4} (nominal 3.03); fixture delta {fixture_delta} uJ, interval {}, idle {}, \
          attributed {}, unattributed {}; faults {:?}",
-        samples_of(full_pid),
-        samples_of(third_pid),
+        samples_of(&samples, full_pid),
+        samples_of(&samples, third_pid),
         slots.iter().map(|s| s.count).sum::<u64>(),
         cpu_full / 1_000_000,
         cpu_third / 1_000_000,
