@@ -281,6 +281,18 @@ pub fn read_process(
     Snapshot { process: p, maps }
 }
 
+/// Whether `pid` exists and has not exited: a zombie (exited, not yet reaped by its parent)
+/// runs no more code, so it counts as gone.
+pub fn is_running(proc_root: &Path, pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_ascii_whitespace().next());
+    !matches!(state, Some("Z" | "X" | "x"))
+}
+
 /// GNU build id of an ELF file, lowercase hex.
 pub fn build_id(path: &Path) -> Option<String> {
     let id = blazesym::helper::read_elf_build_id(path).ok()??;
@@ -425,6 +437,8 @@ mod tests {
         assert!(snap.process.exe.is_some());
         assert!(!snap.maps.is_empty());
         assert!(!snap.process.kernel_thread);
+        assert!(is_running(Path::new("/proc"), me));
+        assert!(!is_running(Path::new("/proc"), u32::MAX));
         let here = this_process_reads_back as *const () as u64;
         assert!(snap.maps.iter().any(|m| m.start <= here && here < m.end));
     }

@@ -145,7 +145,7 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
         std::thread::sleep(POLL.min(args.duration.saturating_sub(started.elapsed())));
         recorder.poll();
         if let Some(pid) = args.pid
-            && !Path::new(&format!("/proc/{pid}")).exists()
+            && !wattson_agent::process::is_running(Path::new("/proc"), pid)
         {
             pid_exited = Some(started.elapsed());
             break;

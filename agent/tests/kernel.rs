@@ -136,3 +136,102 @@ fn drains_lose_nothing_between_them() {
         "counted twice: drained {drained} > accepted {at_t1}"
     );
 }
+
+/// Spins for a moment when launched as the short-lived child of
+/// `short_lived_process_is_captured_before_it_exits`; a no-op otherwise.
+#[test]
+fn short_lived_child_body() {
+    if std::env::var_os("WATTSON_SHORT_LIVED_CHILD").is_none() {
+        return;
+    }
+    let stop = AtomicBool::new(false);
+    let deadline = Instant::now() + Duration::from_millis(400);
+    while Instant::now() < deadline {
+        short_lived_child_spin(&stop);
+    }
+}
+
+#[inline(never)]
+fn short_lived_child_spin(stop: &AtomicBool) -> u64 {
+    let mut x = 0u64;
+    for _ in 0..100_000 {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+    x
+}
+
+/// A process that lives 0.4 s and is gone when the window closes still has its metadata
+/// (read from /proc on the BPF new-process event) and symbolized stacks (from maps captured
+/// then), and the whole pipeline (drain, symbolize, profile) runs on this kernel.
+#[test]
+fn short_lived_process_is_captured_before_it_exits() {
+    use wattson_agent::{interval::Recorder, process::ProcessTable, symbolize::Symbolizer};
+
+    let mut config = SamplerConfig::default();
+    config.frequency = 99;
+    let mut sampler = Sampler::load(&config).expect("load sampler (are you root?)");
+    sampler.attach(&config).expect("attach sampler");
+    let mut recorder = Recorder::new(
+        sampler,
+        ProcessTable::new("/proc", Vec::new()),
+        Symbolizer::default(),
+    )
+    .expect("recorder");
+
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "short_lived_child_body",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("WATTSON_SHORT_LIVED_CHILD", "1")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let child_pid = child.id();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        recorder.poll();
+        thread::sleep(Duration::from_millis(10));
+        assert!(started.elapsed() < Duration::from_secs(60), "child hangs");
+    }
+    thread::sleep(Duration::from_millis(200));
+    let profile = recorder.finish_window().expect("finish window");
+
+    let process = profile.processes.get(&child_pid).unwrap_or_else(|| {
+        panic!(
+            "child {child_pid} missing; {} processes",
+            profile.processes.len()
+        )
+    });
+    eprintln!("child: {process:?}");
+    assert!(
+        !process.exited,
+        "metadata was read only after the child exited"
+    );
+    let exe = process.exe.as_deref().unwrap_or_default();
+    assert!(exe.contains("kernel"), "exe {exe:?}");
+    let named = profile
+        .samples
+        .iter()
+        .filter(|s| s.tgid == child_pid)
+        .flat_map(|s| profile.stack_frames(s.stack))
+        .any(|f| f.name().ends_with("short_lived_child_spin"));
+    let child_samples: u64 = profile
+        .samples
+        .iter()
+        .filter(|s| s.tgid == child_pid)
+        .map(|s| s.count)
+        .sum();
+    eprintln!(
+        "child samples {child_samples}; stats {:?}; event {}",
+        profile.stats, profile.clock_event
+    );
+    assert!(child_samples > 0, "no samples of the child");
+    assert!(named, "child frames not symbolized after it exited");
+    assert!(profile.stats.samples > 0 && profile.duration_nanos > 0);
+}

@@ -5,6 +5,8 @@
 
 use std::fmt::Write as _;
 
+mod agent;
+
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -31,7 +33,7 @@ pub struct Row {
 type Area = (&'static str, fn(&mut Vec<Row>) -> anyhow::Result<()>);
 
 /// Registered areas, in the order they run.
-const AREAS: &[Area] = &[];
+const AREAS: &[Area] = &[("agent", agent::run)];
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut rows = Vec::new();

@@ -1,0 +1,338 @@
+//! `wattson-agent record` end to end, as root on this kernel: the outputs are readable by the
+//! tools they are for (folded by inferno, pprof by a decoder built from profile.proto), and bad
+//! input gets a clear, early error.
+
+use std::{
+    borrow::Cow,
+    fs,
+    io::Read as _,
+    os::unix::process::CommandExt as _,
+    path::Path,
+    process::{Command, Output},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use prost_reflect::{DynamicMessage, Value};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_wattson-agent");
+
+#[inline(never)]
+fn wattson_record_test_hot_loop(stop: &AtomicBool) -> u64 {
+    let mut x = 1u64;
+    while !stop.load(Ordering::Relaxed) {
+        for _ in 0..1000 {
+            x = std::hint::black_box(x.wrapping_mul(0x5851_f42d_4c95_7f2d).rotate_left(7));
+        }
+    }
+    x
+}
+
+/// Runs `wattson-agent record` with `args` while this process spins in a named function.
+fn record_while_busy(args: &[&str]) -> Output {
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || wattson_record_test_hot_loop(&stop))
+    };
+    let out = Command::new(AGENT)
+        .arg("record")
+        .args(args)
+        .output()
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    busy.join().unwrap();
+    assert!(
+        out.status.success(),
+        "record {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn folded_output_renders_with_inferno_and_names_the_hot_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let folded = dir.path().join("out.folded");
+    let me = std::process::id().to_string();
+    let out = record_while_busy(&[
+        "--duration",
+        "2s",
+        "--pid",
+        &me,
+        "--output",
+        folded.to_str().unwrap(),
+    ]);
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("clock event"), "summary: {summary}");
+    assert!(summary.contains("top functions"), "summary: {summary}");
+
+    let text = fs::read_to_string(&folded).unwrap();
+    for line in text.lines() {
+        let (stack, count) = line.rsplit_once(' ').expect("`stack count` lines");
+        assert!(!stack.is_empty());
+        count.parse::<u64>().expect("integer counts");
+    }
+    let mut svg = Vec::new();
+    inferno::flamegraph::from_reader(
+        &mut inferno::flamegraph::Options::default(),
+        text.as_bytes(),
+        &mut svg,
+    )
+    .expect("inferno renders the folded output");
+    assert!(
+        text.contains("wattson_record_test_hot_loop"),
+        "hot loop not in folded stacks"
+    );
+    assert!(
+        text.contains("wattson_record_test_hot_loop"),
+        "hot loop not in folded stacks"
+    );
+    let svg = String::from_utf8(svg).unwrap();
+    assert!(svg.starts_with("<?xml") && svg.contains("<svg"));
+    assert!(svg.contains("wattson_record_test_hot_loop"));
+}
+
+fn field<'a>(m: &'a DynamicMessage, name: &str) -> Cow<'a, Value> {
+    m.get_field_by_name(name)
+        .unwrap_or_else(|| panic!("profile.proto has no field {name}"))
+}
+
+fn list(m: &DynamicMessage, name: &str) -> Vec<Value> {
+    field(m, name).as_list().unwrap_or_default().to_vec()
+}
+
+#[test]
+fn pprof_output_parses_as_profile_proto() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.pb.gz");
+    let me = std::process::id().to_string();
+    record_while_busy(&[
+        "--duration",
+        "2s",
+        "--pid",
+        &me,
+        "--output",
+        path.to_str().unwrap(),
+    ]);
+
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(fs::File::open(&path).unwrap())
+        .read_to_end(&mut raw)
+        .expect("pprof output is gzipped");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let pool = protox::Compiler::new([&fixtures])
+        .unwrap()
+        .open_files(["profile.proto"])
+        .unwrap()
+        .descriptor_pool();
+    let desc = pool
+        .get_message_by_name("perftools.profiles.Profile")
+        .unwrap();
+    let profile = DynamicMessage::decode(desc, raw.as_slice()).expect("decodes as profile.proto");
+    assert!(
+        profile.unknown_fields().next().is_none(),
+        "fields outside profile.proto"
+    );
+
+    let strings: Vec<String> = list(&profile, "string_table")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(strings.first().map(String::as_str), Some(""));
+    let string = |v: &Value| strings[v.as_i64().unwrap() as usize].clone();
+    let types: Vec<String> = list(&profile, "sample_type")
+        .iter()
+        .map(|v| string(&field(v.as_message().unwrap(), "type")))
+        .collect();
+    assert_eq!(types[..2], ["samples".to_owned(), "cpu".to_owned()]);
+
+    let ids = |name: &str| -> std::collections::HashSet<u64> {
+        list(&profile, name)
+            .iter()
+            .map(|v| field(v.as_message().unwrap(), "id").as_u64().unwrap())
+            .collect()
+    };
+    let (locations, functions, mappings) = (ids("location"), ids("function"), ids("mapping"));
+    let mut samples = 0;
+    for s in list(&profile, "sample") {
+        let s = s.as_message().unwrap();
+        for id in list(s, "location_id") {
+            assert!(
+                locations.contains(&id.as_u64().unwrap()),
+                "dangling location"
+            );
+        }
+        let values = list(s, "value");
+        assert_eq!(values.len(), types.len());
+        samples += values[0].as_i64().unwrap();
+    }
+    assert!(samples > 0);
+    let mut names = Vec::new();
+    for l in list(&profile, "location") {
+        let l = l.as_message().unwrap();
+        assert!(mappings.contains(&field(l, "mapping_id").as_u64().unwrap()));
+        for line in list(l, "line") {
+            let id = field(line.as_message().unwrap(), "function_id")
+                .as_u64()
+                .unwrap();
+            assert!(functions.contains(&id), "dangling function");
+        }
+    }
+    for f in list(&profile, "function") {
+        names.push(string(&field(f.as_message().unwrap(), "name")));
+    }
+    assert!(
+        names
+            .iter()
+            .any(|n| n.ends_with("wattson_record_test_hot_loop")),
+        "hot function not among {} functions",
+        names.len()
+    );
+}
+
+#[test]
+fn json_output_holds_the_profile_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.json");
+    let me = std::process::id().to_string();
+    record_while_busy(&[
+        "--duration",
+        "1s",
+        "--pid",
+        &me,
+        "--output",
+        path.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    assert_eq!(v["frequency"], 99);
+    let samples = v["samples"].as_array().unwrap();
+    assert!(!samples.is_empty());
+    assert!(
+        samples
+            .iter()
+            .all(|s| s["tgid"].as_u64() == Some(u64::from(std::process::id()))),
+        "--pid filters other processes out"
+    );
+    let p = &v["processes"][&me];
+    assert!(p["exe"].as_str().unwrap().contains("record"));
+    assert!(!p["service"].as_str().unwrap().is_empty());
+    assert!(p["build_id"].as_str().is_some_and(|b| b.len() >= 40));
+}
+
+fn run_agent(args: &[&str]) -> (Output, Duration) {
+    let started = Instant::now();
+    let out = Command::new(AGENT)
+        .arg("record")
+        .args(args)
+        .output()
+        .unwrap();
+    (out, started.elapsed())
+}
+
+#[test]
+fn missing_pid_is_a_clear_error_before_sampling() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.folded");
+    let (o, took) = run_agent(&[
+        "--pid",
+        "999999999",
+        "--duration",
+        "30s",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("--pid 999999999: no such process"), "{err}");
+    assert!(took < Duration::from_secs(5));
+}
+
+#[test]
+fn unwritable_output_is_an_error_before_sampling() {
+    let (o, took) = run_agent(&["--duration", "30s", "--output", "/nonexistent-dir/x.pb.gz"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("--output /nonexistent-dir/x.pb.gz"), "{err}");
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?}: checked after sampling?"
+    );
+}
+
+#[test]
+fn unprivileged_user_gets_one_error_naming_the_capabilities() {
+    let dir = tempfile::tempdir().unwrap();
+    // SAFETY: chmod on a path we own.
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let out = dir.path().join("x.pb.gz");
+    let mut cmd = Command::new(AGENT);
+    cmd.args([
+        "record",
+        "--duration",
+        "30s",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    for cap in ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE", "CAP_SYSLOG"] {
+        assert!(err.contains(cap), "{cap} not named in: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn pid_exiting_mid_record_keeps_the_partial_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("partial.json");
+    // A child that is busy for about a second, then exits.
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done"])
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let (o, took) = run_agent(&[
+        "--pid",
+        &pid,
+        "--duration",
+        "60s",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    child.wait().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains(&format!("process {pid} exited")), "{err}");
+    assert!(
+        took < Duration::from_secs(30),
+        "kept recording after the process exited"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&fs::read(&out).unwrap()).unwrap();
+    let samples: u64 = v["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["count"].as_u64().unwrap())
+        .sum();
+    assert!(samples > 0, "partial profile is empty");
+    assert_eq!(v["processes"][&pid]["comm"], "sh");
+}

@@ -1,0 +1,306 @@
+//! Agent overhead, side by side in one run: a CPU-bound workload's throughput with no
+//! profiler, with `wattson-agent record` (release build) at 19 Hz and at 99 Hz, and with
+//! `perf record -F 99 -a -g`; plus each profiler's own CPU time and peak RSS (from `wait4`).
+//!
+//! The workload is one spinning hash loop per CPU, so sampling interrupts on every CPU and the
+//! profiler's own CPU time both show up as lost throughput. Configurations are interleaved over
+//! several rounds and the median throughput of each is kept, so drift from other work on this
+//! shared machine hits all of them alike. Needs root and `/usr/bin/perf`.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use super::Row;
+
+/// Length of one measured phase.
+const PHASE: Duration = Duration::from_secs(6);
+/// Rounds over all configurations.
+const ROUNDS: usize = 3;
+/// Time a profiler gets to load and attach before the workload is measured.
+const SETTLE: Duration = Duration::from_millis(1500);
+const PERF: &str = "/usr/bin/perf";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Config {
+    None,
+    Agent19,
+    Agent99,
+    Perf99,
+}
+
+impl Config {
+    const ALL: [Config; 4] = [
+        Config::None,
+        Config::Agent19,
+        Config::Agent99,
+        Config::Perf99,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "no profiler",
+            Self::Agent19 => "wattson-agent 19 Hz",
+            Self::Agent99 => "wattson-agent 99 Hz",
+            Self::Perf99 => "perf record -F 99 -a -g",
+        }
+    }
+}
+
+/// What one phase measured.
+#[derive(Default, Clone, Copy)]
+struct Phase {
+    /// Workload operations per second, all CPUs.
+    throughput: f64,
+    /// Profiler CPU seconds (user + system) over its whole life.
+    cpu_secs: f64,
+    /// Profiler peak RSS in MiB.
+    rss_mib: f64,
+    /// Wall seconds the profiler ran.
+    wall_secs: f64,
+}
+
+fn row(metric: impl Into<String>, value: String, goal: &str, met: Option<bool>) -> Row {
+    Row {
+        area: "agent",
+        metric: metric.into(),
+        value,
+        goal: goal.into(),
+        met,
+    }
+}
+
+pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    if !Path::new(PERF).exists() {
+        bail!("{PERF} is missing: install Debian's linux-perf (cargo xtask setup does)");
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the agent bench samples system-wide: run it as root");
+    }
+    let root = crate::cmd::root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    crate::cmd::run(Command::new(cargo).current_dir(&root).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "wattson-agent",
+    ]))?;
+    let agent = root.join("target/release/wattson-agent");
+    let dir = tempfile::tempdir()?;
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+
+    let mut phases: Vec<(Config, Phase)> = Vec::new();
+    for round in 0..ROUNDS {
+        for config in Config::ALL {
+            eprintln!(
+                "bench agent: round {}/{ROUNDS}, {}",
+                round + 1,
+                config.name()
+            );
+            let phase = measure(config, &agent, dir.path(), cpus)?;
+            phases.push((config, phase));
+        }
+    }
+    let median = |c: Config, f: fn(&Phase) -> f64| {
+        let mut v: Vec<f64> = phases
+            .iter()
+            .filter(|p| p.0 == c)
+            .map(|p| f(&p.1))
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let base = median(Config::None, |p| p.throughput);
+    rows.push(row(
+        format!("workload throughput, no profiler ({cpus} threads)"),
+        format!("{:.1} Mops/s", base / 1e6),
+        "",
+        None,
+    ));
+    let slowdown = |c: Config| 100.0 * (1.0 - median(c, |p| p.throughput) / base);
+    for (c, goal) in [
+        (Config::Agent19, ""),
+        (Config::Agent99, "<= 1%"),
+        (Config::Perf99, ""),
+    ] {
+        let s = slowdown(c);
+        rows.push(row(
+            format!("slowdown, {}", c.name()),
+            format!("{s:.2}%"),
+            goal,
+            (!goal.is_empty()).then_some(s <= 1.0),
+        ));
+    }
+    for c in [Config::Agent19, Config::Agent99, Config::Perf99] {
+        let cpu = median(c, |p| p.cpu_secs);
+        let wall = median(c, |p| p.wall_secs);
+        rows.push(row(
+            format!("own CPU time, {}", c.name()),
+            format!(
+                "{cpu:.3} s in {wall:.1} s ({:.2}% of one CPU)",
+                100.0 * cpu / wall
+            ),
+            "",
+            None,
+        ));
+    }
+    for c in [Config::Agent19, Config::Agent99, Config::Perf99] {
+        let rss = median(c, |p| p.rss_mib);
+        let goal = if c == Config::Agent99 {
+            "<= 64 MiB"
+        } else {
+            ""
+        };
+        rows.push(row(
+            format!("peak RSS, {}", c.name()),
+            format!("{rss:.1} MiB"),
+            goal,
+            (!goal.is_empty()).then_some(rss <= 64.0),
+        ));
+    }
+    // "Cheaper" = total cost: the profiler's own CPU time plus the workload time it took away.
+    let cost = |c: Config| {
+        let lost =
+            (1.0 - median(c, |p| p.throughput) / base).max(0.0) * cpus as f64 * PHASE.as_secs_f64();
+        median(c, |p| p.cpu_secs) + lost
+    };
+    let (ours, theirs) = (cost(Config::Agent99), cost(Config::Perf99));
+    let ratio = theirs / ours.max(1e-3);
+    rows.push(row(
+        "cost ratio perf 99 Hz / agent 99 Hz (own CPU + lost workload CPU)",
+        format!("{ratio:.1}x ({theirs:.2} s vs {ours:.2} s)"),
+        ">= 5x",
+        Some(ratio >= 5.0),
+    ));
+    let cpu_ratio =
+        median(Config::Perf99, |p| p.cpu_secs) / median(Config::Agent99, |p| p.cpu_secs).max(1e-3);
+    rows.push(row(
+        "own CPU ratio perf / agent at 99 Hz",
+        format!("{cpu_ratio:.1}x"),
+        "",
+        None,
+    ));
+    Ok(())
+}
+
+/// Runs one phase: starts the profiler, lets it attach, measures the workload for `PHASE`,
+/// stops the profiler with SIGINT and collects its rusage.
+fn measure(config: Config, agent: &Path, dir: &Path, cpus: usize) -> anyhow::Result<Phase> {
+    let mut cmd = match config {
+        Config::None => None,
+        Config::Agent19 | Config::Agent99 => {
+            let mut c = Command::new(agent);
+            let freq = if config == Config::Agent19 {
+                "19"
+            } else {
+                "99"
+            };
+            c.args([
+                "record",
+                "--duration",
+                "1h",
+                "--frequency",
+                freq,
+                "--output",
+            ])
+            .arg(dir.join("bench.pb.gz"));
+            Some(c)
+        }
+        Config::Perf99 => {
+            let mut c = Command::new(PERF);
+            c.args(["record", "-F", "99", "-a", "-g", "-q", "-o"])
+                .arg(dir.join("perf.data"));
+            Some(c)
+        }
+    };
+    let started = Instant::now();
+    let child = match cmd.as_mut() {
+        Some(c) => Some(
+            c.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {}", config.name()))?,
+        ),
+        None => None,
+    };
+    thread::sleep(SETTLE);
+    let throughput = workload(cpus, PHASE);
+    let mut phase = Phase {
+        throughput,
+        ..Phase::default()
+    };
+    if let Some(child) = child {
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: signalling our own child, then reaping it with wait4.
+        let (status, usage) = unsafe {
+            libc::kill(pid, libc::SIGINT);
+            let mut status = 0;
+            let mut usage: libc::rusage = std::mem::zeroed();
+            if libc::wait4(pid, &mut status, 0, &mut usage) != pid {
+                bail!(
+                    "wait4 on {}: {}",
+                    config.name(),
+                    std::io::Error::last_os_error()
+                );
+            }
+            (status, usage)
+        };
+        phase.wall_secs = started.elapsed().as_secs_f64();
+        // perf record may report the SIGINT in its status; the agent must exit cleanly.
+        if config != Config::Perf99 && (!libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0)
+        {
+            bail!(
+                "{} did not exit cleanly (status {status:#x})",
+                config.name()
+            );
+        }
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        phase.cpu_secs = secs(usage.ru_utime) + secs(usage.ru_stime);
+        phase.rss_mib = usage.ru_maxrss as f64 / 1024.0;
+        drop(child);
+    }
+    Ok(phase)
+}
+
+/// One hashing thread per CPU for `length`; returns operations per second over all threads.
+fn workload(threads: usize, length: Duration) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (stop, ops) = (Arc::clone(&stop), Arc::clone(&ops));
+            thread::spawn(move || {
+                let mut buf = vec![0u64; 4096];
+                let mut h = 0xcbf2_9ce4_8422_2325u64 ^ t as u64;
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for (i, slot) in buf.iter_mut().enumerate() {
+                        h = (h ^ *slot ^ i as u64).wrapping_mul(0x0000_0100_0000_01b3);
+                        *slot = h;
+                    }
+                    n += 1;
+                }
+                ops.fetch_add(n * 4096, Ordering::Relaxed);
+                std::hint::black_box(h);
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    thread::sleep(length);
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    ops.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
