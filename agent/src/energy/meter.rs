@@ -38,6 +38,21 @@ pub fn open_source(
     })
 }
 
+/// Opens a measured source the user named, saying what to do when it is not there.
+fn explicit(
+    kind: SourceKind,
+    args: &EnergyArgs,
+    topology: &Topology,
+) -> Result<Box<dyn EnergySource>, EnergyError> {
+    open_source(kind, args, topology).map_err(|e| match e {
+        EnergyError::Unavailable(why) => EnergyError::Unavailable(format!(
+            "--energy-source {kind}: {why}; `wattson-agent doctor` lists what works here, and \
+             --energy-source auto falls back to the (estimated) model"
+        )),
+        other => other,
+    })
+}
+
 /// Reads energy each interval and attributes it.
 pub struct Meter {
     source: Box<dyn EnergySource>,
@@ -98,9 +113,9 @@ impl Meter {
                     }
                 }
             }
-            SourceChoice::Perf => open_source(SourceKind::Perf, args, &topology)?,
-            SourceChoice::Powercap => open_source(SourceKind::Powercap, args, &topology)?,
-            SourceChoice::Msr => open_source(SourceKind::Msr, args, &topology)?,
+            SourceChoice::Perf => explicit(SourceKind::Perf, args, &topology)?,
+            SourceChoice::Powercap => explicit(SourceKind::Powercap, args, &topology)?,
+            SourceChoice::Msr => explicit(SourceKind::Msr, args, &topology)?,
             SourceChoice::Model => open_source(SourceKind::Model, args, &topology)?,
         };
         Self::with_source(source, topology, args).map(Some)
