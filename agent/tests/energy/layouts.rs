@@ -317,3 +317,38 @@ fn fixture_proc_stat_charges_cpu_time_a_pid_filter_hid() {
         (2_000_000, 4_000_000)
     );
 }
+
+#[test]
+fn fixture_powercap_idle_is_learned_from_quiet_intervals() {
+    let mut cap = Powercap::new();
+    cap.zone("intel-rapl:0", "package-0", 0, PACKAGE_RANGE);
+    // No --idle-watts: the meter learns idle from intervals at <= 10% utilization.
+    let mut meter = powercap_meter(
+        &cap,
+        Topology::single_package([0, 1]),
+        &EnergyArgs::default(),
+    );
+    let second = Duration::from_secs(1);
+    // Busy first (100 of 200 possible samples): nothing learned, nothing held back.
+    cap.advance("intel-rapl:0", 20_000_000);
+    let e = meter.interval(second, 100, &[slot(0, 100)]);
+    assert_eq!(
+        (e.idle_uj(), e.packages[0].idle_basis),
+        (0, "not learned yet")
+    );
+    assert_eq!(e.attributed_uj(), 20_000_000);
+    // Two quiet intervals (5% busy) at 6 W then 5 W: the lowest is the idle power.
+    cap.advance("intel-rapl:0", 6_000_000);
+    meter.interval(second, 100, &[slot(0, 10)]);
+    cap.advance("intel-rapl:0", 5_000_000);
+    meter.interval(second, 100, &[slot(1, 10)]);
+    // Busy again at 20 W: 5 W is idle, 15 W is charged to the samples.
+    cap.advance("intel-rapl:0", 20_000_000);
+    let e = meter.interval(second, 100, &[slot(0, 100), slot(1, 50)]);
+    assert_eq!(
+        (e.idle_uj(), e.packages[0].idle_basis),
+        (5_000_000, "learned")
+    );
+    assert_eq!(e.per_slot_uj, vec![10_000_000, 5_000_000]);
+    assert_balanced(&e);
+}
