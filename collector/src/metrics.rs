@@ -86,6 +86,9 @@ impl Store for Counted {
     fn services(&self, w: Window) -> Result<Vec<Keyed>, StoreError> {
         self.inner.services(w)
     }
+    fn service_hosts(&self, w: Window) -> Result<Vec<Keyed>, StoreError> {
+        self.inner.service_hosts(w)
+    }
     fn hosts(&self, w: Window) -> Result<Vec<Keyed>, StoreError> {
         self.inner.hosts(w)
     }
@@ -230,9 +233,19 @@ pub async fn serve(listener: TcpListener, counted: Arc<Counted>, engine: Arc<Que
         };
         let (counted, engine) = (counted.clone(), engine.clone());
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let n = sock.read(&mut buf).await.unwrap_or(0);
-            let head = String::from_utf8_lossy(&buf[..n]);
+            // Read the request head (it may arrive in pieces), up to 8 KiB or 5 s.
+            let mut buf = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 1024];
+            let read_head = async {
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read_head).await;
+            let head = String::from_utf8_lossy(&buf);
             let path = head.split_whitespace().nth(1).unwrap_or("");
             let (status, body) = if head.starts_with("GET ") && path == "/metrics" {
                 let now = crate::report::now();

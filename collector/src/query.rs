@@ -14,6 +14,30 @@ use wattson_proto::v1::{
 use crate::attribute::{FleetConfig, add_power};
 use crate::store::{Keyed, Rank, Store, StoreError, TopQuery, Window};
 
+/// How a service's joules turn into watts. Each host's joules are divided by the time that
+/// host reported within the window (not the whole window), so a host that joined ten minutes
+/// into an hour is not diluted six-fold; `seconds` is the equivalent divisor of the service's
+/// summed joules (joules / sum of per-host watts), which the service's functions share.
+#[derive(Debug, Clone, Copy)]
+struct Cover {
+    hosts: u64,
+    samples: u64,
+    joules: f64,
+    watts: f64,
+    seconds: f64,
+    scale: f64,
+    fleet: (u64, bool),
+}
+
+/// Seconds a host reported in a window: its profiles' total duration, within [1 s, window].
+fn host_seconds(duration_ms: u64, window: f64) -> f64 {
+    if duration_ms == 0 {
+        window
+    } else {
+        (duration_ms as f64 / 1000.0).clamp(1.0, window)
+    }
+}
+
 /// Default and largest `top` row counts.
 const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 10_000;
@@ -110,18 +134,44 @@ impl QueryEngine {
         })
     }
 
-    /// Per service: (scale to the fleet, samples in the window).
-    fn scales(&self, w: Window) -> Result<HashMap<String, (f64, u64)>, QueryError> {
-        Ok(self
-            .store
-            .services(w)?
-            .into_iter()
-            .map(|s| {
-                let (fleet, _) = self.fleet.fleet_hosts(&s.service, s.hosts);
-                let scale = fleet as f64 / s.hosts.max(1) as f64;
-                (s.service, (scale, s.totals.samples_self))
-            })
-            .collect())
+    /// Per service: hosts, samples, scale to the fleet and the seconds its joules average
+    /// over (see [`Cover`]), plus host idle watts and whether they are estimated.
+    fn coverage(&self, w: Window) -> Result<(HashMap<String, Cover>, f64, bool), QueryError> {
+        let window = w.seconds() as f64;
+        let mut host_secs = HashMap::new();
+        let (mut idle_w, mut idle_est) = (0.0, false);
+        for h in self.store.hosts(w)? {
+            let t = host_seconds(h.totals.duration_ms, window);
+            idle_w += (h.totals.idle_uj + h.totals.est_idle_uj) as f64 / 1e6 / t;
+            idle_est |= h.totals.est_idle_uj > 0;
+            host_secs.insert(h.key, t);
+        }
+        let mut out: HashMap<String, Cover> = HashMap::new();
+        for r in self.store.service_hosts(w)? {
+            let j = (r.totals.uj_self + r.totals.est_uj_self) as f64 / 1e6;
+            let t = host_secs.get(&r.key).copied().unwrap_or(window);
+            let c = out.entry(r.service).or_insert(Cover {
+                hosts: 0,
+                samples: 0,
+                joules: 0.0,
+                watts: 0.0,
+                seconds: window,
+                scale: 1.0,
+                fleet: (0, false),
+            });
+            c.hosts += 1;
+            c.samples += r.totals.samples_self;
+            c.joules += j;
+            c.watts += j / t;
+        }
+        for (service, c) in &mut out {
+            if c.watts > 0.0 {
+                c.seconds = c.joules / c.watts;
+            }
+            c.fleet = self.fleet.fleet_hosts(service, c.hosts);
+            c.scale = c.fleet.0 as f64 / c.hosts.max(1) as f64;
+        }
+        Ok((out, idle_w, idle_est))
     }
 
     /// Functions ranked by energy or samples.
@@ -138,7 +188,7 @@ impl QueryEngine {
             0 => DEFAULT_LIMIT,
             n => n.min(MAX_LIMIT),
         };
-        let scales = self.scales(w)?;
+        let (cover, _, _) = self.coverage(w)?;
         let rows = self.store.top(&TopQuery {
             window: w,
             service: (!req.service.is_empty()).then(|| req.service.clone()),
@@ -149,8 +199,10 @@ impl QueryEngine {
         let rows = rows
             .into_iter()
             .map(|r| {
-                let (scale, total) = scales.get(&r.service).copied().unwrap_or((1.0, 0));
-                let (s, i) = self.fleet.self_and_inclusive(&r.totals, secs, scale);
+                let (seconds, scale, total) = cover
+                    .get(&r.service)
+                    .map_or((secs, 1.0, 0), |c| (c.seconds, c.scale, c.samples));
+                let (s, i) = self.fleet.self_and_inclusive(&r.totals, seconds, scale);
                 let share = |n: u64| {
                     if total == 0 {
                         0.0
@@ -198,7 +250,11 @@ impl QueryEngine {
                 req.function, req.service, req.service
             )));
         }
-        let scale = self.scales(w)?.get(&req.service).map_or(1.0, |(s, _)| *s);
+        let scale = self
+            .coverage(w)?
+            .0
+            .get(&req.service)
+            .map_or(1.0, |c| c.scale);
         let points = points
             .into_iter()
             .map(|p| {
@@ -246,39 +302,37 @@ impl QueryEngine {
     /// Fleet power per service.
     pub fn power(&self, req: &PowerRequest) -> Result<PowerResponse, QueryError> {
         let w = window(req.window.as_ref())?;
-        let secs = w.seconds() as f64;
+        let (cover, idle_watts, idle_estimated) = self.coverage(w)?;
         let mut total = Power::default();
         let mut services = Vec::new();
         for s in self.store.services(w)? {
-            let (fleet, configured) = self.fleet.fleet_hosts(&s.service, s.hosts);
-            let scale = fleet as f64 / s.hosts.max(1) as f64;
+            let (seconds, scale, fleet) = cover
+                .get(&s.service)
+                .map_or((w.seconds() as f64, 1.0, (s.hosts, false)), |c| {
+                    (c.seconds, c.scale, c.fleet)
+                });
             let power = self
                 .fleet
-                .power(s.totals.uj_self, s.totals.est_uj_self, secs, scale);
+                .power(s.totals.uj_self, s.totals.est_uj_self, seconds, scale);
             add_power(&mut total, &power);
             services.push(ServicePower {
                 service: s.service,
                 hosts_reporting: s.hosts,
-                fleet_hosts: fleet,
-                fleet_configured: configured,
+                fleet_hosts: fleet.0,
+                fleet_configured: fleet.1,
                 samples: s.totals.samples_self,
                 power: Some(power),
             });
         }
         let hosts = self.store.hosts(w)?;
-        let (mut idle, mut est_idle, mut dropped) = (0u64, 0u64, 0u64);
-        for h in &hosts {
-            idle += h.totals.idle_uj;
-            est_idle += h.totals.est_idle_uj;
-            dropped += h.totals.dropped;
-        }
+        let dropped = hosts.iter().map(|h| h.totals.dropped).sum();
         Ok(PowerResponse {
             window: wire(w),
             services,
             total: Some(total),
             hosts_reporting: hosts.len() as u64,
-            idle_watts: (idle + est_idle) as f64 / 1e6 / secs,
-            idle_estimated: est_idle > 0,
+            idle_watts,
+            idle_estimated,
             dropped_samples: dropped,
             pue: self.fleet.pue.unwrap_or(0.0),
             co2_g_per_kwh: self.fleet.co2_g_per_kwh.unwrap_or(0.0),

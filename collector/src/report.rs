@@ -132,8 +132,9 @@ fn table(head: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-const FOOTNOTE: &str = "W: average over the window on the profiled hosts; fleet W: scaled by the \
-profiled fraction of each service's hosts; est: estimated from a utilization model, not measured\n";
+const FOOTNOTE: &str = "W: average on the profiled hosts over the time each reported in the \
+window; fleet W: scaled by the profiled fraction of each service's hosts; est: estimated from a \
+utilization model, not measured\n";
 
 /// `top` as a table.
 pub fn top_table(r: &TopResponse) -> String {

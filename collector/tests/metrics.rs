@@ -17,7 +17,8 @@ async fn metrics_expose_counters_size_and_service_watts() {
     let counted = Arc::new(Counted::new(Arc::from(store::open(&url).unwrap())));
     let store: Arc<dyn Store> = counted.clone();
     let now = wattson_collector::report::now();
-    // One minute ago: 30 J measured on `api`, 30 J estimated on `vm` -> 0.1 W each over 300 s.
+    // One minute ago, 10 s intervals: 30 J measured on `api`, 30 J estimated on `vm`: 3 W each
+    // over the 10 s each host reported (not diluted over the 5-minute window).
     let api = BatchBuilder::new("h1", 1)
         .interval(
             now - 60,
@@ -45,7 +46,8 @@ async fn metrics_expose_counters_size_and_service_watts() {
     let body = tokio::task::spawn_blocking(move || {
         let get = |path: &str| {
             let mut s = std::net::TcpStream::connect(addr).unwrap();
-            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .unwrap();
             let mut out = String::new();
             s.read_to_string(&mut out).unwrap();
             out
@@ -64,8 +66,8 @@ async fn metrics_expose_counters_size_and_service_watts() {
         "wattson_collector_batches_total{result=\"error\"} 1",
         "wattson_collector_samples_total 10",
         "wattson_store_batches 2",
-        "wattson_service_watts{service=\"api\",estimated=\"false\"} 0.1",
-        "wattson_service_watts{service=\"vm\",estimated=\"true\"} 0.1",
+        "wattson_service_watts{service=\"api\",estimated=\"false\"} 3",
+        "wattson_service_watts{service=\"vm\",estimated=\"true\"} 3",
         "wattson_service_hosts_reporting{service=\"api\"} 1",
     ] {
         assert!(m.contains(line), "missing {line:?} in\n{m}");

@@ -289,3 +289,57 @@ async fn wattson_cli_tables_json_and_flame() {
     assert!(power.0 && power.1.contains("TOTAL"), "{}", power.1);
     col.stop().await;
 }
+
+/// A host that reported for the last 10 minutes of an hour is averaged over those 10 minutes,
+/// not diluted over the hour; a host reporting the whole hour adds its own average.
+#[test]
+fn late_joining_host_is_not_diluted_over_the_window() {
+    use wattson_collector::query::QueryEngine;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("w.db").display());
+    let store: Arc<dyn Store> = Arc::from(store::open(&url).unwrap());
+    let mut seq = 0;
+    for m in 0..60i64 {
+        // Whole hour: 60 J per minute = 1 W.
+        seq += 1;
+        let b = BatchBuilder::new("steady", seq)
+            .interval(
+                T0 + m * 60,
+                60,
+                false,
+                0.0,
+                &[("api", "", "main;hash", 6, 60e6)],
+            )
+            .build();
+        store.ingest(&b).unwrap();
+        if m >= 50 {
+            // Last 10 minutes only: 120 J per minute = 2 W while it reported.
+            let b = BatchBuilder::new("late", m as u64)
+                .interval(
+                    T0 + m * 60,
+                    60,
+                    false,
+                    0.0,
+                    &[("api", "", "main;hash", 6, 120e6)],
+                )
+                .build();
+            store.ingest(&b).unwrap();
+        }
+    }
+    let q = QueryEngine::new(store, FleetConfig::default());
+    let p = q
+        .power(&PowerRequest {
+            window: window(T0, T0 + 3600),
+        })
+        .unwrap();
+    let api = p.services[0].power.unwrap();
+    assert!((api.watts - 3.0).abs() < 1e-9, "{api:?}");
+    let top = q
+        .top(&TopRequest {
+            window: window(T0, T0 + 3600),
+            ..TopRequest::default()
+        })
+        .unwrap();
+    let hash = top.rows[0].self_power.unwrap();
+    assert!((hash.watts - 3.0).abs() < 1e-9, "{hash:?}");
+}

@@ -35,10 +35,10 @@ struct Cli {
 #[derive(clap::Args, Debug, Clone)]
 struct WindowArgs {
     /// Start of the window.
-    #[arg(long, default_value = "-1h")]
+    #[arg(long, default_value = "-1h", allow_hyphen_values = true)]
     from: String,
     /// End of the window.
-    #[arg(long, default_value = "now")]
+    #[arg(long, default_value = "now", allow_hyphen_values = true)]
     to: String,
 }
 

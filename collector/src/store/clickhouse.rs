@@ -405,6 +405,10 @@ impl Store for ClickHouseStore {
         self.keyed(Kind::Service, window, None, false, "ORDER BY service")
     }
 
+    fn service_hosts(&self, window: Window) -> Result<Vec<Keyed>, StoreError> {
+        self.keyed(Kind::Service, window, None, true, "ORDER BY service, key")
+    }
+
     fn hosts(&self, window: Window) -> Result<Vec<Keyed>, StoreError> {
         self.keyed(Kind::Host, window, None, true, "ORDER BY key")
     }

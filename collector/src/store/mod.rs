@@ -287,6 +287,9 @@ pub trait Store: Send + Sync {
     /// Per-service totals over the window with the number of distinct hosts reporting.
     fn services(&self, window: Window) -> Result<Vec<Keyed>, StoreError>;
 
+    /// Per (service, host) totals over the window: `key` is the host id.
+    fn service_hosts(&self, window: Window) -> Result<Vec<Keyed>, StoreError>;
+
     /// Per-host totals (attributed, idle, covered duration) over the window.
     fn hosts(&self, window: Window) -> Result<Vec<Keyed>, StoreError>;
 

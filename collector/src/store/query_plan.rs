@@ -3,7 +3,7 @@
 //! SQLite and ClickHouse return the same figures for the same query.
 
 use super::rollup::{RES_HOUR, RES_MINUTE, split_hours};
-use super::{Rank, StoreError, Window};
+use super::{Keyed, Rank, StoreError, Totals, Window};
 
 /// The summed columns, in [`super::Totals`] field order.
 pub const TOTALS_COLUMNS: [&str; 10] = [
@@ -68,6 +68,21 @@ pub fn rank_expr(rank: Rank) -> &'static str {
         Rank::SamplesSelf => "sum(samples_self)",
         Rank::SamplesInclusive => "sum(samples_incl)",
     }
+}
+
+/// Sorts rows as `top` ranks them (descending, ties by service and key), like [`rank_expr`].
+pub fn rank_sort(rows: &mut [Keyed], rank: Rank) {
+    let value = |t: &Totals| match rank {
+        Rank::EnergySelf => t.uj_self + t.est_uj_self,
+        Rank::EnergyInclusive => t.uj_incl + t.est_uj_incl,
+        Rank::SamplesSelf => t.samples_self,
+        Rank::SamplesInclusive => t.samples_incl,
+    };
+    rows.sort_by(|a, b| {
+        value(&b.totals)
+            .cmp(&value(&a.totals))
+            .then_with(|| (&a.service, &a.key).cmp(&(&b.service, &b.key)))
+    });
 }
 
 /// A series step must be a positive multiple of a minute.

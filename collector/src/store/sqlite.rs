@@ -8,12 +8,13 @@
 //!
 //! One connection writes, another reads (WAL lets readers run alongside the writer).
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::query_plan::{Range, TOTALS_COLUMNS, ranges, rank_expr};
+use super::query_plan::{Range, TOTALS_COLUMNS, rank_sort, ranges};
 use super::rollup::{Kind, RES_HOUR, RES_MINUTE, Rollup};
 use super::{
     Ingested, Keyed, Point, Retention, RetentionReport, Store, StoreError, StoreStats, TopQuery,
@@ -82,8 +83,15 @@ impl SqliteStore {
         writer
             .busy_timeout(std::time::Duration::from_secs(10))
             .map_err(err)?;
+        // 64 MiB page cache instead of 2 MiB: day-long windows and index upserts stay in memory.
+        writer
+            .pragma_update(None, "cache_size", -65_536)
+            .map_err(err)?;
         writer.execute_batch(SCHEMA).map_err(err)?;
         let reader = Connection::open(path).map_err(err)?;
+        reader
+            .pragma_update(None, "cache_size", -65_536)
+            .map_err(err)?;
         reader
             .busy_timeout(std::time::Duration::from_secs(10))
             .map_err(err)?;
@@ -107,38 +115,75 @@ impl SqliteStore {
         f(&conn).map_err(|e| self.err(e))
     }
 
-    /// `SELECT ... FROM (<union of ranges>)` for one kind, optionally one service.
+    /// Sums of one kind over a window, per (service, key) or per service (`by_key` false,
+    /// with distinct keys counted in `hosts`), sorted by (service, key). Rows are summed here
+    /// rather than by SQL GROUP BY: streaming the primary-key ranges into a hash map avoids
+    /// SQLite's temp-B-tree sort and is several times faster on day-long windows.
     fn keyed(
         &self,
         kind: Kind,
         window: Window,
         service: Option<&str>,
         by_key: bool,
-        tail: &str,
     ) -> Result<Vec<Keyed>, StoreError> {
         let w = window.aligned()?;
         let src = source(kind, &ranges(w, true), service.is_some(), None);
-        let (key, group) = if by_key {
-            ("key", "service, key")
-        } else {
-            ("''", "service")
-        };
-        let sql = format!(
-            "SELECT service, {key}, {sums}, count(DISTINCT key) FROM ({src}) GROUP BY {group} {tail}",
-            sums = sums()
+        let sql = src.replace(
+            "SELECT *",
+            &format!("SELECT service, key, {}", TOTALS_COLUMNS.join(", ")),
         );
+        let mut groups: HashMap<String, (Keyed, HashSet<String>)> = HashMap::new();
+        let mut id = String::new();
         self.read(|c| {
             let mut st = c.prepare_cached(&sql)?;
-            let rows = st.query_map(rusqlite::params_from_iter(service), |r| {
-                Ok(Keyed {
-                    service: r.get(0)?,
-                    key: r.get(1)?,
-                    totals: totals_at(r, 2)?,
-                    hosts: r.get::<_, i64>(12)? as u64,
-                })
-            })?;
-            rows.collect()
-        })
+            let mut rows = st.query(rusqlite::params_from_iter(service))?;
+            while let Some(r) = rows.next()? {
+                let svc = r.get_ref(0)?.as_str()?;
+                let key = r.get_ref(1)?.as_str()?;
+                id.clear();
+                id.push_str(svc);
+                if by_key {
+                    id.push('\0');
+                    id.push_str(key);
+                }
+                let t = totals_at(r, 2)?;
+                match groups.get_mut(id.as_str()) {
+                    Some((k, keys)) => {
+                        k.totals.add(&t);
+                        if !by_key && !keys.contains(key) {
+                            keys.insert(key.to_string());
+                        }
+                    }
+                    None => {
+                        let mut keys = HashSet::new();
+                        if !by_key {
+                            keys.insert(key.to_string());
+                        }
+                        let k = Keyed {
+                            service: svc.to_string(),
+                            key: if by_key {
+                                key.to_string()
+                            } else {
+                                String::new()
+                            },
+                            totals: t,
+                            hosts: 0,
+                        };
+                        groups.insert(id.clone(), (k, keys));
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        let mut out: Vec<Keyed> = groups
+            .into_values()
+            .map(|(mut k, keys)| {
+                k.hosts = if by_key { 1 } else { keys.len() as u64 };
+                k
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.service, &a.key).cmp(&(&b.service, &b.key)));
+        Ok(out)
     }
 }
 
@@ -253,12 +298,10 @@ impl Store for SqliteStore {
     }
 
     fn top(&self, q: &TopQuery) -> Result<Vec<Keyed>, StoreError> {
-        let tail = format!(
-            "ORDER BY {} DESC, service, key LIMIT {}",
-            rank_expr(q.rank),
-            q.limit
-        );
-        self.keyed(Kind::Function, q.window, q.service.as_deref(), true, &tail)
+        let mut rows = self.keyed(Kind::Function, q.window, q.service.as_deref(), true)?;
+        rank_sort(&mut rows, q.rank);
+        rows.truncate(q.limit as usize);
+        Ok(rows)
     }
 
     fn series(
@@ -291,19 +334,23 @@ impl Store for SqliteStore {
 
     fn services(&self, window: Window) -> Result<Vec<Keyed>, StoreError> {
         // Grouped by service only: `key` (the host) is what count(DISTINCT key) counts.
-        self.keyed(Kind::Service, window, None, false, "ORDER BY service")
+        self.keyed(Kind::Service, window, None, false)
+    }
+
+    fn service_hosts(&self, window: Window) -> Result<Vec<Keyed>, StoreError> {
+        self.keyed(Kind::Service, window, None, true)
     }
 
     fn hosts(&self, window: Window) -> Result<Vec<Keyed>, StoreError> {
-        self.keyed(Kind::Host, window, None, true, "ORDER BY key")
+        self.keyed(Kind::Host, window, None, true)
     }
 
     fn builds(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
-        self.keyed(Kind::Build, window, service, true, "ORDER BY service, key")
+        self.keyed(Kind::Build, window, service, true)
     }
 
     fn stacks(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
-        self.keyed(Kind::Stack, window, service, true, "ORDER BY service, key")
+        self.keyed(Kind::Stack, window, service, true)
     }
 
     fn known_services(&self) -> Result<Vec<String>, StoreError> {
