@@ -54,6 +54,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The reflection service could not load the descriptor sets (a build problem).
+    #[error("server reflection: {0}")]
+    Reflection(String),
     /// The transport failed (TLS configuration rejected, accept loop error).
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -127,6 +130,9 @@ pub struct ServeConfig {
 pub struct Ingest {
     store: Arc<dyn Store>,
     limits: Arc<Limits>,
+    /// Per host, the agent's cumulative spool losses last reported, so a new loss is logged
+    /// once when it first shows up rather than with every batch.
+    losses: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl Ingest {
@@ -135,6 +141,30 @@ impl Ingest {
         Self {
             store,
             limits: Arc::new(limits),
+            losses: Default::default(),
+        }
+    }
+
+    /// Logs data an agent reports it dropped from a full spool since its last batch.
+    fn note_losses(&self, batch: &wattson_proto::v1::Batch) {
+        let Some(l) = &batch.losses else { return };
+        if l.spool_dropped_batches == 0 || batch.host_id.len() > self.limits.max_host_id_bytes {
+            return;
+        }
+        let mut seen = self.losses.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: a flood of made-up host ids must not grow this without limit.
+        if seen.len() >= 1 << 20 {
+            seen.clear();
+        }
+        let before = seen.insert(batch.host_id.clone(), l.spool_dropped_batches);
+        if before.is_none_or(|b| b < l.spool_dropped_batches) {
+            tracing::warn!(
+                host = %batch.host_id,
+                dropped_batches = l.spool_dropped_batches,
+                dropped_intervals = l.spool_dropped_intervals,
+                dropped_samples = l.spool_dropped_samples,
+                "agent reports profiles lost to a full spool (cumulative; raise --spool-max-bytes or fix the outage)"
+            );
         }
     }
 }
@@ -157,6 +187,7 @@ impl IngestService for Ingest {
         let Some(batch) = request.into_inner().batch else {
             return Err(Status::invalid_argument("batch is missing"));
         };
+        self.note_losses(&batch);
         let store = self.store.clone();
         let limits = self.limits.clone();
         let started = Instant::now();
@@ -273,7 +304,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(wattson_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| ServeError::TlsFlags(format!("reflection descriptor set: {e}")))?;
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
     let mut builder = Server::builder();
     if let Some(tls) = &config.tls {

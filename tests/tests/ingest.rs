@@ -208,6 +208,27 @@ async fn resent_batch_is_a_duplicate_and_invalid_batch_names_the_field() {
     let mut client = IngestServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
+    // grpc.health.v1 reports the ingest service as serving (what grpcurl / load balancers ask).
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "wattson.v1.IngestService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
     let now = now_nanos() - 30_000_000_000;
     let batch = synthetic::batch("e2e-dup", 1, now, &Shape::default(), 7);
     let samples = synthetic::sample_count(&batch);

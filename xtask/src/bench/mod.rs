@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 
 mod agent;
+mod ingest;
 
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
@@ -33,7 +34,7 @@ pub struct Row {
 type Area = (&'static str, fn(&mut Vec<Row>) -> anyhow::Result<()>);
 
 /// Registered areas, in the order they run.
-const AREAS: &[Area] = &[("agent", agent::run)];
+const AREAS: &[Area] = &[("agent", agent::run), ("ingest", ingest::run)];
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut rows = Vec::new();

@@ -1,0 +1,226 @@
+//! Ingest throughput: one realistic host batch (a 10 s interval at 19 Hz on 8 CPUs, from
+//! `wattson_proto::synthetic`) measured three ways side by side on the same payload:
+//! raw prost decode, decode + validation, and the full path — real gRPC over 127.0.0.1 into a
+//! collector (`server::serve`) writing durably to SQLite, many concurrent simulated hosts.
+//! Reported: batches/s, samples/s, the ingest/raw-decode ratio, and how many hosts shipping
+//! one batch per 10 s one collector on this machine sustains.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use prost::Message as _;
+use wattson_collector::server::{self, ServeConfig};
+use wattson_collector::validate::{self, Limits};
+use wattson_proto::synthetic::{self, Shape};
+use wattson_proto::v1::ingest_service_client::IngestServiceClient;
+use wattson_proto::v1::{Batch, IngestRequest};
+
+use super::Row;
+
+/// How long each CPU-only phase runs.
+const CPU_PHASE: Duration = Duration::from_secs(3);
+/// How long the gRPC + store phase runs.
+const INGEST_PHASE: Duration = Duration::from_secs(20);
+/// Concurrent simulated hosts (each its own gRPC stream of batches).
+const CLIENTS: usize = 16;
+/// Interval each simulated host ships at.
+const HOST_INTERVAL_SECS: f64 = 10.0;
+/// The goals.
+const GOAL_HOSTS: f64 = 10_000.0;
+const GOAL_RATIO: f64 = 0.5;
+
+fn row(metric: impl Into<String>, value: String, goal: &str, met: Option<bool>) -> Row {
+    Row {
+        area: "ingest",
+        metric: metric.into(),
+        value,
+        goal: goal.into(),
+        met,
+    }
+}
+
+/// Runs `f` repeatedly for `phase`; returns calls per second.
+fn rate(phase: Duration, mut f: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < phase {
+        for _ in 0..16 {
+            f();
+        }
+        n += 16;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
+    let start = now - 60_000_000_000;
+    let shape = Shape::default();
+    let template = synthetic::batch("bench-host", 1, start, &shape, 1);
+    let samples_per_batch = synthetic::sample_count(&template);
+    let bytes = template.encode_to_vec();
+    rows.push(row(
+        "payload: one host, 10 s @ 19 Hz, 8 CPUs",
+        format!(
+            "{} B, {} samples, {} stacks",
+            bytes.len(),
+            samples_per_batch,
+            template.stacks.len()
+        ),
+        "",
+        None,
+    ));
+
+    let limits = Limits::default();
+    let decode = rate(CPU_PHASE, || {
+        let b = Batch::decode(&bytes[..]).expect("decodes");
+        std::hint::black_box(b);
+    });
+    let checked = rate(CPU_PHASE, || {
+        let b = Batch::decode(&bytes[..]).expect("decodes");
+        validate::validate(&b, &limits).expect("valid");
+        std::hint::black_box(b);
+    });
+    rows.push(row(
+        "raw prost decode (1 core)",
+        format!("{decode:.0} batches/s"),
+        "",
+        None,
+    ));
+    rows.push(row(
+        "decode + validate (1 core)",
+        format!("{checked:.0} batches/s ({:.2}x raw)", checked / decode),
+        "",
+        None,
+    ));
+
+    // Where the full path's time goes: the store's rollup (CPU) and its durable write.
+    let rollup = wattson_collector::store::Rollup::from_batch(&template)?;
+    let rolled = rate(CPU_PHASE, || {
+        let r = wattson_collector::store::Rollup::from_batch(&template).expect("rolls up");
+        std::hint::black_box(r);
+    });
+    rows.push(row(
+        "store rollup of the batch (1 core)",
+        format!("{rolled:.0} batches/s, {} rows/batch", rollup.rows.len()),
+        "",
+        None,
+    ));
+    let written = store_rate(&template)?;
+    rows.push(row(
+        "Store::ingest into SQLite, no gRPC (serial)",
+        format!("{written:.1} batches/s"),
+        "",
+        None,
+    ));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let (batches, elapsed) = runtime.block_on(ingest_phase(start, &shape))?;
+    let per_sec = batches as f64 / elapsed.as_secs_f64();
+    let ratio = per_sec / decode;
+    let hosts = per_sec * HOST_INTERVAL_SECS;
+    rows.push(row(
+        format!("gRPC ingest -> SQLite, {CLIENTS} clients"),
+        format!(
+            "{per_sec:.0} batches/s, {:.0} samples/s",
+            per_sec * samples_per_batch as f64
+        ),
+        "",
+        None,
+    ));
+    rows.push(row(
+        "ingest / raw decode",
+        format!("{ratio:.3}x"),
+        ">= 0.5x",
+        Some(ratio >= GOAL_RATIO),
+    ));
+    rows.push(row(
+        "hosts sustained at a 10 s interval",
+        format!("{hosts:.0}"),
+        ">= 10000",
+        Some(hosts >= GOAL_HOSTS),
+    ));
+    Ok(())
+}
+
+/// Serial `Store::ingest` calls on a fresh SQLite store for `CPU_PHASE`; batches per second.
+fn store_rate(template: &Batch) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let store = wattson_collector::store::open(&format!(
+        "sqlite://{}",
+        dir.path().join("direct.db").display()
+    ))?;
+    let begin = Instant::now();
+    let mut seq = 0u64;
+    while begin.elapsed() < CPU_PHASE {
+        seq += 1;
+        let mut b = template.clone();
+        b.sequence = seq;
+        store.ingest(&b)?;
+    }
+    Ok(seq as f64 / begin.elapsed().as_secs_f64())
+}
+
+/// Serves a collector on 127.0.0.1:0 over a fresh SQLite store and has `CLIENTS` simulated
+/// hosts push batches for `INGEST_PHASE`. Returns acknowledged batches and the time taken.
+async fn ingest_phase(start: u64, shape: &Shape) -> anyhow::Result<(u64, Duration)> {
+    let dir = tempfile::tempdir()?;
+    let store = wattson_collector::store::open(&format!(
+        "sqlite://{}",
+        dir.path().join("bench.db").display()
+    ))?;
+    let store: Arc<dyn wattson_collector::store::Store> = Arc::from(store);
+    let listener = server::bind("127.0.0.1:0".parse()?).await?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server::serve(
+        listener,
+        store,
+        ServeConfig::default(),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    // Each host's batches are built up front so the clients measure the collector only.
+    let per_host = 64usize;
+    let acked = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + INGEST_PHASE;
+    let began = Instant::now();
+    let mut tasks = Vec::new();
+    for h in 0..CLIENTS {
+        let host = format!("bench-host-{h}");
+        let batches: Vec<Batch> = (0..per_host)
+            .map(|i| {
+                let t = start + (i as u64 % 6) * 10_000_000_000;
+                synthetic::batch(&host, i as u64 + 1, t, shape, (h * 1000 + i) as u64 + 1)
+            })
+            .collect();
+        let acked = acked.clone();
+        let url = format!("http://{addr}");
+        tasks.push(tokio::spawn(async move {
+            let mut client = IngestServiceClient::connect(url).await?;
+            let mut seq = 0u64;
+            while Instant::now() < deadline {
+                let mut b = batches[seq as usize % batches.len()].clone();
+                seq += 1;
+                b.sequence = seq;
+                client.ingest(IngestRequest { batch: Some(b) }).await?;
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = began.elapsed();
+    let _ = stop_tx.send(());
+    serving.await??;
+    Ok((acked.load(Ordering::Relaxed), elapsed))
+}
