@@ -229,6 +229,14 @@ async fn resent_batch_is_a_duplicate_and_invalid_batch_names_the_field() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
+    // Server reflection lists the services, so `grpcurl list` works without .proto files.
+    assert!(
+        reflected_services(&addr)
+            .await
+            .iter()
+            .any(|s| s == "wattson.v1.IngestService")
+    );
+
     let now = now_nanos() - 30_000_000_000;
     let batch = synthetic::batch("e2e-dup", 1, now, &Shape::default(), 7);
     let samples = synthetic::sample_count(&batch);
@@ -280,6 +288,35 @@ async fn resent_batch_is_a_duplicate_and_invalid_batch_names_the_field() {
         samples,
         "stored exactly once"
     );
+}
+
+/// Service names the collector's reflection service lists.
+async fn reflected_services(addr: &str) -> Vec<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut names = Vec::new();
+    while let Some(r) = responses.message().await.unwrap() {
+        if let Some(MessageResponse::ListServicesResponse(list)) = r.message_response {
+            names.extend(list.service.into_iter().map(|s| s.name));
+        }
+    }
+    names
 }
 
 /// A CA and certificates signed by it, written as PEM files.
