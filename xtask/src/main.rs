@@ -1,12 +1,14 @@
-//! `cargo xtask`: Wattson's developer tasks. `setup` installs every prerequisite, `test` is the
+//! `cargo xtask`: Wattson's developer tasks. `lab` is the main job on one host, `setup` installs every prerequisite, `test` is the
 //! one test command (CI runs exactly it), `vm-test` is the VM lab, `bench` prints the table of
 //! side-by-side measurements.
 
 mod bench;
 mod cmd;
 mod initramfs;
+mod lab;
 mod setup;
 mod test;
+mod view;
 mod vm;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Task {
+    /// The main job: a one-host lab showing power by function, live (collector + agent + demo).
+    Lab(lab::Args),
     /// Install every prerequisite (apt packages, rust-src, bpf-linker, VM kernels), idempotently.
     Setup(setup::Args),
     /// The one test command: setup, fmt, clippy, unit and integration tests, then the VM lab.
@@ -34,6 +38,7 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.task {
+        Task::Lab(args) => lab::run(&args),
         Task::Setup(args) => setup::run(&args),
         Task::Test(args) => test::run(&args),
         Task::VmTest(args) => vm::run(&args),

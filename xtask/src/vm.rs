@@ -327,10 +327,11 @@ fn build_test_binaries() -> anyhow::Result<Vec<PathBuf>> {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if msg["reason"] == "compiler-artifact" && msg["profile"]["test"] == true {
-            if let Some(exe) = msg["executable"].as_str() {
-                bins.push(PathBuf::from(exe));
-            }
+        if msg["reason"] == "compiler-artifact"
+            && msg["profile"]["test"] == true
+            && let Some(exe) = msg["executable"].as_str()
+        {
+            bins.push(PathBuf::from(exe));
         }
     }
     if bins.is_empty() {

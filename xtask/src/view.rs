@@ -1,0 +1,201 @@
+//! The lab's live terminal view: host watts (measured, or estimated and labelled so), the top
+//! services and functions by watts with their share, and the flame graph it keeps writing.
+//! Everything comes from the `wattson` CLI's `--json` output, so the view sees exactly what a
+//! user's script would.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+/// Window the view summarizes, as the CLI's `--from`.
+const WINDOW: &str = "-2m";
+const ROWS: usize = 8;
+
+pub struct View {
+    wattson: PathBuf,
+    url: String,
+    flame: PathBuf,
+    interval: u64,
+}
+
+impl View {
+    pub fn new(wattson: &Path, url: &str, data: &Path, interval: u64) -> Self {
+        Self {
+            wattson: wattson.to_path_buf(),
+            url: url.to_owned(),
+            flame: data.join("flame.svg"),
+            interval,
+        }
+    }
+
+    fn query(&self, args: &[&str]) -> Result<Value, String> {
+        let out = Command::new(&self.wattson)
+            .args(["--collector", &self.url, "--json"])
+            .args(args)
+            .output()
+            .map_err(|e| format!("running {}: {e}", self.wattson.display()))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("bad JSON from wattson: {e}"))
+    }
+
+    /// Redraws the screen.
+    pub fn refresh(&self, uptime: Duration) {
+        let mut screen = String::from("\x1b[2J\x1b[H");
+        screen.push_str(&format!(
+            "Wattson lab on this host: up {}s, refresh every {}s, window {}; Ctrl-C stops\n\n",
+            uptime.as_secs(),
+            self.interval,
+            WINDOW.trim_start_matches('-')
+        ));
+        let total = match self.query(&["power", "--from", WINDOW]) {
+            Ok(power) => {
+                screen.push_str(&render_power(&power));
+                f(&power, &["total", "watts"])
+            }
+            Err(e) => {
+                screen.push_str(&format!(
+                    "waiting for the agent's first interval (every {}s): {e}\n",
+                    self.interval
+                ));
+                0.0
+            }
+        };
+        if let Ok(top) = self.query(&["top", "--from", WINDOW, "--limit", &ROWS.to_string()]) {
+            screen.push_str(&render_top(&top, total));
+        }
+        let flame = Command::new(&self.wattson)
+            .args([
+                "--collector",
+                &self.url,
+                "flame",
+                "--from",
+                "-10m",
+                "--output",
+            ])
+            .arg(&self.flame)
+            .output();
+        if flame.is_ok_and(|o| o.status.success()) {
+            screen.push_str(&format!(
+                "\nflame graph (last 10 min): {}\n",
+                self.flame.display()
+            ));
+        }
+        print!("{screen}");
+    }
+}
+
+fn f(v: &Value, path: &[&str]) -> f64 {
+    path.iter().fold(v, |v, k| &v[*k]).as_f64().unwrap_or(0.0)
+}
+
+fn label(estimated: bool) -> &'static str {
+    if estimated {
+        "ESTIMATED (utilization model: no RAPL counters here)"
+    } else {
+        "measured (RAPL)"
+    }
+}
+
+fn render_power(power: &Value) -> String {
+    let total = f(power, &["total", "watts"]);
+    let idle = f(power, &["idle_watts"]);
+    let estimated = power["total"]["estimated"].as_bool().unwrap_or(true);
+    let mut s = format!(
+        "host power {:.2} W = {:.2} W charged to functions + {:.2} W idle, {}\n",
+        total + idle,
+        total,
+        idle,
+        label(estimated)
+    );
+    s.push_str(&format!(
+        "agents reporting: {}, samples dropped: {}\n\n",
+        power["hosts_reporting"], power["dropped_samples"]
+    ));
+    let mut services: Vec<&Value> = power["services"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    services.sort_by(|a, b| f(b, &["power", "watts"]).total_cmp(&f(a, &["power", "watts"])));
+    s.push_str("top services by watts\n     watts   share  service\n");
+    for svc in services.iter().take(ROWS) {
+        let w = f(svc, &["power", "watts"]);
+        s.push_str(&format!(
+            "  {w:>8.3}  {:>5.1}%  {}\n",
+            share(w, total),
+            svc["service"].as_str().unwrap_or("?")
+        ));
+    }
+    s
+}
+
+/// Function rows; `total` is the watts charged to all functions, so shares match the
+/// services table.
+fn render_top(top: &Value, total: f64) -> String {
+    let rows: Vec<&Value> = top["rows"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let mut s =
+        String::from("\ntop functions by self watts\n     watts   share  service / function\n");
+    for r in rows {
+        let w = f(r, &["self", "watts"]);
+        let mut function = r["function"].as_str().unwrap_or("?").to_owned();
+        if function.len() > 90 {
+            function.truncate(87);
+            function.push_str("...");
+        }
+        s.push_str(&format!(
+            "  {w:>8.3}  {:>5.1}%  {} / {function}\n",
+            share(w, total),
+            r["service"].as_str().unwrap_or("?")
+        ));
+    }
+    s
+}
+
+fn share(part: f64, total: f64) -> f64 {
+    if total > 0.0 {
+        100.0 * part / total
+    } else {
+        0.0
+    }
+}
+
+/// Printed when the lab stops: what to run next against the data it kept.
+pub fn where_next(url: &str, data: &Path) {
+    let w = cmd_path();
+    println!(
+        "\nThe lab's data stays in {} for the next run.",
+        data.display()
+    );
+    println!("Query it while a collector serves it (cargo xtask lab starts one on {url}):");
+    for q in [
+        "top --from -1h",
+        "top --by cpu --inclusive --from -1h",
+        "power --from -1h",
+        "series --service wattson-demo --function wattson_demo::hash_records --from -1h",
+        "flame --from -1h --output flame.svg",
+        "profile --from -1h --output profile.pb.gz",
+        "diff --baseline -2h..-1h --from -1h",
+    ] {
+        println!("  {w} --collector {url} {q}");
+    }
+    println!(
+        "Flame graph written by the lab: {}",
+        data.join("flame.svg").display()
+    );
+    println!("Logs: {}", data.display());
+}
+
+fn cmd_path() -> String {
+    crate::cmd::root()
+        .join("target/release/wattson")
+        .display()
+        .to_string()
+}
