@@ -349,3 +349,105 @@ fn domains(e: &IntervalEnergy) -> Vec<EnergyDomain> {
     });
     per_package.chain(host).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::{
+        Frame as PFrame, FrameKind as PKind, Process as PProcess, ProfileBuilder,
+    };
+
+    fn frame(name: &str, addr: u64) -> PFrame {
+        PFrame {
+            kind: PKind::User,
+            function: Some(name.into()),
+            file: Some("src/main.rs".into()),
+            line: 7,
+            inlined: false,
+            module: "/usr/bin/app".into(),
+            build_id: Some("abcd".into()),
+            file_offset: Some(addr),
+            address: addr,
+        }
+    }
+
+    /// One interval of `app` (tgid 10): main -> hot on CPUs 0 and 1, plus the idle task.
+    fn interval(start: u64, uj: u64) -> Interval {
+        let mut b = ProfileBuilder::new(Profile {
+            start_unix_nanos: start,
+            duration_nanos: 1_000_000_000,
+            frequency: 99,
+            clock_event: "cpu-clock".into(),
+            cpus: vec![0, 1],
+            hostname: "h".into(),
+            kernel_release: "6.18".into(),
+            ..Profile::default()
+        });
+        let main = b.frame(frame("main", 0x10));
+        let hot = b.frame(frame("hot", 0x20));
+        let stack = b.stack(crate::profile::Stack {
+            frames: vec![hot, main],
+            truncated: false,
+        });
+        let empty = b.stack(crate::profile::Stack {
+            frames: vec![],
+            truncated: false,
+        });
+        b.sample(10, 11, 0, stack, 5);
+        b.sample(10, 11, 1, stack, 3);
+        b.sample(0, 0, 1, empty, 2);
+        b.profile_mut().processes.insert(
+            10,
+            PProcess {
+                tgid: 10,
+                comm: "app".into(),
+                service: "app".into(),
+                build_id: Some("abcd".into()),
+                ..PProcess::default()
+            },
+        );
+        let mut profile = b.finish();
+        for s in &mut profile.samples {
+            s.microjoules = Some(uj * s.count);
+        }
+        Interval {
+            profile,
+            energy: None,
+        }
+    }
+
+    #[test]
+    fn intervals_share_deduplicated_tables_and_keep_every_sample() {
+        let mut b = BatchBuilder::new();
+        b.add(&interval(1_700_000_000_000_000_000, 100));
+        b.add(&interval(1_700_000_001_000_000_000, 100));
+        assert_eq!((b.intervals(), b.samples()), (2, 20));
+        let host = HostIdentity {
+            host_id: "h-1".into(),
+            ..HostIdentity::default()
+        };
+        let batch = b.finish(&host, 9, AgentLosses::default());
+        assert_eq!((batch.host_id.as_str(), batch.sequence), ("h-1", 9));
+        assert_eq!(batch.strings[0], "");
+        // Two functions, two frames, two stacks (one empty), two processes, across both intervals.
+        assert_eq!(batch.functions.len(), 2);
+        assert_eq!(batch.frames.len(), 2);
+        assert_eq!(batch.stacks.len(), 2);
+        assert_eq!(batch.processes.len(), 2);
+        let swapper = &batch.processes[batch.profiles[0].samples[1].process_index as usize];
+        assert_eq!(batch.strings[swapper.comm_index as usize], "swapper");
+        for p in &batch.profiles {
+            // CPU 0 and 1 rows of the same thread and stack merge into one.
+            assert_eq!(p.samples.len(), 2);
+            assert_eq!(p.samples.iter().map(|s| s.count).sum::<u64>(), 10);
+            assert_eq!(p.samples[0].microjoules, 800.0);
+            assert_eq!(p.clock_event, ClockEvent::CpuClock as i32);
+            assert_eq!(p.energy_source, EnergySource::None as i32);
+        }
+        let leaf = &batch.frames[batch.stacks[0].frame_indices[0] as usize];
+        let f = &batch.functions[leaf.function_index as usize];
+        assert_eq!(batch.strings[f.name_index as usize], "hot");
+        assert_eq!(batch.strings[leaf.build_id_index as usize], "abcd");
+        assert_eq!(leaf.file_offset, 0x20);
+    }
+}
