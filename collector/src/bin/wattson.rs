@@ -12,6 +12,9 @@ use wattson_proto::v1::{
     PowerRequest, RankBy, SeriesRequest, StacksRequest, StacksResponse, TimeWindow, TopRequest,
 };
 
+/// Largest answer accepted from the collector.
+const MAX_RESPONSE_BYTES: usize = 512 << 20;
+
 /// Query a Wattson collector: power by function and service, over time, as flame graphs.
 #[derive(Parser, Debug)]
 #[command(name = "wattson", version, about)]
@@ -192,9 +195,11 @@ fn status(e: tonic::Status) -> anyhow::Error {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Merged stacks of a busy fleet run to tens of MB; tonic's default cap is 4 MB.
     let mut client = QueryServiceClient::connect(cli.collector.clone())
         .await
-        .with_context(|| format!("connecting to collector {} (--collector)", cli.collector))?;
+        .with_context(|| format!("connecting to collector {} (--collector)", cli.collector))?
+        .max_decoding_message_size(MAX_RESPONSE_BYTES);
     let mut client2 = client.clone();
     let mut stacks =
         async |w: TimeWindow, service: &Option<String>| -> anyhow::Result<StacksResponse> {

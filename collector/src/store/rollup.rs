@@ -123,6 +123,10 @@ impl Rollup {
                     format!("[{module}+{:#x}]", f.file_offset)
                 };
             }
+            // `;` separates frames and a newline ends a line in folded stacks.
+            if name.contains([';', '\n', '\r']) {
+                name = name.replace(';', ":").replace(['\n', '\r'], " ");
+            }
             if f.kind == FrameKind::Kernel as i32 {
                 name.push_str("_[k]");
             }
@@ -140,7 +144,11 @@ impl Rollup {
                         .as_str(),
                 );
             }
-            let folded = names.iter().rev().copied().collect::<Vec<_>>().join(";");
+            let folded = if names.is_empty() {
+                "[no frames]".to_string()
+            } else {
+                names.iter().rev().copied().collect::<Vec<_>>().join(";")
+            };
             let leaf = names.first().map(|s| s.to_string()).unwrap_or_default();
             let mut distinct: Vec<String> = names.iter().map(|s| s.to_string()).collect();
             distinct.sort();
@@ -281,4 +289,31 @@ pub fn split_hours(from: i64, to: i64) -> (i64, i64) {
     let h0 = (from + 3599).div_euclid(3600) * 3600;
     let h1 = to.div_euclid(3600) * 3600;
     if h0 < h1 { (h0, h1) } else { (to, to) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::synthetic::BatchBuilder;
+
+    #[test]
+    fn frame_names_cannot_break_folded_lines() {
+        let mut b = BatchBuilder::new("h", 1)
+            .interval(600, 10, false, 0.0, &[("svc", "", "main;evil", 2, 0.0)])
+            .build();
+        let i = b.strings.iter().position(|s| s == "evil").unwrap();
+        b.strings[i] = "a;b\nc".into();
+        b.stacks.push(wattson_proto::v1::Stack::default());
+        let mut s = b.profiles[0].samples[0];
+        s.stack_index = 1;
+        b.profiles[0].samples.push(s);
+        let r = Rollup::from_batch(&b).unwrap();
+        let stacks: Vec<&str> = r
+            .rows
+            .iter()
+            .filter(|r| r.kind == Kind::Stack && r.res == RES_MINUTE)
+            .map(|r| r.key.as_str())
+            .collect();
+        assert_eq!(stacks, ["[no frames]", "main;a:b c"]);
+    }
 }
