@@ -17,6 +17,9 @@ use crate::{
     symbolize::Symbolizer,
 };
 
+/// Symbol cache entries kept across windows before the caches are rebuilt.
+const MAX_SYMBOL_CACHE: usize = 200_000;
+
 /// Deepest stack the kernel records (`perf_event_max_stack` default); reaching it means the
 /// stack was cut.
 const MAX_STACK_DEPTH: usize = 127;
@@ -203,6 +206,8 @@ impl Recorder {
         self.drained = extra;
         self.missing_stacks = 0;
         self.window_started += duration;
+        self.table.forget_exited();
+        self.symbolizer.trim(MAX_SYMBOL_CACHE);
         Ok(builder.finish())
     }
 }

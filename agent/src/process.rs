@@ -350,6 +350,17 @@ impl ProcessTable {
         true
     }
 
+    /// Forgets processes that have exited, so a long-running daemon's table stays the size of
+    /// the live process set. Returns how many were dropped. (A forgotten tgid that samples
+    /// again is snapshotted again on first sight.)
+    pub fn forget_exited(&mut self) -> usize {
+        let before = self.entries.len();
+        let root = self.proc_root.clone();
+        self.entries
+            .retain(|&tgid, _| tgid == 0 || is_running(&root, tgid));
+        before - self.entries.len()
+    }
+
     /// Metadata of `tgid`, if observed.
     pub fn get(&self, tgid: u32) -> Option<&Process> {
         self.entries.get(&tgid).map(|e| &e.snapshot.process)

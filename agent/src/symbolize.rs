@@ -63,13 +63,8 @@ impl Default for Symbolizer {
 impl Symbolizer {
     /// A symbolizer that looks for JIT perf maps in `perf_map_dir` (normally `/tmp`).
     pub fn new(perf_map_dir: impl Into<PathBuf>) -> Self {
-        let blaze = Blaze::builder()
-            .enable_code_info(true)
-            .enable_inlined_fns(true)
-            .enable_demangling(true)
-            .build();
         Self {
-            blaze,
+            blaze: new_blaze(),
             perf_map_dir: perf_map_dir.into(),
             user: HashMap::new(),
             kernel: HashMap::new(),
@@ -199,6 +194,24 @@ impl Symbolizer {
         out
     }
 
+    /// Bounds memory in long-running use: JIT perf maps are re-read on demand, and once the
+    /// address caches pass `max_entries` they are dropped together with blazesym's parsed
+    /// files (which also unmaps them).
+    pub fn trim(&mut self, max_entries: usize) {
+        self.perf_maps.clear();
+        if self.user.len() + self.kernel.len() > max_entries {
+            tracing::debug!(
+                user = self.user.len(),
+                kernel = self.kernel.len(),
+                "symbol caches trimmed"
+            );
+            self.user.clear();
+            self.kernel.clear();
+            self.build_ids.clear();
+            self.blaze = new_blaze();
+        }
+    }
+
     fn build_id(&mut self, path: &str) -> Option<Arc<str>> {
         self.build_ids
             .entry(path.to_owned())
@@ -242,6 +255,23 @@ impl Symbolizer {
         self.perf_maps.insert(tgid, map);
         hit
     }
+}
+
+impl Drop for Symbolizer {
+    fn drop(&mut self) {
+        if let Some(Some(path)) = self.vdso.get() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// blazesym with DWARF file:line, inlined functions and demangling on.
+fn new_blaze() -> Blaze {
+    Blaze::builder()
+        .enable_code_info(true)
+        .enable_inlined_fns(true)
+        .enable_demangling(true)
+        .build()
 }
 
 /// Writes this process's vDSO image to a temporary file so it can be symbolized like any ELF
