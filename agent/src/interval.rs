@@ -13,7 +13,7 @@ use std::{
 use crate::{
     process::ProcessTable,
     profile::{DropReason, FrameKind, Profile, ProfileBuilder, Stack},
-    sampler::{Counters, RawSample, Sampler, SamplerError},
+    sampler::{Counters, Drained, RawSample, Sampler, SamplerError},
     symbolize::Symbolizer,
 };
 
@@ -119,19 +119,26 @@ impl Recorder {
 
     /// Drains the kernel maps into the current window and attaches CPUs that came online.
     pub fn drain(&mut self) -> Result<(), SamplerError> {
+        let drained = self.drain_raw()?;
+        for raw in &drained.samples {
+            self.add(raw);
+        }
+        Ok(())
+    }
+
+    /// Flips and reads the kernel buffers without symbolizing (fast), so a window can be
+    /// closed at a precise moment and symbolized afterwards.
+    fn drain_raw(&mut self) -> Result<Drained, SamplerError> {
         self.poll();
         let drained = self.sampler.drain()?;
         self.generation += 1;
         self.missing_stacks += drained.missing_stacks;
-        for raw in &drained.samples {
-            self.add(raw);
-        }
         // Processes announced during the drain were sampled in it: catch them now.
         self.poll();
         if let Err(e) = self.sampler.attach_new_cpus() {
             tracing::warn!(error = %e, "could not attach to a CPU that came online");
         }
-        Ok(())
+        Ok(drained)
     }
 
     fn add(&mut self, raw: &RawSample) {
@@ -162,9 +169,13 @@ impl Recorder {
     pub fn finish_window(&mut self) -> Result<Profile, SamplerError> {
         let counters = self.sampler.counters()?;
         let duration = self.window_started.elapsed();
-        // Two drains read both buffers: everything counted above is now in user space.
-        self.drain()?;
-        self.drain()?;
+        // Two drains read both buffers: everything counted above is now in user space. Both
+        // are read before symbolizing, so the window closes within milliseconds of `duration`.
+        let first = self.drain_raw()?;
+        let second = self.drain_raw()?;
+        for raw in first.samples.iter().chain(&second.samples) {
+            self.add(raw);
+        }
         let before = self.counters_at_start;
         let delta = |f: fn(&Counters) -> u64| f(&counters).saturating_sub(f(&before));
         let accepted = delta(|c| c.samples) - delta(|c| c.filtered) - delta(|c| c.map_full);

@@ -150,7 +150,10 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
             pid_exited = Some(started.elapsed());
             break;
         }
-        if last_drain.elapsed() >= DRAIN_EVERY {
+        // The final drain happens in finish_window; a periodic one this late would only
+        // delay the end of the window by its symbolization time.
+        let remaining = args.duration.saturating_sub(started.elapsed());
+        if last_drain.elapsed() >= DRAIN_EVERY && remaining > DRAIN_EVERY {
             recorder.drain()?;
             last_drain = Instant::now();
         }
