@@ -167,35 +167,51 @@ fn share(part: f64, total: f64) -> f64 {
     }
 }
 
+/// Queries that work against the lab's data (the README lists the same ones).
+pub const QUERIES: [&str; 7] = [
+    "top --from -1h",
+    "top --by cpu --inclusive --from -1h",
+    "power --from -1h",
+    "series --service wattson-demo --function wattson_demo::hash_records --from -1h",
+    "flame --from -1h --output flame.svg",
+    "profile --from -1h --output profile.pb.gz",
+    "diff --baseline=-2h..-1h --from -1h",
+];
+
 /// Printed when the lab stops: what to run next against the data it kept.
 pub fn where_next(url: &str, data: &Path) {
-    let w = cmd_path();
+    let bin = crate::cmd::root().join("target/release");
+    let w = bin.join("wattson");
     println!(
         "\nThe lab's data stays in {} for the next run.",
         data.display()
     );
-    println!("Query it while a collector serves it (cargo xtask lab starts one on {url}):");
-    for q in [
-        "top --from -1h",
-        "top --by cpu --inclusive --from -1h",
-        "power --from -1h",
-        "series --service wattson-demo --function wattson_demo::hash_records --from -1h",
-        "flame --from -1h --output flame.svg",
-        "profile --from -1h --output profile.pb.gz",
-        "diff --baseline -2h..-1h --from -1h",
-    ] {
-        println!("  {w} --collector {url} {q}");
+    println!("While `cargo xtask lab` runs, or with a collector serving the same store:");
+    println!(
+        "  {} serve --listen {} --store sqlite://{}",
+        bin.join("wattson-collector").display(),
+        url.trim_start_matches("http://"),
+        data.join("wattson.db").display()
+    );
+    println!("these queries work (add --json for scripts):");
+    for q in QUERIES {
+        println!("  {} --collector {url} {q}", w.display());
     }
     println!(
         "Flame graph written by the lab: {}",
         data.join("flame.svg").display()
     );
-    println!("Logs: {}", data.display());
+    println!("Logs: {}/{{collector,agent,demo-*}}.log", data.display());
 }
 
-fn cmd_path() -> String {
-    crate::cmd::root()
-        .join("target/release/wattson")
-        .display()
-        .to_string()
+#[cfg(test)]
+mod tests {
+    /// The README promises these queries; keep the two lists the same.
+    #[test]
+    fn readme_lists_every_lab_query() {
+        let readme = std::fs::read_to_string(crate::cmd::root().join("README.md")).unwrap();
+        for q in super::QUERIES {
+            assert!(readme.contains(&format!("$W {q}")), "README lacks `{q}`");
+        }
+    }
 }
