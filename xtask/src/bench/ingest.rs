@@ -108,7 +108,7 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         "",
         None,
     ));
-    let written = store_rate(&template)?;
+    let written = store_rate(start, &shape)?;
     rows.push(row(
         "Store::ingest into SQLite, no gRPC (serial)",
         format!("{written:.1} batches/s"),
@@ -148,22 +148,39 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serial `Store::ingest` calls on a fresh SQLite store for `CPU_PHASE`; batches per second.
-fn store_rate(template: &Batch) -> anyhow::Result<f64> {
+/// Serial `Store::ingest` calls on a fresh SQLite store for `CPU_PHASE`, over the same mix
+/// of hosts and stacks the gRPC phase sends; batches per second.
+fn store_rate(start: u64, shape: &Shape) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
     let store = wattson_collector::store::open(&format!(
         "sqlite://{}",
         dir.path().join("direct.db").display()
     ))?;
+    let batches = host_batches(start, shape, 0);
     let begin = Instant::now();
     let mut seq = 0u64;
     while begin.elapsed() < CPU_PHASE {
+        let mut b = batches[seq as usize % batches.len()].clone();
         seq += 1;
-        let mut b = template.clone();
+        b.host_id = format!("bench-host-{}", seq as usize % CLIENTS);
+        if let Some(h) = &mut b.host {
+            h.host_id.clone_from(&b.host_id);
+        }
         b.sequence = seq;
         store.ingest(&b)?;
     }
     Ok(seq as f64 / begin.elapsed().as_secs_f64())
+}
+
+/// 64 batches of one simulated host: different stacks each, intervals within one minute.
+fn host_batches(start: u64, shape: &Shape, h: usize) -> Vec<Batch> {
+    let host = format!("bench-host-{h}");
+    (0..64usize)
+        .map(|i| {
+            let t = start + (i as u64 % 6) * 10_000_000_000;
+            synthetic::batch(&host, i as u64 + 1, t, shape, (h * 1000 + i) as u64 + 1)
+        })
+        .collect()
 }
 
 /// Serves a collector on 127.0.0.1:0 over a fresh SQLite store and has `CLIENTS` simulated
@@ -188,19 +205,12 @@ async fn ingest_phase(start: u64, shape: &Shape) -> anyhow::Result<(u64, Duratio
     ));
 
     // Each host's batches are built up front so the clients measure the collector only.
-    let per_host = 64usize;
     let acked = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + INGEST_PHASE;
     let began = Instant::now();
     let mut tasks = Vec::new();
     for h in 0..CLIENTS {
-        let host = format!("bench-host-{h}");
-        let batches: Vec<Batch> = (0..per_host)
-            .map(|i| {
-                let t = start + (i as u64 % 6) * 10_000_000_000;
-                synthetic::batch(&host, i as u64 + 1, t, shape, (h * 1000 + i) as u64 + 1)
-            })
-            .collect();
+        let batches = host_batches(start, shape, h);
         let acked = acked.clone();
         let url = format!("http://{addr}");
         tasks.push(tokio::spawn(async move {
