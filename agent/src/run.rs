@@ -264,9 +264,22 @@ fn spool_batch(
 ) -> anyhow::Result<()> {
     let (intervals, samples) = (builder.intervals() as u64, builder.samples());
     let mut spool = spool.lock().unwrap_or_else(|p| p.into_inner());
-    let pushed = spool.push(intervals, samples, |seq, losses| {
+    let pushed = match spool.push(intervals, samples, |seq, losses| {
         builder.finish(host, seq, losses)
-    })?;
+    }) {
+        Ok(pushed) => pushed,
+        Err(e) => {
+            // A full disk must not stop profiling: count the loss, report it in later batches.
+            tracing::error!(
+                error = %e,
+                intervals,
+                samples,
+                "could not spool a batch (disk full?): counted as lost, sampling goes on"
+            );
+            spool.count_unwritable(intervals, samples);
+            return Ok(());
+        }
+    };
     // Tests and operators read this line: every sample the agent produced is counted here.
     tracing::info!(
         sequence = pushed.sequence,

@@ -302,6 +302,20 @@ impl Spool {
         })
     }
 
+    /// Counts a batch that could not be written at all (disk full, I/O error) as lost, so
+    /// later batches report it. Persisting the count is best effort: the disk may be full.
+    pub fn count_unwritable(&mut self, intervals: u64, samples: u64) {
+        let entry = Entry {
+            sequence: 0,
+            intervals,
+            samples,
+            bytes: 0,
+        };
+        if let Err(e) = self.count_loss(&entry) {
+            tracing::warn!(error = %e, "could not persist the loss count; it is kept in memory");
+        }
+    }
+
     fn count_loss(&mut self, e: &Entry) -> Result<(), SpoolError> {
         self.losses.spool_dropped_batches += 1;
         self.losses.spool_dropped_intervals += e.intervals;
@@ -400,6 +414,29 @@ mod tests {
             losses: Some(losses),
             ..Batch::default()
         }
+    }
+
+    /// Regression: a spool write failing (disk full) used to stop the agent; now the batch is
+    /// counted as lost and reported by the next batch that can be written.
+    #[test]
+    fn an_unwritable_spool_counts_the_batch_as_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let mut s = Spool::open(&path, 1 << 20).unwrap();
+        // Replace the directory with a file: every write now fails, as on a full disk.
+        std::fs::remove_dir_all(&path).unwrap();
+        std::fs::write(&path, b"not a directory").unwrap();
+        assert!(s.push(2, 30, |seq, l| batch(seq, l, 10)).is_err());
+        s.count_unwritable(2, 30);
+        assert_eq!(s.losses().spool_dropped_batches, 1);
+        assert_eq!(s.losses().spool_dropped_samples, 30);
+        // Once the disk is back, the next batch carries the loss and a fresh sequence.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let pushed = s.push(1, 10, |seq, l| batch(seq, l, 10)).unwrap();
+        assert_eq!(pushed.sequence, 2);
+        let (_, b) = s.take_oldest().unwrap().unwrap();
+        assert_eq!(b.losses.unwrap().spool_dropped_samples, 30);
     }
 
     #[test]
