@@ -116,7 +116,7 @@ impl TlsFiles {
 pub struct ServeConfig {
     /// Mutual TLS; plain TCP when `None`.
     pub tls: Option<TlsFiles>,
-    /// Bearer token every ingest call must carry (`authorization: Bearer TOKEN`).
+    /// Bearer token every ingest and query call must carry (`authorization: Bearer TOKEN`).
     pub token: Option<String>,
     /// Largest accepted request, bytes (0 = [`DEFAULT_MAX_MESSAGE_BYTES`]).
     pub max_message_bytes: usize,
@@ -290,10 +290,10 @@ pub async fn serve(
         .max_decoding_message_size(max)
         .accept_compressed(CompressionEncoding::Zstd)
         .accept_compressed(CompressionEncoding::Gzip);
-    let ingest = tonic::service::interceptor::InterceptedService::new(
-        ingest,
-        BearerAuth(config.token.map(Arc::from)),
-    );
+    // One token guards both services: profiles are as sensitive to read as to write.
+    let auth = BearerAuth(config.token.map(Arc::from));
+    let ingest = tonic::service::interceptor::InterceptedService::new(ingest, auth.clone());
+    let query = tonic::service::interceptor::InterceptedService::new(query, auth);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<IngestServiceServer<Ingest>>().await;

@@ -29,6 +29,10 @@ struct Collector {
 
 impl Collector {
     async fn start(fleet: FleetConfig) -> Collector {
+        Self::start_with(fleet, None).await
+    }
+
+    async fn start_with(fleet: FleetConfig, token: Option<String>) -> Collector {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("w.db").display());
         let store: Arc<dyn Store> = Arc::from(store::open(&url).unwrap());
@@ -37,6 +41,7 @@ impl Collector {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let config = ServeConfig {
             fleet,
+            token,
             ..ServeConfig::default()
         };
         let task = tokio::spawn(async move {
@@ -68,37 +73,107 @@ fn window(from: i64, to: i64) -> Option<TimeWindow> {
 }
 
 /// Ten minutes of a measured host and an estimated host running `api`, plus a `db` host.
+fn batches() -> Vec<wattson_proto::v1::Batch> {
+    let mut out = Vec::new();
+    for m in 0..10i64 {
+        let at = T0 + m * 60;
+        for (host, est) in [("m1", false), ("vm1", true)] {
+            out.push(
+                BatchBuilder::new(host, m as u64 + 1)
+                    .interval(
+                        at,
+                        60,
+                        est,
+                        6_000_000.0,
+                        &[
+                            // 6 J per minute in hash = 0.1 W; 3 J in parse = 0.05 W.
+                            ("api", "b1", "main;serve;hash", 60, 6_000_000.0),
+                            ("api", "b1", "main;serve;parse", 30, 3_000_000.0),
+                        ],
+                    )
+                    .build(),
+            );
+        }
+        out.push(
+            BatchBuilder::new("d1", m as u64 + 1)
+                .interval(
+                    at,
+                    60,
+                    false,
+                    0.0,
+                    &[("db", "b9", "main;query", 10, 600_000.0)],
+                )
+                .build(),
+        );
+    }
+    out
+}
+
 async fn load(addr: &str) {
     let mut c = IngestServiceClient::connect(addr.to_string())
         .await
         .unwrap();
-    for m in 0..10i64 {
-        let at = T0 + m * 60;
-        for (host, est) in [("m1", false), ("vm1", true)] {
-            let b = BatchBuilder::new(host, m as u64 + 1)
-                .interval(
-                    at,
-                    60,
-                    est,
-                    6_000_000.0,
-                    &[
-                        // 6 J per minute in hash = 0.1 W; 3 J in parse = 0.05 W.
-                        ("api", "b1", "main;serve;hash", 60, 6_000_000.0),
-                        ("api", "b1", "main;serve;parse", 30, 3_000_000.0),
-                    ],
-                )
-                .build();
-            c.ingest(IngestRequest { batch: Some(b) }).await.unwrap();
-        }
-        let b = BatchBuilder::new("d1", m as u64 + 1)
-            .interval(
-                at,
-                60,
-                false,
-                0.0,
-                &[("db", "b9", "main;query", 10, 600_000.0)],
+    for b in batches() {
+        c.ingest(IngestRequest { batch: Some(b) }).await.unwrap();
+    }
+}
+
+/// Regression: `--token` guarded ingest only; the query service answered anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_need_the_collectors_token() {
+    let col = Collector::start_with(FleetConfig::default(), Some("s3cret".into())).await;
+    load_with_token(&col.addr, "s3cret").await;
+    let addr = col.addr.clone();
+    let (none, wrong, right) = tokio::task::spawn_blocking(move || {
+        let run = |token: &[&str]| {
+            let o = Command::new(env!("CARGO_BIN_EXE_wattson"))
+                .env_remove("WATTSON_TOKEN")
+                .args(["--collector", &addr])
+                .args(token)
+                .args([
+                    "power",
+                    "--from",
+                    &T0.to_string(),
+                    "--to",
+                    &(T0 + 600).to_string(),
+                ])
+                .output()
+                .unwrap();
+            (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stderr).to_string(),
             )
-            .build();
+        };
+        (
+            run(&[]),
+            run(&["--token", "wrong"]),
+            run(&["--token", "s3cret"]),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        !none.0 && none.1.contains("missing `authorization"),
+        "{none:?}"
+    );
+    assert!(!wrong.0 && wrong.1.contains("does not match"), "{wrong:?}");
+    assert!(right.0, "{right:?}");
+    col.stop().await;
+}
+
+/// Ingests the standard batches through a collector that requires `token`.
+async fn load_with_token(addr: &str, token: &str) {
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+    let mut c = IngestServiceClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert("authorization", header.clone());
+        Ok(r)
+    });
+    for b in batches() {
         c.ingest(IngestRequest { batch: Some(b) }).await.unwrap();
     }
 }

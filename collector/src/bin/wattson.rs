@@ -27,6 +27,9 @@ struct Cli {
         default_value = "http://127.0.0.1:7070"
     )]
     collector: String,
+    /// Bearer token, when the collector runs with --token.
+    #[arg(long, global = true, env = "WATTSON_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -196,9 +199,26 @@ fn status(e: tonic::Status) -> anyhow::Error {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     // Merged stacks of a busy fleet run to tens of MB; tonic's default cap is 4 MB.
-    let mut client = QueryServiceClient::connect(cli.collector.clone())
+    let channel = tonic::transport::Endpoint::from_shared(cli.collector.clone())
+        .with_context(|| format!("--collector {}: not a valid URL", cli.collector))?
+        .connect()
         .await
-        .with_context(|| format!("connecting to collector {} (--collector)", cli.collector))?
+        .with_context(|| format!("connecting to collector {} (--collector)", cli.collector))?;
+    let header: Option<tonic::metadata::MetadataValue<_>> = match &cli.token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .context("--token has characters not allowed in a header")?,
+        ),
+        None => None,
+    };
+    let auth = move |mut req: tonic::Request<()>| {
+        if let Some(h) = &header {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    };
+    let mut client = QueryServiceClient::with_interceptor(channel, auth)
         .max_decoding_message_size(MAX_RESPONSE_BYTES);
     let mut client2 = client.clone();
     let mut stacks =
