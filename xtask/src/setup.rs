@@ -106,6 +106,8 @@ fn packages(llvm: u32) -> Vec<String> {
         // Workloads for the accuracy tests.
         "gzip".into(),
         "xz-utils".into(),
+        // The flame graph test screenshots the SVG in headless Chromium to prove it renders.
+        "chromium".into(),
     ]
     .into();
     p.sort();
