@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 /// Path of a workspace binary in the target directory of the running test, built on first use
-/// (`cargo build -p wattson-agent -p wattson-collector`).
+/// (`cargo build -p wattson-agent -p wattson-collector`, with the `wattson` CLI).
 pub fn binary(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
     // The test executable lives in target/<profile>/deps/.
@@ -34,6 +34,8 @@ pub fn binary(name: &str) -> PathBuf {
             "wattson-collector",
             "--bin",
             "wattson-collector",
+            "--bin",
+            "wattson",
         ]);
         if release {
             cmd.arg("--release");
