@@ -6,9 +6,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use serde_json::{Value, json};
-use wattson_proto::v1::{
-    Power, PowerResponse, SeriesResponse, StackRow, StacksResponse, TimeWindow, TopResponse,
-};
+use wattson_proto::v1::{Power, PowerResponse, SeriesResponse, TimeWindow, TopResponse};
 
 use crate::flame::Weight;
 
@@ -342,35 +340,40 @@ pub struct Diff {
     pub rows: Vec<DiffRow>,
 }
 
-fn seconds(r: &StacksResponse) -> f64 {
+fn seconds(r: &TopResponse) -> f64 {
     r.window.as_ref().map_or(1.0, |w| {
         (w.to_unix_seconds - w.from_unix_seconds).max(1) as f64
     })
 }
 
-/// Per (service, leaf function): self rate in each window, largest absolute changes first.
-pub fn diff(before: &StacksResponse, after: &StacksResponse, w: Weight, limit: usize) -> Diff {
+/// Per (service, function): self rate in each window from `top` answers (ranked by the same
+/// weight), largest absolute changes first. Watts are `top`'s own: each host's joules over the
+/// time it reported, so `diff` and `top` agree on a window; samples are per window second.
+pub fn diff(before: &TopResponse, after: &TopResponse, w: Weight, limit: usize) -> Diff {
     let mut map: HashMap<(String, String), DiffRow> = HashMap::new();
     for (side, resp) in [(0, before), (1, after)] {
         let secs = seconds(resp);
-        for s in &resp.stacks {
-            let leaf = s.folded.rsplit(';').next().unwrap_or("").to_string();
+        for f in &resp.rows {
             let e = map
-                .entry((s.service.clone(), leaf.clone()))
+                .entry((f.service.clone(), f.function.clone()))
                 .or_insert_with(|| DiffRow {
-                    service: s.service.clone(),
-                    function: leaf,
+                    service: f.service.clone(),
+                    function: f.function.clone(),
                     before: 0.0,
                     after: 0.0,
                     estimated: false,
                 });
-            let v = value(s, w) / secs;
+            let power = pw(f.self_power.as_ref());
+            let v = match w {
+                Weight::Energy => power.watts,
+                Weight::Samples => f.samples_self as f64 / secs,
+            };
             if side == 0 {
                 e.before += v;
             } else {
                 e.after += v;
             }
-            e.estimated |= w == Weight::Energy && s.joules_estimated > 0.0;
+            e.estimated |= w == Weight::Energy && power.estimated;
         }
     }
     let mut rows: Vec<DiffRow> = map.into_values().collect();
@@ -387,13 +390,6 @@ pub fn diff(before: &StacksResponse, after: &StacksResponse, w: Weight, limit: u
             Weight::Samples => "samples/s",
         },
         rows,
-    }
-}
-
-fn value(s: &StackRow, w: Weight) -> f64 {
-    match w {
-        Weight::Samples => s.samples as f64,
-        Weight::Energy => s.joules_measured + s.joules_estimated,
     }
 }
 
@@ -468,25 +464,32 @@ mod tests {
                 to_unix_seconds: t,
             })
         };
-        let row = |f: &str, j: f64| StackRow {
+        let row = |f: &str, watts: f64, samples: u64| wattson_proto::v1::FunctionRow {
             service: "api".into(),
-            folded: f.into(),
-            samples: 1,
-            joules_measured: j,
-            joules_estimated: 0.0,
+            function: f.into(),
+            samples_self: samples,
+            self_power: Some(Power {
+                watts,
+                ..Power::default()
+            }),
+            ..Default::default()
         };
-        let before = StacksResponse {
+        let before = TopResponse {
             window: w(0, 10),
-            stacks: vec![row("main;a", 10.0), row("main;b", 10.0)],
+            rows: vec![row("a", 1.0, 10), row("b", 1.0, 10)],
+            currency: String::new(),
         };
         // Twice as long a window: b's rate stays 1 W, a's doubles to 2 W.
-        let after = StacksResponse {
+        let after = TopResponse {
             window: w(0, 20),
-            stacks: vec![row("main;a", 40.0), row("main;b", 20.0)],
+            rows: vec![row("a", 2.0, 40), row("b", 1.0, 20)],
+            currency: String::new(),
         };
         let d = diff(&before, &after, Weight::Energy, 10);
         assert_eq!(d.rows[0].function, "a");
         assert_eq!((d.rows[0].before, d.rows[0].after), (1.0, 2.0));
         assert_eq!(d.rows[1].after - d.rows[1].before, 0.0);
+        let d = diff(&before, &after, Weight::Samples, 10);
+        assert_eq!((d.rows[0].before, d.rows[0].after), (1.0, 2.0));
     }
 }

@@ -418,3 +418,66 @@ fn late_joining_host_is_not_diluted_over_the_window() {
     let hash = top.rows[0].self_power.unwrap();
     assert!((hash.watts - 3.0).abs() < 1e-9, "{hash:?}");
 }
+
+/// Regression: `diff` divided a function's joules by the window length while `top` divides
+/// each host's joules by the time that host reported, so a host that joined late showed a
+/// tenth of its `top` watts in `diff`. Both now give the window the same watts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_watts_match_top_for_a_host_that_reported_part_of_the_window() {
+    let col = Collector::start(FleetConfig::default()).await;
+    let mut c = IngestServiceClient::connect(col.addr.clone())
+        .await
+        .unwrap();
+    // One minute of a ten-minute window: 6 J in hash = 0.1 W while the host reported.
+    let batch = BatchBuilder::new("late", 1)
+        .interval(
+            T0 + 540,
+            60,
+            false,
+            0.0,
+            &[("api", "b1", "main;serve;hash", 60, 6_000_000.0)],
+        )
+        .build();
+    c.ingest(IngestRequest { batch: Some(batch) })
+        .await
+        .unwrap();
+    let addr = col.addr.clone();
+    let (top, diff) = tokio::task::spawn_blocking(move || {
+        let run = |args: &[&str]| {
+            let o = Command::new(env!("CARGO_BIN_EXE_wattson"))
+                .args(["--collector", &addr, "--json"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+        };
+        let (from, to) = (T0.to_string(), (T0 + 600).to_string());
+        let baseline = format!("{}..{}", T0 - 600, T0);
+        let top = run(&["top", "--from", &from, "--to", &to]);
+        let diff = run(&[
+            "diff",
+            "--baseline",
+            &baseline,
+            "--from",
+            &from,
+            "--to",
+            &to,
+        ]);
+        (top, diff)
+    })
+    .await
+    .unwrap();
+    let top_w = top["rows"][0]["self"]["watts"].as_f64().unwrap();
+    assert_eq!(top["rows"][0]["function"], "hash", "{top:#}");
+    assert!((top_w - 0.1).abs() < 1e-9, "top: {top_w} W\n{top:#}");
+    let row = &diff["rows"][0];
+    assert_eq!(row["function"], "hash", "{diff:#}");
+    assert_eq!(row["baseline"].as_f64(), Some(0.0), "{diff:#}");
+    let diff_w = row["window"].as_f64().unwrap();
+    assert!(
+        (diff_w - top_w).abs() < 1e-9,
+        "diff says {diff_w} W, top says {top_w} W for the same window\n{diff:#}"
+    );
+    col.stop().await;
+}

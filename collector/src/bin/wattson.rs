@@ -10,10 +10,13 @@ use wattson_collector::report;
 use wattson_proto::v1::query_service_client::QueryServiceClient;
 use wattson_proto::v1::{
     PowerRequest, RankBy, SeriesRequest, StacksRequest, StacksResponse, TimeWindow, TopRequest,
+    TopResponse,
 };
 
 /// Largest answer accepted from the collector.
 const MAX_RESPONSE_BYTES: usize = 512 << 20;
+/// Functions `diff` compares per window (the collector's largest `top`).
+const DIFF_FUNCTIONS: u32 = 10_000;
 
 /// Query a Wattson collector: power by function and service, over time, as flame graphs.
 #[derive(Parser, Debug)]
@@ -359,10 +362,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 from_unix_seconds: report::parse_time(bf, now).context("--baseline start")?,
                 to_unix_seconds: report::parse_time(bt, now).context("--baseline end")?,
             };
-            let before = stacks(base_w, &service).await?;
-            let after = stacks(window(&w)?, &service).await?;
-            let d = report::diff(&before, &after, weight(wt), limit);
+            let after_w = window(&w)?;
+            // Rates come from `top` so both commands give a window the same watts.
+            let rank = match wt {
+                WeightArg::Energy => RankBy::EnergySelf,
+                WeightArg::Samples => RankBy::SamplesSelf,
+            };
+            let mut top = async |w: TimeWindow| -> anyhow::Result<TopResponse> {
+                Ok(client
+                    .top(TopRequest {
+                        window: Some(w),
+                        service: service.clone().unwrap_or_default(),
+                        rank: rank as i32,
+                        limit: DIFF_FUNCTIONS,
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner())
+            };
+            let d = report::diff(&top(base_w).await?, &top(after_w).await?, weight(wt), limit);
             if let Some(out) = output {
+                let before = stacks(base_w, &service).await?;
+                let after = stacks(after_w, &service).await?;
                 let prefix = service.is_none();
                 let svg = flame::diff_svg(
                     &flame::folded(&before.stacks, weight(wt), prefix),
