@@ -122,7 +122,7 @@ fn run_pipeline(dir: &Path, host: &str, energy: &[String]) -> Answers {
         "--collector",
         &url,
         "--frequency",
-        "99",
+        "49",
         "--interval",
         "1s",
         "--host-id",
@@ -142,8 +142,10 @@ fn run_pipeline(dir: &Path, host: &str, energy: &[String]) -> Answers {
         &args,
         "info,wattson_agent::ship=debug",
     );
-    agent.wait_until("four acknowledged batches", Duration::from_secs(60), |p| {
-        p.count("batch acknowledged") >= 4
+    // Three one-second intervals keep the run short (CI's budget); the first interval is
+    // the slowest, as the agent symbolizes every binary it meets for the first time.
+    agent.wait_until("three acknowledged batches", Duration::from_secs(60), |p| {
+        p.count("batch acknowledged") >= 3
     });
     agent.stop(libc::SIGTERM, Duration::from_secs(30));
     drop(demo);
@@ -175,7 +177,7 @@ fn run_pipeline(dir: &Path, host: &str, energy: &[String]) -> Answers {
         "-",
     ]);
     collector.stop(libc::SIGTERM, Duration::from_secs(30));
-    eprintln!("{text}");
+    eprintln!("{text}\n{host}: pipeline ran {} s", now() - started);
     let top = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("top --json is not JSON ({e}):\n{text}"));
     Answers { top, folded }
