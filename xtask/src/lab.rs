@@ -66,11 +66,11 @@ impl Proc {
             .process_group(0)
             .spawn()
             .with_context(|| format!("starting {name}: `{}`", cmd::display(cmd)))?;
-        eprintln!(
+        say(&format!(
             "lab: started {name} (pid {}, log {})",
             child.id(),
             log.display()
-        );
+        ));
         Ok(Self { name, child, log })
     }
 
@@ -97,7 +97,7 @@ impl Proc {
         let start = Instant::now();
         while start.elapsed() < grace {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
-                eprintln!("lab: stopped {}", self.name);
+                say(&format!("lab: stopped {}", self.name));
                 return;
             }
             thread::sleep(Duration::from_millis(100));
@@ -105,11 +105,31 @@ impl Proc {
         // SAFETY: as above.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
         let _ = self.child.wait();
-        eprintln!(
+        say(&format!(
             "lab: killed {} (did not stop within {}s)",
             self.name,
             grace.as_secs()
-        );
+        ));
+    }
+}
+
+/// Writes a line to stderr, ignoring errors: when the lab runs under `| tee`, the same
+/// Ctrl-C kills tee, and a panic on the broken pipe must not skip stopping the children.
+pub fn say(msg: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+/// The lab's children; dropping it (normal exit, error or panic) stops them all, last
+/// started first, so nothing outlives the lab.
+#[derive(Default)]
+struct Children(Vec<Proc>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for p in self.0.iter_mut().rev() {
+            p.stop(Duration::from_secs(15));
+        }
     }
 }
 
@@ -159,7 +179,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
 
-    let mut procs: Vec<Proc> = Vec::new();
+    let mut children = Children::default();
+    let procs = &mut children.0;
     let result = (|| -> anyhow::Result<()> {
         procs.push(Proc::spawn(
             "collector",
@@ -224,11 +245,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         Ok(())
     })();
 
-    eprintln!("\nlab: stopping");
+    say("\nlab: stopping");
     // Workloads first, then the agent (it ships its last interval), then the collector.
-    for p in procs.iter_mut().rev() {
-        p.stop(Duration::from_secs(15));
-    }
+    drop(children);
     result?;
     view::where_next(&url, &data);
     Ok(())

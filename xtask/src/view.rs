@@ -86,7 +86,8 @@ impl View {
                 self.flame.display()
             ));
         }
-        print!("{screen}");
+        // A closed stdout (`| tee` killed by Ctrl-C) must not panic the lab.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), screen.as_bytes());
     }
 }
 
@@ -178,30 +179,38 @@ pub const QUERIES: [&str; 7] = [
     "diff --baseline=-2h..-1h --from -1h",
 ];
 
+/// `println!` that ignores a closed stdout.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Printed when the lab stops: what to run next against the data it kept.
 pub fn where_next(url: &str, data: &Path) {
     let bin = crate::cmd::root().join("target/release");
     let w = bin.join("wattson");
-    println!(
+    say!(
         "\nThe lab's data stays in {} for the next run.",
         data.display()
     );
-    println!("While `cargo xtask lab` runs, or with a collector serving the same store:");
-    println!(
+    say!("While `cargo xtask lab` runs, or with a collector serving the same store:");
+    say!(
         "  {} serve --listen {} --store sqlite://{}",
         bin.join("wattson-collector").display(),
         url.trim_start_matches("http://"),
         data.join("wattson.db").display()
     );
-    println!("these queries work (add --json for scripts):");
+    say!("these queries work (add --json for scripts):");
     for q in QUERIES {
-        println!("  {} --collector {url} {q}", w.display());
+        say!("  {} --collector {url} {q}", w.display());
     }
-    println!(
+    say!(
         "Flame graph written by the lab: {}",
         data.join("flame.svg").display()
     );
-    println!("Logs: {}/{{collector,agent,demo-*}}.log", data.display());
+    say!("Logs: {}/{{collector,agent,demo-*}}.log", data.display());
 }
 
 #[cfg(test)]
