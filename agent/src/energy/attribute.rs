@@ -277,7 +277,6 @@ pub fn attribute(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::energy::topology::CpuPlace;
 
     fn slot(cpu: u32, count: u64) -> SampleSlot {
         SampleSlot {
@@ -300,22 +299,7 @@ mod tests {
     }
 
     fn two_packages() -> Topology {
-        Topology::from_places([
-            (
-                0,
-                CpuPlace {
-                    package: 0,
-                    core: 0,
-                },
-            ),
-            (
-                1,
-                CpuPlace {
-                    package: 1,
-                    core: 0,
-                },
-            ),
-        ])
+        Topology::from_triples(&[(0, 0, 0), (1, 1, 0)])
     }
 
     fn input(package: u32, pkg: u64, dram: Option<u64>, idle_watts: f64) -> PackageInput {

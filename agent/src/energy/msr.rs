@@ -283,7 +283,6 @@ impl EnergySource for MsrSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::energy::topology::CpuPlace;
 
     /// Register values a test sets; a missing register reads as EIO, like real hardware.
     #[derive(Clone, Default)]
@@ -349,36 +348,7 @@ mod tests {
     #[test]
     fn amd_reads_package_per_socket_and_core_energy_per_core() {
         let regs = Registers::default();
-        let topo = Topology::from_places([
-            (
-                0,
-                CpuPlace {
-                    package: 0,
-                    core: 0,
-                },
-            ),
-            (
-                1,
-                CpuPlace {
-                    package: 0,
-                    core: 1,
-                },
-            ),
-            (
-                2,
-                CpuPlace {
-                    package: 1,
-                    core: 0,
-                },
-            ),
-            (
-                3,
-                CpuPlace {
-                    package: 1,
-                    core: 1,
-                },
-            ),
-        ]);
+        let topo = Topology::from_triples(&[(0, 0, 0), (1, 0, 1), (2, 1, 0), (3, 1, 1)]);
         for cpu in 0..4 {
             regs.set(cpu, AMD_UNIT, 0x000A_1003);
             regs.set(cpu, AMD_CORE, 0);

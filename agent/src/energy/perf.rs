@@ -281,7 +281,6 @@ impl EnergySource for PerfSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::energy::topology::CpuPlace;
 
     /// 2^-32 J, the scale the kernel's RAPL PMU publishes.
     const SCALE: &str = "2.3283064365386962890625e-10";
@@ -337,36 +336,7 @@ mod tests {
         assert_eq!(conv.convert(3 << 16), 3_000_000);
 
         // The cpumask names one CPU per package; psys is opened once for the host.
-        let topo = Topology::from_places([
-            (
-                0,
-                CpuPlace {
-                    package: 0,
-                    core: 0,
-                },
-            ),
-            (
-                1,
-                CpuPlace {
-                    package: 0,
-                    core: 1,
-                },
-            ),
-            (
-                2,
-                CpuPlace {
-                    package: 1,
-                    core: 0,
-                },
-            ),
-            (
-                3,
-                CpuPlace {
-                    package: 1,
-                    core: 1,
-                },
-            ),
-        ]);
+        let topo = Topology::from_triples(&[(0, 0, 0), (1, 0, 1), (2, 1, 0), (3, 1, 1)]);
         assert_eq!(placements(pkg, &topo), vec![(Some(0), 0), (Some(1), 2)]);
         let psys = descs.iter().find(|d| d.name == "energy-psys").unwrap();
         assert_eq!(placements(psys, &topo), vec![(None, 0)]);
@@ -392,36 +362,7 @@ mod tests {
         let per_core = descs.iter().find(|d| d.pmu == "power_core").unwrap();
         assert_eq!(per_core.domain, Domain::Core);
         // SMT siblings share a core: one event per core, on its first CPU.
-        let topo = Topology::from_places([
-            (
-                0,
-                CpuPlace {
-                    package: 0,
-                    core: 0,
-                },
-            ),
-            (
-                1,
-                CpuPlace {
-                    package: 0,
-                    core: 1,
-                },
-            ),
-            (
-                2,
-                CpuPlace {
-                    package: 0,
-                    core: 0,
-                },
-            ),
-            (
-                3,
-                CpuPlace {
-                    package: 0,
-                    core: 1,
-                },
-            ),
-        ]);
+        let topo = Topology::from_triples(&[(0, 0, 0), (1, 0, 1), (2, 0, 0), (3, 0, 1)]);
         assert_eq!(
             placements(per_core, &topo),
             vec![(Some(0), 0), (Some(0), 1)]

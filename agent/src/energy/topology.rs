@@ -53,6 +53,15 @@ impl Topology {
         }
     }
 
+    /// A topology from `(cpu, package, core)` triples.
+    pub fn from_triples(triples: &[(u32, u32, u32)]) -> Self {
+        Self::from_places(
+            triples
+                .iter()
+                .map(|&(cpu, package, core)| (cpu, CpuPlace { package, core })),
+        )
+    }
+
     /// All online CPUs on one package, with core ids equal to CPU numbers.
     pub fn single_package(cpus: impl IntoIterator<Item = u32>) -> Self {
         Self::from_places(cpus.into_iter().map(|cpu| {

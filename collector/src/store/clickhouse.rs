@@ -163,19 +163,7 @@ impl ClickHouseStore {
     }
 
     fn totals(&self, f: &[&str], at: usize) -> Result<Totals, StoreError> {
-        let g = |i| self.num(f, at + i);
-        Ok(Totals {
-            samples_self: g(0)?,
-            samples_incl: g(1)?,
-            uj_self: g(2)?,
-            uj_incl: g(3)?,
-            est_uj_self: g(4)?,
-            est_uj_incl: g(5)?,
-            idle_uj: g(6)?,
-            est_idle_uj: g(7)?,
-            duration_ms: g(8)?,
-            dropped: g(9)?,
-        })
+        Totals::from_columns(|i| self.num(f, at + i))
     }
 
     fn marker_key(rollup: &Rollup) -> String {

@@ -170,6 +170,23 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// Reads the ten sums from consecutive answer columns, in the order both backends'
+    /// queries select them; `get(i)` reads the i-th of them.
+    pub fn from_columns<E>(mut get: impl FnMut(usize) -> Result<u64, E>) -> Result<Self, E> {
+        Ok(Totals {
+            samples_self: get(0)?,
+            samples_incl: get(1)?,
+            uj_self: get(2)?,
+            uj_incl: get(3)?,
+            est_uj_self: get(4)?,
+            est_uj_incl: get(5)?,
+            idle_uj: get(6)?,
+            est_idle_uj: get(7)?,
+            duration_ms: get(8)?,
+            dropped: get(9)?,
+        })
+    }
+
     /// Adds another set of sums to this one.
     pub fn add(&mut self, o: &Totals) {
         self.samples_self += o.samples_self;

@@ -228,21 +228,7 @@ fn source(kind: Kind, ranges: &[Range], by_service: bool, key: Option<()>) -> St
 }
 
 fn totals_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Totals> {
-    let g = |i: usize| -> rusqlite::Result<u64> {
-        Ok(r.get::<_, Option<i64>>(at + i)?.unwrap_or(0) as u64)
-    };
-    Ok(Totals {
-        samples_self: g(0)?,
-        samples_incl: g(1)?,
-        uj_self: g(2)?,
-        uj_incl: g(3)?,
-        est_uj_self: g(4)?,
-        est_uj_incl: g(5)?,
-        idle_uj: g(6)?,
-        est_idle_uj: g(7)?,
-        duration_ms: g(8)?,
-        dropped: g(9)?,
-    })
+    Totals::from_columns(|i| Ok(r.get::<_, Option<i64>>(at + i)?.unwrap_or(0) as u64))
 }
 
 impl Store for SqliteStore {
