@@ -185,6 +185,7 @@ pub fn batch(
         processes,
         profiles,
         losses: Some(AgentLosses::default()),
+        agent_instance: String::new(),
     }
 }
 

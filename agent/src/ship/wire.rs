@@ -292,6 +292,8 @@ impl BatchBuilder {
             processes: self.processes,
             profiles: self.profiles,
             losses: Some(losses),
+            // Set by the shipper from the spool's identity.
+            agent_instance: String::new(),
         }
     }
 }
