@@ -5,8 +5,10 @@
 //!
 //! Exactly-once delivery rests on three facts: a batch is durable in the spool before it is
 //! sent; it leaves the spool only after the collector acknowledged it (which the collector does
-//! only once it is durable there); and its (host id, sequence) lets the collector recognise a
-//! resend of a batch whose acknowledgement was lost.
+//! only once it is durable there); and its (host id, agent instance, sequence) lets the
+//! collector recognise a resend of a batch whose acknowledgement was lost. The instance is the
+//! spool's random id, so an agent whose spool was wiped (sequence back at 1) is not mistaken
+//! for a resend.
 
 pub mod client;
 pub mod retry;

@@ -6,6 +6,9 @@
 //!
 //! Layout of the directory:
 //! - `NNNNNNNNNNNNNNNNNNNN-I-S.batch.zst`: batch with sequence N holding I intervals, S samples;
+//! - `instance`: random id (32 hex digits) drawn when the directory has none; every batch
+//!   carries it, so sequence numbers are scoped to this spool: a wiped spool starts again at 1
+//!   under a new instance and the collector does not take its batches for duplicates;
 //! - `next-sequence`: the next sequence number, always above every sequence ever used, so a
 //!   restarted agent never reuses one (the collector would drop it as a duplicate);
 //! - `losses`: cumulative `batches intervals samples` dropped from a full spool;
@@ -41,12 +44,14 @@ pub enum SpoolError {
         source: std::io::Error,
     },
     /// A state file holds something that is not ours.
-    #[error("spool {path}: {why} (remove the file only if you accept reusing sequence numbers)")]
+    #[error("spool {path}: {why} ({fix})")]
     Corrupt {
         /// The file.
         path: PathBuf,
         /// What is wrong.
         why: String,
+        /// What removing the file would cost.
+        fix: &'static str,
     },
     /// A batch file does not decode.
     #[error("spool {path}: not a valid batch ({why})")]
@@ -87,6 +92,7 @@ pub struct Pushed {
 pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
+    instance: String,
     entries: BTreeMap<u64, Entry>,
     next_sequence: u64,
     losses: AgentLosses,
@@ -97,6 +103,39 @@ pub struct Spool {
 fn io(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> SpoolError {
     let path = path.to_path_buf();
     move |source| SpoolError::Io { path, what, source }
+}
+
+/// Length of an instance id in bytes (32 hex digits): collisions between spools are negligible.
+const INSTANCE_BYTES: usize = 16;
+
+/// Reads the spool's instance id, or draws and persists one when the directory has none.
+fn instance(dir: &Path) -> Result<String, SpoolError> {
+    let path = dir.join("instance");
+    match fs::read_to_string(&path) {
+        Ok(s) => {
+            let id = s.trim();
+            if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(SpoolError::Corrupt {
+                    path,
+                    why: format!("expected 1 to 64 hex digits, found {id:?}"),
+                    fix: "remove the file to draw a new instance id",
+                });
+            }
+            Ok(id.to_owned())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let urandom = Path::new("/dev/urandom");
+            let mut bytes = [0u8; INSTANCE_BYTES];
+            fs::File::open(urandom)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+                .map_err(io(urandom, "drawing an instance id"))?;
+            let id = crate::process::hex(&bytes);
+            write_atomic(dir, &path, format!("{id}\n").as_bytes())?;
+            tracing::info!(instance = %id, dir = %dir.display(), "new spool instance");
+            Ok(id)
+        }
+        Err(e) => Err(io(&path, "reading")(e)),
+    }
 }
 
 /// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
@@ -153,11 +192,13 @@ impl Spool {
             Ok(s) => s.trim().parse::<u64>().map_err(|e| SpoolError::Corrupt {
                 path: next_path.clone(),
                 why: format!("expected a number: {e}"),
+                fix: "remove the file only if you accept reusing sequence numbers",
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
             Err(e) => return Err(io(&next_path, "reading")(e)),
         };
         let after_files = entries.keys().next_back().map_or(1, |s| s + 1);
+        let instance = instance(&dir)?;
         let losses_path = dir.join("losses");
         let losses = match fs::read_to_string(&losses_path) {
             Ok(s) => {
@@ -175,6 +216,7 @@ impl Spool {
                         return Err(SpoolError::Corrupt {
                             path: losses_path,
                             why: "expected `batches intervals samples`".into(),
+                            fix: "removing the file resets the loss counters",
                         });
                     }
                 }
@@ -185,6 +227,7 @@ impl Spool {
         let spool = Self {
             dir,
             max_bytes,
+            instance,
             entries,
             next_sequence: stored_next.max(after_files),
             losses,
@@ -192,6 +235,7 @@ impl Spool {
         };
         tracing::info!(
             dir = %spool.dir.display(),
+            instance = %spool.instance,
             batches = spool.entries.len(),
             bytes = spool.bytes(),
             next_sequence = spool.next_sequence,
@@ -221,6 +265,11 @@ impl Spool {
         self.losses
     }
 
+    /// The random id that scopes this spool's sequence numbers (`Batch.agent_instance`).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
     /// The next sequence number to be used.
     pub fn next_sequence(&self) -> u64 {
         self.next_sequence
@@ -233,8 +282,9 @@ impl Spool {
         ))
     }
 
-    /// Stores a batch built by `build(sequence, losses)` durably, dropping the oldest batches
-    /// if the spool would exceed its bound. Returns what happened.
+    /// Stores a batch built by `build(sequence, losses)` durably, stamped with the spool's
+    /// instance, dropping the oldest batches if the spool would exceed its bound. Returns what
+    /// happened.
     pub fn push(
         &mut self,
         intervals: u64,
@@ -249,7 +299,10 @@ impl Spool {
             &self.dir.join("next-sequence"),
             self.next_sequence.to_string().as_bytes(),
         )?;
-        let batch = build(sequence, self.losses);
+        let mut batch = build(sequence, self.losses);
+        // Stamped here, before encoding: a spooled batch keeps the instance it was written
+        // under even if the directory's instance changes later.
+        batch.agent_instance.clone_from(&self.instance);
         let bytes = zstd::encode_all(&batch.encode_to_vec()[..], ZSTD_LEVEL)
             .map_err(io(&self.dir, "compressing a batch"))?;
         let entry = Entry {
@@ -454,6 +507,81 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(s.next_sequence(), 4);
         assert_eq!(s.take_oldest().unwrap().unwrap().0.sequence, 2);
+    }
+
+    #[test]
+    fn restart_keeps_the_instance_and_continues_the_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        let first = s.instance().to_owned();
+        assert_eq!(first.len(), 2 * INSTANCE_BYTES);
+        assert!(first.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+        s.push(1, 10, |seq, l| batch(seq, l, 10)).unwrap();
+        s.push(1, 10, |seq, l| batch(seq, l, 10)).unwrap();
+        drop(s);
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.instance(), first);
+        assert_eq!(
+            s.push(1, 10, |seq, l| batch(seq, l, 10)).unwrap().sequence,
+            3
+        );
+        for seq in 1..=3 {
+            let (e, b) = s.take_oldest().unwrap().unwrap();
+            assert_eq!((e.sequence, b.sequence), (seq, seq));
+            assert_eq!(b.agent_instance, first, "batch {seq}");
+            s.acknowledge(seq).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_wiped_spool_gets_a_new_instance_and_restarts_at_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let mut s = Spool::open(&path, 1 << 20).unwrap();
+        s.push(1, 10, |seq, l| batch(seq, l, 10)).unwrap();
+        s.push(1, 10, |seq, l| batch(seq, l, 10)).unwrap();
+        let old = s.instance().to_owned();
+        drop(s);
+        fs::remove_dir_all(&path).unwrap();
+        let mut s = Spool::open(&path, 1 << 20).unwrap();
+        assert_ne!(s.instance(), old);
+        assert_eq!(
+            s.push(1, 10, |seq, l| batch(seq, l, 10)).unwrap().sequence,
+            1
+        );
+        let (_, b) = s.take_oldest().unwrap().unwrap();
+        assert_eq!((b.sequence, b.agent_instance.as_str()), (1, s.instance()));
+    }
+
+    /// Batches written before the instance file changed (an upgrade from an agent without
+    /// instances, or a hand-removed file) are sent as they were written.
+    #[test]
+    fn spooled_batches_keep_the_instance_they_were_written_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        s.push(1, 10, |seq, l| batch(seq, l, 10)).unwrap();
+        let old = s.instance().to_owned();
+        drop(s);
+        fs::remove_file(dir.path().join("instance")).unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_ne!(s.instance(), old);
+        s.push(1, 10, |seq, l| batch(seq, l, 10)).unwrap();
+        let (_, b) = s.take_oldest().unwrap().unwrap();
+        assert_eq!((b.sequence, b.agent_instance.as_str()), (1, old.as_str()));
+        s.acknowledge(1).unwrap();
+        let (_, b) = s.take_oldest().unwrap().unwrap();
+        assert_eq!((b.sequence, b.agent_instance.as_str()), (2, s.instance()));
+    }
+
+    #[test]
+    fn a_corrupt_instance_file_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("instance"), "not hex!\n").unwrap();
+        let e = Spool::open(dir.path(), 1 << 20).unwrap_err().to_string();
+        assert!(
+            e.contains("instance") && e.contains("remove the file"),
+            "{e}"
+        );
     }
 
     #[test]

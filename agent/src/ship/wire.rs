@@ -292,7 +292,7 @@ impl BatchBuilder {
             processes: self.processes,
             profiles: self.profiles,
             losses: Some(losses),
-            // Set by the shipper from the spool's identity.
+            // Stamped by the spool when it writes the batch (`Spool::push`).
             agent_instance: String::new(),
         }
     }
