@@ -9,7 +9,7 @@ use wattson_proto::v1::{
     Function, Host, IntervalProfile, Process, Sample, Stack,
 };
 
-use crate::energy::{Domain, IntervalEnergy, SourceKind};
+use crate::energy::{AttributionMode, Domain, IntervalEnergy, SourceKind};
 use crate::profile::{self, Profile};
 
 /// The host a batch comes from (fields that do not change between intervals).
@@ -242,7 +242,13 @@ impl BatchBuilder {
                     source_name(&m.source),
                     Vec::new(),
                     m.total_microjoules as f64,
-                    m.total_microjoules.saturating_sub(m.attributed_microjoules) as f64,
+                    // The explicit idle figure: total - attributed would count unattributed
+                    // and unsampled energy as idle. Under `full` idle is in attributed.
+                    if m.attribution == AttributionMode::Full.name() {
+                        0.0
+                    } else {
+                        m.idle_microjoules as f64
+                    },
                     m.attributed_microjoules as f64,
                     m.estimated,
                 ),
@@ -415,6 +421,87 @@ mod tests {
         Interval {
             profile,
             energy: None,
+        }
+    }
+
+    /// 1000 uJ = 600 attributed + 300 idle + 100 unattributed (a package without samples).
+    fn package(idle_charged: bool) -> crate::energy::PackageEnergy {
+        crate::energy::PackageEnergy {
+            package: 0,
+            domains: vec![(Domain::Package, 1000)],
+            estimated: false,
+            interval_uj: 1000,
+            idle_uj: 300,
+            idle_basis: "configured",
+            idle_charged,
+            attributed_uj: if idle_charged { 900 } else { 600 },
+            unattributed_uj: 100,
+            samples: 10,
+            busy: 0.5,
+        }
+    }
+
+    fn energy(mode: AttributionMode) -> IntervalEnergy {
+        let p = package(mode == AttributionMode::Full);
+        assert!(p.balanced());
+        IntervalEnergy {
+            source: SourceKind::Powercap,
+            estimated: false,
+            method: "fixture".into(),
+            attribution: mode,
+            elapsed: std::time::Duration::from_secs(1),
+            packages: vec![p],
+            host_domains: Vec::new(),
+            per_slot_uj: Vec::new(),
+            faults: Vec::new(),
+            unsampled_uj: 0,
+        }
+    }
+
+    /// Regression: a profile whose energy came only as its `EnergyMeta` reported idle as
+    /// total - attributed, which counted unattributed energy as idle.
+    #[test]
+    fn idle_is_the_explicit_idle_figure_not_total_minus_attributed() {
+        for mode in [AttributionMode::Dynamic, AttributionMode::Full] {
+            let e = energy(mode);
+            let with_meta = |energy: Option<IntervalEnergy>| {
+                let mut i = interval(1_700_000_000_000_000_000, 100);
+                i.profile.energy = Some(profile::EnergyMeta {
+                    source: "powercap".into(),
+                    total_microjoules: e.interval_uj(),
+                    attributed_microjoules: e.attributed_uj(),
+                    idle_microjoules: e.idle_uj(),
+                    unattributed_microjoules: e.unattributed_uj(),
+                    attribution: mode.name().into(),
+                    ..profile::EnergyMeta::default()
+                });
+                i.energy = energy;
+                let mut b = BatchBuilder::new();
+                b.add(&i);
+                b.finish(&HostIdentity::default(), 1, AgentLosses::default())
+                    .profiles
+                    .remove(0)
+            };
+            // Both paths: the interval's account, and the profile's record of it alone.
+            for p in [with_meta(Some(e.clone())), with_meta(None)] {
+                assert_eq!(p.interval_microjoules, 1000.0, "{mode:?}");
+                match mode {
+                    AttributionMode::Dynamic => {
+                        assert_eq!(
+                            (p.idle_microjoules, p.attributed_microjoules),
+                            (300.0, 600.0)
+                        );
+                        assert_ne!(
+                            p.idle_microjoules,
+                            p.interval_microjoules - p.attributed_microjoules
+                        );
+                    }
+                    // Idle charged to functions is inside attributed, not reported apart.
+                    AttributionMode::Full => {
+                        assert_eq!((p.idle_microjoules, p.attributed_microjoules), (0.0, 900.0));
+                    }
+                }
+            }
         }
     }
 
