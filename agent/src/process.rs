@@ -267,7 +267,7 @@ pub fn read_process(
     }
     let exe_link = dir.join("exe");
     if let Ok(exe) = fs::read_link(&exe_link) {
-        p.exe = Some(exe.to_string_lossy().into_owned());
+        p.exe = Some(exe_path(&exe.to_string_lossy()).to_owned());
         // Through /proc/PID/exe the file is readable even if replaced or deleted on disk.
         p.build_id = build_id(&exe_link);
     }
@@ -279,6 +279,15 @@ pub fn read_process(
         .unwrap_or_default();
     p.service = service_label(&p, rules);
     Snapshot { process: p, maps }
+}
+
+/// The executable's path from the target of `/proc/PID/exe`, without the ` (deleted)` the
+/// kernel appends once the file was removed or replaced on disk (as a deploy does): it is
+/// still the same program, so its exe rules and service label must not change.
+pub fn exe_path(link_target: &str) -> &str {
+    link_target
+        .strip_suffix(" (deleted)")
+        .unwrap_or(link_target)
 }
 
 /// Whether `pid` exists and has not exited: a zombie (exited, not yet reaped by its parent)
@@ -438,6 +447,28 @@ mod tests {
         assert_eq!(service_label(&p, &[rule]), "tools");
         assert!("bogus:x=y".parse::<ServiceRule>().is_err());
         assert!("exe:x".parse::<ServiceRule>().is_err());
+    }
+
+    /// Regression: a process whose executable was replaced on disk (a deploy) was labelled
+    /// `server (deleted)`, a different service from the `server` it had been.
+    #[test]
+    fn a_deleted_executable_keeps_its_name_and_service() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("42");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("stat"), "42 (server) S 1 42 42 0 -1 4194560 0 0").unwrap();
+        fs::write(dir.join("comm"), "server\n").unwrap();
+        std::os::unix::fs::symlink("/opt/app/server (deleted)", dir.join("exe")).unwrap();
+        let snap = read_process(root.path(), 42, "", &[]);
+        assert_eq!(snap.process.exe.as_deref(), Some("/opt/app/server"));
+        assert_eq!(snap.process.service, "server");
+        let rule: ServiceRule = "exe:/opt/app/server=api".parse().unwrap();
+        assert_eq!(
+            read_process(root.path(), 42, "", &[rule]).process.service,
+            "api"
+        );
+        // A name that merely contains the marker elsewhere is left alone.
+        assert_eq!(exe_path("/opt/a (deleted)/b"), "/opt/a (deleted)/b");
     }
 
     #[test]

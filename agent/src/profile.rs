@@ -58,7 +58,7 @@ pub struct Process {
     pub tgid: u32,
     /// `comm` (at most 15 bytes, as the kernel keeps it).
     pub comm: String,
-    /// Target of `/proc/PID/exe`, when readable.
+    /// Target of `/proc/PID/exe`, when readable, without the kernel's ` (deleted)` suffix.
     pub exe: Option<String>,
     /// GNU build id of the executable, lowercase hex.
     pub build_id: Option<String>,
