@@ -46,13 +46,12 @@ impl Counted {
     }
 }
 
-impl Store for Counted {
-    fn write(&self, rollup: &Rollup) -> Result<Ingested, StoreError> {
-        let started = Instant::now();
-        let r = self.inner.write(rollup);
+impl Counted {
+    /// Counts the outcome of one write or ingest that took `micros`.
+    fn count(&self, r: &Result<Ingested, StoreError>, started: Instant) {
         self.write_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        match &r {
+        match r {
             Ok(Ingested::New { samples, .. }) => {
                 self.stored.fetch_add(1, Ordering::Relaxed);
                 self.samples.fetch_add(*samples, Ordering::Relaxed);
@@ -64,17 +63,23 @@ impl Store for Counted {
                 self.errors.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+impl Store for Counted {
+    fn write(&self, rollup: &Rollup) -> Result<Ingested, StoreError> {
+        let started = Instant::now();
+        let r = self.inner.write(rollup);
+        self.count(&r, started);
         r
     }
 
     fn ingest(&self, batch: &wattson_proto::v1::Batch) -> Result<Ingested, StoreError> {
-        match Rollup::from_batch(batch) {
-            Ok(r) => self.write(&r),
-            Err(e) => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
-                Err(e)
-            }
-        }
+        // The backend's own ingest: SQLite journals and rolls up asynchronously.
+        let started = Instant::now();
+        let r = self.inner.ingest(batch);
+        self.count(&r, started);
+        r
     }
 
     fn top(&self, q: &TopQuery) -> Result<Vec<Keyed>, StoreError> {
@@ -97,6 +102,9 @@ impl Store for Counted {
     }
     fn stacks(&self, w: Window, s: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
         self.inner.stacks(w, s)
+    }
+    fn build_stacks(&self, w: Window, s: Option<&str>, b: &str) -> Result<Vec<Keyed>, StoreError> {
+        self.inner.build_stacks(w, s, b)
     }
     fn known_services(&self) -> Result<Vec<String>, StoreError> {
         self.inner.known_services()

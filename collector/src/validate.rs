@@ -109,6 +109,16 @@ pub fn validate_at(
     if batch.sequence == 0 {
         bail!("sequence 0 is not allowed (sequences start at 1)");
     }
+    // Part of the dedup key: short and printable, like the hex id agents draw.
+    if batch.agent_instance.len() > MAX_INSTANCE_BYTES {
+        bail!(
+            "agent_instance is {} bytes (limit {MAX_INSTANCE_BYTES})",
+            batch.agent_instance.len()
+        );
+    }
+    if let Some(c) = batch.agent_instance.chars().find(|c| !c.is_ascii_graphic()) {
+        bail!("agent_instance contains {c:?} (expected printable ASCII, e.g. hex)");
+    }
     if let Some(host) = &batch.host
         && !host.host_id.is_empty()
         && host.host_id != batch.host_id
@@ -182,6 +192,9 @@ pub fn validate_at(
     }
     Ok(summary)
 }
+
+/// Longest agent instance id, bytes.
+const MAX_INSTANCE_BYTES: usize = 64;
 
 fn check_host_id(host_id: &str, limits: &Limits) -> Result<(), Invalid> {
     if host_id.is_empty() {

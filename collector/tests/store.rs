@@ -55,6 +55,8 @@ suite!(
     invalid_batch_is_rejected_and_not_marked_seen,
     retention_drops_minutes_then_everything,
     concurrent_retries_store_once,
+    sequence_is_scoped_by_agent_instance,
+    stacks_of_one_build,
 );
 
 fn day() -> Window {
@@ -399,4 +401,116 @@ fn concurrent_retries_store_once(s: &dyn Store) {
     assert_eq!(new, 1, "{results:?}");
     let rows = top(s, day(), Rank::SamplesInclusive);
     assert_eq!(find(&rows, "api", "main").totals.samples_incl, 8);
+}
+
+/// An agent whose spool was wiped starts again at sequence 1 under a new instance: that is new
+/// data, not a duplicate; the same instance resending is still a duplicate.
+fn sequence_is_scoped_by_agent_instance(s: &dyn Store) {
+    let mut first = simple("h1", 1, T0);
+    first.agent_instance = "aaaa".into();
+    let mut again = simple("h1", 1, T0 + 60);
+    again.agent_instance = "bbbb".into();
+    assert!(matches!(s.ingest(&first).unwrap(), Ingested::New { .. }));
+    assert!(matches!(s.ingest(&again).unwrap(), Ingested::New { .. }));
+    assert_eq!(s.ingest(&again).unwrap(), Ingested::Duplicate);
+    let rows = top(s, day(), Rank::SamplesInclusive);
+    assert_eq!(find(&rows, "api", "main").totals.samples_incl, 16);
+    assert_eq!(s.stats().unwrap().batches, 2);
+}
+
+/// Stacks are kept per build id, so two versions of a service running side by side can be
+/// compared; `stacks` sums over builds.
+fn stacks_of_one_build(s: &dyn Store) {
+    let b = BatchBuilder::new("h1", 1)
+        .interval(
+            T0,
+            10,
+            false,
+            0.0,
+            &[
+                ("api", "v1", "main;work;hash", 5, 500.0),
+                ("api", "v2", "main;work;hash", 2, 200.0),
+                ("api", "v2", "main;work;fast", 7, 700.0),
+            ],
+        )
+        .build();
+    s.ingest(&b).unwrap();
+    let v1 = s.build_stacks(day(), Some("api"), "v1").unwrap();
+    assert_eq!(v1.len(), 1, "{v1:#?}");
+    assert_eq!(find(&v1, "api", "main;work;hash").totals.samples_self, 5);
+    let v2 = s.build_stacks(day(), None, "v2").unwrap();
+    assert_eq!(v2.len(), 2, "{v2:#?}");
+    assert_eq!(find(&v2, "api", "main;work;hash").totals.uj_self, 200);
+    assert_eq!(find(&v2, "api", "main;work;fast").totals.samples_self, 7);
+    let all = s.stacks(day(), None).unwrap();
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_eq!(find(&all, "api", "main;work;hash").totals.samples_self, 7);
+    assert!(s.build_stacks(day(), None, "v3").unwrap().is_empty());
+}
+
+/// SQLite acknowledges a batch once it is in the journal and rolls up later; a collector killed
+/// in between must replay the journal at the next open. The journal entries are written here
+/// the way the ingest pipeline commits them, then the store is opened over them.
+#[test]
+fn sqlite_replays_the_journal_at_open() {
+    use prost::Message as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.sqlite");
+    let url = format!("sqlite://{}", path.display());
+    drop(store::open(&url).unwrap()); // creates the schema
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        for seq in 1..=3u64 {
+            let b = simple("h1", seq, T0 + 60 * seq as i64);
+            c.execute(
+                "INSERT INTO received VALUES (?1, '', ?2, 0, 1, 8)",
+                rusqlite::params!["h1", seq as i64],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO journal (payload) VALUES (?1)",
+                rusqlite::params![b.encode_to_vec()],
+            )
+            .unwrap();
+        }
+    }
+    let s = store::open(&url).unwrap();
+    let rows = top(&*s, day(), Rank::SamplesInclusive);
+    assert_eq!(find(&rows, "api", "main").totals.samples_incl, 24);
+    // Replayed batches are still recognised as stored.
+    assert_eq!(
+        s.ingest(&simple("h1", 2, T0 + 120)).unwrap(),
+        Ingested::Duplicate
+    );
+    drop(s);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let left: i64 = c
+        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0, "rolled-up entries leave the journal");
+}
+
+/// Stores of the first release keyed dedup records by (host, sequence) in `batches`; opening
+/// one carries them over, so batches already stored stay duplicates.
+#[test]
+fn sqlite_migrates_first_release_dedup_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sqlite");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE batches (host TEXT NOT NULL, seq INTEGER NOT NULL, \
+             received INTEGER NOT NULL, profiles INTEGER NOT NULL, samples INTEGER NOT NULL, \
+             PRIMARY KEY (host, seq)) WITHOUT ROWID;
+             INSERT INTO batches VALUES ('h1', 7, 0, 1, 8);",
+        )
+        .unwrap();
+    }
+    let s = store::open(&format!("sqlite://{}", path.display())).unwrap();
+    assert_eq!(s.ingest(&simple("h1", 7, T0)).unwrap(), Ingested::Duplicate);
+    assert!(matches!(
+        s.ingest(&simple("h1", 8, T0)).unwrap(),
+        Ingested::New { .. }
+    ));
+    assert_eq!(s.stats().unwrap().batches, 2);
 }

@@ -47,6 +47,20 @@ fn valid_synthetic_batch_passes_and_counts_samples() {
 }
 
 #[test]
+fn agent_instance_is_short_and_printable() {
+    let mut b = valid();
+    b.agent_instance = "0123456789abcdef0123456789abcdef".into();
+    assert!(validate_at(&b, &Limits::default(), NOW).is_ok());
+    b.agent_instance = "a".repeat(65);
+    assert_eq!(err(&b), "agent_instance is 65 bytes (limit 64)");
+    b.agent_instance = "ab\tcd".into();
+    assert_eq!(
+        err(&b),
+        "agent_instance contains '\\t' (expected printable ASCII, e.g. hex)"
+    );
+}
+
+#[test]
 fn stack_index_out_of_range_names_the_sample() {
     let mut b = valid();
     b.profiles[2].samples[7].stack_index = 912;

@@ -20,7 +20,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::query_plan::{Range, TOTALS_COLUMNS, ranges, rank_expr};
+use super::query_plan::{Range, TOTALS_COLUMNS, fold_builds, ranges, rank_expr};
 use super::rollup::{Kind, RES_MINUTE, Rollup};
 use super::{
     Ingested, Keyed, Point, Retention, RetentionReport, Store, StoreError, StoreStats, TopQuery,
@@ -167,7 +167,11 @@ impl ClickHouseStore {
     }
 
     fn marker_key(rollup: &Rollup) -> String {
-        format!("{}@{}", rollup.sequence, rollup.host)
+        if rollup.instance.is_empty() {
+            format!("{}@{}", rollup.sequence, rollup.host)
+        } else {
+            format!("{}@{}/{}", rollup.sequence, rollup.host, rollup.instance)
+        }
     }
 
     /// Waits until no mutation of the table is pending (18.16 has no `mutations_sync`).
@@ -406,7 +410,18 @@ impl Store for ClickHouseStore {
     }
 
     fn stacks(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
-        self.keyed(Kind::Stack, window, service, true, "ORDER BY service, key")
+        let rows = self.keyed(Kind::Stack, window, service, true, "")?;
+        Ok(fold_builds(rows, None))
+    }
+
+    fn build_stacks(
+        &self,
+        window: Window,
+        service: Option<&str>,
+        build: &str,
+    ) -> Result<Vec<Keyed>, StoreError> {
+        let rows = self.keyed(Kind::Stack, window, service, true, "")?;
+        Ok(fold_builds(rows, Some(build)))
     }
 
     fn known_services(&self) -> Result<Vec<String>, StoreError> {

@@ -16,13 +16,14 @@ pub mod clickhouse_server;
 pub mod query_plan;
 pub mod rollup;
 pub mod sqlite;
+mod sqlite_ingest;
 pub mod synthetic;
 
 use std::time::Duration;
 
 use wattson_proto::v1::Batch;
 
-pub use rollup::{Kind, Rollup, Row};
+pub use rollup::{Accumulator, Kind, Prepared, Rollup, Row};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,14 @@ pub enum StoreError {
         /// HTTP endpoint.
         url: String,
         /// Status and body of the server's answer, or the transport error.
+        message: String,
+    },
+    /// The ingest journal could not be written or rolled up; the batch was not acknowledged.
+    #[error("sqlite store {path}: ingest journal: {message}")]
+    Journal {
+        /// Database file.
+        path: String,
+        /// What failed.
         message: String,
     },
     /// A local file or process operation failed (creating the database directory, starting a
@@ -313,8 +322,17 @@ pub trait Store: Send + Sync {
     /// Per (service, build id) totals over the window.
     fn builds(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError>;
 
-    /// Folded stacks (root first, `;`-separated) with their sums, for flame graphs and pprof.
+    /// Folded stacks (root first, `;`-separated) with their sums over every build, for flame
+    /// graphs and pprof.
     fn stacks(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError>;
+
+    /// Like [`Store::stacks`], for the processes of one build id only (a version diff).
+    fn build_stacks(
+        &self,
+        window: Window,
+        service: Option<&str>,
+        build: &str,
+    ) -> Result<Vec<Keyed>, StoreError>;
 
     /// Every service the store has ever seen, sorted.
     fn known_services(&self) -> Result<Vec<String>, StoreError>;

@@ -2,7 +2,7 @@
 //! the column list every sum uses, and how `top` ranks. Keeping this in one place is what makes
 //! SQLite and ClickHouse return the same figures for the same query.
 
-use super::rollup::{RES_HOUR, RES_MINUTE, split_hours};
+use super::rollup::{RES_HOUR, RES_MINUTE, split_hours, split_stack_key};
 use super::{Keyed, Rank, StoreError, Totals, Window};
 
 /// The summed columns, in [`super::Totals`] field order.
@@ -93,6 +93,31 @@ pub fn check_step(step: i64) -> Result<i64, StoreError> {
         )));
     }
     Ok(step)
+}
+
+/// Stack rows as stored (key `BUILD \t FOLDED`, see [`super::rollup::stack_key`]) to stack
+/// rows keyed by folded stack: only build `build` when given, else summed over builds; sorted
+/// by (service, folded).
+pub fn fold_builds(rows: Vec<Keyed>, build: Option<&str>) -> Vec<Keyed> {
+    let mut out: std::collections::HashMap<(String, String), Keyed> = Default::default();
+    for r in rows {
+        let (b, folded) = split_stack_key(&r.key);
+        if build.is_some_and(|want| want != b) {
+            continue;
+        }
+        let k = (r.service.clone(), folded.to_string());
+        match out.get_mut(&k) {
+            Some(e) => e.totals.add(&r.totals),
+            None => {
+                let mut e = r.clone();
+                e.key = folded.to_string();
+                out.insert(k, e);
+            }
+        }
+    }
+    let mut v: Vec<Keyed> = out.into_values().collect();
+    v.sort_by(|a, b| (&a.service, &a.key).cmp(&(&b.service, &b.key)));
+    v
 }
 
 #[cfg(test)]

@@ -1,7 +1,11 @@
-//! Rolling a wire [`Batch`] up into store rows: per minute and per hour, sums of samples and
+//! Rolling wire [`Batch`]es up into store rows: per minute and per hour, sums of samples and
 //! microjoules per (service, function) self and inclusive, per (service, host), per host, per
-//! (service, build id) and per (service, folded stack). Both backends write exactly these rows,
-//! so what a query returns does not depend on the backend.
+//! (service, build id) and per (service, build id, folded stack). Both backends write exactly
+//! these rows, so what a query returns does not depend on the backend.
+//!
+//! Two phases, so ingest can merge many batches cheaply: [`Prepared`] resolves one batch and
+//! holds everything that can fail; [`Accumulator`] merges prepared batches with interned
+//! integer keys and builds string rows once per flush. [`Rollup`] is one batch through both.
 
 use std::collections::HashMap;
 
@@ -64,8 +68,10 @@ pub struct Row {
 /// A batch rolled up and ready to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rollup {
-    /// Host id of the batch (dedup key, with `sequence`).
+    /// Host id of the batch (dedup key, with `instance` and `sequence`).
     pub host: String,
+    /// Agent instance the sequence belongs to ("" from agents that predate it).
+    pub instance: String,
     /// Sequence number of the batch.
     pub sequence: u64,
     /// Earliest minute in the batch (Unix seconds), 0 for a batch without profiles.
@@ -78,12 +84,111 @@ pub struct Rollup {
     pub rows: Vec<Row>,
 }
 
-type RowKey = (Kind, i64, String, String);
-
 impl Rollup {
-    /// Rolls a batch up. Indexes out of range and non-finite or negative energy are
-    /// [`StoreError::InvalidBatch`] (the ingest server validates first; this never panics).
+    /// Rolls one batch up (see [`Prepared`] and [`Accumulator`], which do the work).
     pub fn from_batch(batch: &Batch) -> Result<Rollup, StoreError> {
+        let prepared = Prepared::from_batch(batch)?;
+        let mut acc = Accumulator::default();
+        acc.merge(&prepared);
+        Ok(Rollup {
+            host: batch.host_id.clone(),
+            instance: batch.agent_instance.clone(),
+            sequence: batch.sequence,
+            first_minute: prepared.first_minute,
+            profiles: prepared.profiles,
+            samples: prepared.samples,
+            rows: acc.take_rows(),
+        })
+    }
+}
+
+/// The folded-stack key of a build: `BUILD \t FOLDED`. Build ids never hold a tab (they are
+/// sanitized), so the first tab splits the two.
+pub fn stack_key(build: &str, folded: &str) -> String {
+    format!("{build}\t{folded}")
+}
+
+/// Splits a [`stack_key`] into (build id, folded stack).
+pub fn split_stack_key(key: &str) -> (&str, &str) {
+    key.split_once('\t').unwrap_or(("", key))
+}
+
+/// One stack of a batch, resolved to names.
+#[derive(Debug, Clone)]
+struct PreparedStack {
+    /// Root first, `;`-separated.
+    folded: String,
+    /// Index in [`Prepared::names`] of the leaf, if the stack has frames.
+    leaf: Option<u32>,
+    /// Distinct indexes in [`Prepared::names`].
+    distinct: Vec<u32>,
+}
+
+/// Phase one of a rollup: everything that can fail, done without touching shared state. The
+/// batch's samples are summed per (minute, process, stack) and every name they use is
+/// resolved, so merging into an [`Accumulator`] cannot fail and only adds integers.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Host id of the batch.
+    host: String,
+    /// Distinct frame names (function, `[module+offset]`, `_[k]` for kernel frames).
+    names: Vec<String>,
+    /// Stacks used by at least one sample (others are never resolved).
+    stacks: Vec<PreparedStack>,
+    /// (service, build id) per process used by a sample.
+    procs: Vec<(String, String)>,
+    /// (minute, process, stack) -> sums: indexes into `procs` and `stacks`.
+    cells: Vec<((i64, u32, u32), Totals)>,
+    /// Per-minute host rows (attributed, idle, covered duration, drops).
+    hosts: Vec<(i64, Totals)>,
+    /// Earliest minute, 0 for a batch without profiles.
+    pub first_minute: i64,
+    /// Interval profiles in the batch.
+    pub profiles: u32,
+    /// Samples in the batch.
+    pub samples: u64,
+}
+
+/// Sanitized frame name: `;` separates frames and a newline ends a line in folded stacks.
+fn frame_name(
+    batch: &Batch,
+    i: usize,
+    bad: &dyn Fn(String) -> StoreError,
+) -> Result<String, StoreError> {
+    let string = |idx: u32, what: &str| -> Result<&str, StoreError> {
+        batch
+            .strings
+            .get(idx as usize)
+            .map(String::as_str)
+            .ok_or_else(|| bad(format!("{what} string index {idx} out of range")))
+    };
+    let f = &batch.frames[i];
+    let func = batch
+        .functions
+        .get(f.function_index as usize)
+        .ok_or_else(|| bad(format!("frames[{i}].function_index out of range")))?;
+    let mut name = string(func.name_index, "function name")?.to_string();
+    if name.is_empty() {
+        let module = string(f.module_index, "frame module")?;
+        name = if module.is_empty() {
+            "[unknown]".into()
+        } else {
+            format!("[{module}+{:#x}]", f.file_offset)
+        };
+    }
+    if name.contains([';', '\n', '\r']) {
+        name = name.replace(';', ":").replace(['\n', '\r'], " ");
+    }
+    if f.kind == FrameKind::Kernel as i32 {
+        name.push_str("_[k]");
+    }
+    Ok(name)
+}
+
+impl Prepared {
+    /// Resolves and sums a batch. Indexes out of range and non-finite or negative energy are
+    /// [`StoreError::InvalidBatch`] (the ingest server validates first; this never panics).
+    pub fn from_batch(batch: &Batch) -> Result<Prepared, StoreError> {
         let bad = |why: String| StoreError::InvalidBatch {
             host: batch.host_id.clone(),
             sequence: batch.sequence,
@@ -106,74 +211,17 @@ impl Rollup {
         if batch.host_id.is_empty() {
             return Err(bad("empty host_id".into()));
         }
-
-        // Frame names once per batch: "function" or "function_[k]" for kernel frames.
-        let mut frame_names = Vec::with_capacity(batch.frames.len());
-        for (i, f) in batch.frames.iter().enumerate() {
-            let func = batch
-                .functions
-                .get(f.function_index as usize)
-                .ok_or_else(|| bad(format!("frames[{i}].function_index out of range")))?;
-            let mut name = string(func.name_index, "function name")?.to_string();
-            if name.is_empty() {
-                let module = string(f.module_index, "frame module")?;
-                name = if module.is_empty() {
-                    "[unknown]".into()
-                } else {
-                    format!("[{module}+{:#x}]", f.file_offset)
-                };
-            }
-            // `;` separates frames and a newline ends a line in folded stacks.
-            if name.contains([';', '\n', '\r']) {
-                name = name.replace(';', ":").replace(['\n', '\r'], " ");
-            }
-            if f.kind == FrameKind::Kernel as i32 {
-                name.push_str("_[k]");
-            }
-            frame_names.push(name);
-        }
-        // Per stack: folded text (root first), leaf name, distinct names.
-        let mut stacks = Vec::with_capacity(batch.stacks.len());
-        for (i, s) in batch.stacks.iter().enumerate() {
-            let mut names = Vec::with_capacity(s.frame_indices.len());
-            for &fi in &s.frame_indices {
-                names.push(
-                    frame_names
-                        .get(fi as usize)
-                        .ok_or_else(|| bad(format!("stacks[{i}] frame index {fi} out of range")))?
-                        .as_str(),
-                );
-            }
-            let folded = if names.is_empty() {
-                "[no frames]".to_string()
-            } else {
-                names.iter().rev().copied().collect::<Vec<_>>().join(";")
-            };
-            let leaf = names.first().map(|s| s.to_string()).unwrap_or_default();
-            let mut distinct: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-            distinct.sort();
-            distinct.dedup();
-            stacks.push((folded, leaf, distinct));
-        }
-        let mut procs = Vec::with_capacity(batch.processes.len());
-        for p in &batch.processes {
-            let mut service = string(p.service_index, "process service")?;
-            if service.is_empty() {
-                service = string(p.comm_index, "process comm")?;
-            }
-            let service = if service.is_empty() {
-                "unknown"
-            } else {
-                service
-            };
-            let build = match p.build_id_indices.first() {
-                Some(&b) => string(b, "process build id")?,
-                None => "",
-            };
-            procs.push((service.to_string(), build.to_string()));
-        }
-
-        let mut minute_rows: HashMap<RowKey, Totals> = HashMap::new();
+        const UNSEEN: u32 = u32::MAX;
+        // Batch index -> local index, filled on first use.
+        let mut frame_at = vec![UNSEEN; batch.frames.len()];
+        let mut stack_at = vec![UNSEEN; batch.stacks.len()];
+        let mut proc_at = vec![UNSEEN; batch.processes.len()];
+        let mut names: Vec<String> = Vec::new();
+        let mut name_ids: HashMap<String, u32> = HashMap::new();
+        let mut stacks = Vec::new();
+        let mut procs = Vec::new();
+        let mut cells: HashMap<(i64, u32, u32), Totals> = HashMap::new();
+        let mut hosts: Vec<(i64, Totals)> = Vec::new();
         let mut first_minute = i64::MAX;
         let mut samples_total = 0u64;
         for (pi, prof) in batch.profiles.iter().enumerate() {
@@ -191,17 +239,72 @@ impl Rollup {
             };
             (host.idle_uj, host.est_idle_uj) = split(uj(prof.idle_microjoules, "idle")?);
             for (si, s) in prof.samples.iter().enumerate() {
-                let (folded, leaf, distinct) =
-                    stacks.get(s.stack_index as usize).ok_or_else(|| {
-                        bad(format!(
-                            "profiles[{pi}].samples[{si}].stack_index out of range"
-                        ))
-                    })?;
-                let (service, build) = procs.get(s.process_index as usize).ok_or_else(|| {
-                    bad(format!(
-                        "profiles[{pi}].samples[{si}].process_index out of range"
-                    ))
-                })?;
+                let at =
+                    |what: &str| bad(format!("profiles[{pi}].samples[{si}].{what} out of range"));
+                let stack_slot = stack_at
+                    .get_mut(s.stack_index as usize)
+                    .ok_or_else(|| at("stack_index"))?;
+                if *stack_slot == UNSEEN {
+                    let st = &batch.stacks[s.stack_index as usize];
+                    let mut ids = Vec::with_capacity(st.frame_indices.len());
+                    for &fi in &st.frame_indices {
+                        let slot = frame_at.get_mut(fi as usize).ok_or_else(|| {
+                            bad(format!(
+                                "stacks[{}] frame index {fi} out of range",
+                                s.stack_index
+                            ))
+                        })?;
+                        if *slot == UNSEEN {
+                            let name = frame_name(batch, fi as usize, &bad)?;
+                            let next = names.len() as u32;
+                            *slot = *name_ids.entry(name.clone()).or_insert_with(|| {
+                                names.push(name);
+                                next
+                            });
+                        }
+                        ids.push(*slot);
+                    }
+                    let folded = if ids.is_empty() {
+                        "[no frames]".to_string()
+                    } else {
+                        let parts: Vec<&str> = ids
+                            .iter()
+                            .rev()
+                            .map(|&i| names[i as usize].as_str())
+                            .collect();
+                        parts.join(";")
+                    };
+                    let leaf = ids.first().copied();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    *stack_slot = stacks.len() as u32;
+                    stacks.push(PreparedStack {
+                        folded,
+                        leaf,
+                        distinct: ids,
+                    });
+                }
+                let stack = *stack_slot;
+                let proc_slot = proc_at
+                    .get_mut(s.process_index as usize)
+                    .ok_or_else(|| at("process_index"))?;
+                if *proc_slot == UNSEEN {
+                    let p = &batch.processes[s.process_index as usize];
+                    let mut service = string(p.service_index, "process service")?;
+                    if service.is_empty() {
+                        service = string(p.comm_index, "process comm")?;
+                    }
+                    if service.is_empty() {
+                        service = "unknown";
+                    }
+                    let build = match p.build_id_indices.first() {
+                        Some(&b) => string(b, "process build id")?,
+                        None => "",
+                    };
+                    *proc_slot = procs.len() as u32;
+                    // A tab would split a stack key in the wrong place.
+                    procs.push((service.to_string(), build.replace('\t', " ")));
+                }
                 let (m, e) = split(uj(s.microjoules, "sample")?);
                 let flat = Totals {
                     samples_self: s.count,
@@ -211,65 +314,23 @@ impl Rollup {
                 };
                 samples_total += s.count;
                 host.add(&flat);
-                let mut add = |kind: Kind, service: &str, key: &str, t: &Totals| {
-                    minute_rows
-                        .entry((kind, minute, service.to_string(), key.to_string()))
-                        .or_default()
-                        .add(t);
-                };
-                add(Kind::Service, service, &batch.host_id, &flat);
-                add(Kind::Build, service, build, &flat);
-                add(Kind::Stack, service, folded, &flat);
-                for f in distinct {
-                    let mut t = Totals {
-                        samples_incl: s.count,
-                        uj_incl: m,
-                        est_uj_incl: e,
-                        ..Totals::default()
-                    };
-                    if f == leaf {
-                        t.samples_self = s.count;
-                        t.uj_self = m;
-                        t.est_uj_self = e;
-                    }
-                    add(Kind::Function, service, f, &t);
-                }
+                cells
+                    .entry((minute, *proc_slot, stack))
+                    .or_default()
+                    .add(&flat);
             }
-            minute_rows
-                .entry((Kind::Host, minute, String::new(), batch.host_id.clone()))
-                .or_default()
-                .add(&host);
+            match hosts.iter_mut().find(|(m, _)| *m == minute) {
+                Some((_, t)) => t.add(&host),
+                None => hosts.push((minute, host)),
+            }
         }
-
-        let mut hour_rows: HashMap<RowKey, Totals> = HashMap::new();
-        for ((kind, minute, service, key), t) in &minute_rows {
-            hour_rows
-                .entry((*kind, minute / 3600 * 3600, service.clone(), key.clone()))
-                .or_default()
-                .add(t);
-        }
-        let mut rows = Vec::with_capacity(minute_rows.len() + hour_rows.len());
-        for (res, map) in [(RES_MINUTE, minute_rows), (RES_HOUR, hour_rows)] {
-            let mut part: Vec<Row> = map
-                .into_iter()
-                .map(|((kind, minute, service, key), totals)| Row {
-                    kind,
-                    res,
-                    minute,
-                    service,
-                    key,
-                    totals,
-                })
-                .collect();
-            // Deterministic order: identical batches produce identical writes.
-            part.sort_by(|a, b| {
-                (a.kind, a.minute, &a.service, &a.key).cmp(&(b.kind, b.minute, &b.service, &b.key))
-            });
-            rows.extend(part);
-        }
-        Ok(Rollup {
+        Ok(Prepared {
             host: batch.host_id.clone(),
-            sequence: batch.sequence,
+            names,
+            stacks,
+            procs,
+            cells: cells.into_iter().collect(),
+            hosts,
             first_minute: if first_minute == i64::MAX {
                 0
             } else {
@@ -277,8 +338,144 @@ impl Rollup {
             },
             profiles: batch.profiles.len() as u32,
             samples: samples_total,
-            rows,
         })
+    }
+}
+
+/// Interned key of a minute row: (kind, minute, service, key, build for stack rows).
+type CellKey = (Kind, i64, u32, u32, u32);
+
+/// Sums of many batches, keyed by interned strings so merging a batch is integer work; rows
+/// with string keys are only built once, by [`Accumulator::take_rows`], however many batches
+/// were merged. Hour rows are derived from the minute rows there too.
+#[derive(Debug, Default)]
+pub struct Accumulator {
+    strings: Vec<String>,
+    ids: HashMap<String, u32>,
+    cells: HashMap<CellKey, Totals>,
+    batches: u64,
+}
+
+impl Accumulator {
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.ids.get(s) {
+            return i;
+        }
+        let i = self.strings.len() as u32;
+        self.strings.push(s.to_string());
+        self.ids.insert(s.to_string(), i);
+        i
+    }
+
+    /// Adds a prepared batch; cannot fail.
+    pub fn merge(&mut self, p: &Prepared) {
+        self.batches += 1;
+        let empty = self.intern("");
+        let host = self.intern(&p.host);
+        let names: Vec<u32> = p.names.iter().map(|n| self.intern(n)).collect();
+        let folded: Vec<u32> = p.stacks.iter().map(|s| self.intern(&s.folded)).collect();
+        let procs: Vec<(u32, u32)> = p
+            .procs
+            .iter()
+            .map(|(s, b)| (self.intern(s), self.intern(b)))
+            .collect();
+        for &((minute, proc_i, stack_i), ref flat) in &p.cells {
+            let (svc, build) = procs[proc_i as usize];
+            let stack = &p.stacks[stack_i as usize];
+            let mut add = |key: CellKey, t: &Totals| self.cells.entry(key).or_default().add(t);
+            add((Kind::Service, minute, svc, host, empty), flat);
+            add((Kind::Build, minute, svc, build, empty), flat);
+            add(
+                (Kind::Stack, minute, svc, folded[stack_i as usize], build),
+                flat,
+            );
+            for &f in &stack.distinct {
+                let mut t = Totals {
+                    samples_incl: flat.samples_self,
+                    uj_incl: flat.uj_self,
+                    est_uj_incl: flat.est_uj_self,
+                    ..Totals::default()
+                };
+                if stack.leaf == Some(f) {
+                    t.samples_self = flat.samples_self;
+                    t.uj_self = flat.uj_self;
+                    t.est_uj_self = flat.est_uj_self;
+                }
+                add((Kind::Function, minute, svc, names[f as usize], empty), &t);
+            }
+        }
+        for (minute, t) in &p.hosts {
+            self.cells
+                .entry((Kind::Host, *minute, empty, host, empty))
+                .or_default()
+                .add(t);
+        }
+    }
+
+    /// Batches merged since the last [`Accumulator::take_rows`].
+    pub fn batches(&self) -> u64 {
+        self.batches
+    }
+
+    /// Minute rows held (hour rows are derived from them).
+    pub fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// True when nothing was merged.
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
+    /// The rows to write, minute rows then hour rows, each sorted by (kind, minute, service,
+    /// key) so identical input produces identical writes. The accumulator is unchanged:
+    /// [`Accumulator::clear`] it once the rows are durable.
+    pub fn rows(&self) -> Vec<Row> {
+        let mut hours: HashMap<CellKey, Totals> = HashMap::new();
+        for (&(kind, minute, s, k, b), t) in &self.cells {
+            hours
+                .entry((kind, minute.div_euclid(3600) * 3600, s, k, b))
+                .or_default()
+                .add(t);
+        }
+        let mut rows = Vec::with_capacity(self.cells.len() + hours.len());
+        for (res, map) in [(RES_MINUTE, &self.cells), (RES_HOUR, &hours)] {
+            let mut part: Vec<Row> = map
+                .iter()
+                .map(|(&(kind, minute, s, k, b), totals)| Row {
+                    kind,
+                    res,
+                    minute,
+                    service: self.strings[s as usize].clone(),
+                    key: if kind == Kind::Stack {
+                        stack_key(&self.strings[b as usize], &self.strings[k as usize])
+                    } else {
+                        self.strings[k as usize].clone()
+                    },
+                    totals: *totals,
+                })
+                .collect();
+            part.sort_by(|a, b| {
+                (a.kind, a.minute, &a.service, &a.key).cmp(&(b.kind, b.minute, &b.service, &b.key))
+            });
+            rows.extend(part);
+        }
+        rows
+    }
+
+    /// Forgets everything merged.
+    pub fn clear(&mut self) {
+        self.cells.clear();
+        self.strings.clear();
+        self.ids.clear();
+        self.batches = 0;
+    }
+
+    /// [`Accumulator::rows`], then [`Accumulator::clear`].
+    pub fn take_rows(&mut self) -> Vec<Row> {
+        let rows = self.rows();
+        self.clear();
+        rows
     }
 }
 
@@ -312,7 +509,7 @@ mod tests {
             .rows
             .iter()
             .filter(|r| r.kind == Kind::Stack && r.res == RES_MINUTE)
-            .map(|r| r.key.as_str())
+            .map(|r| split_stack_key(&r.key).1)
             .collect();
         assert_eq!(stacks, ["[no frames]", "main;a:b c"]);
     }

@@ -1,32 +1,38 @@
 //! The embedded default backend: one SQLite file in WAL mode.
 //!
 //! Durability: `journal_mode=WAL` with `synchronous=FULL`, so every commit fsyncs the WAL
-//! before [`Store::write`] returns; `NORMAL` would survive a process crash but could lose the
-//! last acknowledged batches on power loss, and an acknowledged batch is never resent.
-//! Dedup: the (host, sequence) insert into `batches` and the rollup upserts share one
-//! transaction, so a batch is either fully stored and recorded or neither.
+//! before a write returns; `NORMAL` would survive a process crash but could lose the last
+//! acknowledged batches on power loss, and an acknowledged batch is never resent.
+//! Dedup: the (host, instance, sequence) record in `received` is committed in the same
+//! transaction as the batch itself (its journal entry for [`Store::ingest`], its rows for
+//! [`Store::write`]), so a batch is either fully stored and recorded or neither.
+//! Ingest goes through [`super::sqlite_ingest`] (group commit, batched roll-up).
 //!
 //! One connection writes, another reads (WAL lets readers run alongside the writer).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
+use wattson_proto::v1::Batch;
 
-use super::query_plan::{Range, TOTALS_COLUMNS, ranges, rank_sort};
-use super::rollup::{Kind, RES_HOUR, RES_MINUTE, Rollup};
+use super::query_plan::{Range, TOTALS_COLUMNS, fold_builds, ranges, rank_sort};
+use super::rollup::{Kind, RES_HOUR, RES_MINUTE, Rollup, Row};
+use super::sqlite_ingest::Pipeline;
 use super::{
     Ingested, Keyed, Point, Retention, RetentionReport, Store, StoreError, StoreStats, TopQuery,
     Totals, Window,
 };
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS batches (
-    host TEXT NOT NULL, seq INTEGER NOT NULL, received INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS received (
+    host TEXT NOT NULL, instance TEXT NOT NULL, seq INTEGER NOT NULL, received INTEGER NOT NULL,
     profiles INTEGER NOT NULL, samples INTEGER NOT NULL,
-    PRIMARY KEY (host, seq)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS batches_received ON batches (received);
+    PRIMARY KEY (host, instance, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS received_at ON received (received);
+-- Acknowledged batches not rolled up yet (encoded wattson.v1.Batch).
+CREATE TABLE IF NOT EXISTS journal (id INTEGER PRIMARY KEY, payload BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS rollup (
     kind INTEGER NOT NULL, res INTEGER NOT NULL, minute INTEGER NOT NULL,
     service TEXT NOT NULL, key TEXT NOT NULL,
@@ -53,11 +59,20 @@ ON CONFLICT (kind, res, minute, service, key) DO UPDATE SET
     idle_uj = idle_uj + excluded.idle_uj, est_idle_uj = est_idle_uj + excluded.est_idle_uj,
     duration_ms = duration_ms + excluded.duration_ms, dropped = dropped + excluded.dropped";
 
+/// Stores of the first release recorded (host, seq) in `batches`: carried over with an empty
+/// agent instance, which is what agents of that release send.
+const MIGRATE_BATCHES: &str = "
+INSERT OR IGNORE INTO received SELECT host, '', seq, received, profiles, samples FROM batches;
+DROP TABLE batches;
+";
+
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     path: String,
-    writer: Mutex<Connection>,
+    writer: Arc<Mutex<Connection>>,
     reader: Mutex<Connection>,
+    /// Owns ingest; dropping it rolls up what is merged (it holds its own `writer` handle).
+    pipeline: Pipeline,
 }
 
 impl SqliteStore {
@@ -90,6 +105,17 @@ impl SqliteStore {
             .pragma_update(None, "cache_size", -65_536)
             .map_err(err)?;
         writer.execute_batch(SCHEMA).map_err(err)?;
+        let old: i64 = writer
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'batches'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        if old > 0 {
+            writer.execute_batch(MIGRATE_BATCHES).map_err(err)?;
+            tracing::info!(path = %name, "migrated dedup records to (host, instance, sequence)");
+        }
         let reader = Connection::open(path).map_err(err)?;
         reader
             .pragma_update(None, "cache_size", -65_536)
@@ -97,12 +123,20 @@ impl SqliteStore {
         reader
             .busy_timeout(std::time::Duration::from_secs(10))
             .map_err(err)?;
+        let writer = Arc::new(Mutex::new(writer));
+        let pipeline = Pipeline::start(&name, writer.clone())?;
         tracing::info!(path = %name, "sqlite store open (WAL, synchronous=FULL)");
         Ok(SqliteStore {
             path: name,
-            writer: Mutex::new(writer),
+            writer,
             reader: Mutex::new(reader),
+            pipeline,
         })
+    }
+
+    /// Waits until every acknowledged batch is queryable.
+    fn settle(&self) -> Result<(), StoreError> {
+        self.pipeline.settle()
     }
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
@@ -113,6 +147,7 @@ impl SqliteStore {
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        self.settle()?;
         let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         f(&conn).map_err(|e| self.err(e))
     }
@@ -231,7 +266,41 @@ fn totals_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Totals> {
     Totals::from_columns(|i| Ok(r.get::<_, Option<i64>>(at + i)?.unwrap_or(0) as u64))
 }
 
+/// Adds `rows` to the rollup table (and new services to `services`) inside `tx`.
+pub(super) fn upsert_rows(tx: &rusqlite::Transaction<'_>, rows: &[Row]) -> rusqlite::Result<()> {
+    let mut up = tx.prepare_cached(UPSERT)?;
+    let mut svc = tx.prepare_cached("INSERT OR IGNORE INTO services VALUES (?1)")?;
+    for row in rows {
+        let t = &row.totals;
+        up.execute(params![
+            row.kind as u8,
+            row.res,
+            row.minute,
+            row.service,
+            row.key,
+            t.samples_self as i64,
+            t.samples_incl as i64,
+            t.uj_self as i64,
+            t.uj_incl as i64,
+            t.est_uj_self as i64,
+            t.est_uj_incl as i64,
+            t.idle_uj as i64,
+            t.est_idle_uj as i64,
+            t.duration_ms as i64,
+            t.dropped as i64,
+        ])?;
+        if row.kind == Kind::Service && row.res == RES_HOUR {
+            svc.execute(params![row.service])?;
+        }
+    }
+    Ok(())
+}
+
 impl Store for SqliteStore {
+    fn ingest(&self, batch: &Batch) -> Result<Ingested, StoreError> {
+        self.pipeline.ingest(batch)
+    }
+
     fn write(&self, rollup: &Rollup) -> Result<Ingested, StoreError> {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction().map_err(|e| self.err(e))?;
@@ -240,9 +309,10 @@ impl Store for SqliteStore {
             .map_or(0, |d| d.as_secs() as i64);
         let fresh = tx
             .execute(
-                "INSERT OR IGNORE INTO batches VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR IGNORE INTO received VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     rollup.host,
+                    rollup.instance,
                     rollup.sequence as i64,
                     now,
                     rollup.profiles,
@@ -254,36 +324,7 @@ impl Store for SqliteStore {
             // Dropping the transaction rolls back; nothing was written.
             return Ok(Ingested::Duplicate);
         }
-        {
-            let mut up = tx.prepare_cached(UPSERT).map_err(|e| self.err(e))?;
-            let mut svc = tx
-                .prepare_cached("INSERT OR IGNORE INTO services VALUES (?1)")
-                .map_err(|e| self.err(e))?;
-            for row in &rollup.rows {
-                let t = &row.totals;
-                up.execute(params![
-                    row.kind as u8,
-                    row.res,
-                    row.minute,
-                    row.service,
-                    row.key,
-                    t.samples_self as i64,
-                    t.samples_incl as i64,
-                    t.uj_self as i64,
-                    t.uj_incl as i64,
-                    t.est_uj_self as i64,
-                    t.est_uj_incl as i64,
-                    t.idle_uj as i64,
-                    t.est_idle_uj as i64,
-                    t.duration_ms as i64,
-                    t.dropped as i64,
-                ])
-                .map_err(|e| self.err(e))?;
-                if row.kind == Kind::Service && row.res == RES_HOUR {
-                    svc.execute(params![row.service]).map_err(|e| self.err(e))?;
-                }
-            }
-        }
+        upsert_rows(&tx, &rollup.rows).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(Ingested::New {
             profiles: rollup.profiles,
@@ -344,7 +385,18 @@ impl Store for SqliteStore {
     }
 
     fn stacks(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
-        self.keyed(Kind::Stack, window, service, true)
+        let rows = self.keyed(Kind::Stack, window, service, true)?;
+        Ok(fold_builds(rows, None))
+    }
+
+    fn build_stacks(
+        &self,
+        window: Window,
+        service: Option<&str>,
+        build: &str,
+    ) -> Result<Vec<Keyed>, StoreError> {
+        let rows = self.keyed(Kind::Stack, window, service, true)?;
+        Ok(fold_builds(rows, Some(build)))
     }
 
     fn known_services(&self) -> Result<Vec<String>, StoreError> {
@@ -358,6 +410,8 @@ impl Store for SqliteStore {
     fn retain(&self, policy: &Retention, now: i64) -> Result<RetentionReport, StoreError> {
         let raw_cut = now - policy.raw.as_secs() as i64;
         let total_cut = now - policy.total.as_secs() as i64;
+        // Rows still held for roll-up would otherwise land after the cut.
+        self.settle()?;
         let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let run = |sql: &str, a: i64| conn.execute(sql, params![a]).map_err(|e| self.err(e));
         let expired = run("DELETE FROM rollup WHERE minute < ?1", total_cut)?;
@@ -365,7 +419,7 @@ impl Store for SqliteStore {
             &format!("DELETE FROM rollup WHERE res = {RES_MINUTE} AND minute < ?1"),
             raw_cut,
         )?;
-        run("DELETE FROM batches WHERE received < ?1", total_cut)?;
+        run("DELETE FROM received WHERE received < ?1", total_cut)?;
         // Forget services with no rows left, so `known_services` stays truthful.
         conn.execute(
             &format!(
@@ -384,7 +438,7 @@ impl Store for SqliteStore {
 
     fn stats(&self) -> Result<StoreStats, StoreError> {
         let (batches, rows, pages, page_size) = self.read(|c| {
-            let batches: i64 = c.query_row("SELECT count(*) FROM batches", [], |r| r.get(0))?;
+            let batches: i64 = c.query_row("SELECT count(*) FROM received", [], |r| r.get(0))?;
             let rows: i64 = c.query_row("SELECT count(*) FROM rollup", [], |r| r.get(0))?;
             let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
             let size: Option<i64> = c

@@ -118,6 +118,7 @@ fn load(store: &dyn Store) -> anyhow::Result<(u64, Duration)> {
         rows_total += rows.len() as u64;
         store.write(&Rollup {
             host: "bench-loader".into(),
+            instance: String::new(),
             sequence: seq,
             first_minute,
             profiles: 0,
