@@ -1,6 +1,9 @@
 //! What the `wattson` CLI prints: tables for people and JSON for scripts, from query
 //! responses; the time syntax of `--from`/`--to`; and the `diff` computation. Watts built from
-//! model estimates carry "est" in tables and `"estimated": true` in JSON.
+//! model estimates carry "est" in tables and `"estimated": true` in JSON. Tables fit a width
+//! ([`table`]: long names lose their middle); JSON always carries names whole.
+
+mod table;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -9,6 +12,7 @@ use serde_json::{Value, json};
 use wattson_proto::v1::{Power, PowerResponse, SeriesResponse, TimeWindow, TopResponse};
 
 use crate::flame::Weight;
+use table::Align::{Name, Number};
 
 /// Errors parsing a time.
 #[derive(Debug, thiserror::Error)]
@@ -101,41 +105,20 @@ pub fn power_value(p: Option<&Power>) -> Value {
     })
 }
 
-fn table(head: &[&str], rows: &[Vec<String>]) -> String {
-    let mut width: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            width[i] = width[i].max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let mut l = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            let pad = width[i] - c.chars().count();
-            // First two columns (names) left, numbers right.
-            if i < 2 {
-                let _ = write!(l, "{c}{}  ", " ".repeat(pad));
-            } else {
-                let _ = write!(l, "{}{c}  ", " ".repeat(pad));
-            }
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    };
-    line(head.to_vec());
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
-    }
-    out
+/// A table whose first two columns are names and the rest figures, fitted to `width`.
+fn fitted_table(head: &[&str], rows: &[Vec<String>], width: usize) -> String {
+    let align: Vec<_> = (0..head.len())
+        .map(|i| if i < 2 { Name } else { Number })
+        .collect();
+    table::render(head, &align, rows, width)
 }
 
 const FOOTNOTE: &str = "W: average on the profiled hosts over the time each reported in the \
 window; fleet W: scaled by the profiled fraction of each service's hosts; est: estimated from a \
 utilization model, not measured\n";
 
-/// `top` as a table.
-pub fn top_table(r: &TopResponse) -> String {
+/// `top` as a table `width` characters wide at most (`usize::MAX`: never cut names).
+pub fn top_table(r: &TopResponse, width: usize) -> String {
     let rows: Vec<Vec<String>> = r
         .rows
         .iter()
@@ -154,7 +137,7 @@ pub fn top_table(r: &TopResponse) -> String {
         })
         .collect();
     let mut out = window_line(r.window.as_ref());
-    out.push_str(&table(
+    out.push_str(&fitted_table(
         &[
             "SERVICE",
             "FUNCTION",
@@ -166,8 +149,9 @@ pub fn top_table(r: &TopResponse) -> String {
             "SAMPLES",
         ],
         &rows,
+        width,
     ));
-    out.push_str(FOOTNOTE);
+    out.push_str(&table::wrap(FOOTNOTE, width));
     out
 }
 
@@ -193,8 +177,8 @@ fn window_value(w: Option<&TimeWindow>) -> Value {
     )
 }
 
-/// `series` as a table.
-pub fn series_table(r: &SeriesResponse) -> String {
+/// `series` as a table, fitted to `width` like [`top_table`].
+pub fn series_table(r: &SeriesResponse, width: usize) -> String {
     let rows: Vec<Vec<String>> = r
         .points
         .iter()
@@ -212,9 +196,10 @@ pub fn series_table(r: &SeriesResponse) -> String {
         .collect();
     let mut out = window_line(r.window.as_ref());
     let _ = writeln!(out, "step {} s", r.step_seconds);
-    out.push_str(&table(
+    out.push_str(&fitted_table(
         &["AT", "", "SELF W", "INCL W", "SELF SAMPLES", "INCL SAMPLES"],
         &rows,
+        width,
     ));
     out
 }
@@ -233,8 +218,8 @@ pub fn series_json(r: &SeriesResponse) -> Value {
     })
 }
 
-/// `power` as a table.
-pub fn power_table(r: &PowerResponse) -> String {
+/// `power` as a table, fitted to `width` like [`top_table`].
+pub fn power_table(r: &PowerResponse, width: usize) -> String {
     let mut rows: Vec<Vec<String>> = r
         .services
         .iter()
@@ -270,7 +255,7 @@ pub fn power_table(r: &PowerResponse) -> String {
     ]);
     let mut out = window_line(r.window.as_ref());
     let cost = format!("COST/YR {}", r.currency);
-    out.push_str(&table(
+    out.push_str(&fitted_table(
         &[
             "SERVICE",
             "HOSTS",
@@ -282,19 +267,19 @@ pub fn power_table(r: &PowerResponse) -> String {
             cost.trim(),
         ],
         &rows,
+        width,
     ));
-    let _ = writeln!(
-        out,
-        "host idle (not charged to functions): {} on the profiled hosts; samples dropped by agents: {}",
+    let notes = format!(
+        "host idle (not charged to functions): {} on the profiled hosts; samples dropped by \
+         agents: {}\nfactors: PUE {}, {} g CO2/kWh, {} {}/kWh (0 = not configured)\n{FOOTNOTE}",
         watts(r.idle_watts, r.idle_estimated),
-        r.dropped_samples
+        r.dropped_samples,
+        r.pue,
+        r.co2_g_per_kwh,
+        r.price_per_kwh,
+        r.currency
     );
-    let _ = writeln!(
-        out,
-        "factors: PUE {}, {} g CO2/kWh, {} {}/kWh (0 = not configured)",
-        r.pue, r.co2_g_per_kwh, r.price_per_kwh, r.currency
-    );
-    out.push_str(FOOTNOTE);
+    out.push_str(&table::wrap(&notes, width));
     out
 }
 
@@ -393,8 +378,8 @@ pub fn diff(before: &TopResponse, after: &TopResponse, w: Weight, limit: usize) 
     }
 }
 
-/// `diff` as a table.
-pub fn diff_table(d: &Diff) -> String {
+/// `diff` as a table, fitted to `width` like [`top_table`].
+pub fn diff_table(d: &Diff, width: usize) -> String {
     let rows: Vec<Vec<String>> = d
         .rows
         .iter()
@@ -416,11 +401,12 @@ pub fn diff_table(d: &Diff) -> String {
         })
         .collect();
     let mut out = format!("self {} per function, baseline vs window\n", d.unit);
-    out.push_str(&table(
+    out.push_str(&fitted_table(
         &[
             "SERVICE", "FUNCTION", "BASELINE", "WINDOW", "DELTA", "CHANGE",
         ],
         &rows,
+        width,
     ));
     out
 }
@@ -454,6 +440,52 @@ mod tests {
         );
         assert!(parse_time("yesterday-ish", now).is_err());
         assert_eq!(watts(1500.0, true), "1.50 kW est");
+    }
+
+    /// Regression: a Rust generic hundreds of characters long made every `top` row wrap.
+    #[test]
+    fn top_table_fits_the_width_and_json_keeps_names_whole() {
+        let long = format!(
+            "<hashbrown::map::HashMap<K,V,S,A> as core::iter::traits::collect::Extend<(K,V)>>\
+             ::extend::{{{{closure}}}}<{}>::fold_impl",
+            "alloc::string::String,".repeat(12)
+        );
+        let r = TopResponse {
+            window: Some(TimeWindow {
+                from_unix_seconds: 0,
+                to_unix_seconds: 600,
+            }),
+            rows: vec![wattson_proto::v1::FunctionRow {
+                service: "api".into(),
+                function: long.clone(),
+                samples_self: 123_456,
+                self_power: Some(Power {
+                    watts: 42.5,
+                    estimated: true,
+                    ..Power::default()
+                }),
+                ..Default::default()
+            }],
+            currency: String::new(),
+        };
+        // The figures alone take 75 columns; 100 leaves the name 25.
+        for width in [100, 132] {
+            let t = top_table(&r, width);
+            for l in t.lines() {
+                assert!(l.chars().count() <= width, "{width}: {l:?}");
+            }
+            let row = t.lines().find(|l| l.starts_with("api")).unwrap();
+            assert!(
+                row.contains("<hashbrown::") && row.contains("::fold_impl"),
+                "{row}"
+            );
+            assert!(
+                row.contains("42.500 W est") && row.ends_with("123456"),
+                "{row}"
+            );
+        }
+        assert!(top_table(&r, usize::MAX).contains(&long));
+        assert_eq!(top_json(&r)["rows"][0]["function"], long.as_str());
     }
 
     #[test]

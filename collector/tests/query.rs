@@ -481,3 +481,77 @@ async fn diff_watts_match_top_for_a_host_that_reported_part_of_the_window() {
     );
     col.stop().await;
 }
+
+/// Regression: a Rust generic hundreds of characters long widened every row of `wattson top`
+/// past the terminal. Tables now fit `--width` (or `$COLUMNS`), eliding the middle of names;
+/// `--json` keeps them whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wattson_tables_fit_the_width_and_json_keeps_long_names() {
+    let long = format!(
+        "<hashbrown::map::HashMap<K,V,S> as core::iter::traits::collect::Extend<(K,V)>>::extend\
+         ::<{}>::fold_impl",
+        "alloc::vec::Vec<alloc::string::String>, ".repeat(8)
+    );
+    let col = Collector::start(FleetConfig::default()).await;
+    let mut c = IngestServiceClient::connect(col.addr.clone())
+        .await
+        .unwrap();
+    let stack = format!("main;serve;{long}");
+    let batch = BatchBuilder::new("h1", 1)
+        .interval(
+            T0,
+            60,
+            false,
+            0.0,
+            &[("api", "b1", stack.as_str(), 60, 6_000_000.0)],
+        )
+        .build();
+    c.ingest(IngestRequest { batch: Some(batch) })
+        .await
+        .unwrap();
+    let addr = col.addr.clone();
+    let (from, to) = (T0.to_string(), (T0 + 600).to_string());
+    let run = move |args: &[&str], columns: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wattson"));
+        cmd.args(["--collector", &addr])
+            .args(args)
+            .args(["--from", &from, "--to", &to])
+            .env_remove("COLUMNS");
+        if let Some(c) = columns {
+            cmd.env("COLUMNS", c);
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let (by_flag, by_env, unlimited, json) = tokio::task::spawn_blocking(move || {
+        (
+            run(&["top", "--width", "110"], Some("300")),
+            run(&["top"], Some("120")),
+            run(&["top", "--width", "0"], None),
+            run(&["--json", "top"], Some("120")),
+        )
+    })
+    .await
+    .unwrap();
+    for (width, table) in [(110, &by_flag), (120, &by_env)] {
+        for l in table.lines() {
+            assert!(l.chars().count() <= width, "{width}: {l:?}\n{table}");
+        }
+        let row = table.lines().find(|l| l.starts_with("api")).unwrap();
+        assert!(
+            row.contains("<hashbrown::") && row.contains("…") && row.contains("::fold_impl"),
+            "{row}"
+        );
+    }
+    assert!(unlimited.contains(&long), "{unlimited}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let names: Vec<&str> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["function"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&long.as_str()), "{names:?}");
+    col.stop().await;
+}

@@ -1,5 +1,7 @@
-//! `wattson`: ask a collector where the fleet's power goes. Tables for people, `--json` for
-//! scripts; flame graphs as SVG files. Every energy figure built from a model says "est".
+//! `wattson`: ask a collector where the fleet's power goes. Tables for people (fitted to the
+//! terminal: long function names lose their middle), `--json` for scripts (names whole);
+//! flame graphs as SVG files. Every energy figure built from a model says "est".
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
@@ -17,6 +19,8 @@ use wattson_proto::v1::{
 const MAX_RESPONSE_BYTES: usize = 512 << 20;
 /// Functions `diff` compares per window (the collector's largest `top`).
 const DIFF_FUNCTIONS: u32 = 10_000;
+/// Table width when neither --width, $COLUMNS nor a terminal says otherwise.
+const DEFAULT_WIDTH: usize = 100;
 
 /// Query a Wattson collector: power by function and service, over time, as flame graphs.
 #[derive(Parser, Debug)]
@@ -36,6 +40,10 @@ struct Cli {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// Widest a table may be, in characters; longer names lose their middle ("…"). 0 never
+    /// shortens. Default: $COLUMNS, else the terminal's width, else 100.
+    #[arg(long, global = true, value_name = "N")]
+    width: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -196,11 +204,52 @@ fn weight(w: WeightArg) -> Weight {
     }
 }
 
+/// The table width: `--width` (0 = unlimited), else `$COLUMNS`, else the terminal's columns
+/// (asked only when stdout is a terminal), else [`DEFAULT_WIDTH`].
+fn table_width(
+    flag: Option<usize>,
+    columns_env: Option<String>,
+    terminal: impl FnOnce() -> Option<usize>,
+) -> usize {
+    match flag {
+        Some(0) => usize::MAX,
+        Some(n) => n,
+        None => columns_env
+            .and_then(|c| c.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .or_else(terminal)
+            .unwrap_or(DEFAULT_WIDTH),
+    }
+}
+
+/// Columns of the terminal stdout writes to. This crate has no terminal-size dependency, so
+/// `stty` (which reads the tty's window size) is asked; any failure means "unknown".
+fn terminal_columns() -> Option<usize> {
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let tty = std::fs::File::open("/dev/tty").ok()?;
+    let out = std::process::Command::new("stty")
+        .arg("size")
+        .stdin(tty)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    // `stty size` prints "ROWS COLUMNS".
+    text.split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+        .filter(|&n| n > 0)
+}
+
 fn status(e: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", e.message(), e.code())
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let width = table_width(cli.width, std::env::var("COLUMNS").ok(), terminal_columns);
     // Merged stacks of a busy fleet run to tens of MB; tonic's default cap is 4 MB.
     let channel = tonic::transport::Endpoint::from_shared(cli.collector.clone())
         .with_context(|| format!("--collector {}: not a valid URL", cli.collector))?
@@ -259,7 +308,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            emit(cli.json, report::top_json(&r), || report::top_table(&r))
+            emit(cli.json, report::top_json(&r), || {
+                report::top_table(&r, width)
+            })
         }
         Command::Series {
             window: w,
@@ -282,7 +333,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner();
             emit(cli.json, report::series_json(&r), || {
-                report::series_table(&r)
+                report::series_table(&r, width)
             })
         }
         Command::Profile {
@@ -396,7 +447,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("writing --output {}", out.display()))?;
                 eprintln!("wrote {}", out.display());
             }
-            emit(cli.json, report::diff_json(&d), || report::diff_table(&d))
+            emit(cli.json, report::diff_json(&d), || {
+                report::diff_table(&d, width)
+            })
         }
         Command::Power { window: w } => {
             let r = client
@@ -406,7 +459,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            emit(cli.json, report::power_json(&r), || report::power_table(&r))
+            emit(cli.json, report::power_json(&r), || {
+                report::power_table(&r, width)
+            })
         }
     }
 }
@@ -428,5 +483,19 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory as _;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn width_comes_from_the_flag_then_columns_then_the_terminal() {
+        let tty = || Some(132);
+        let cols = || Some("90".to_string());
+        assert_eq!(table_width(Some(70), cols(), tty), 70);
+        assert_eq!(table_width(Some(0), cols(), tty), usize::MAX);
+        assert_eq!(table_width(None, cols(), tty), 90);
+        assert_eq!(table_width(None, None, tty), 132);
+        // Unusable $COLUMNS is ignored rather than fatal.
+        assert_eq!(table_width(None, Some("wide".into()), tty), 132);
+        assert_eq!(table_width(None, Some("0".into()), || None), DEFAULT_WIDTH);
+        assert_eq!(table_width(None, None, || None), DEFAULT_WIDTH);
     }
 }
