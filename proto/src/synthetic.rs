@@ -28,6 +28,10 @@ pub struct Shape {
     pub interval_secs: u64,
     /// Sampling frequency, Hz.
     pub frequency_hz: u32,
+    /// Fleet-wide distinct stacks the batch's stacks are drawn from, with one build id per
+    /// service: hosts run the same code, as in a real fleet. 0 makes every batch's stacks and
+    /// build id its own (the worst case for any store that sums across hosts).
+    pub stack_pool: usize,
 }
 
 impl Default for Shape {
@@ -43,6 +47,7 @@ impl Default for Shape {
             cpus: 8,
             interval_secs: 10,
             frequency_hz: 19,
+            stack_pool: 0,
         }
     }
 }
@@ -78,7 +83,15 @@ pub fn batch(
         (strings.len() - 1) as u32
     };
     let libc = intern("/usr/lib/x86_64-linux-gnu/libc.so.6".into());
-    let build = intern(format!("{:040x}", seed));
+    // One build per batch, or with a fleet pool one per service (below).
+    let builds: Vec<u32> = if shape.stack_pool == 0 {
+        vec![intern(format!("{:040x}", seed))]
+    } else {
+        (0..5u64)
+            .map(|k| intern(format!("{:040x}", 0xb0_0000 + k)))
+            .collect()
+    };
+    let build = builds[0];
     let functions: Vec<Function> = (0..shape.functions)
         .map(|i| Function {
             name_index: intern(format!("svc{}::module{}::function_{i}", i % 7, i % 31)),
@@ -100,16 +113,26 @@ pub fn batch(
             } as i32,
         })
         .collect();
+    // Shared roots (low indexes), varied leaves.
+    let path = |rng: &mut Rng| -> Vec<u32> {
+        (0..shape.depth)
+            .map(|d| {
+                let spread = (shape.functions * (d + 1) / shape.depth.max(1)).max(1);
+                rng.below(spread) as u32
+            })
+            .rev()
+            .collect()
+    };
     let stacks: Vec<Stack> = (0..shape.stacks)
-        .map(|_| Stack {
-            // Shared roots (low indexes), varied leaves.
-            frame_indices: (0..shape.depth)
-                .map(|d| {
-                    let spread = (shape.functions * (d + 1) / shape.depth.max(1)).max(1);
-                    rng.below(spread) as u32
-                })
-                .rev()
-                .collect(),
+        .map(|_| {
+            let frame_indices = if shape.stack_pool == 0 {
+                path(&mut rng)
+            } else {
+                // Pool stack k is the same path on every host.
+                let k = rng.below(shape.stack_pool) as u64;
+                path(&mut Rng((k + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1))
+            };
+            Stack { frame_indices }
         })
         .collect();
     let processes: Vec<Process> = (0..shape.processes)
@@ -121,7 +144,7 @@ pub fn batch(
             service_index: intern(format!("service{}", i % 5)),
             container_index: 0,
             unit_index: intern(format!("service{}.service", i % 5)),
-            build_id_indices: vec![build],
+            build_id_indices: vec![builds[i % 5 % builds.len()]],
         })
         .collect();
     let duration = shape.interval_secs * 1_000_000_000;

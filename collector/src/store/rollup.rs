@@ -7,7 +7,7 @@
 //! holds everything that can fail; [`Accumulator`] merges prepared batches with interned
 //! integer keys and builds string rows once per flush. [`Rollup`] is one batch through both.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt as _};
 
 use wattson_proto::v1::{Batch, EnergySource, FrameKind};
 
@@ -116,10 +116,8 @@ pub fn split_stack_key(key: &str) -> (&str, &str) {
 /// One stack of a batch, resolved to names.
 #[derive(Debug, Clone)]
 struct PreparedStack {
-    /// Root first, `;`-separated.
-    folded: String,
-    /// Index in [`Prepared::names`] of the leaf, if the stack has frames.
-    leaf: Option<u32>,
+    /// Indexes in [`Prepared::names`], leaf first.
+    frames: Vec<u32>,
     /// Distinct indexes in [`Prepared::names`].
     distinct: Vec<u32>,
 }
@@ -264,24 +262,13 @@ impl Prepared {
                         }
                         ids.push(*slot);
                     }
-                    let folded = if ids.is_empty() {
-                        "[no frames]".to_string()
-                    } else {
-                        let parts: Vec<&str> = ids
-                            .iter()
-                            .rev()
-                            .map(|&i| names[i as usize].as_str())
-                            .collect();
-                        parts.join(";")
-                    };
-                    let leaf = ids.first().copied();
-                    ids.sort_unstable();
-                    ids.dedup();
+                    let mut distinct = ids.clone();
+                    distinct.sort_unstable();
+                    distinct.dedup();
                     *stack_slot = stacks.len() as u32;
                     stacks.push(PreparedStack {
-                        folded,
-                        leaf,
-                        distinct: ids,
+                        frames: ids,
+                        distinct,
                     });
                 }
                 let stack = *stack_slot;
@@ -342,16 +329,20 @@ impl Prepared {
     }
 }
 
-/// Interned key of a minute row: (kind, minute, service, key, build for stack rows).
+/// Interned key of a minute row: (kind, minute, service, key, build for stack rows). The key
+/// of a stack row is an index into [`Accumulator::stacks`], of other rows into `strings`.
 type CellKey = (Kind, i64, u32, u32, u32);
 
-/// Sums of many batches, keyed by interned strings so merging a batch is integer work; rows
-/// with string keys are only built once, by [`Accumulator::take_rows`], however many batches
-/// were merged. Hour rows are derived from the minute rows there too.
+/// Sums of many batches, keyed by interned strings and stacks so merging a batch is integer
+/// work; rows with string keys are only built once, by [`Accumulator::rows`], however many
+/// batches were merged. Hour rows are derived from the minute rows there too.
 #[derive(Debug, Default)]
 pub struct Accumulator {
     strings: Vec<String>,
     ids: HashMap<String, u32>,
+    /// Stacks as string ids, leaf first.
+    stacks: Vec<Vec<u32>>,
+    stack_ids: HashMap<Vec<u32>, u32>,
     cells: HashMap<CellKey, Totals>,
     batches: u64,
 }
@@ -373,7 +364,20 @@ impl Accumulator {
         let empty = self.intern("");
         let host = self.intern(&p.host);
         let names: Vec<u32> = p.names.iter().map(|n| self.intern(n)).collect();
-        let folded: Vec<u32> = p.stacks.iter().map(|s| self.intern(&s.folded)).collect();
+        let folded: Vec<u32> = p
+            .stacks
+            .iter()
+            .map(|s| {
+                let frames: Vec<u32> = s.frames.iter().map(|&f| names[f as usize]).collect();
+                if let Some(&i) = self.stack_ids.get(&frames) {
+                    return i;
+                }
+                let i = self.stacks.len() as u32;
+                self.stacks.push(frames.clone());
+                self.stack_ids.insert(frames, i);
+                i
+            })
+            .collect();
         let procs: Vec<(u32, u32)> = p
             .procs
             .iter()
@@ -396,7 +400,7 @@ impl Accumulator {
                     est_uj_incl: flat.est_uj_self,
                     ..Totals::default()
                 };
-                if stack.leaf == Some(f) {
+                if stack.frames.first() == Some(&f) {
                     t.samples_self = flat.samples_self;
                     t.uj_self = flat.uj_self;
                     t.est_uj_self = flat.est_uj_self;
@@ -431,13 +435,28 @@ impl Accumulator {
     /// key) so identical input produces identical writes. The accumulator is unchanged:
     /// [`Accumulator::clear`] it once the rows are durable.
     pub fn rows(&self) -> Vec<Row> {
-        let mut hours: HashMap<CellKey, Totals> = HashMap::new();
+        let mut hours: HashMap<CellKey, Totals> = HashMap::with_capacity(self.cells.len());
         for (&(kind, minute, s, k, b), t) in &self.cells {
             hours
                 .entry((kind, minute.div_euclid(3600) * 3600, s, k, b))
                 .or_default()
                 .add(t);
         }
+        let folded: Vec<String> = self
+            .stacks
+            .iter()
+            .map(|frames| {
+                if frames.is_empty() {
+                    return "[no frames]".to_string();
+                }
+                let parts: Vec<&str> = frames
+                    .iter()
+                    .rev()
+                    .map(|&i| self.strings[i as usize].as_str())
+                    .collect();
+                parts.join(";")
+            })
+            .collect();
         let mut rows = Vec::with_capacity(self.cells.len() + hours.len());
         for (res, map) in [(RES_MINUTE, &self.cells), (RES_HOUR, &hours)] {
             let mut part: Vec<Row> = map
@@ -448,7 +467,7 @@ impl Accumulator {
                     minute,
                     service: self.strings[s as usize].clone(),
                     key: if kind == Kind::Stack {
-                        stack_key(&self.strings[b as usize], &self.strings[k as usize])
+                        stack_key(&self.strings[b as usize], &folded[k as usize])
                     } else {
                         self.strings[k as usize].clone()
                     },
@@ -468,6 +487,8 @@ impl Accumulator {
         self.cells.clear();
         self.strings.clear();
         self.ids.clear();
+        self.stacks.clear();
+        self.stack_ids.clear();
         self.batches = 0;
     }
 
