@@ -41,6 +41,9 @@ fn host_seconds(duration_ms: u64, window: f64) -> f64 {
 /// Default and largest `top` row counts.
 const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 10_000;
+/// Relative slack when comparing watts computed along different float paths (per-service
+/// seconds are sums of quotients), so equal figures never look unequal by a rounding error.
+const WATTS_SLACK: f64 = 1e-9;
 
 /// Why a query was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -174,7 +177,8 @@ impl QueryEngine {
         Ok((out, idle_w, idle_est))
     }
 
-    /// Functions ranked by energy or samples.
+    /// Functions ranked by energy (as watts: each service's joules over its own seconds, see
+    /// [`Cover`]) or samples.
     pub fn top(&self, req: &TopRequest) -> Result<TopResponse, QueryError> {
         let w = window(req.window.as_ref())?;
         self.check_service(&req.service)?;
@@ -189,39 +193,79 @@ impl QueryEngine {
             n => n.min(MAX_LIMIT),
         };
         let (cover, _, _) = self.coverage(w)?;
-        let rows = self.store.top(&TopQuery {
+        let secs = w.seconds() as f64;
+        let row = |r: Keyed| {
+            let (seconds, scale, total) = cover
+                .get(&r.service)
+                .map_or((secs, 1.0, 0), |c| (c.seconds, c.scale, c.samples));
+            let (s, i) = self.fleet.self_and_inclusive(&r.totals, seconds, scale);
+            let share = |n: u64| {
+                if total == 0 {
+                    0.0
+                } else {
+                    n as f64 / total as f64
+                }
+            };
+            FunctionRow {
+                cpu_share_self: share(r.totals.samples_self),
+                cpu_share_inclusive: share(r.totals.samples_incl),
+                service: r.service,
+                function: r.key,
+                samples_self: r.totals.samples_self,
+                samples_inclusive: r.totals.samples_incl,
+                self_power: Some(s),
+                inclusive_power: Some(i),
+            }
+        };
+        let query = |limit| TopQuery {
             window: w,
             service: (!req.service.is_empty()).then(|| req.service.clone()),
             rank,
             limit,
-        })?;
-        let secs = w.seconds() as f64;
-        let rows = rows
-            .into_iter()
-            .map(|r| {
-                let (seconds, scale, total) = cover
-                    .get(&r.service)
-                    .map_or((secs, 1.0, 0), |c| (c.seconds, c.scale, c.samples));
-                let (s, i) = self.fleet.self_and_inclusive(&r.totals, seconds, scale);
-                let share = |n: u64| {
-                    if total == 0 {
-                        0.0
-                    } else {
-                        n as f64 / total as f64
+        };
+        let watts = |f: &FunctionRow| match rank {
+            Rank::EnergyInclusive => f.inclusive_power.map_or(0.0, |p| p.watts),
+            _ => f.self_power.map_or(0.0, |p| p.watts),
+        };
+        let mut rows: Vec<FunctionRow> =
+            if matches!(rank, Rank::SamplesSelf | Rank::SamplesInclusive) {
+                self.store
+                    .top(&query(limit))?
+                    .into_iter()
+                    .map(row)
+                    .collect()
+            } else {
+                // The store ranks by joules, but a service whose hosts reported for less of
+                // the window turns fewer joules into more watts: rank by watts here. A row the
+                // store left out has at most the last row's joules, so at most those joules
+                // over the shortest service seconds in watts; once the limit-th best watts
+                // reach that bound the ranking is exact, else more rows are fetched.
+                let shortest = cover.values().map(|c| c.seconds).fold(secs, f64::min);
+                let mut fetch = limit;
+                loop {
+                    let got = self.store.top(&query(fetch))?;
+                    let complete = got.len() < fetch as usize || fetch >= MAX_LIMIT;
+                    let bound = got.last().map_or(0.0, |r| {
+                        let (s, i) = self.fleet.self_and_inclusive(&r.totals, shortest, 1.0);
+                        match rank {
+                            Rank::EnergyInclusive => i.watts,
+                            _ => s.watts,
+                        }
+                    });
+                    let mut rows: Vec<FunctionRow> = got.into_iter().map(row).collect();
+                    rows.sort_by(|a, b| {
+                        watts(b)
+                            .total_cmp(&watts(a))
+                            .then_with(|| (&a.service, &a.function).cmp(&(&b.service, &b.function)))
+                    });
+                    let kth = rows.get(limit as usize - 1).map_or(0.0, watts);
+                    if complete || kth >= bound * (1.0 - WATTS_SLACK) {
+                        break rows;
                     }
-                };
-                FunctionRow {
-                    cpu_share_self: share(r.totals.samples_self),
-                    cpu_share_inclusive: share(r.totals.samples_incl),
-                    service: r.service,
-                    function: r.key,
-                    samples_self: r.totals.samples_self,
-                    samples_inclusive: r.totals.samples_incl,
-                    self_power: Some(s),
-                    inclusive_power: Some(i),
+                    fetch = fetch.saturating_mul(4).min(MAX_LIMIT);
                 }
-            })
-            .collect();
+            };
+        rows.truncate(limit as usize);
         Ok(TopResponse {
             window: wire(w),
             rows,
@@ -324,6 +368,12 @@ impl QueryEngine {
                 power: Some(power),
             });
         }
+        // The biggest consumer first: ranked by watts on the profiled hosts, as the W column.
+        services.sort_by(|a, b| {
+            let w = |s: &ServicePower| s.power.map_or(0.0, |p| p.watts);
+            w(b).total_cmp(&w(a))
+                .then_with(|| a.service.cmp(&b.service))
+        });
         let hosts = self.store.hosts(w)?;
         let dropped = hosts.iter().map(|h| h.totals.dropped).sum();
         Ok(PowerResponse {

@@ -555,3 +555,78 @@ async fn wattson_tables_fit_the_width_and_json_keeps_long_names() {
     assert!(names.contains(&long.as_str()), "{names:?}");
     col.stop().await;
 }
+
+/// Regression: `power` listed services by name and `top` ranked by joules, so the table's
+/// watts were out of order whenever a service's hosts reported for part of the window. Both
+/// now rank by watts, biggest first.
+#[test]
+fn power_and_top_rank_by_watts_not_by_name_or_joules() {
+    use wattson_collector::query::QueryEngine;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("w.db").display());
+    let store: Arc<dyn Store> = Arc::from(store::open(&url).unwrap());
+    let mut seq = 0;
+    let mut minute = |host: &str, m: i64, service: &str, stack: &str, uj_per_minute: f64| {
+        seq += 1;
+        let b = BatchBuilder::new(host, seq)
+            .interval(
+                T0 + m * 60,
+                60,
+                false,
+                0.0,
+                &[(service, "", stack, 6, uj_per_minute)],
+            )
+            .build();
+        store.ingest(&b).unwrap();
+    };
+    for m in 0..60i64 {
+        // A whole hour each: alpha 1 W, zulu 5 W, mid 3 W.
+        minute("a1", m, "alpha", "main;alpha_work", 60e6);
+        minute("z1", m, "zulu", "main;zulu_work", 300e6);
+        minute("m1", m, "mid", "main;mid_work", 180e6);
+        if m >= 50 {
+            // The last 10 minutes only, at 4 W: fewer joules than zulu_work, more than
+            // alpha_work; 4 W while it reported.
+            minute("late", m, "batch", "main;burst", 240e6);
+        }
+    }
+    let q = QueryEngine::new(store, FleetConfig::default());
+    let w = window(T0, T0 + 3600);
+    let p = q.power(&PowerRequest { window: w }).unwrap();
+    let order: Vec<&str> = p.services.iter().map(|s| s.service.as_str()).collect();
+    assert_eq!(order, ["zulu", "batch", "mid", "alpha"], "{p:#?}");
+    let watts: Vec<f64> = p.services.iter().map(|s| s.power.unwrap().watts).collect();
+    assert!(watts.windows(2).all(|w| w[0] >= w[1]), "{watts:?}");
+
+    let top = |rank: RankBy, limit: u32| {
+        let r = q
+            .top(&TopRequest {
+                window: w,
+                rank: rank as i32,
+                limit,
+                ..TopRequest::default()
+            })
+            .unwrap();
+        r.rows
+            .iter()
+            .map(|f| (f.function.clone(), f.self_power.unwrap().watts))
+            .collect::<Vec<_>>()
+    };
+    let all = top(RankBy::EnergySelf, 10);
+    let names: Vec<&str> = all.iter().map(|(f, _)| f.as_str()).collect();
+    // (Then `main`, with no self energy, once per service.)
+    assert_eq!(
+        names[..4],
+        ["zulu_work", "burst", "mid_work", "alpha_work"],
+        "{all:?}"
+    );
+    assert!((all[1].1 - 4.0).abs() < 1e-9, "{all:?}");
+    // Fewer rows than functions: burst has less energy than zulu_work and mid_work, so the
+    // store's first two by joules leave it out; it still comes second by watts.
+    let two = top(RankBy::EnergySelf, 2);
+    assert_eq!(two[0].0, "zulu_work", "{two:?}");
+    assert_eq!(two[1].0, "burst", "{two:?}");
+    // Samples rank by samples: burst has the fewest leaf samples (10 minutes of 6).
+    let by_samples = top(RankBy::SamplesSelf, 10);
+    assert_eq!(by_samples[3].0, "burst", "{by_samples:?}");
+}
