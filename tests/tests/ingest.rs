@@ -3,7 +3,8 @@
 //! restarted, the agent is restarted too, and every sample the agent spooled is in the store
 //! exactly once. Plus: a resent batch is acknowledged as a duplicate and stored once; invalid
 //! batches get INVALID_ARGUMENT naming the field; mutual TLS works and clients without a valid
-//! certificate (or without the bearer token) are refused. Energy here comes from the agent's
+//! certificate (or without the bearer token) are refused, for ingest and for the `wattson`
+//! query CLI alike. Energy here comes from the agent's
 //! utilization model (this host has no RAPL), so it is labelled estimated.
 
 use std::collections::BTreeSet;
@@ -460,6 +461,76 @@ async fn mutual_tls_and_token_admit_the_agent_and_refuse_clients_without_a_valid
             .ingest(with_token(batch(5), Some("s3cret")))
             .await
             .is_err()
+    );
+
+    // The real `wattson` CLI queries the mTLS collector with a client certificate and the
+    // token, and is refused without a valid certificate (or without the token).
+    let wattson = {
+        let url = format!("https://{addr}");
+        let plain_url = format!("http://{addr}");
+        let good_flags = vec![
+            "--tls-ca".to_string(),
+            p(&good.ca),
+            "--tls-cert".into(),
+            p(&good.client_cert),
+            "--tls-key".into(),
+            p(&good.client_key),
+        ];
+        let rogue_flags = vec![
+            "--tls-ca".to_string(),
+            p(&good.ca),
+            "--tls-cert".into(),
+            p(&rogue.client_cert),
+            "--tls-key".into(),
+            p(&rogue.client_key),
+        ];
+        tokio::task::spawn_blocking(move || {
+            let run = |collector: &str, flags: &[String], token: Option<&str>| {
+                let mut cmd = std::process::Command::new(procs::binary("wattson"));
+                cmd.args(["--collector", collector])
+                    .args(flags)
+                    .args(["--json", "power"])
+                    .env_remove("WATTSON_TOKEN");
+                if let Some(t) = token {
+                    cmd.args(["--token", t]);
+                }
+                let o = cmd.output().expect("running wattson");
+                (
+                    o.status.success(),
+                    String::from_utf8_lossy(&o.stdout).into_owned(),
+                    String::from_utf8_lossy(&o.stderr).into_owned(),
+                )
+            };
+            [
+                run(&url, &good_flags, Some("s3cret")),
+                run(&url, &good_flags, None),
+                run(&url, &rogue_flags, Some("s3cret")),
+                run(&url, &[], Some("s3cret")),
+                run(&plain_url, &[], Some("s3cret")),
+            ]
+        })
+        .await
+        .unwrap()
+    };
+    let [ok, no_token, rogue_cert, no_flags, plain_cli] = wattson;
+    assert!(ok.0, "wattson with a client certificate refused:\n{}", ok.2);
+    let power: serde_json::Value = serde_json::from_str(&ok.1)
+        .unwrap_or_else(|e| panic!("power --json is not JSON ({e}):\n{}", ok.1));
+    assert_eq!(power["hosts_reporting"], 1, "{power:#}");
+    assert!(
+        !no_token.0 && no_token.2.contains("Unauthenticated"),
+        "{}",
+        no_token.2
+    );
+    assert!(!rogue_cert.0, "a certificate from another CA was accepted");
+    assert!(
+        !no_flags.0 && no_flags.2.contains("--tls-cert"),
+        "https without the TLS flags should name them: {}",
+        no_flags.2
+    );
+    assert!(
+        !plain_cli.0,
+        "plain HTTP/2 against the TLS port was answered"
     );
 
     // The real agent ships over mutual TLS with the token.

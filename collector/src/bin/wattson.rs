@@ -1,6 +1,10 @@
 //! `wattson`: ask a collector where the fleet's power goes. Tables for people (fitted to the
 //! terminal: long function names lose their middle), `--json` for scripts (names whole);
 //! flame graphs as SVG files. Every energy figure built from a model says "est".
+// Beside this file, not in src/bin/ itself, where cargo would take it for another binary.
+#[path = "wattson/connect.rs"]
+mod connect;
+
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 
@@ -34,6 +38,16 @@ struct Cli {
         default_value = "http://127.0.0.1:7070"
     )]
     collector: String,
+    /// CA (PEM) the collector's certificate must chain to, for mutual TLS (with --tls-cert and
+    /// --tls-key; `http://` then means `https://`).
+    #[arg(long, global = true, requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, global = true, requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS.
+    #[arg(long, global = true, requires_all = ["tls_ca", "tls_cert"])]
+    tls_key: Option<PathBuf>,
     /// Bearer token, when the collector runs with --token.
     #[arg(long, global = true, env = "WATTSON_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -250,12 +264,8 @@ fn status(e: tonic::Status) -> anyhow::Error {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let width = table_width(cli.width, std::env::var("COLUMNS").ok(), terminal_columns);
-    // Merged stacks of a busy fleet run to tens of MB; tonic's default cap is 4 MB.
-    let channel = tonic::transport::Endpoint::from_shared(cli.collector.clone())
-        .with_context(|| format!("--collector {}: not a valid URL", cli.collector))?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to collector {} (--collector)", cli.collector))?;
+    let tls = connect::Tls::from_flags(cli.tls_ca, cli.tls_cert, cli.tls_key)?;
+    let channel = connect::channel(&cli.collector, tls.as_ref()).await?;
     let header: Option<tonic::metadata::MetadataValue<_>> = match &cli.token {
         Some(t) => Some(
             format!("Bearer {t}")
@@ -270,6 +280,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Ok(req)
     };
+    // Merged stacks of a busy fleet run to tens of MB; tonic's default cap is 4 MB.
     let mut client = QueryServiceClient::with_interceptor(channel, auth)
         .max_decoding_message_size(MAX_RESPONSE_BYTES);
     let mut client2 = client.clone();
