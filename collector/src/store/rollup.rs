@@ -123,22 +123,19 @@ struct PreparedStack {
 }
 
 /// Phase one of a rollup: everything that can fail, done without touching shared state. The
-/// batch's samples are summed per (minute, process, stack) and every name they use is
-/// resolved, so merging into an [`Accumulator`] cannot fail and only adds integers.
+/// batch is summed into its own minute cells, keyed by indexes into its own string and stack
+/// tables, so merging into an [`Accumulator`] cannot fail and is a few integer lookups per
+/// cell. (The expansion of each sample into function rows happens here, in the caller's
+/// thread, not in the accumulator that every batch goes through.)
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    /// Host id of the batch.
-    host: String,
-    /// Distinct frame names (function, `[module+offset]`, `_[k]` for kernel frames).
-    names: Vec<String>,
-    /// Stacks used by at least one sample (others are never resolved).
-    stacks: Vec<PreparedStack>,
-    /// (service, build id) per process used by a sample.
-    procs: Vec<(String, String)>,
-    /// (minute, process, stack) -> sums: indexes into `procs` and `stacks`.
-    cells: Vec<((i64, u32, u32), Totals)>,
-    /// Per-minute host rows (attributed, idle, covered duration, drops).
-    hosts: Vec<(i64, Totals)>,
+    /// Frame names (function, `[module+offset]`, `_[k]` for kernel frames), services, build
+    /// ids, the host id and "".
+    strings: Vec<String>,
+    /// Stacks used by at least one sample, as indexes into `strings`, leaf first.
+    stacks: Vec<Vec<u32>>,
+    /// Minute cells; a stack row's key indexes `stacks`, every other id indexes `strings`.
+    cells: Vec<(CellKey, Totals)>,
     /// Earliest minute, 0 for a batch without profiles.
     pub first_minute: i64,
     /// Interval profiles in the batch.
@@ -311,13 +308,49 @@ impl Prepared {
                 None => hosts.push((minute, host)),
             }
         }
+        let mut intern = |s: &str| -> u32 {
+            let next = names.len() as u32;
+            *name_ids.entry(s.to_string()).or_insert_with(|| {
+                names.push(s.to_string());
+                next
+            })
+        };
+        let empty = intern("");
+        let host_id = intern(&batch.host_id);
+        let procs: Vec<(u32, u32)> = procs.iter().map(|(s, b)| (intern(s), intern(b))).collect();
+        let mut local: HashMap<CellKey, Totals> = HashMap::with_capacity(cells.len() * 8);
+        for ((minute, proc_i, stack_i), flat) in cells {
+            let (svc, build) = procs[proc_i as usize];
+            let stack: &PreparedStack = &stacks[stack_i as usize];
+            let mut add = |key: CellKey, t: &Totals| local.entry(key).or_default().add(t);
+            add((Kind::Service, minute, svc, host_id, empty), &flat);
+            add((Kind::Build, minute, svc, build, empty), &flat);
+            add((Kind::Stack, minute, svc, stack_i, build), &flat);
+            for &f in &stack.distinct {
+                let mut t = Totals {
+                    samples_incl: flat.samples_self,
+                    uj_incl: flat.uj_self,
+                    est_uj_incl: flat.est_uj_self,
+                    ..Totals::default()
+                };
+                if stack.frames.first() == Some(&f) {
+                    t.samples_self = flat.samples_self;
+                    t.uj_self = flat.uj_self;
+                    t.est_uj_self = flat.est_uj_self;
+                }
+                add((Kind::Function, minute, svc, f, empty), &t);
+            }
+        }
+        for (minute, t) in hosts {
+            local
+                .entry((Kind::Host, minute, empty, host_id, empty))
+                .or_default()
+                .add(&t);
+        }
         Ok(Prepared {
-            host: batch.host_id.clone(),
-            names,
-            stacks,
-            procs,
-            cells: cells.into_iter().collect(),
-            hosts,
+            strings: names,
+            stacks: stacks.into_iter().map(|s| s.frames).collect(),
+            cells: local.into_iter().collect(),
             first_minute: if first_minute == i64::MAX {
                 0
             } else {
@@ -361,14 +394,12 @@ impl Accumulator {
     /// Adds a prepared batch; cannot fail.
     pub fn merge(&mut self, p: &Prepared) {
         self.batches += 1;
-        let empty = self.intern("");
-        let host = self.intern(&p.host);
-        let names: Vec<u32> = p.names.iter().map(|n| self.intern(n)).collect();
-        let folded: Vec<u32> = p
+        let ids: Vec<u32> = p.strings.iter().map(|n| self.intern(n)).collect();
+        let stacks: Vec<u32> = p
             .stacks
             .iter()
-            .map(|s| {
-                let frames: Vec<u32> = s.frames.iter().map(|&f| names[f as usize]).collect();
+            .map(|local| {
+                let frames: Vec<u32> = local.iter().map(|&f| ids[f as usize]).collect();
                 if let Some(&i) = self.stack_ids.get(&frames) {
                     return i;
                 }
@@ -378,39 +409,14 @@ impl Accumulator {
                 i
             })
             .collect();
-        let procs: Vec<(u32, u32)> = p
-            .procs
-            .iter()
-            .map(|(s, b)| (self.intern(s), self.intern(b)))
-            .collect();
-        for &((minute, proc_i, stack_i), ref flat) in &p.cells {
-            let (svc, build) = procs[proc_i as usize];
-            let stack = &p.stacks[stack_i as usize];
-            let mut add = |key: CellKey, t: &Totals| self.cells.entry(key).or_default().add(t);
-            add((Kind::Service, minute, svc, host, empty), flat);
-            add((Kind::Build, minute, svc, build, empty), flat);
-            add(
-                (Kind::Stack, minute, svc, folded[stack_i as usize], build),
-                flat,
-            );
-            for &f in &stack.distinct {
-                let mut t = Totals {
-                    samples_incl: flat.samples_self,
-                    uj_incl: flat.uj_self,
-                    est_uj_incl: flat.est_uj_self,
-                    ..Totals::default()
-                };
-                if stack.frames.first() == Some(&f) {
-                    t.samples_self = flat.samples_self;
-                    t.uj_self = flat.uj_self;
-                    t.est_uj_self = flat.est_uj_self;
-                }
-                add((Kind::Function, minute, svc, names[f as usize], empty), &t);
-            }
-        }
-        for (minute, t) in &p.hosts {
+        for &((kind, minute, s, k, b), ref t) in &p.cells {
+            let key = if kind == Kind::Stack {
+                stacks[k as usize]
+            } else {
+                ids[k as usize]
+            };
             self.cells
-                .entry((Kind::Host, *minute, empty, host, empty))
+                .entry((kind, minute, ids[s as usize], key, ids[b as usize]))
                 .or_default()
                 .add(t);
         }
