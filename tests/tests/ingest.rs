@@ -1,7 +1,7 @@
 //! Ingest end to end with the real binaries over 127.0.0.1: an agent (real BPF sampler, so run
 //! as root) ships to a collector (SQLite store); the collector is SIGKILLed mid-stream and
 //! restarted, the agent is restarted too, and every sample the agent spooled is in the store
-//! exactly once. Plus: a resent batch is acknowledged as a duplicate and stored once; invalid
+//! exactly once, and so is everything an agent ships after its spool was wiped. Plus: a resent batch is acknowledged as a duplicate and stored once; invalid
 //! batches get INVALID_ARGUMENT naming the field; mutual TLS works and clients without a valid
 //! certificate (or without the bearer token) are refused, for ingest and for the `wattson`
 //! query CLI alike. Energy here comes from the agent's
@@ -157,6 +157,24 @@ fn collector_sigkill_and_agent_restart_deliver_every_interval_exactly_once() {
         "the restarted agent should flush its spool\n{}",
         second.dump()
     );
+
+    // 5. The spool directory is wiped (a reimaged disk): the agent starts again at sequence 1
+    // under a new instance id, and the collector stores those batches rather than taking them
+    // for duplicates of the first run's.
+    std::fs::remove_dir_all(&spool).unwrap();
+    let mut third = agent(&url, &spool, host, &[]);
+    third.wait_until("two batches of the new instance acknowledged", long, |p| {
+        spooled(p).len() >= 2 && p.count("batch acknowledged") >= spooled(p).len()
+    });
+    third.stop(libc::SIGTERM, Duration::from_secs(30));
+    let fresh = spooled(&third);
+    assert_eq!(fresh.first().map(|(s, _)| *s), Some(1), "{}", third.dump());
+    assert_eq!(
+        third.count("collector already had this batch"),
+        0,
+        "a wiped spool's batches were dropped as duplicates\n{}",
+        third.dump()
+    );
     collector.stop(libc::SIGTERM, Duration::from_secs(30));
 
     // Sequences continue across the restart, with no gap and no reuse.
@@ -168,16 +186,17 @@ fn collector_sigkill_and_agent_restart_deliver_every_interval_exactly_once() {
         seqs.len(),
         "no sequence reused"
     );
-    // Every sample spooled is stored exactly once.
-    let total: u64 = produced.iter().map(|(_, n)| n).sum();
+    // Every sample spooled, by all three agent runs, is stored exactly once.
+    let total: u64 = produced.iter().chain(&fresh).map(|(_, n)| n).sum();
     assert!(total > 0, "the agent sampled nothing");
     let stored = stored_samples(&db, host);
     assert_eq!(
         stored,
         total,
-        "samples spooled by the agent vs stored by the collector\n{}\n{}",
+        "samples spooled by the agent vs stored by the collector\n{}\n{}\n{}",
         first.dump(),
-        second.dump()
+        second.dump(),
+        third.dump()
     );
 }
 
