@@ -113,15 +113,6 @@ pub fn split_stack_key(key: &str) -> (&str, &str) {
     key.split_once('\t').unwrap_or(("", key))
 }
 
-/// One stack of a batch, resolved to names.
-#[derive(Debug, Clone)]
-struct PreparedStack {
-    /// Indexes in [`Prepared::names`], leaf first.
-    frames: Vec<u32>,
-    /// Distinct indexes in [`Prepared::names`].
-    distinct: Vec<u32>,
-}
-
 /// Phase one of a rollup: everything that can fail, done without touching shared state. The
 /// batch is summed into its own minute cells, keyed by indexes into its own string and stack
 /// tables, so merging into an [`Accumulator`] cannot fail and is a few integer lookups per
@@ -259,14 +250,8 @@ impl Prepared {
                         }
                         ids.push(*slot);
                     }
-                    let mut distinct = ids.clone();
-                    distinct.sort_unstable();
-                    distinct.dedup();
                     *stack_slot = stacks.len() as u32;
-                    stacks.push(PreparedStack {
-                        frames: ids,
-                        distinct,
-                    });
+                    stacks.push(ids);
                 }
                 let stack = *stack_slot;
                 let proc_slot = proc_at
@@ -318,28 +303,15 @@ impl Prepared {
         let empty = intern("");
         let host_id = intern(&batch.host_id);
         let procs: Vec<(u32, u32)> = procs.iter().map(|(s, b)| (intern(s), intern(b))).collect();
-        let mut local: HashMap<CellKey, Totals> = HashMap::with_capacity(cells.len() * 8);
+        let mut local: HashMap<CellKey, Totals> = HashMap::with_capacity(cells.len() * 2);
+        // Function rows are not expanded here: the accumulator derives them from its summed
+        // stack rows, once per distinct stack rather than once per sample of every batch.
         for ((minute, proc_i, stack_i), flat) in cells {
             let (svc, build) = procs[proc_i as usize];
-            let stack: &PreparedStack = &stacks[stack_i as usize];
-            let mut add = |key: CellKey, t: &Totals| local.entry(key).or_default().add(t);
-            add((Kind::Service, minute, svc, host_id, empty), &flat);
-            add((Kind::Build, minute, svc, build, empty), &flat);
-            add((Kind::Stack, minute, svc, stack_i, build), &flat);
-            for &f in &stack.distinct {
-                let mut t = Totals {
-                    samples_incl: flat.samples_self,
-                    uj_incl: flat.uj_self,
-                    est_uj_incl: flat.est_uj_self,
-                    ..Totals::default()
-                };
-                if stack.frames.first() == Some(&f) {
-                    t.samples_self = flat.samples_self;
-                    t.uj_self = flat.uj_self;
-                    t.est_uj_self = flat.est_uj_self;
-                }
-                add((Kind::Function, minute, svc, f, empty), &t);
-            }
+            let mut add = |key: CellKey| local.entry(key).or_default().add(&flat);
+            add((Kind::Service, minute, svc, host_id, empty));
+            add((Kind::Build, minute, svc, build, empty));
+            add((Kind::Stack, minute, svc, stack_i, build));
         }
         for (minute, t) in hosts {
             local
@@ -349,7 +321,7 @@ impl Prepared {
         }
         Ok(Prepared {
             strings: names,
-            stacks: stacks.into_iter().map(|s| s.frames).collect(),
+            stacks,
             cells: local.into_iter().collect(),
             first_minute: if first_minute == i64::MAX {
                 0
@@ -368,13 +340,17 @@ type CellKey = (Kind, i64, u32, u32, u32);
 
 /// Sums of many batches, keyed by interned strings and stacks so merging a batch is integer
 /// work; rows with string keys are only built once, by [`Accumulator::rows`], however many
-/// batches were merged. Hour rows are derived from the minute rows there too.
+/// batches were merged. Function rows (self and inclusive) and hour rows are derived there
+/// too, from the summed stack and minute cells: a fleet repeats the same stacks, so that is
+/// far less work than expanding every sample of every batch.
 #[derive(Debug, Default)]
 pub struct Accumulator {
     strings: Vec<String>,
     ids: HashMap<String, u32>,
     /// Stacks as string ids, leaf first.
     stacks: Vec<Vec<u32>>,
+    /// Per stack, its distinct string ids (a recursive function counts once inclusive).
+    distinct: Vec<Vec<u32>>,
     stack_ids: HashMap<Vec<u32>, u32>,
     cells: HashMap<CellKey, Totals>,
     batches: u64,
@@ -404,6 +380,10 @@ impl Accumulator {
                     return i;
                 }
                 let i = self.stacks.len() as u32;
+                let mut distinct = frames.clone();
+                distinct.sort_unstable();
+                distinct.dedup();
+                self.distinct.push(distinct);
                 self.stacks.push(frames.clone());
                 self.stack_ids.insert(frames, i);
                 i
@@ -441,8 +421,34 @@ impl Accumulator {
     /// key) so identical input produces identical writes. The accumulator is unchanged:
     /// [`Accumulator::clear`] it once the rows are durable.
     pub fn rows(&self) -> Vec<Row> {
-        let mut hours: HashMap<CellKey, Totals> = HashMap::with_capacity(self.cells.len());
-        for (&(kind, minute, s, k, b), t) in &self.cells {
+        let empty = self.ids.get("").copied().unwrap_or(0);
+        let mut minutes: HashMap<CellKey, Totals> = HashMap::with_capacity(self.cells.len() * 2);
+        for (&(kind, minute, svc, k, b), t) in &self.cells {
+            minutes.entry((kind, minute, svc, k, b)).or_default().add(t);
+            if kind != Kind::Stack {
+                continue;
+            }
+            let leaf = self.stacks[k as usize].first().copied();
+            for &f in &self.distinct[k as usize] {
+                let mut ft = Totals {
+                    samples_incl: t.samples_self,
+                    uj_incl: t.uj_self,
+                    est_uj_incl: t.est_uj_self,
+                    ..Totals::default()
+                };
+                if leaf == Some(f) {
+                    ft.samples_self = t.samples_self;
+                    ft.uj_self = t.uj_self;
+                    ft.est_uj_self = t.est_uj_self;
+                }
+                minutes
+                    .entry((Kind::Function, minute, svc, f, empty))
+                    .or_default()
+                    .add(&ft);
+            }
+        }
+        let mut hours: HashMap<CellKey, Totals> = HashMap::with_capacity(minutes.len());
+        for (&(kind, minute, s, k, b), t) in &minutes {
             hours
                 .entry((kind, minute.div_euclid(3600) * 3600, s, k, b))
                 .or_default()
@@ -463,8 +469,8 @@ impl Accumulator {
                 parts.join(";")
             })
             .collect();
-        let mut rows = Vec::with_capacity(self.cells.len() + hours.len());
-        for (res, map) in [(RES_MINUTE, &self.cells), (RES_HOUR, &hours)] {
+        let mut rows = Vec::with_capacity(minutes.len() + hours.len());
+        for (res, map) in [(RES_MINUTE, &minutes), (RES_HOUR, &hours)] {
             let mut part: Vec<Row> = map
                 .iter()
                 .map(|(&(kind, minute, s, k, b), totals)| Row {
@@ -494,6 +500,7 @@ impl Accumulator {
         self.strings.clear();
         self.ids.clear();
         self.stacks.clear();
+        self.distinct.clear();
         self.stack_ids.clear();
         self.batches = 0;
     }
