@@ -3,11 +3,15 @@
 //! every `--batch-intervals` windows writes the batch to the on-disk spool; a shipper task
 //! sends spooled batches to the collector, oldest first, with backoff and jitter.
 //!
+//! With `--metrics-listen` it also serves Prometheus metrics on `GET /metrics` (see
+//! [`wattson_agent::metrics`]).
+//!
 //! SIGINT/SIGTERM end the current window early and spool it, then give the shipper
 //! `--shutdown-grace` to flush; whatever the collector has not acknowledged stays in the spool
 //! for the next start.
 
 use std::{
+    net::SocketAddr,
     path::PathBuf,
     sync::{
         Arc, Mutex,
@@ -19,8 +23,9 @@ use std::{
 use anyhow::{Context as _, bail};
 use tokio::sync::{Notify, watch};
 use wattson_agent::{
-    energy::{EnergyArgs, Meter},
+    energy::{EnergyArgs, Meter, SourceKind},
     interval::Recorder,
+    metrics::{self, RunMetrics},
     privilege,
     process::{ProcessTable, ServiceRule},
     sampler::{Sampler, SamplerConfig},
@@ -88,6 +93,11 @@ pub struct RunArgs {
     /// comm, cgroup, container; PATTERN exact or ending in `*`.
     #[arg(long = "service", value_name = "RULE")]
     pub services: Vec<ServiceRule>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (samples and drops, batches shipped,
+    /// spool size and losses, energy source, measured and estimated energy), e.g.
+    /// 127.0.0.1:9465; port 0 picks a free one (logged). Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Sample with the software cpu-clock even if hardware cycles are available.
     #[arg(long)]
     pub cpu_clock: bool,
@@ -162,6 +172,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             args.send_timeout,
         )
     })?;
+    // Bound before the BPF work, so a busy port fails fast and names the flag.
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(runtime.block_on(metrics::bind(addr))?),
+        None => None,
+    };
     let spool = Spool::open(&args.spool_dir, args.spool_max_bytes)?;
     let spool = Arc::new(Mutex::new(spool));
 
@@ -187,6 +202,20 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         stats: stats.clone(),
     };
     let shipping = runtime.spawn(shipper.run(stop_rx));
+    let run_metrics = Arc::new(match meter.as_ref().map(Meter::source) {
+        Some(source) => RunMetrics::new(source.name(), source == SourceKind::Model),
+        None => RunMetrics::new("none", false),
+    });
+    if let Some(listener) = metrics_listener {
+        // Tests and scripts read this line to find a port picked with :0.
+        tracing::info!(addr = %listener.local_addr()?, "serving Prometheus /metrics");
+        let sources = metrics::Sources {
+            run: run_metrics.clone(),
+            ship: stats.clone(),
+            spool: spool.clone(),
+        };
+        runtime.spawn(metrics::serve(listener, sources));
+    }
 
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
@@ -212,6 +241,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             recorder.poll();
             if last_drain.elapsed() >= DRAIN_EVERY {
                 recorder.drain()?;
+                record_sampler(&recorder, &run_metrics);
                 last_drain = Instant::now();
             }
             if window_started.elapsed() < args.interval {
@@ -225,10 +255,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         }
         let mut profile = recorder.finish_window()?;
         let energy = meter.as_mut().map(|m| m.attribute_profile(&mut profile));
+        record_sampler(&recorder, &run_metrics);
+        run_metrics.record_interval(&profile, energy.as_ref());
         builder.add(&Interval { profile, energy });
         if builder.intervals() >= args.batch_intervals || stopping {
             let full = std::mem::replace(&mut builder, BatchBuilder::new());
-            spool_batch(&spool, &host, full)?;
+            spool_batch(&spool, &host, full, &run_metrics);
             wake.notify_one();
         }
         if stopping {
@@ -256,12 +288,22 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `builder`'s intervals to the spool as one batch.
+/// Copies the sampler's counters into the metrics.
+fn record_sampler(recorder: &Recorder, metrics: &RunMetrics) {
+    match recorder.sampler().counters() {
+        Ok(c) => metrics.record_sampler(c),
+        Err(e) => tracing::debug!(error = %e, "metrics: reading the sampler's counters failed"),
+    }
+}
+
+/// Writes `builder`'s intervals to the spool as one batch; a batch that cannot be written is
+/// counted as lost and sampling goes on.
 fn spool_batch(
     spool: &Mutex<Spool>,
     host: &HostIdentity,
     builder: BatchBuilder,
-) -> anyhow::Result<()> {
+    metrics: &RunMetrics,
+) {
     let (intervals, samples) = (builder.intervals() as u64, builder.samples());
     let mut spool = spool.lock().unwrap_or_else(|p| p.into_inner());
     let pushed = match spool.push(intervals, samples, |seq, losses| {
@@ -277,9 +319,10 @@ fn spool_batch(
                 "could not spool a batch (disk full?): counted as lost, sampling goes on"
             );
             spool.count_unwritable(intervals, samples);
-            return Ok(());
+            return;
         }
     };
+    metrics.record_spooled();
     // Tests and operators read this line: every sample the agent produced is counted here.
     tracing::info!(
         sequence = pushed.sequence,
@@ -290,5 +333,4 @@ fn spool_batch(
         waiting = spool.len(),
         "batch spooled"
     );
-    Ok(())
 }

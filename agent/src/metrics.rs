@@ -1,0 +1,410 @@
+//! Prometheus text exposition (format 0.0.4) of `wattson-agent run` on `GET /metrics`
+//! (`--metrics-listen`), as Kepler and Scaphandre users expect: what the sampler took and
+//! dropped, intervals and batches built, what the shipper did, the spool's size and losses, the
+//! energy source, and the energy read, with measured and estimated joules in separate counters
+//! so no query can add one to the other.
+//!
+//! [`RunMetrics`] holds what only the daemon's loop knows (it records into it); the shipper's
+//! [`ShipStats`] and the [`Spool`] are read as they are at scrape time.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+
+use crate::energy::IntervalEnergy;
+use crate::profile::{DropReason, Profile};
+use crate::sampler::Counters;
+use crate::ship::ShipStats;
+use crate::ship::spool::Spool;
+
+/// Largest request head read before answering.
+const MAX_HEAD: usize = 8192;
+/// How long a client may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Metrics endpoint failures.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The listening socket could not be opened.
+    #[error(
+        "binding --metrics-listen {addr}: {source} (pick a free port, or an address of this \
+         host, e.g. 127.0.0.1:9465)"
+    )]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Counters only the daemon's loop can keep.
+#[derive(Debug)]
+pub struct RunMetrics {
+    source: &'static str,
+    source_estimated: bool,
+    /// The sampler's totals since it was loaded, as last read.
+    sampler: Mutex<Counters>,
+    stack_missing: AtomicU64,
+    unread: AtomicU64,
+    intervals: AtomicU64,
+    batches_spooled: AtomicU64,
+    measured_uj: AtomicU64,
+    estimated_uj: AtomicU64,
+}
+
+impl RunMetrics {
+    /// Metrics of a daemon reading energy from `source` (`perf`, `powercap`, `msr`, `model`,
+    /// or `none`); `estimated` when that source estimates rather than measures.
+    pub fn new(source: &'static str, estimated: bool) -> Self {
+        Self {
+            source,
+            source_estimated: estimated,
+            sampler: Mutex::new(Counters::default()),
+            stack_missing: AtomicU64::new(0),
+            unread: AtomicU64::new(0),
+            intervals: AtomicU64::new(0),
+            batches_spooled: AtomicU64::new(0),
+            measured_uj: AtomicU64::new(0),
+            estimated_uj: AtomicU64::new(0),
+        }
+    }
+
+    /// Records the sampler's counters (totals since load, summed over CPUs).
+    pub fn record_sampler(&self, counters: Counters) {
+        *self.sampler.lock().unwrap_or_else(|p| p.into_inner()) = counters;
+    }
+
+    /// Records one closed interval: its losses that the sampler's counters do not hold, and
+    /// its energy, per package into the measured or the estimated total (a package whose
+    /// counters failed is estimated by the model for that interval).
+    pub fn record_interval(&self, profile: &Profile, energy: Option<&IntervalEnergy>) {
+        self.intervals.fetch_add(1, Ordering::Relaxed);
+        let dropped = |r| profile.stats.dropped.get(&r).copied().unwrap_or(0);
+        self.stack_missing
+            .fetch_add(dropped(DropReason::StackMissing), Ordering::Relaxed);
+        self.unread
+            .fetch_add(dropped(DropReason::Unread), Ordering::Relaxed);
+        for p in energy.iter().flat_map(|e| &e.packages) {
+            let total = if p.estimated {
+                &self.estimated_uj
+            } else {
+                &self.measured_uj
+            };
+            total.fetch_add(p.interval_uj, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a batch written to the spool.
+    pub fn record_spooled(&self) {
+        self.batches_spooled.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Everything one scrape reads.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// The daemon's own counters.
+    pub run: Arc<RunMetrics>,
+    /// The shipper's counters.
+    pub ship: Arc<ShipStats>,
+    /// The spool, for its size and persisted losses.
+    pub spool: Arc<Mutex<Spool>>,
+}
+
+/// Appends one metric family: HELP, TYPE, then `name{labels} value` lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+/// Renders the exposition text.
+pub fn render(s: &Sources) -> String {
+    let run = &s.run;
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let c = *run.sampler.lock().unwrap_or_else(|p| p.into_inner());
+    let (spool_bytes, spool_batches, lost) = {
+        let spool = s.spool.lock().unwrap_or_else(|p| p.into_inner());
+        (spool.bytes(), spool.len() as u64, spool.losses())
+    };
+    let mut out = String::with_capacity(4096);
+    let o = &mut out;
+    family(
+        o,
+        "wattson_agent_samples_total",
+        "counter",
+        "Stack samples the BPF sampler took on all CPUs since the agent started, dropped ones included.",
+        &[("", c.samples)],
+    );
+    family(
+        o,
+        "wattson_agent_samples_dropped_total",
+        "counter",
+        "Samples lost or degraded, by reason: map_full, stack_missing and unread are lost; \
+         user_stack_error and kernel_stack_error are kept without that stack; ringbuf_full lost \
+         a new-process announcement (metadata read late or not at all); filtered were skipped on purpose.",
+        &[
+            ("{reason=\"map_full\"}", c.map_full),
+            ("{reason=\"stack_missing\"}", get(&run.stack_missing)),
+            ("{reason=\"unread\"}", get(&run.unread)),
+            ("{reason=\"user_stack_error\"}", c.user_stack_errors),
+            ("{reason=\"kernel_stack_error\"}", c.kernel_stack_errors),
+            ("{reason=\"ringbuf_full\"}", c.ringbuf_full),
+            ("{reason=\"filtered\"}", c.filtered),
+        ],
+    );
+    family(
+        o,
+        "wattson_agent_intervals_total",
+        "counter",
+        "Interval profiles built (symbolized and charged their energy).",
+        &[("", get(&run.intervals))],
+    );
+    family(
+        o,
+        "wattson_agent_batches_spooled_total",
+        "counter",
+        "Batches written to the on-disk spool.",
+        &[("", get(&run.batches_spooled))],
+    );
+    family(
+        o,
+        "wattson_agent_batches_shipped_total",
+        "counter",
+        "Batches that left the spool after a send, by the collector's answer: stored, \
+         duplicate (it had the batch already), rejected (invalid; moved to rejected/ and counted as lost).",
+        &[
+            ("{result=\"stored\"}", get(&s.ship.sent)),
+            ("{result=\"duplicate\"}", get(&s.ship.duplicates)),
+            ("{result=\"rejected\"}", get(&s.ship.rejected)),
+        ],
+    );
+    family(
+        o,
+        "wattson_agent_ship_retries_total",
+        "counter",
+        "Sends that failed and will be retried (collector unreachable, overloaded or timed out).",
+        &[("", get(&s.ship.retries))],
+    );
+    family(
+        o,
+        "wattson_agent_spool_bytes",
+        "gauge",
+        "Bytes of the batches waiting in the spool (compressed, as on disk).",
+        &[("", spool_bytes)],
+    );
+    family(
+        o,
+        "wattson_agent_spool_batches",
+        "gauge",
+        "Batches waiting in the spool.",
+        &[("", spool_batches)],
+    );
+    for (what, help, value) in [
+        ("batches", "Batches", lost.spool_dropped_batches),
+        ("intervals", "Intervals", lost.spool_dropped_intervals),
+        ("samples", "Samples", lost.spool_dropped_samples),
+    ] {
+        family(
+            o,
+            &format!("wattson_agent_spool_lost_{what}_total"),
+            "counter",
+            &format!(
+                "{help} lost from the spool since it was created (dropped when full or when the \
+                 disk refused them, or rejected by the collector); persisted across restarts."
+            ),
+            &[("", value)],
+        );
+    }
+    let info = format!(
+        "{{source=\"{}\",estimated=\"{}\"}}",
+        run.source, run.source_estimated
+    );
+    family(
+        o,
+        "wattson_agent_energy_source",
+        "gauge",
+        "The energy source the agent reads (always 1); estimated=\"true\" when it is the model.",
+        &[(info.as_str(), 1)],
+    );
+    family(
+        o,
+        "wattson_agent_measured_energy_microjoules_total",
+        "counter",
+        "Energy of the CPU packages and DRAM read from hardware counters (RAPL), microjoules.",
+        &[("", get(&run.measured_uj))],
+    );
+    family(
+        o,
+        "wattson_agent_estimated_energy_microjoules_total",
+        "counter",
+        "Energy of the CPU packages and DRAM estimated by the utilization model (no counters, or \
+         a counter fault), microjoules. Never add it to the measured total.",
+        &[("", get(&run.estimated_uj))],
+    );
+    out
+}
+
+/// Binds the metrics listener on `addr`.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })
+}
+
+/// Serves `GET /metrics` on `listener`, one HTTP/1.1 response per connection, until the task
+/// is dropped.
+pub async fn serve(listener: TcpListener, sources: Sources) {
+    loop {
+        let (mut sock, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors, typically: wait rather than spin.
+                tracing::warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let sources = sources.clone();
+        tokio::spawn(async move {
+            let mut head = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 1024];
+            let read_head = async {
+                // The head may arrive in pieces.
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(HEAD_TIMEOUT, read_head).await;
+            let head = String::from_utf8_lossy(&head);
+            let path = head.split_whitespace().nth(1).unwrap_or("");
+            let (status, body) = if head.starts_with("GET ") && path == "/metrics" {
+                // The spool lock can be held through a batch's fsync: not on the async worker.
+                let body = tokio::task::spawn_blocking(move || render(&sources))
+                    .await
+                    .unwrap_or_default();
+                ("200 OK", body)
+            } else {
+                ("404 Not Found", "try GET /metrics\n".to_owned())
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            if let Err(e) = sock.write_all(response.as_bytes()).await {
+                tracing::debug!(%peer, error = %e, "metrics: write failed");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::energy::{AttributionMode, Domain, PackageEnergy, SourceKind};
+    use std::collections::BTreeMap;
+
+    /// `name{labels}` -> value of every sample line; panics on a sample without HELP and TYPE.
+    fn parse(text: &str) -> BTreeMap<String, u64> {
+        let mut typed = Vec::new();
+        let mut samples = BTreeMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                typed.push(rest.split(' ').next().unwrap().to_owned());
+            } else if !line.starts_with('#') {
+                let (key, value) = line.rsplit_once(' ').unwrap();
+                let name = key.split('{').next().unwrap();
+                assert!(typed.iter().any(|t| t == name), "no TYPE for {name}");
+                assert!(
+                    text.contains(&format!("# HELP {name} ")),
+                    "no HELP for {name}"
+                );
+                samples.insert(key.to_owned(), value.parse().unwrap());
+            }
+        }
+        samples
+    }
+
+    fn package(package: u32, estimated: bool, interval_uj: u64) -> PackageEnergy {
+        PackageEnergy {
+            package,
+            domains: vec![(Domain::Package, interval_uj)],
+            estimated,
+            interval_uj,
+            idle_uj: 0,
+            idle_basis: "configured",
+            idle_charged: false,
+            attributed_uj: interval_uj,
+            unattributed_uj: 0,
+            samples: 1,
+            busy: 1.0,
+        }
+    }
+
+    #[test]
+    fn measured_and_estimated_energy_are_kept_apart_and_every_sample_is_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Mutex::new(Spool::open(dir.path(), 1 << 20).unwrap()));
+        let run = Arc::new(RunMetrics::new("powercap", false));
+        let sources = Sources {
+            run: run.clone(),
+            ship: Arc::new(ShipStats::default()),
+            spool,
+        };
+        run.record_sampler(Counters {
+            samples: 500,
+            map_full: 3,
+            ..Counters::default()
+        });
+        let mut profile = Profile::default();
+        profile.stats.dropped.insert(DropReason::Unread, 2);
+        // Package 1's counter failed this interval: the model stood in for it.
+        let energy = IntervalEnergy {
+            source: SourceKind::Powercap,
+            estimated: true,
+            method: "fixture".into(),
+            attribution: AttributionMode::Dynamic,
+            elapsed: Duration::from_secs(1),
+            packages: vec![package(0, false, 7_000), package(1, true, 4_000)],
+            host_domains: vec![(Domain::Psys, 99_000)],
+            per_slot_uj: Vec::new(),
+            faults: Vec::new(),
+            unsampled_uj: 0,
+        };
+        run.record_interval(&profile, Some(&energy));
+        run.record_interval(&profile, Some(&energy));
+        run.record_spooled();
+        let m = parse(&render(&sources));
+        assert_eq!(m["wattson_agent_samples_total"], 500);
+        assert_eq!(
+            m["wattson_agent_samples_dropped_total{reason=\"map_full\"}"],
+            3
+        );
+        assert_eq!(
+            m["wattson_agent_samples_dropped_total{reason=\"unread\"}"],
+            4
+        );
+        assert_eq!(m["wattson_agent_intervals_total"], 2);
+        assert_eq!(m["wattson_agent_batches_spooled_total"], 1);
+        assert_eq!(m["wattson_agent_measured_energy_microjoules_total"], 14_000);
+        assert_eq!(m["wattson_agent_estimated_energy_microjoules_total"], 8_000);
+        assert_eq!(
+            m["wattson_agent_energy_source{source=\"powercap\",estimated=\"false\"}"],
+            1
+        );
+        assert_eq!(m["wattson_agent_spool_bytes"], 0);
+        assert_eq!(m["wattson_agent_spool_lost_samples_total"], 0);
+    }
+}
