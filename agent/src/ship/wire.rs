@@ -9,8 +9,8 @@ use wattson_proto::v1::{
     Function, Host, IntervalProfile, Process, Sample, Stack,
 };
 
-use crate::energy::{AttributionMode, Domain, IntervalEnergy, SourceKind};
-use crate::profile::{self, Profile};
+use crate::energy::{AttributionMode, Domain, IntervalEnergy};
+use crate::profile::{self, EnergyMeta, Profile};
 
 /// The host a batch comes from (fields that do not change between intervals).
 #[derive(Debug, Clone, Default)]
@@ -223,38 +223,11 @@ impl BatchBuilder {
             .and_then(|m| m.model.clone())
             .or_else(|| energy.filter(|e| e.estimated).map(|e| e.method.clone()));
         let energy_model_index = self.intern_opt(model.as_deref());
-        let (source, domains, interval_uj, idle_uj, attributed_uj, estimated) = match energy {
-            Some(e) => (
-                source_kind(e.source),
-                domains(e),
-                e.interval_uj() as f64,
-                // Idle charged to functions (`--attribution full`) is in attributed already.
-                e.packages
-                    .iter()
-                    .filter(|p| !p.idle_charged)
-                    .map(|p| p.idle_uj)
-                    .sum::<u64>() as f64,
-                e.attributed_uj() as f64,
-                e.estimated,
-            ),
-            None => match &p.energy {
-                Some(m) => (
-                    source_name(&m.source),
-                    Vec::new(),
-                    m.total_microjoules as f64,
-                    // The explicit idle figure: total - attributed would count unattributed
-                    // and unsampled energy as idle. Under `full` idle is in attributed.
-                    if m.attribution == AttributionMode::Full.name() {
-                        0.0
-                    } else {
-                        m.idle_microjoules as f64
-                    },
-                    m.attributed_microjoules as f64,
-                    m.estimated,
-                ),
-                None => (EnergySource::None, Vec::new(), 0.0, 0.0, 0.0, false),
-            },
-        };
+        // One account for both cases: the interval's energy goes through the same record
+        // (`energy::meta`) that a profile without it carries, so the two cannot disagree.
+        let recorded = energy.map(crate::energy::meta);
+        let account = Account::of(recorded.as_ref().or(p.energy.as_ref()));
+        let domains = energy.map(domains).unwrap_or_default();
         self.profiles.push(IntervalProfile {
             start_unix_nanos: p.start_unix_nanos,
             duration_nanos: p.duration_nanos,
@@ -264,13 +237,13 @@ impl BatchBuilder {
                 "cpu-clock" => ClockEvent::CpuClock,
                 _ => ClockEvent::Unspecified,
             } as i32,
-            energy_source: source as i32,
+            energy_source: account.source as i32,
             energy_model_index,
             domains,
-            interval_microjoules: interval_uj,
-            idle_microjoules: idle_uj,
-            attributed_microjoules: attributed_uj,
-            estimated,
+            interval_microjoules: account.interval_uj,
+            idle_microjoules: account.idle_uj,
+            attributed_microjoules: account.attributed_uj,
+            estimated: account.estimated,
             dropped_samples: p.stats.dropped_total(),
             samples,
         });
@@ -311,12 +284,42 @@ pub fn now_unix_nanos() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-fn source_kind(k: SourceKind) -> EnergySource {
-    match k {
-        SourceKind::Perf => EnergySource::Perf,
-        SourceKind::Powercap => EnergySource::Powercap,
-        SourceKind::Msr => EnergySource::Msr,
-        SourceKind::Model => EnergySource::Model,
+/// An interval profile's energy figures, as the wire states them.
+struct Account {
+    source: EnergySource,
+    interval_uj: f64,
+    idle_uj: f64,
+    attributed_uj: f64,
+    estimated: bool,
+}
+
+impl Account {
+    /// The figures of `m`, the profile's record of its energy (`None`: no energy source).
+    fn of(m: Option<&EnergyMeta>) -> Account {
+        let Some(m) = m else {
+            return Account {
+                source: EnergySource::None,
+                interval_uj: 0.0,
+                idle_uj: 0.0,
+                attributed_uj: 0.0,
+                estimated: false,
+            };
+        };
+        Account {
+            source: source_name(&m.source),
+            interval_uj: m.total_microjoules as f64,
+            // The explicit idle figure: total - attributed would count unattributed and
+            // unsampled energy as idle. Under `full` idle is in attributed already.
+            idle_uj: if m.attribution == AttributionMode::Full.name() {
+                0.0
+            } else {
+                m.idle_microjoules as f64
+            },
+            // What the samples carry (the proto's sum of `Sample.microjoules`): `meta` leaves
+            // out the share charged to CPU time the sampler did not see (`unsampled`).
+            attributed_uj: m.attributed_microjoules as f64,
+            estimated: m.estimated,
+        }
     }
 }
 
@@ -361,6 +364,7 @@ fn domains(e: &IntervalEnergy) -> Vec<EnergyDomain> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::energy::SourceKind;
     use crate::profile::{
         Frame as PFrame, FrameKind as PKind, Process as PProcess, ProfileBuilder,
     };
@@ -502,6 +506,36 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Regression: with the interval's account at hand, attributed included the energy
+    /// charged to CPU time the sampler did not see (`--pid`), so it exceeded the sum of the
+    /// samples' energy that the proto says it is; the profile's record alone left it out.
+    #[test]
+    fn attributed_is_what_the_samples_carry_without_unsampled_energy() {
+        // 600 uJ charged: 200 to unsampled CPU time, 400 to the 10 samples (40 each).
+        let mut e = energy(AttributionMode::Dynamic);
+        e.unsampled_uj = 200;
+        let mut i = interval(1_700_000_000_000_000_000, 40);
+        i.profile.energy = Some(crate::energy::meta(&e));
+        let profile = |energy: Option<IntervalEnergy>| {
+            let mut i = i.clone();
+            i.energy = energy;
+            let mut b = BatchBuilder::new();
+            b.add(&i);
+            b.finish(&HostIdentity::default(), 1, AgentLosses::default())
+                .profiles
+                .remove(0)
+        };
+        for p in [profile(Some(e.clone())), profile(None)] {
+            let carried: f64 = p.samples.iter().map(|s| s.microjoules).sum();
+            assert_eq!(carried, 400.0);
+            assert_eq!(p.attributed_microjoules, carried);
+            assert_eq!(
+                (p.interval_microjoules, p.idle_microjoules),
+                (1000.0, 300.0)
+            );
         }
     }
 
