@@ -5,16 +5,14 @@
 //! so no query can add one to the other.
 //!
 //! [`RunMetrics`] holds what only the daemon's loop knows (it records into it); the shipper's
-//! [`ShipStats`] and the [`Spool`] are read as they are at scrape time.
+//! [`ShipStats`] and the [`Spool`] are read as they are at scrape time. The text format and
+//! the HTTP responder are [`wattson_proto::exposition`], shared with the collector.
 
-use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
+use wattson_proto::exposition::{self, Kind, Text};
 
 use crate::energy::IntervalEnergy;
 use crate::profile::{DropReason, Profile};
@@ -22,27 +20,7 @@ use crate::sampler::Counters;
 use crate::ship::ShipStats;
 use crate::ship::spool::Spool;
 
-/// Largest request head read before answering.
-const MAX_HEAD: usize = 8192;
-/// How long a client may take to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Metrics endpoint failures.
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
-    /// The listening socket could not be opened.
-    #[error(
-        "binding --metrics-listen {addr}: {source} (pick a free port, or an address of this \
-         host, e.g. 127.0.0.1:9465)"
-    )]
-    Bind {
-        /// The address asked for.
-        addr: SocketAddr,
-        /// Underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-}
+pub use wattson_proto::exposition::{BindError, bind};
 
 /// Counters only the daemon's loop can keep.
 #[derive(Debug)]
@@ -118,14 +96,6 @@ pub struct Sources {
     pub spool: Arc<Mutex<Spool>>,
 }
 
-/// Appends one metric family: HELP, TYPE, then `name{labels} value` lines.
-fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        let _ = writeln!(out, "{name}{labels} {value}");
-    }
-}
-
 /// Renders the exposition text.
 pub fn render(s: &Sources) -> String {
     let run = &s.run;
@@ -135,179 +105,117 @@ pub fn render(s: &Sources) -> String {
         let spool = s.spool.lock().unwrap_or_else(|p| p.into_inner());
         (spool.bytes(), spool.len() as u64, spool.losses())
     };
-    let mut out = String::with_capacity(4096);
-    let o = &mut out;
-    family(
-        o,
+    let mut t = Text::new();
+    t.family(
         "wattson_agent_samples_total",
-        "counter",
+        Kind::Counter,
         "Stack samples the BPF sampler took on all CPUs since the agent started, dropped ones included.",
-        &[("", c.samples)],
-    );
-    family(
-        o,
+    )
+    .sample(&[], c.samples);
+    let mut dropped = t.family(
         "wattson_agent_samples_dropped_total",
-        "counter",
+        Kind::Counter,
         "Samples lost or degraded, by reason: map_full, stack_missing and unread are lost; \
          user_stack_error and kernel_stack_error are kept without that stack; ringbuf_full lost \
          a new-process announcement (metadata read late or not at all); filtered were skipped on purpose.",
-        &[
-            ("{reason=\"map_full\"}", c.map_full),
-            ("{reason=\"stack_missing\"}", get(&run.stack_missing)),
-            ("{reason=\"unread\"}", get(&run.unread)),
-            ("{reason=\"user_stack_error\"}", c.user_stack_errors),
-            ("{reason=\"kernel_stack_error\"}", c.kernel_stack_errors),
-            ("{reason=\"ringbuf_full\"}", c.ringbuf_full),
-            ("{reason=\"filtered\"}", c.filtered),
-        ],
     );
-    family(
-        o,
+    for (reason, value) in [
+        ("map_full", c.map_full),
+        ("stack_missing", get(&run.stack_missing)),
+        ("unread", get(&run.unread)),
+        ("user_stack_error", c.user_stack_errors),
+        ("kernel_stack_error", c.kernel_stack_errors),
+        ("ringbuf_full", c.ringbuf_full),
+        ("filtered", c.filtered),
+    ] {
+        dropped.sample(&[("reason", &reason)], value);
+    }
+    t.family(
         "wattson_agent_intervals_total",
-        "counter",
+        Kind::Counter,
         "Interval profiles built (symbolized and charged their energy).",
-        &[("", get(&run.intervals))],
-    );
-    family(
-        o,
+    )
+    .sample(&[], get(&run.intervals));
+    t.family(
         "wattson_agent_batches_spooled_total",
-        "counter",
+        Kind::Counter,
         "Batches written to the on-disk spool.",
-        &[("", get(&run.batches_spooled))],
-    );
-    family(
-        o,
+    )
+    .sample(&[], get(&run.batches_spooled));
+    t.family(
         "wattson_agent_batches_shipped_total",
-        "counter",
+        Kind::Counter,
         "Batches that left the spool after a send, by the collector's answer: stored, \
          duplicate (it had the batch already), rejected (invalid; moved to rejected/ and counted as lost).",
-        &[
-            ("{result=\"stored\"}", get(&s.ship.sent)),
-            ("{result=\"duplicate\"}", get(&s.ship.duplicates)),
-            ("{result=\"rejected\"}", get(&s.ship.rejected)),
-        ],
-    );
-    family(
-        o,
+    )
+    .sample(&[("result", &"stored")], get(&s.ship.sent))
+    .sample(&[("result", &"duplicate")], get(&s.ship.duplicates))
+    .sample(&[("result", &"rejected")], get(&s.ship.rejected));
+    t.family(
         "wattson_agent_ship_retries_total",
-        "counter",
+        Kind::Counter,
         "Sends that failed and will be retried (collector unreachable, overloaded or timed out).",
-        &[("", get(&s.ship.retries))],
-    );
-    family(
-        o,
+    )
+    .sample(&[], get(&s.ship.retries));
+    t.family(
         "wattson_agent_spool_bytes",
-        "gauge",
+        Kind::Gauge,
         "Bytes of the batches waiting in the spool (compressed, as on disk).",
-        &[("", spool_bytes)],
-    );
-    family(
-        o,
+    )
+    .sample(&[], spool_bytes);
+    t.family(
         "wattson_agent_spool_batches",
-        "gauge",
+        Kind::Gauge,
         "Batches waiting in the spool.",
-        &[("", spool_batches)],
-    );
+    )
+    .sample(&[], spool_batches);
     for (what, help, value) in [
         ("batches", "Batches", lost.spool_dropped_batches),
         ("intervals", "Intervals", lost.spool_dropped_intervals),
         ("samples", "Samples", lost.spool_dropped_samples),
     ] {
-        family(
-            o,
+        t.family(
             &format!("wattson_agent_spool_lost_{what}_total"),
-            "counter",
+            Kind::Counter,
             &format!(
                 "{help} lost from the spool since it was created (dropped when full or when the \
                  disk refused them, or rejected by the collector); persisted across restarts."
             ),
-            &[("", value)],
-        );
+        )
+        .sample(&[], value);
     }
-    let info = format!(
-        "{{source=\"{}\",estimated=\"{}\"}}",
-        run.source, run.source_estimated
-    );
-    family(
-        o,
+    t.family(
         "wattson_agent_energy_source",
-        "gauge",
+        Kind::Gauge,
         "The energy source the agent reads (always 1); estimated=\"true\" when it is the model.",
-        &[(info.as_str(), 1)],
+    )
+    .sample(
+        &[
+            ("source", &run.source),
+            ("estimated", &run.source_estimated),
+        ],
+        1u64,
     );
-    family(
-        o,
+    t.family(
         "wattson_agent_measured_energy_microjoules_total",
-        "counter",
+        Kind::Counter,
         "Energy of the CPU packages and DRAM read from hardware counters (RAPL), microjoules.",
-        &[("", get(&run.measured_uj))],
-    );
-    family(
-        o,
+    )
+    .sample(&[], get(&run.measured_uj));
+    t.family(
         "wattson_agent_estimated_energy_microjoules_total",
-        "counter",
+        Kind::Counter,
         "Energy of the CPU packages and DRAM estimated by the utilization model (no counters, or \
          a counter fault), microjoules. Never add it to the measured total.",
-        &[("", get(&run.estimated_uj))],
-    );
-    out
+    )
+    .sample(&[], get(&run.estimated_uj));
+    t.finish()
 }
 
-/// Binds the metrics listener on `addr`.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| MetricsError::Bind { addr, source })
-}
-
-/// Serves `GET /metrics` on `listener`, one HTTP/1.1 response per connection, until the task
-/// is dropped.
+/// Serves `GET /metrics` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, sources: Sources) {
-    loop {
-        let (mut sock, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                // Out of file descriptors, typically: wait rather than spin.
-                tracing::warn!(error = %e, "metrics: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let sources = sources.clone();
-        tokio::spawn(async move {
-            let mut head = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            let read_head = async {
-                // The head may arrive in pieces.
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
-                    match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(HEAD_TIMEOUT, read_head).await;
-            let head = String::from_utf8_lossy(&head);
-            let path = head.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = if head.starts_with("GET ") && path == "/metrics" {
-                // The spool lock can be held through a batch's fsync: not on the async worker.
-                let body = tokio::task::spawn_blocking(move || render(&sources))
-                    .await
-                    .unwrap_or_default();
-                ("200 OK", body)
-            } else {
-                ("404 Not Found", "try GET /metrics\n".to_owned())
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if let Err(e) = sock.write_all(response.as_bytes()).await {
-                tracing::debug!(%peer, error = %e, "metrics: write failed");
-            }
-        });
-    }
+    // Rendered off the async workers: the spool lock can be held through a batch's fsync.
+    exposition::serve(listener, move || render(&sources)).await;
 }
 
 #[cfg(test)]
@@ -315,6 +223,7 @@ mod tests {
     use super::*;
     use crate::energy::{AttributionMode, Domain, PackageEnergy, SourceKind};
     use std::collections::BTreeMap;
+    use std::time::Duration;
 
     /// `name{labels}` -> value of every sample line; panics on a sample without HELP and TYPE.
     fn parse(text: &str) -> BTreeMap<String, u64> {

@@ -1,16 +1,15 @@
 //! Prometheus text exposition (format 0.0.4) on `GET /metrics`, as Kepler and Scaphandre users
 //! expect: the collector's ingest counters (counted by [`Counted`], a [`Store`] wrapper, so
 //! every write path is counted), the store's size, and per-service watts over the last five
-//! minutes, labelled `estimated="true"` when any joule came from a model.
+//! minutes, labelled `estimated="true"` when any joule came from a model. The text format and
+//! the HTTP responder are [`wattson_proto::exposition`], shared with the agent.
 
-use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
+use wattson_proto::exposition::{self, Kind, Text};
 use wattson_proto::v1::{PowerRequest, TimeWindow};
 
 use crate::query::QueryEngine;
@@ -18,6 +17,8 @@ use crate::store::{
     Ingested, Keyed, Point, Retention, RetentionReport, Rollup, Store, StoreError, StoreStats,
     TopQuery, Window,
 };
+
+pub use wattson_proto::exposition::{BindError, bind};
 
 /// Window of the per-service watts gauges.
 const WATTS_WINDOW_SECONDS: i64 = 300;
@@ -117,48 +118,30 @@ impl Store for Counted {
     }
 }
 
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (labels, v) in samples {
-        let _ = writeln!(out, "{name}{labels} {v}");
-    }
-}
-
 /// Renders the exposition text.
 pub fn render(counted: &Counted, engine: &QueryEngine, now: i64) -> String {
-    let mut out = String::new();
+    let mut t = Text::new();
     let c = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
-    metric(
-        &mut out,
+    t.family(
         "wattson_collector_batches_total",
-        "counter",
+        Kind::Counter,
         "Batches that reached the store, by result (validation rejections happen before).",
-        &[
-            ("{result=\"stored\"}".into(), c(&counted.stored)),
-            ("{result=\"duplicate\"}".into(), c(&counted.duplicates)),
-            ("{result=\"error\"}".into(), c(&counted.errors)),
-        ],
-    );
-    metric(
-        &mut out,
+    )
+    .sample(&[("result", &"stored")], c(&counted.stored))
+    .sample(&[("result", &"duplicate")], c(&counted.duplicates))
+    .sample(&[("result", &"error")], c(&counted.errors));
+    t.family(
         "wattson_collector_samples_total",
-        "counter",
+        Kind::Counter,
         "Stack samples stored.",
-        &[(String::new(), c(&counted.samples))],
-    );
-    metric(
-        &mut out,
+    )
+    .sample(&[], c(&counted.samples));
+    t.family(
         "wattson_collector_store_write_seconds_total",
-        "counter",
+        Kind::Counter,
         "Time spent in durable store writes.",
-        &[(String::new(), c(&counted.write_micros) / 1e6)],
-    );
+    )
+    .sample(&[], c(&counted.write_micros) / 1e6);
     match counted.stats() {
         Ok(s) => {
             for (name, help, v) in [
@@ -170,7 +153,7 @@ pub fn render(counted: &Counted, engine: &QueryEngine, now: i64) -> String {
                     s.batches,
                 ),
             ] {
-                metric(&mut out, name, "gauge", help, &[(String::new(), v as f64)]);
+                t.family(name, Kind::Gauge, help).sample(&[], v as f64);
             }
         }
         Err(e) => tracing::warn!(error = %e, "metrics: store stats failed"),
@@ -185,103 +168,52 @@ pub fn render(counted: &Counted, engine: &QueryEngine, now: i64) -> String {
     };
     match engine.power(&req) {
         Ok(p) => {
-            let mut w = Vec::new();
-            let mut fw = Vec::new();
-            let mut hosts = Vec::new();
-            for s in &p.services {
-                let pw = s.power.unwrap_or_default();
-                let l = format!(
-                    "{{service=\"{}\",estimated=\"{}\"}}",
-                    label(&s.service),
-                    pw.estimated
-                );
-                w.push((l.clone(), pw.watts));
-                fw.push((l, pw.fleet_watts));
-                hosts.push((
-                    format!("{{service=\"{}\"}}", label(&s.service)),
-                    s.hosts_reporting as f64,
-                ));
-            }
-            metric(
-                &mut out,
+            let power: Vec<_> = p
+                .services
+                .iter()
+                .map(|s| (s, s.power.unwrap_or_default()))
+                .collect();
+            let mut watts = t.family(
                 "wattson_service_watts",
-                "gauge",
+                Kind::Gauge,
                 "Average watts attributed to the service on profiled hosts over the last 5 minutes.",
-                &w,
             );
-            metric(
-                &mut out,
+            for (s, pw) in &power {
+                watts.sample(
+                    &[("service", &s.service), ("estimated", &pw.estimated)],
+                    pw.watts,
+                );
+            }
+            let mut fleet = t.family(
                 "wattson_service_fleet_watts",
-                "gauge",
+                Kind::Gauge,
                 "Service watts scaled to the whole fleet by the profiled fraction.",
-                &fw,
             );
-            metric(
-                &mut out,
+            for (s, pw) in &power {
+                fleet.sample(
+                    &[("service", &s.service), ("estimated", &pw.estimated)],
+                    pw.fleet_watts,
+                );
+            }
+            let mut hosts = t.family(
                 "wattson_service_hosts_reporting",
-                "gauge",
+                Kind::Gauge,
                 "Hosts that reported the service over the last 5 minutes.",
-                &hosts,
             );
+            for (s, _) in &power {
+                hosts.sample(&[("service", &s.service)], s.hosts_reporting as f64);
+            }
         }
         Err(e) => tracing::warn!(error = %e, "metrics: power query failed"),
     }
-    out
+    t.finish()
 }
 
 /// Serves `GET /metrics` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, counted: Arc<Counted>, engine: Arc<QueryEngine>) {
-    loop {
-        let (mut sock, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics accept failed");
-                continue;
-            }
-        };
-        let (counted, engine) = (counted.clone(), engine.clone());
-        tokio::spawn(async move {
-            // Read the request head (it may arrive in pieces), up to 8 KiB or 5 s.
-            let mut buf = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            let read_head = async {
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-                    match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read_head).await;
-            let head = String::from_utf8_lossy(&buf);
-            let path = head.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = if head.starts_with("GET ") && path == "/metrics" {
-                let now = crate::report::now();
-                let body = tokio::task::spawn_blocking(move || render(&counted, &engine, now))
-                    .await
-                    .unwrap_or_default();
-                ("200 OK", body)
-            } else {
-                ("404 Not Found", "try GET /metrics\n".to_string())
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if let Err(e) = sock.write_all(resp.as_bytes()).await {
-                tracing::debug!(%peer, error = %e, "metrics write failed");
-            }
-        });
-    }
-}
-
-/// Binds the metrics listener.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StoreError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StoreError::Io {
-            what: format!("binding --metrics-listen {addr}"),
-            source,
-        })
+    // Rendered off the async workers: the store stats and the power query read SQLite.
+    exposition::serve(listener, move || {
+        render(&counted, &engine, crate::report::now())
+    })
+    .await;
 }
