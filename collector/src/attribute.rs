@@ -4,14 +4,17 @@
 //!
 //! Measured and estimated joules travel separately; a [`Power`] is marked estimated as soon as
 //! any of its joules came from a model.
+//!
+//! [`Coverage`] holds what every query attributes with, computed from two store reads (per-host
+//! and per-(service, host) rows) so no query reads them twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use serde::Deserialize;
 use wattson_proto::v1::Power;
 
-use crate::store::Totals;
+use crate::store::{Keyed, Totals};
 
 const HOURS_PER_YEAR: f64 = 24.0 * 365.0;
 
@@ -165,6 +168,105 @@ impl FleetConfig {
     }
 }
 
+/// How one service's joules turn into watts over a window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServiceCover {
+    /// Hosts that reported the service in the window.
+    pub hosts: u64,
+    /// The service's sums over those hosts (samples and self joules).
+    pub totals: Totals,
+    /// Divisor of the service's joules: joules / sum over hosts of (host joules / seconds that
+    /// host reported), so each host is averaged over its own time, not the whole window.
+    pub seconds: f64,
+    /// Fleet hosts / reporting hosts.
+    pub scale: f64,
+    /// Fleet hosts of the service and whether configured ([`FleetConfig::fleet_hosts`]).
+    pub fleet: (u64, bool),
+}
+
+/// Who reported for how long in a window, per service and per host.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Coverage {
+    /// Per service.
+    pub services: HashMap<String, ServiceCover>,
+    /// Hosts reporting.
+    pub hosts: u64,
+    /// Host idle watts (not charged to functions), each host over its own time.
+    pub idle_watts: f64,
+    /// Whether any idle joules were estimated.
+    pub idle_estimated: bool,
+    /// Samples the agents' samplers dropped.
+    pub dropped: u64,
+}
+
+/// Seconds a host reported in a window: its profiles' total duration, within [1 s, window].
+pub fn host_seconds(duration_ms: u64, window: f64) -> f64 {
+    if duration_ms == 0 {
+        window
+    } else {
+        (duration_ms as f64 / 1000.0).clamp(1.0, window)
+    }
+}
+
+impl Coverage {
+    /// From a window's per-host rows ([`crate::store::Store::hosts`]) and per-(service, host)
+    /// rows ([`crate::store::Store::service_hosts`]). Without host rows every host counts as
+    /// reporting the whole window.
+    pub fn new(
+        window_seconds: f64,
+        hosts: &[Keyed],
+        service_hosts: &[Keyed],
+        fleet: &FleetConfig,
+    ) -> Coverage {
+        let mut out = Coverage {
+            hosts: hosts.len() as u64,
+            ..Coverage::default()
+        };
+        let mut host_secs = HashMap::with_capacity(hosts.len());
+        for h in hosts {
+            let t = host_seconds(h.totals.duration_ms, window_seconds);
+            out.idle_watts += (h.totals.idle_uj + h.totals.est_idle_uj) as f64 / 1e6 / t;
+            out.idle_estimated |= h.totals.est_idle_uj > 0;
+            out.dropped += h.totals.dropped;
+            host_secs.insert(h.key.as_str(), t);
+        }
+        // Per service: summed joules and summed per-host watts, whose ratio is `seconds`.
+        let mut watts: HashMap<&str, (f64, f64)> = HashMap::new();
+        for r in service_hosts {
+            let j = (r.totals.uj_self + r.totals.est_uj_self) as f64 / 1e6;
+            let t = host_secs
+                .get(r.key.as_str())
+                .copied()
+                .unwrap_or(window_seconds);
+            let c = out
+                .services
+                .entry(r.service.clone())
+                .or_insert(ServiceCover {
+                    hosts: 0,
+                    totals: Totals::default(),
+                    seconds: window_seconds,
+                    scale: 1.0,
+                    fleet: (0, false),
+                });
+            c.hosts += 1;
+            c.totals.add(&r.totals);
+            let w = watts.entry(r.service.as_str()).or_default();
+            w.0 += j;
+            w.1 += j / t;
+        }
+        for (service, c) in &mut out.services {
+            if let Some(&(j, w)) = watts.get(service.as_str())
+                && w > 0.0
+            {
+                c.seconds = j / w;
+            }
+            c.fleet = fleet.fleet_hosts(service, c.hosts);
+            c.scale = c.fleet.0 as f64 / c.hosts.max(1) as f64;
+        }
+        out
+    }
+}
+
 /// Adds `b` into `a` (sums of powers over disjoint parts of the fleet).
 pub fn add_power(a: &mut Power, b: &Power) {
     a.joules_measured += b.joules_measured;
@@ -199,6 +301,57 @@ mod tests {
         assert!((p.kwh_per_year - 120.0 * 8.76).abs() < 1e-6);
         assert!((p.co2_kg_per_year - p.kwh_per_year * 0.5).abs() < 1e-6);
         assert!(!cfg.power(1, 0, 1.0, 1.0).estimated);
+    }
+
+    #[test]
+    fn each_host_is_averaged_over_its_own_time_and_fleets_scale_by_hosts() {
+        let row = |service: &str, key: &str, t: Totals| Keyed {
+            service: service.into(),
+            key: key.into(),
+            totals: t,
+            hosts: 1,
+        };
+        let host = |key: &str, secs: u64, idle_uj: u64| {
+            row(
+                "",
+                key,
+                Totals {
+                    duration_ms: secs * 1000,
+                    est_idle_uj: idle_uj,
+                    dropped: 2,
+                    ..Totals::default()
+                },
+            )
+        };
+        let uj = |uj_self: u64, samples_self: u64| Totals {
+            uj_self,
+            samples_self,
+            ..Totals::default()
+        };
+        // a reported 600 s (60 J: 0.1 W), b 60 s (60 J: 1 W): api draws 1.1 W over 120 J, so
+        // its joules average over 120 / 1.1 s. db ran on a only.
+        let hosts = [host("a", 600, 60_000_000), host("b", 60, 0)];
+        let sh = [
+            row("api", "a", uj(60_000_000, 10)),
+            row("api", "b", uj(60_000_000, 30)),
+            row("db", "a", uj(6_000_000, 5)),
+        ];
+        let fleet = FleetConfig::default().with_fleet_hosts("api", 8);
+        let c = Coverage::new(600.0, &hosts, &sh, &fleet);
+        assert_eq!((c.hosts, c.dropped), (2, 4));
+        assert!((c.idle_watts - 0.1).abs() < 1e-12 && c.idle_estimated);
+        let api = c.services["api"];
+        assert_eq!((api.hosts, api.totals.samples_self), (2, 40));
+        assert!((api.seconds - 120.0 / 1.1).abs() < 1e-9, "{api:?}");
+        assert_eq!((api.fleet, api.scale), ((8, true), 4.0));
+        let db = c.services["db"];
+        assert!(
+            (db.seconds - 600.0).abs() < 1e-9 && db.scale == 1.0,
+            "{db:?}"
+        );
+        // No host rows: every host counts as reporting the whole window.
+        let c = Coverage::new(600.0, &[], &sh, &fleet);
+        assert!((c.services["api"].seconds - 600.0).abs() < 1e-9);
     }
 
     #[test]

@@ -1,8 +1,12 @@
 //! Answering queries: checks a request (window, service, function), reads the store and
 //! attributes power with the fleet configuration. The gRPC query service and the tests call
 //! this; it returns the wire types directly so there is one shape for every consumer.
+//!
+//! Store reads are the cost of a query (each scans a window of rollup rows; attribution itself
+//! is arithmetic), so each query reads only what it needs, once: `top` the function rows plus
+//! the two coverage reads, `power` the coverage reads alone, `series` one function's rows plus
+//! the service's hosts only when a fleet size scales it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use wattson_proto::v1::{
@@ -11,32 +15,8 @@ use wattson_proto::v1::{
     TopResponse,
 };
 
-use crate::attribute::{FleetConfig, add_power};
+use crate::attribute::{Coverage, FleetConfig, add_power};
 use crate::store::{Keyed, Rank, Store, StoreError, TopQuery, Window};
-
-/// How a service's joules turn into watts. Each host's joules are divided by the time that
-/// host reported within the window (not the whole window), so a host that joined ten minutes
-/// into an hour is not diluted six-fold; `seconds` is the equivalent divisor of the service's
-/// summed joules (joules / sum of per-host watts), which the service's functions share.
-#[derive(Debug, Clone, Copy)]
-struct Cover {
-    hosts: u64,
-    samples: u64,
-    joules: f64,
-    watts: f64,
-    seconds: f64,
-    scale: f64,
-    fleet: (u64, bool),
-}
-
-/// Seconds a host reported in a window: its profiles' total duration, within [1 s, window].
-fn host_seconds(duration_ms: u64, window: f64) -> f64 {
-    if duration_ms == 0 {
-        window
-    } else {
-        (duration_ms as f64 / 1000.0).clamp(1.0, window)
-    }
-}
 
 /// Default and largest `top` row counts.
 const DEFAULT_LIMIT: u32 = 20;
@@ -137,48 +117,27 @@ impl QueryEngine {
         })
     }
 
-    /// Per service: hosts, samples, scale to the fleet and the seconds its joules average
-    /// over (see [`Cover`]), plus host idle watts and whether they are estimated.
-    fn coverage(&self, w: Window) -> Result<(HashMap<String, Cover>, f64, bool), QueryError> {
-        let window = w.seconds() as f64;
-        let mut host_secs = HashMap::new();
-        let (mut idle_w, mut idle_est) = (0.0, false);
-        for h in self.store.hosts(w)? {
-            let t = host_seconds(h.totals.duration_ms, window);
-            idle_w += (h.totals.idle_uj + h.totals.est_idle_uj) as f64 / 1e6 / t;
-            idle_est |= h.totals.est_idle_uj > 0;
-            host_secs.insert(h.key, t);
-        }
-        let mut out: HashMap<String, Cover> = HashMap::new();
-        for r in self.store.service_hosts(w)? {
-            let j = (r.totals.uj_self + r.totals.est_uj_self) as f64 / 1e6;
-            let t = host_secs.get(&r.key).copied().unwrap_or(window);
-            let c = out.entry(r.service).or_insert(Cover {
-                hosts: 0,
-                samples: 0,
-                joules: 0.0,
-                watts: 0.0,
-                seconds: window,
-                scale: 1.0,
-                fleet: (0, false),
-            });
-            c.hosts += 1;
-            c.samples += r.totals.samples_self;
-            c.joules += j;
-            c.watts += j / t;
-        }
-        for (service, c) in &mut out {
-            if c.watts > 0.0 {
-                c.seconds = c.joules / c.watts;
-            }
-            c.fleet = self.fleet.fleet_hosts(service, c.hosts);
-            c.scale = c.fleet.0 as f64 / c.hosts.max(1) as f64;
-        }
-        Ok((out, idle_w, idle_est))
+    /// Who reported for how long in `w`: two store reads (hosts, and services per host), run
+    /// alongside `with` (another read the query needs), whose answer comes back too.
+    fn coverage_with<T>(
+        &self,
+        w: Window,
+        with: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<(Coverage, T), QueryError> {
+        // The reads are independent, so they overlap: ClickHouse answers each on its own
+        // connection. (SQLite's one reader connection takes them in turn either way.)
+        let (hosts, service_hosts, other) = std::thread::scope(|s| {
+            let hosts = s.spawn(|| self.store.hosts(w));
+            let service_hosts = s.spawn(|| self.store.service_hosts(w));
+            let other = with();
+            (joined(hosts), joined(service_hosts), other)
+        });
+        let cover = Coverage::new(w.seconds() as f64, &hosts?, &service_hosts?, &self.fleet);
+        Ok((cover, other?))
     }
 
     /// Functions ranked by energy (as watts: each service's joules over its own seconds, see
-    /// [`Cover`]) or samples.
+    /// [`crate::attribute::ServiceCover`]) or samples.
     pub fn top(&self, req: &TopRequest) -> Result<TopResponse, QueryError> {
         let w = window(req.window.as_ref())?;
         self.check_service(&req.service)?;
@@ -192,12 +151,19 @@ impl QueryEngine {
             0 => DEFAULT_LIMIT,
             n => n.min(MAX_LIMIT),
         };
-        let (cover, _, _) = self.coverage(w)?;
+        let query = |limit| TopQuery {
+            window: w,
+            service: (!req.service.is_empty()).then(|| req.service.clone()),
+            rank,
+            limit,
+        };
+        let (cover, first) = self.coverage_with(w, || self.store.top(&query(limit)))?;
         let secs = w.seconds() as f64;
         let row = |r: Keyed| {
-            let (seconds, scale, total) = cover
-                .get(&r.service)
-                .map_or((secs, 1.0, 0), |c| (c.seconds, c.scale, c.samples));
+            let (seconds, scale, total) =
+                cover.services.get(&r.service).map_or((secs, 1.0, 0), |c| {
+                    (c.seconds, c.scale, c.totals.samples_self)
+                });
             let (s, i) = self.fleet.self_and_inclusive(&r.totals, seconds, scale);
             let share = |n: u64| {
                 if total == 0 {
@@ -217,33 +183,32 @@ impl QueryEngine {
                 inclusive_power: Some(i),
             }
         };
-        let query = |limit| TopQuery {
-            window: w,
-            service: (!req.service.is_empty()).then(|| req.service.clone()),
-            rank,
-            limit,
-        };
         let watts = |f: &FunctionRow| match rank {
             Rank::EnergyInclusive => f.inclusive_power.map_or(0.0, |p| p.watts),
             _ => f.self_power.map_or(0.0, |p| p.watts),
         };
+        // Most watts first; ties by name, as the store breaks them.
+        let by_watts = |a: &FunctionRow, b: &FunctionRow| {
+            watts(b)
+                .total_cmp(&watts(a))
+                .then_with(|| (&a.service, &a.function).cmp(&(&b.service, &b.function)))
+        };
         let mut rows: Vec<FunctionRow> =
             if matches!(rank, Rank::SamplesSelf | Rank::SamplesInclusive) {
-                self.store
-                    .top(&query(limit))?
-                    .into_iter()
-                    .map(row)
-                    .collect()
+                first.into_iter().map(row).collect()
             } else {
                 // The store ranks by joules, but a service whose hosts reported for less of
                 // the window turns fewer joules into more watts: rank by watts here. A row the
                 // store left out has at most the last row's joules, so at most those joules
                 // over the shortest service seconds in watts; once the limit-th best watts
                 // reach that bound the ranking is exact, else more rows are fetched.
-                let shortest = cover.values().map(|c| c.seconds).fold(secs, f64::min);
-                let mut fetch = limit;
+                let shortest = cover
+                    .services
+                    .values()
+                    .map(|c| c.seconds)
+                    .fold(secs, f64::min);
+                let (mut fetch, mut got) = (limit, first);
                 loop {
-                    let got = self.store.top(&query(fetch))?;
                     let complete = got.len() < fetch as usize || fetch >= MAX_LIMIT;
                     let bound = got.last().map_or(0.0, |r| {
                         let (s, i) = self.fleet.self_and_inclusive(&r.totals, shortest, 1.0);
@@ -253,16 +218,13 @@ impl QueryEngine {
                         }
                     });
                     let mut rows: Vec<FunctionRow> = got.into_iter().map(row).collect();
-                    rows.sort_by(|a, b| {
-                        watts(b)
-                            .total_cmp(&watts(a))
-                            .then_with(|| (&a.service, &a.function).cmp(&(&b.service, &b.function)))
-                    });
+                    rows.sort_by(by_watts);
                     let kth = rows.get(limit as usize - 1).map_or(0.0, watts);
                     if complete || kth >= bound * (1.0 - WATTS_SLACK) {
                         break rows;
                     }
                     fetch = fetch.saturating_mul(4).min(MAX_LIMIT);
+                    got = self.store.top(&query(fetch))?;
                 }
             };
         rows.truncate(limit as usize);
@@ -294,11 +256,17 @@ impl QueryEngine {
                 req.function, req.service, req.service
             )));
         }
-        let scale = self
-            .coverage(w)?
-            .0
-            .get(&req.service)
-            .map_or(1.0, |c| c.scale);
+        // Only a configured fleet size scales (fleet hosts / reporting hosts); otherwise the
+        // scale is 1 and the service's hosts need not be read at all.
+        let scale = if self.fleet.fleet_hosts.contains_key(&req.service) {
+            let service_hosts = self.store.service_hosts(w)?;
+            Coverage::new(w.seconds() as f64, &[], &service_hosts, &self.fleet)
+                .services
+                .get(&req.service)
+                .map_or(1.0, |c| c.scale)
+        } else {
+            1.0
+        };
         let points = points
             .into_iter()
             .map(|p| {
@@ -346,50 +314,54 @@ impl QueryEngine {
     /// Fleet power per service.
     pub fn power(&self, req: &PowerRequest) -> Result<PowerResponse, QueryError> {
         let w = window(req.window.as_ref())?;
-        let (cover, idle_watts, idle_estimated) = self.coverage(w)?;
-        let mut total = Power::default();
-        let mut services = Vec::new();
-        for s in self.store.services(w)? {
-            let (seconds, scale, fleet) = cover
-                .get(&s.service)
-                .map_or((w.seconds() as f64, 1.0, (s.hosts, false)), |c| {
-                    (c.seconds, c.scale, c.fleet)
-                });
-            let power = self
-                .fleet
-                .power(s.totals.uj_self, s.totals.est_uj_self, seconds, scale);
-            add_power(&mut total, &power);
-            services.push(ServicePower {
-                service: s.service,
-                hosts_reporting: s.hosts,
-                fleet_hosts: fleet.0,
-                fleet_configured: fleet.1,
-                samples: s.totals.samples_self,
-                power: Some(power),
-            });
-        }
+        // Everything here is in the coverage: per-service sums are its service rows summed.
+        let (cover, ()) = self.coverage_with(w, || Ok(()))?;
+        let mut services: Vec<ServicePower> = cover
+            .services
+            .iter()
+            .map(|(service, c)| ServicePower {
+                service: service.clone(),
+                hosts_reporting: c.hosts,
+                fleet_hosts: c.fleet.0,
+                fleet_configured: c.fleet.1,
+                samples: c.totals.samples_self,
+                power: Some(self.fleet.power(
+                    c.totals.uj_self,
+                    c.totals.est_uj_self,
+                    c.seconds,
+                    c.scale,
+                )),
+            })
+            .collect();
         // The biggest consumer first: ranked by watts on the profiled hosts, as the W column.
         services.sort_by(|a, b| {
             let w = |s: &ServicePower| s.power.map_or(0.0, |p| p.watts);
             w(b).total_cmp(&w(a))
                 .then_with(|| a.service.cmp(&b.service))
         });
-        let hosts = self.store.hosts(w)?;
-        let dropped = hosts.iter().map(|h| h.totals.dropped).sum();
+        let mut total = Power::default();
+        for s in &services {
+            add_power(&mut total, &s.power.unwrap_or_default());
+        }
         Ok(PowerResponse {
             window: wire(w),
             services,
             total: Some(total),
-            hosts_reporting: hosts.len() as u64,
-            idle_watts,
-            idle_estimated,
-            dropped_samples: dropped,
+            hosts_reporting: cover.hosts,
+            idle_watts: cover.idle_watts,
+            idle_estimated: cover.idle_estimated,
+            dropped_samples: cover.dropped,
             pue: self.fleet.pue.unwrap_or(0.0),
             co2_g_per_kwh: self.fleet.co2_g_per_kwh.unwrap_or(0.0),
             price_per_kwh: self.fleet.price_per_kwh.unwrap_or(0.0),
             currency: self.fleet.currency.clone(),
         })
     }
+}
+
+/// A scoped thread's result; its panic, if any, carries on in the caller.
+fn joined<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 #[cfg(test)]

@@ -630,3 +630,159 @@ fn power_and_top_rank_by_watts_not_by_name_or_joules() {
     let by_samples = top(RankBy::SamplesSelf, 10);
     assert_eq!(by_samples[3].0, "burst", "{by_samples:?}");
 }
+
+/// A store that counts the window reads it forwards (the cost of a query).
+struct Counting {
+    inner: Box<dyn Store>,
+    reads: std::sync::Mutex<std::collections::BTreeMap<&'static str, u32>>,
+}
+
+impl Counting {
+    fn count(&self, what: &'static str) {
+        *self.reads.lock().unwrap().entry(what).or_default() += 1;
+    }
+
+    /// Reads since the last call, by kind.
+    fn take(&self) -> std::collections::BTreeMap<&'static str, u32> {
+        std::mem::take(&mut *self.reads.lock().unwrap())
+    }
+}
+
+impl Store for Counting {
+    fn ingest(
+        &self,
+        batch: &wattson_proto::v1::Batch,
+    ) -> Result<store::Ingested, store::StoreError> {
+        self.inner.ingest(batch)
+    }
+    fn write(&self, rollup: &store::Rollup) -> Result<store::Ingested, store::StoreError> {
+        self.inner.write(rollup)
+    }
+    fn top(&self, q: &store::TopQuery) -> Result<Vec<store::Keyed>, store::StoreError> {
+        self.count("top");
+        self.inner.top(q)
+    }
+    fn series(
+        &self,
+        w: store::Window,
+        service: &str,
+        function: &str,
+        step: i64,
+    ) -> Result<Vec<store::Point>, store::StoreError> {
+        self.count("series");
+        self.inner.series(w, service, function, step)
+    }
+    fn services(&self, w: store::Window) -> Result<Vec<store::Keyed>, store::StoreError> {
+        self.count("services");
+        self.inner.services(w)
+    }
+    fn service_hosts(&self, w: store::Window) -> Result<Vec<store::Keyed>, store::StoreError> {
+        self.count("service_hosts");
+        self.inner.service_hosts(w)
+    }
+    fn hosts(&self, w: store::Window) -> Result<Vec<store::Keyed>, store::StoreError> {
+        self.count("hosts");
+        self.inner.hosts(w)
+    }
+    fn builds(
+        &self,
+        w: store::Window,
+        service: Option<&str>,
+    ) -> Result<Vec<store::Keyed>, store::StoreError> {
+        self.count("builds");
+        self.inner.builds(w, service)
+    }
+    fn stacks(
+        &self,
+        w: store::Window,
+        service: Option<&str>,
+    ) -> Result<Vec<store::Keyed>, store::StoreError> {
+        self.count("stacks");
+        self.inner.stacks(w, service)
+    }
+    fn build_stacks(
+        &self,
+        w: store::Window,
+        service: Option<&str>,
+        build: &str,
+    ) -> Result<Vec<store::Keyed>, store::StoreError> {
+        self.count("build_stacks");
+        self.inner.build_stacks(w, service, build)
+    }
+    fn known_services(&self) -> Result<Vec<String>, store::StoreError> {
+        self.inner.known_services()
+    }
+    fn retain(
+        &self,
+        policy: &store::Retention,
+        now: i64,
+    ) -> Result<store::RetentionReport, store::StoreError> {
+        self.inner.retain(policy, now)
+    }
+    fn stats(&self) -> Result<store::StoreStats, store::StoreError> {
+        self.inner.stats()
+    }
+}
+
+/// Regression: `power` read the per-host rows twice plus per-service rows it could sum from
+/// the per-(service, host) rows it had already read (four window scans where two do), and
+/// `series` read both coverage tables for a scale that is 1 unless a fleet size is configured.
+/// Each window scan costs tens of ms over a day of a 1,000-host fleet.
+#[test]
+fn queries_read_only_what_they_attribute_with_once() {
+    use std::collections::BTreeMap;
+    use wattson_collector::query::QueryEngine;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("w.db").display());
+    let counting = Arc::new(Counting {
+        inner: store::open(&url).unwrap(),
+        reads: Default::default(),
+    });
+    for b in batches() {
+        counting.ingest(&b).unwrap();
+    }
+    let w = window(T0, T0 + 600);
+    let reads = |pairs: &[(&'static str, u32)]| pairs.iter().copied().collect::<BTreeMap<_, _>>();
+    for fleet in [
+        FleetConfig::default(),
+        FleetConfig::default().with_fleet_hosts("api", 20),
+    ] {
+        let configured = !fleet.fleet_hosts.is_empty();
+        let q = QueryEngine::new(counting.clone(), fleet);
+        let p = q.power(&PowerRequest { window: w }).unwrap();
+        assert_eq!(p.services.len(), 2);
+        assert_eq!(
+            counting.take(),
+            reads(&[("hosts", 1), ("service_hosts", 1)])
+        );
+        let top = q
+            .top(&TopRequest {
+                window: w,
+                limit: 3,
+                ..TopRequest::default()
+            })
+            .unwrap();
+        assert_eq!(top.rows[0].function, "hash");
+        assert_eq!(
+            counting.take(),
+            reads(&[("hosts", 1), ("service_hosts", 1), ("top", 1)])
+        );
+        let s = q
+            .series(&SeriesRequest {
+                window: w,
+                service: "api".into(),
+                function: "hash".into(),
+                step_seconds: 300,
+            })
+            .unwrap();
+        // 2 api hosts x 6 J a minute over 5-minute buckets = 0.2 W, x 10 with 20 fleet hosts.
+        let fleet_w = s.points[0].self_power.unwrap().fleet_watts;
+        let want = if configured { 2.0 } else { 0.2 };
+        assert!((fleet_w - want).abs() < 1e-9, "{fleet_w} W");
+        let mut want_reads = vec![("series", 1)];
+        if configured {
+            want_reads.push(("service_hosts", 1));
+        }
+        assert_eq!(counting.take(), reads(&want_reads));
+    }
+}
