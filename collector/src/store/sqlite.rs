@@ -8,7 +8,8 @@
 //! [`Store::write`]), so a batch is either fully stored and recorded or neither.
 //! Ingest goes through [`super::sqlite_ingest`] (group commit, batched roll-up).
 //!
-//! One connection writes, another reads (WAL lets readers run alongside the writer).
+//! One connection writes; a few others read (WAL lets readers run alongside the writer, and
+//! each other: a `top` needs three scans, which the query engine issues at once).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -66,11 +67,16 @@ INSERT OR IGNORE INTO received SELECT host, '', seq, received, profiles, samples
 DROP TABLE batches;
 ";
 
+/// Read connections: as many as the reads one query issues at once.
+const READERS: usize = 3;
+
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     path: String,
     writer: Arc<Mutex<Connection>>,
-    reader: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    /// Where the next read starts looking for a free reader.
+    next_reader: std::sync::atomic::AtomicUsize,
     /// Owns ingest; dropping it rolls up what is merged (it holds its own `writer` handle).
     pipeline: Pipeline,
 }
@@ -121,12 +127,14 @@ impl SqliteStore {
             writer.execute_batch(MIGRATE_BATCHES).map_err(err)?;
             tracing::info!(path = %name, "migrated dedup records to (host, instance, sequence)");
         }
-        let reader = Connection::open(path).map_err(err)?;
-        reader
-            .pragma_update(None, "cache_size", -65_536)
-            .map_err(err)?;
-        reader
-            .busy_timeout(std::time::Duration::from_secs(10))
+        let readers = (0..READERS)
+            .map(|_| {
+                let reader = Connection::open(path)?;
+                reader.pragma_update(None, "cache_size", -65_536)?;
+                reader.busy_timeout(std::time::Duration::from_secs(10))?;
+                Ok(Mutex::new(reader))
+            })
+            .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(err)?;
         let writer = Arc::new(Mutex::new(writer));
         let pipeline = Pipeline::start(&name, writer.clone())?;
@@ -134,7 +142,8 @@ impl SqliteStore {
         Ok(SqliteStore {
             path: name,
             writer,
-            reader: Mutex::new(reader),
+            readers,
+            next_reader: Default::default(),
             pipeline,
         })
     }
@@ -153,7 +162,18 @@ impl SqliteStore {
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         self.settle()?;
-        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let start = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self.readers.len();
+        // A free reader if there is one, else wait for the one this read was dealt.
+        let conn = (0..n)
+            .find_map(|i| self.readers[(start + i) % n].try_lock().ok())
+            .unwrap_or_else(|| {
+                self.readers[start % n]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+            });
         f(&conn).map_err(|e| self.err(e))
     }
 
