@@ -10,9 +10,9 @@
 use std::sync::Arc;
 
 use wattson_proto::v1::{
-    FunctionRow, Power, PowerRequest, PowerResponse, RankBy, SeriesPoint, SeriesRequest,
-    SeriesResponse, ServicePower, StackRow, StacksRequest, StacksResponse, TimeWindow, TopRequest,
-    TopResponse,
+    BuildRow, BuildsRequest, BuildsResponse, FunctionRow, Power, PowerRequest, PowerResponse,
+    RankBy, SeriesPoint, SeriesRequest, SeriesResponse, ServicePower, StackRow, StacksRequest,
+    StacksResponse, TimeWindow, TopRequest, TopResponse,
 };
 
 use crate::attribute::{Coverage, FleetConfig, add_power};
@@ -293,9 +293,31 @@ impl QueryEngine {
         let w = window(req.window.as_ref())?;
         self.check_service(&req.service)?;
         let service = (!req.service.is_empty()).then_some(req.service.as_str());
-        let stacks = self
-            .store
-            .stacks(w, service)?
+        let rows = if req.build_id.is_empty() {
+            self.store.stacks(w, service)?
+        } else {
+            let rows = self.store.build_stacks(w, service, &req.build_id)?;
+            if rows.is_empty() {
+                let seen: Vec<String> = self
+                    .store
+                    .builds(w, service)?
+                    .into_iter()
+                    .filter(|k| !k.key.is_empty())
+                    .map(|k| format!("{} ({})", k.key, k.service))
+                    .collect();
+                return Err(QueryError::NoData(format!(
+                    "no samples of build {:?} in this window; builds seen: {}",
+                    req.build_id,
+                    if seen.is_empty() {
+                        "none".into()
+                    } else {
+                        seen.join(", ")
+                    }
+                )));
+            }
+            rows
+        };
+        let stacks = rows
             .into_iter()
             .map(|k: Keyed| StackRow {
                 service: k.service,
@@ -308,6 +330,32 @@ impl QueryEngine {
         Ok(StacksResponse {
             window: wire(w),
             stacks,
+        })
+    }
+
+    /// Builds each service ran in the window, most samples first.
+    pub fn builds(&self, req: &BuildsRequest) -> Result<BuildsResponse, QueryError> {
+        let w = window(req.window.as_ref())?;
+        self.check_service(&req.service)?;
+        let service = (!req.service.is_empty()).then_some(req.service.as_str());
+        let mut builds: Vec<BuildRow> = self
+            .store
+            .builds(w, service)?
+            .into_iter()
+            .map(|k| BuildRow {
+                service: k.service,
+                build_id: k.key,
+                samples: k.totals.samples_self,
+                joules_measured: k.totals.uj_self as f64 / 1e6,
+                joules_estimated: k.totals.est_uj_self as f64 / 1e6,
+            })
+            .collect();
+        builds.sort_by(|a, b| {
+            (&a.service, b.samples, &a.build_id).cmp(&(&b.service, a.samples, &b.build_id))
+        });
+        Ok(BuildsResponse {
+            window: wire(w),
+            builds,
         })
     }
 

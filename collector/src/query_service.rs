@@ -8,8 +8,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use wattson_proto::v1::query_service_server::{QueryService, QueryServiceServer};
 use wattson_proto::v1::{
-    PowerRequest, PowerResponse, SeriesRequest, SeriesResponse, StacksRequest, StacksResponse,
-    TopRequest, TopResponse,
+    BuildsRequest, BuildsResponse, PowerRequest, PowerResponse, SeriesRequest, SeriesResponse,
+    StacksRequest, StacksResponse, TopRequest, TopResponse,
 };
 
 use crate::query::{QueryEngine, QueryError};
@@ -73,6 +73,10 @@ impl QueryService for Query {
 
     async fn stacks(&self, r: Request<StacksRequest>) -> Result<Response<StacksResponse>, Status> {
         self.run(r, "stacks", QueryEngine::stacks).await
+    }
+
+    async fn builds(&self, r: Request<BuildsRequest>) -> Result<Response<BuildsResponse>, Status> {
+        self.run(r, "builds", QueryEngine::builds).await
     }
 
     async fn power(&self, r: Request<PowerRequest>) -> Result<Response<PowerResponse>, Status> {

@@ -3,7 +3,10 @@
 //! model estimates carry "est" in tables and `"estimated": true` in JSON. Tables fit a width
 //! ([`table`]: long names lose their middle); JSON always carries names whole.
 
+mod builds;
 mod table;
+
+pub use builds::{build_diff, builds_json, builds_table};
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -319,8 +322,11 @@ pub struct DiffRow {
 /// A diff: rows by largest absolute change.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Diff {
-    /// Unit of `before`/`after`: "W" or "samples/s".
+    /// Unit of `before`/`after`: "W", "samples/s" or "% of build".
     pub unit: &'static str,
+    /// What the two sides are, as JSON keys: `["baseline", "window"]` or
+    /// `["build_a", "build_b"]`.
+    pub sides: [&'static str; 2],
     /// Largest changes first.
     pub rows: Vec<DiffRow>,
 }
@@ -361,7 +367,18 @@ pub fn diff(before: &TopResponse, after: &TopResponse, w: Weight, limit: usize) 
             e.estimated |= w == Weight::Energy && power.estimated;
         }
     }
-    let mut rows: Vec<DiffRow> = map.into_values().collect();
+    Diff {
+        unit: match w {
+            Weight::Energy => "W",
+            Weight::Samples => "samples/s",
+        },
+        sides: ["baseline", "window"],
+        rows: largest_changes(map.into_values().collect(), limit),
+    }
+}
+
+/// The `limit` rows that changed most, largest absolute change first.
+fn largest_changes(mut rows: Vec<DiffRow>, limit: usize) -> Vec<DiffRow> {
     rows.sort_by(|a, b| {
         (b.after - b.before)
             .abs()
@@ -369,13 +386,7 @@ pub fn diff(before: &TopResponse, after: &TopResponse, w: Weight, limit: usize) 
             .then_with(|| (&a.service, &a.function).cmp(&(&b.service, &b.function)))
     });
     rows.truncate(limit);
-    Diff {
-        unit: match w {
-            Weight::Energy => "W",
-            Weight::Samples => "samples/s",
-        },
-        rows,
-    }
+    rows
 }
 
 /// `diff` as a table, fitted to `width` like [`top_table`].
@@ -400,11 +411,11 @@ pub fn diff_table(d: &Diff, width: usize) -> String {
             ]
         })
         .collect();
-    let mut out = format!("self {} per function, baseline vs window\n", d.unit);
+    let [a, b] = d.sides;
+    let mut out = format!("self {} per function, {a} vs {b}\n", d.unit);
+    let (a, b) = (a.to_uppercase(), b.to_uppercase());
     out.push_str(&fitted_table(
-        &[
-            "SERVICE", "FUNCTION", "BASELINE", "WINDOW", "DELTA", "CHANGE",
-        ],
+        &["SERVICE", "FUNCTION", &a, &b, "DELTA", "CHANGE"],
         &rows,
         width,
     ));
@@ -413,13 +424,18 @@ pub fn diff_table(d: &Diff, width: usize) -> String {
 
 /// `diff` as JSON.
 pub fn diff_json(d: &Diff) -> Value {
+    let [a, b] = d.sides;
     json!({
         "unit": d.unit,
-        "rows": d.rows.iter().map(|r| json!({
-            "service": r.service, "function": r.function,
-            "baseline": r.before, "window": r.after, "delta": r.after - r.before,
-            "estimated": r.estimated,
-        })).collect::<Vec<_>>(),
+        "rows": d.rows.iter().map(|r| {
+            let mut row = json!({
+                "service": r.service, "function": r.function,
+                "delta": r.after - r.before, "estimated": r.estimated,
+            });
+            row[a] = json!(r.before);
+            row[b] = json!(r.after);
+            row
+        }).collect::<Vec<_>>(),
     })
 }
 

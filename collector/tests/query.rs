@@ -269,6 +269,7 @@ async fn top_series_power_over_grpc() {
         .stacks(StacksRequest {
             window: window(T0, T0),
             service: String::new(),
+            build_id: String::new(),
         })
         .await
         .unwrap_err();
@@ -785,4 +786,118 @@ fn queries_read_only_what_they_attribute_with_once() {
         }
         assert_eq!(counting.take(), reads(&want_reads));
     }
+}
+
+/// `wattson diff --build-a/--build-b`: build v1 runs on two hosts and v2 (a canary) on one;
+/// v2 spends twice the share of its energy in `hash`. The diff compares shares, so `hash` tops
+/// the table going from 25% to 50% whatever the host counts; the differential flame graph is
+/// written; a build with no samples is an error naming the builds seen; `wattson builds` lists
+/// both, most samples first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wattson_diff_compares_two_builds_by_share() {
+    let col = Collector::start(FleetConfig::default()).await;
+    let mut c = IngestServiceClient::connect(col.addr.clone())
+        .await
+        .unwrap();
+    for (host, build, hash, parse) in [
+        ("old1", "v1", 10, 30),
+        ("old2", "v1", 10, 30),
+        ("canary", "v2", 10, 10),
+    ] {
+        let b = BatchBuilder::new(host, 1)
+            .interval(
+                T0,
+                60,
+                false,
+                0.0,
+                &[
+                    ("api", build, "main;serve;hash", hash, hash as f64 * 1e5),
+                    ("api", build, "main;serve;parse", parse, parse as f64 * 1e5),
+                ],
+            )
+            .build();
+        c.ingest(IngestRequest { batch: Some(b) }).await.unwrap();
+    }
+    let addr = col.addr.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("d.svg");
+    let svg_arg = svg.display().to_string();
+    let (json, table, missing, builds) = tokio::task::spawn_blocking(move || {
+        let run = |args: &[&str]| {
+            let o = Command::new(env!("CARGO_BIN_EXE_wattson"))
+                .arg("--collector")
+                .arg(&addr)
+                .args(args)
+                .output()
+                .unwrap();
+            (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stdout).to_string(),
+                String::from_utf8_lossy(&o.stderr).to_string(),
+            )
+        };
+        let (from, to) = (T0.to_string(), (T0 + 60).to_string());
+        let base = [
+            "diff",
+            "--build-a",
+            "v1",
+            "--build-b",
+            "v2",
+            "--from",
+            &from,
+            "--to",
+            &to,
+        ];
+        let json = run(&[&["--json"][..], &base].concat());
+        let table = run(&[&base[..], &["--output", &svg_arg]].concat());
+        let mut missing_args = base.to_vec();
+        missing_args[4] = "v3";
+        let missing = run(&missing_args);
+        let builds = run(&["--json", "builds", "--from", &from, "--to", &to]);
+        (json, table, missing, builds)
+    })
+    .await
+    .unwrap();
+    assert!(json.0, "{}", json.2);
+    let v: serde_json::Value = serde_json::from_str(&json.1).unwrap();
+    assert_eq!(v["unit"], "% of build");
+    let top = &v["rows"][0];
+    assert_eq!(top["function"], "hash", "{v:#}");
+    assert!(
+        (top["build_a"].as_f64().unwrap() - 25.0).abs() < 1e-6,
+        "{v:#}"
+    );
+    assert!(
+        (top["build_b"].as_f64().unwrap() - 50.0).abs() < 1e-6,
+        "{v:#}"
+    );
+    assert!(table.0, "{}", table.2);
+    assert!(
+        table.1.contains("BUILD_A") && table.1.contains("hash"),
+        "{}",
+        table.1
+    );
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("hash"));
+    assert!(!missing.0, "a build without samples must fail");
+    assert!(
+        missing.2.contains("no samples of build \"v3\"") && missing.2.contains("v1 (api)"),
+        "{}",
+        missing.2
+    );
+    assert!(builds.0, "{}", builds.2);
+    let b: serde_json::Value = serde_json::from_str(&builds.1).unwrap();
+    let listed: Vec<(&str, u64)> = b["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["build_id"].as_str().unwrap(),
+                r["samples"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, [("v1", 80), ("v2", 20)], "{b:#}");
+    col.stop().await;
 }

@@ -15,8 +15,8 @@ use wattson_collector::flame::{self, Weight};
 use wattson_collector::report;
 use wattson_proto::v1::query_service_client::QueryServiceClient;
 use wattson_proto::v1::{
-    PowerRequest, RankBy, SeriesRequest, StacksRequest, StacksResponse, TimeWindow, TopRequest,
-    TopResponse,
+    BuildsRequest, PowerRequest, RankBy, SeriesRequest, StacksRequest, StacksResponse, TimeWindow,
+    TopRequest, TopResponse,
 };
 
 /// Largest answer accepted from the collector.
@@ -161,11 +161,19 @@ enum Command {
         #[arg(long, default_value = "wattson-flame.svg")]
         output: PathBuf,
     },
-    /// Compare a baseline window with the window: table of changes and a differential flame graph.
+    /// Compare a baseline window with the window (`--baseline`), or two builds of a service
+    /// over the window (`--build-a OLD --build-b NEW`, by each function's share of its
+    /// build): table of changes and a differential flame graph.
     Diff {
         /// Baseline window as FROM..TO (same time syntax as --from).
-        #[arg(long)]
-        baseline: String,
+        #[arg(long, required_unless_present = "build_a", conflicts_with = "build_a")]
+        baseline: Option<String>,
+        /// Build id of the old version (`wattson builds` lists them).
+        #[arg(long, requires = "build_b")]
+        build_a: Option<String>,
+        /// Build id of the new version.
+        #[arg(long, requires = "build_a")]
+        build_b: Option<String>,
         #[command(flatten)]
         window: WindowArgs,
         /// Only this service.
@@ -185,6 +193,14 @@ enum Command {
     Power {
         #[command(flatten)]
         window: WindowArgs,
+    },
+    /// Builds (versions) each service ran in the window, for `diff --build-a/--build-b`.
+    Builds {
+        #[command(flatten)]
+        window: WindowArgs,
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
     },
 }
 
@@ -284,17 +300,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut client = QueryServiceClient::with_interceptor(channel, auth)
         .max_decoding_message_size(MAX_RESPONSE_BYTES);
     let mut client2 = client.clone();
-    let mut stacks =
-        async |w: TimeWindow, service: &Option<String>| -> anyhow::Result<StacksResponse> {
-            Ok(client2
-                .stacks(StacksRequest {
-                    window: Some(w),
-                    service: service.clone().unwrap_or_default(),
-                })
-                .await
-                .map_err(status)?
-                .into_inner())
-        };
+    let mut stacks = async |w: TimeWindow,
+                            service: &Option<String>,
+                            build: &str|
+           -> anyhow::Result<StacksResponse> {
+        Ok(client2
+            .stacks(StacksRequest {
+                window: Some(w),
+                service: service.clone().unwrap_or_default(),
+                build_id: build.to_string(),
+            })
+            .await
+            .map_err(status)?
+            .into_inner())
+    };
     match cli.command {
         Command::Top {
             window: w,
@@ -354,7 +373,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             weight: wt,
             output,
         } => {
-            let r = stacks(window(&w)?, &service).await?;
+            let r = stacks(window(&w)?, &service, "").await?;
             if r.stacks.is_empty() {
                 bail!("no stacks in the window");
             }
@@ -391,7 +410,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             weight: wt,
             output,
         } => {
-            let rows = stacks(window(&w)?, &service).await?.stacks;
+            let rows = stacks(window(&w)?, &service, "").await?.stacks;
             let title = format!(
                 "wattson {} ({})",
                 service.as_deref().unwrap_or("fleet"),
@@ -409,13 +428,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Diff {
-            baseline,
+            baseline: None,
+            build_a: Some(a),
+            build_b: Some(b),
             window: w,
             service,
             weight: wt,
             limit,
             output,
         } => {
+            let w = window(&w)?;
+            let before = stacks(w, &service, &a).await?;
+            let after = stacks(w, &service, &b).await?;
+            let d = report::build_diff(&before.stacks, &after.stacks, weight(wt), limit);
+            if let Some(out) = output {
+                let title = format!("wattson diff {a} -> {b} (red grew, blue shrank)");
+                write_diff_flame(&before, &after, &service, wt, &title, &out)?;
+            }
+            emit(cli.json, report::diff_json(&d), || {
+                report::diff_table(&d, width)
+            })
+        }
+        Command::Diff {
+            baseline,
+            window: w,
+            service,
+            weight: wt,
+            limit,
+            output,
+            ..
+        } => {
+            let baseline =
+                baseline.context("give --baseline FROM..TO, or --build-a and --build-b")?;
             let (bf, bt) = baseline
                 .split_once("..")
                 .context("--baseline must be FROM..TO, e.g. -2h..-1h")?;
@@ -444,19 +488,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let d = report::diff(&top(base_w).await?, &top(after_w).await?, weight(wt), limit);
             if let Some(out) = output {
-                let before = stacks(base_w, &service).await?;
-                let after = stacks(after_w, &service).await?;
-                let prefix = service.is_none();
-                let svg = flame::diff_svg(
-                    &flame::folded(&before.stacks, weight(wt), prefix),
-                    &flame::folded(&after.stacks, weight(wt), prefix),
-                    "wattson diff (red grew, blue shrank)",
-                    weight(wt),
-                    flame::any_estimated(&before.stacks) || flame::any_estimated(&after.stacks),
-                )?;
-                std::fs::write(&out, svg)
-                    .with_context(|| format!("writing --output {}", out.display()))?;
-                eprintln!("wrote {}", out.display());
+                let before = stacks(base_w, &service, "").await?;
+                let after = stacks(after_w, &service, "").await?;
+                let title = "wattson diff (red grew, blue shrank)";
+                write_diff_flame(&before, &after, &service, wt, title, &out)?;
             }
             emit(cli.json, report::diff_json(&d), || {
                 report::diff_table(&d, width)
@@ -474,6 +509,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 report::power_table(&r, width)
             })
         }
+        Command::Builds { window: w, service } => {
+            let r = client
+                .builds(BuildsRequest {
+                    window: Some(window(&w)?),
+                    service: service.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            emit(cli.json, report::builds_json(&r), || {
+                report::builds_table(&r, width)
+            })
+        }
     }
 }
 
@@ -483,6 +531,28 @@ fn emit(json: bool, value: Value, table: impl FnOnce() -> String) -> anyhow::Res
     } else {
         print!("{}", table());
     }
+    Ok(())
+}
+
+/// Writes the differential flame graph of `diff --output` (both sides normalized).
+fn write_diff_flame(
+    before: &StacksResponse,
+    after: &StacksResponse,
+    service: &Option<String>,
+    wt: WeightArg,
+    title: &str,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let prefix = service.is_none();
+    let svg = flame::diff_svg(
+        &flame::folded(&before.stacks, weight(wt), prefix),
+        &flame::folded(&after.stacks, weight(wt), prefix),
+        title,
+        weight(wt),
+        flame::any_estimated(&before.stacks) || flame::any_estimated(&after.stacks),
+    )?;
+    std::fs::write(out, svg).with_context(|| format!("writing --output {}", out.display()))?;
+    eprintln!("wrote {}", out.display());
     Ok(())
 }
 
