@@ -101,11 +101,8 @@ impl Store for Counted {
     fn builds(&self, w: Window, s: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
         self.inner.builds(w, s)
     }
-    fn stacks(&self, w: Window, s: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
-        self.inner.stacks(w, s)
-    }
-    fn build_stacks(&self, w: Window, s: Option<&str>, b: &str) -> Result<Vec<Keyed>, StoreError> {
-        self.inner.build_stacks(w, s, b)
+    fn stack_rows(&self, w: Window, s: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
+        self.inner.stack_rows(w, s)
     }
     fn known_services(&self) -> Result<Vec<String>, StoreError> {
         self.inner.known_services()

@@ -65,6 +65,20 @@ impl Collector {
     }
 }
 
+/// Runs the real `wattson` CLI against `addr`: (success, stdout, stderr).
+fn wattson(addr: &str, args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_wattson"))
+        .args(["--collector", addr])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
 fn window(from: i64, to: i64) -> Option<TimeWindow> {
     Some(TimeWindow {
         from_unix_seconds: from,
@@ -296,19 +310,7 @@ async fn wattson_cli_tables_json_and_flame() {
     let addr = col.addr.clone();
     let out = tokio::task::spawn_blocking(move || {
         let dir = tempfile::tempdir().unwrap();
-        let run = |args: &[&str]| {
-            let o = Command::new(env!("CARGO_BIN_EXE_wattson"))
-                .arg("--collector")
-                .arg(&addr)
-                .args(args)
-                .output()
-                .unwrap();
-            (
-                o.status.success(),
-                String::from_utf8_lossy(&o.stdout).to_string(),
-                String::from_utf8_lossy(&o.stderr).to_string(),
-            )
-        };
+        let run = |args: &[&str]| wattson(&addr, args);
         let (from, to) = (T0.to_string(), (T0 + 600).to_string());
         let win = ["--from", from.as_str(), "--to", to.as_str()];
         let top = run(&[&["top"][..], &win].concat());
@@ -693,22 +695,13 @@ impl Store for Counting {
         self.count("builds");
         self.inner.builds(w, service)
     }
-    fn stacks(
+    fn stack_rows(
         &self,
         w: store::Window,
         service: Option<&str>,
     ) -> Result<Vec<store::Keyed>, store::StoreError> {
         self.count("stacks");
-        self.inner.stacks(w, service)
-    }
-    fn build_stacks(
-        &self,
-        w: store::Window,
-        service: Option<&str>,
-        build: &str,
-    ) -> Result<Vec<store::Keyed>, store::StoreError> {
-        self.count("build_stacks");
-        self.inner.build_stacks(w, service, build)
+        self.inner.stack_rows(w, service)
     }
     fn known_services(&self) -> Result<Vec<String>, store::StoreError> {
         self.inner.known_services()
@@ -823,19 +816,7 @@ async fn wattson_diff_compares_two_builds_by_share() {
     let svg = dir.path().join("d.svg");
     let svg_arg = svg.display().to_string();
     let (json, table, missing, builds) = tokio::task::spawn_blocking(move || {
-        let run = |args: &[&str]| {
-            let o = Command::new(env!("CARGO_BIN_EXE_wattson"))
-                .arg("--collector")
-                .arg(&addr)
-                .args(args)
-                .output()
-                .unwrap();
-            (
-                o.status.success(),
-                String::from_utf8_lossy(&o.stdout).to_string(),
-                String::from_utf8_lossy(&o.stderr).to_string(),
-            )
-        };
+        let run = |args: &[&str]| wattson(&addr, args);
         let (from, to) = (T0.to_string(), (T0 + 60).to_string());
         let base = [
             "diff",

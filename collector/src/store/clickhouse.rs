@@ -20,7 +20,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::query_plan::{Range, TOTALS_COLUMNS, fold_builds, ranges, rank_expr};
+use super::query_plan::{Range, TOTALS_COLUMNS, ranges, rank_expr};
 use super::rollup::{Kind, RES_MINUTE, Rollup};
 use super::{
     Ingested, Keyed, Point, Retention, RetentionReport, Store, StoreError, StoreStats, TopQuery,
@@ -409,19 +409,8 @@ impl Store for ClickHouseStore {
         self.keyed(Kind::Build, window, service, true, "ORDER BY service, key")
     }
 
-    fn stacks(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
-        let rows = self.keyed(Kind::Stack, window, service, true, "")?;
-        Ok(fold_builds(rows, None))
-    }
-
-    fn build_stacks(
-        &self,
-        window: Window,
-        service: Option<&str>,
-        build: &str,
-    ) -> Result<Vec<Keyed>, StoreError> {
-        let rows = self.keyed(Kind::Stack, window, service, true, "")?;
-        Ok(fold_builds(rows, Some(build)))
+    fn stack_rows(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
+        self.keyed(Kind::Stack, window, service, true, "")
     }
 
     fn known_services(&self) -> Result<Vec<String>, StoreError> {

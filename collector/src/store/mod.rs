@@ -324,7 +324,12 @@ pub trait Store: Send + Sync {
 
     /// Folded stacks (root first, `;`-separated) with their sums over every build, for flame
     /// graphs and pprof.
-    fn stacks(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError>;
+    fn stacks(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
+        Ok(query_plan::fold_builds(
+            self.stack_rows(window, service)?,
+            None,
+        ))
+    }
 
     /// Like [`Store::stacks`], for the processes of one build id only (a version diff).
     fn build_stacks(
@@ -332,7 +337,16 @@ pub trait Store: Send + Sync {
         window: Window,
         service: Option<&str>,
         build: &str,
-    ) -> Result<Vec<Keyed>, StoreError>;
+    ) -> Result<Vec<Keyed>, StoreError> {
+        Ok(query_plan::fold_builds(
+            self.stack_rows(window, service)?,
+            Some(build),
+        ))
+    }
+
+    /// Stack rows as stored, keyed `BUILD \t FOLDED` ([`rollup::stack_key`]), which
+    /// [`Store::stacks`] and [`Store::build_stacks`] fold.
+    fn stack_rows(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError>;
 
     /// Every service the store has ever seen, sorted.
     fn known_services(&self) -> Result<Vec<String>, StoreError>;

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 use wattson_proto::v1::Batch;
 
-use super::query_plan::{Range, TOTALS_COLUMNS, fold_builds, ranges, rank_sort};
+use super::query_plan::{Range, TOTALS_COLUMNS, ranges, rank_sort};
 use super::rollup::{Kind, RES_HOUR, RES_MINUTE, Rollup, Row};
 use super::sqlite_ingest::Pipeline;
 use super::{
@@ -409,19 +409,8 @@ impl Store for SqliteStore {
         self.keyed(Kind::Build, window, service, true)
     }
 
-    fn stacks(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
-        let rows = self.keyed(Kind::Stack, window, service, true)?;
-        Ok(fold_builds(rows, None))
-    }
-
-    fn build_stacks(
-        &self,
-        window: Window,
-        service: Option<&str>,
-        build: &str,
-    ) -> Result<Vec<Keyed>, StoreError> {
-        let rows = self.keyed(Kind::Stack, window, service, true)?;
-        Ok(fold_builds(rows, Some(build)))
+    fn stack_rows(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
+        self.keyed(Kind::Stack, window, service, true)
     }
 
     fn known_services(&self) -> Result<Vec<String>, StoreError> {
