@@ -196,6 +196,15 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         ">= 10000",
         Some(hosts >= GOAL_HOSTS),
     ));
+    // The simulated agents above share this machine's cores with the collector; what the
+    // collector alone would sustain on them is derived from its CPU per batch.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    rows.push(row(
+        format!("  derived: {cores:.0} cores / collector CPU per batch, agents elsewhere"),
+        format!("{:.0} hosts", cores * per_core * HOST_INTERVAL_SECS),
+        "",
+        None,
+    ));
     let worst = Shape {
         stack_pool: 0,
         ..shape
