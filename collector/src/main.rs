@@ -39,7 +39,7 @@ struct ServeArgs {
     /// CA (PEM) that client certificates must be signed by.
     #[arg(long, requires_all = ["tls_cert", "tls_key"])]
     tls_ca: Option<PathBuf>,
-    /// Require `authorization: Bearer TOKEN` on every ingest call.
+    /// Require `authorization: Bearer TOKEN` on every ingest and query call.
     #[arg(long, env = "WATTSON_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Largest accepted request after decompression, bytes.

@@ -2,8 +2,8 @@
 //! `grpc.health.v1` and server reflection, with optional mutual TLS and bearer token.
 //!
 //! Ingest validates a batch ([`crate::validate`]), then hands it to [`Store::ingest`], which
-//! deduplicates by (host id, sequence) atomically with the write and returns only once the batch
-//! is durable; only then is the agent acknowledged. Store work runs on the blocking pool so a
+//! deduplicates by (host id, agent instance, sequence) atomically with the write and returns only
+//! once the batch is durable; only then is the agent acknowledged. Store work runs on the blocking pool so a
 //! slow disk never stalls the network threads. Shutdown stops accepting connections and lets
 //! every in-flight batch finish before [`serve`] returns.
 

@@ -98,7 +98,7 @@ pub enum Ingested {
         /// Samples stored.
         samples: u64,
     },
-    /// The (host id, sequence) was stored before; nothing was written.
+    /// The (host id, agent instance, sequence) was stored before; nothing was written.
     Duplicate,
 }
 
@@ -288,8 +288,8 @@ pub struct StoreStats {
 
 /// A storage backend. Implementations are internally synchronized.
 pub trait Store: Send + Sync {
-    /// Stores a batch, deduplicating by (host id, sequence) atomically with the write; returns
-    /// only once the batch is durable.
+    /// Stores a batch, deduplicating by (host id, agent instance, sequence) atomically with the
+    /// write; returns only once the batch is durable.
     fn ingest(&self, batch: &Batch) -> Result<Ingested, StoreError> {
         let rollup = Rollup::from_batch(batch)?;
         self.write(&rollup)
