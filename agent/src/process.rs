@@ -146,7 +146,7 @@ impl ServiceRule {
 }
 
 /// The service label: first matching rule, else the systemd service, else the executable's
-/// file name, else `comm`. Kernel threads are `[kernel]`, the idle task `[idle]`.
+/// file name (unless it is a memfd), else `comm`. Kernel threads are `[kernel]`, the idle task `[idle]`.
 pub fn service_label(p: &Process, rules: &[ServiceRule]) -> String {
     if let Some(rule) = rules.iter().find(|r| r.matches(p)) {
         return rule.service.clone();
@@ -163,7 +163,12 @@ pub fn service_label(p: &Process, rules: &[ServiceRule]) -> String {
         return name.to_owned();
     }
     if let Some(exe) = &p.exe {
-        return exe.rsplit('/').next().unwrap_or(exe).to_owned();
+        let name = exe.rsplit('/').next().unwrap_or(exe);
+        // A program run from a memfd (fexecve, sealed self-copies) has a random file name
+        // per run; its comm is the stable name it goes by.
+        if !name.starts_with("memfd:") {
+            return name.to_owned();
+        }
     }
     p.comm.clone()
 }
@@ -447,6 +452,19 @@ mod tests {
         assert_eq!(service_label(&p, &[rule]), "tools");
         assert!("bogus:x=y".parse::<ServiceRule>().is_err());
         assert!("exe:x".parse::<ServiceRule>().is_err());
+    }
+
+    /// A program executed from a memfd has exe `/memfd:sealed-<random>` (the ` (deleted)` is
+    /// already stripped): a new service every run until its comm is used instead.
+    #[test]
+    fn a_memfd_executable_is_labelled_by_its_comm() {
+        let p = Process {
+            tgid: 10,
+            comm: "runc".into(),
+            exe: Some("/memfd:sealed-91173221a7ea".into()),
+            ..Process::default()
+        };
+        assert_eq!(service_label(&p, &[]), "runc");
     }
 
     /// Regression: a process whose executable was replaced on disk (a deploy) was labelled
