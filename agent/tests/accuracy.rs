@@ -310,6 +310,16 @@ fn compare(name: &str, script: &str, comm: &str) {
         }
     }
     assert!(!keys.is_empty(), "no function above 5% in {name}");
+    if !failures.is_empty() {
+        // The shares below the threshold are where a difference went: print them for the log.
+        for (tool, shares) in [("wattson", &ours), ("perf", &theirs)] {
+            let mut small: Vec<_> = shares.iter().filter(|(_, v)| **v <= THRESHOLD).collect();
+            small.sort_by(|a, b| b.1.total_cmp(a.1));
+            for ((binary, function), v) in small.into_iter().take(12) {
+                eprintln!("  {tool:<7} {:>6.2}%  {binary} {function}", v * 100.0);
+            }
+        }
+    }
     assert!(
         failures.is_empty(),
         "{name}: self shares differ by more than {TOLERANCE_POINTS} points: {failures:?}"
