@@ -1,11 +1,35 @@
 //! How `wattson` reaches a collector: plain `http://`, or mutual TLS with the flags and PEM
 //! files the collector's `serve` and the agent's `run` take (`--tls-ca`, `--tls-cert`,
-//! `--tls-key`: all three or none). Every failure names the flag and file at fault.
+//! `--tls-key`: all three or none). Every failure names the flag and file at fault. Also the
+//! query client every command uses (bearer token, answer size cap) and how its errors read.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use wattson_proto::v1::query_service_client::QueryServiceClient;
+
+/// Largest answer accepted from the collector.
+const MAX_RESPONSE_BYTES: usize = 512 << 20;
+
+/// The query client the commands share.
+pub type Client = QueryServiceClient<InterceptedService<Channel, Auth>>;
+
+/// Puts `authorization: Bearer TOKEN` on every call when `--token` is given.
+#[derive(Clone)]
+pub struct Auth(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(h) = &self.0 {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    }
+}
 
 /// Mutual-TLS files of the CLI (PEM).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +130,31 @@ pub async fn channel(collector: &str, tls: Option<&Tls>) -> anyhow::Result<Chann
         };
         format!("connecting to collector {url} (--collector){hint}")
     })
+}
+
+/// Connects (see [`channel`]) and wraps the channel in the query client, with `token`.
+pub async fn client(
+    collector: &str,
+    tls: Option<&Tls>,
+    token: Option<&str>,
+) -> anyhow::Result<Client> {
+    let channel = channel(collector, tls).await?;
+    let header = match token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .context("--token has characters not allowed in a header")?,
+        ),
+        None => None,
+    };
+    // Merged stacks of a busy fleet run to tens of MB; tonic's default cap is 4 MB.
+    Ok(QueryServiceClient::with_interceptor(channel, Auth(header))
+        .max_decoding_message_size(MAX_RESPONSE_BYTES))
+}
+
+/// A failed call as one line: the collector's message and the gRPC code.
+pub fn status(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", e.message(), e.code())
 }
 
 #[cfg(test)]
