@@ -13,6 +13,11 @@ mod vm;
 
 use clap::{Parser, Subcommand};
 
+// The collector's allocator, so the in-process ingest bench measures what `wattson-collector`
+// runs with.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Wattson developer tasks.
 #[derive(Parser, Debug)]
 #[command(name = "cargo xtask", version, about)]
