@@ -13,6 +13,7 @@
 
 pub mod clickhouse;
 pub mod clickhouse_server;
+pub mod journal;
 pub mod query_plan;
 pub mod rollup;
 pub mod sqlite;

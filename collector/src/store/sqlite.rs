@@ -4,9 +4,9 @@
 //! before a write returns; `NORMAL` would survive a process crash but could lose the last
 //! acknowledged batches on power loss, and an acknowledged batch is never resent.
 //! Dedup: the (host, instance, sequence) record in `received` is committed in the same
-//! transaction as the batch itself (its journal entry for [`Store::ingest`], its rows for
-//! [`Store::write`]), so a batch is either fully stored and recorded or neither.
-//! Ingest goes through [`super::sqlite_ingest`] (group commit, batched roll-up).
+//! transaction as the batch's rows, so a batch is either fully stored and recorded or neither.
+//! Ingest goes through [`super::sqlite_ingest`] (a durable file journal, `PATH.ingest/`, then
+//! batched roll-up); batches journaled and not rolled up yet are duplicates too.
 //!
 //! One connection writes; a few others read (WAL lets readers run alongside the writer, and
 //! each other: a `top` needs three scans, which the query engine issues at once).
@@ -32,8 +32,11 @@ CREATE TABLE IF NOT EXISTS received (
     profiles INTEGER NOT NULL, samples INTEGER NOT NULL,
     PRIMARY KEY (host, instance, seq)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS received_at ON received (received);
--- Acknowledged batches not rolled up yet (encoded wattson.v1.Batch).
+-- The first release's journal of acknowledged batches (encoded wattson.v1.Batch), replayed
+-- and emptied at open; the journal is now files (`store::journal`).
 CREATE TABLE IF NOT EXISTS journal (id INTEGER PRIMARY KEY, payload BLOB NOT NULL);
+-- `journal_covered`: the last journal generation a roll-up stored.
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rollup (
     kind INTEGER NOT NULL, res INTEGER NOT NULL, minute INTEGER NOT NULL,
     service TEXT NOT NULL, key TEXT NOT NULL,
@@ -345,7 +348,11 @@ impl Store for SqliteStore {
                 ],
             )
             .map_err(|e| self.err(e))?;
-        if fresh == 0 {
+        if fresh == 0
+            || self
+                .pipeline
+                .is_pending(&rollup.host, &rollup.instance, rollup.sequence)
+        {
             // Dropping the transaction rolls back; nothing was written.
             return Ok(Ingested::Duplicate);
         }
@@ -460,7 +467,8 @@ impl Store for SqliteStore {
                 .optional()?;
             Ok((batches, rows, pages, size.unwrap_or(4096)))
         })?;
-        let wal = std::fs::metadata(format!("{}-wal", self.path)).map_or(0, |m| m.len());
+        let wal = std::fs::metadata(format!("{}-wal", self.path)).map_or(0, |m| m.len())
+            + super::journal::Journal::disk_bytes(&super::sqlite_ingest::journal_dir(&self.path));
         Ok(StoreStats {
             batches: batches as u64,
             rows: rows as u64,

@@ -1,27 +1,33 @@
-//! The SQLite store's ingest pipeline: group commit into a durable journal, then roll-up of many
-//! batches at once.
+//! The SQLite store's ingest pipeline: group commit into a durable file journal, then roll-up
+//! of many batches at once.
 //!
 //! Why: one batch rolls up to thousands of rows, but the hosts of a fleet run the same services'
 //! functions and stacks, so summing many batches in memory before writing turns thousands of
 //! upserts per batch into a few. Nothing acknowledged is lost: a batch is acknowledged only once
-//! its (host, instance, sequence) record and its encoded bytes are committed to the `journal`
-//! table (one fsync for every batch that arrived during the previous commit). A roll-up writes
-//! the summed rows and deletes the journal entries it covers in one transaction; at open, what
-//! is left in the journal is replayed. Queries [`Pipeline::settle`] first, so they see every
-//! acknowledged batch.
+//! its bytes are appended to the [`Journal`] and synced (one `fdatasync` for every batch that
+//! arrived during the previous append). A roll-up writes the summed rows, the batches'
+//! (host, instance, sequence) records and the journal generation it covers in one transaction;
+//! at open, the journal's later generations are replayed. Queries [`Pipeline::settle`] first,
+//! so they see every acknowledged batch.
 //!
-//! One thread owns the writes: it alternates group commits and roll-ups, so they never contend
-//! for SQLite's write lock.
+//! Dedup: a batch is a duplicate when its key is in `received` (rolled up) or in the pending set
+//! (journaled since the last roll-up). Replay rebuilds the pending set and applies each key
+//! once, so a batch journaled twice around a crash counts once.
+//!
+//! One thread owns the writes: it alternates group commits and roll-ups, so they never contend.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use wattson_proto::v1::Batch;
 
+use super::journal::Journal;
 use super::rollup::{Accumulator, Prepared};
 use super::{Ingested, StoreError};
 
@@ -30,12 +36,23 @@ use super::{Ingested, StoreError};
 const ROLL_EVERY: Duration = Duration::from_secs(2);
 /// Roll up early once this many minute cells are held, to bound memory.
 const ROLL_MAX_CELLS: usize = 400_000;
+/// `meta` key of the last journal generation a roll-up covered.
+const COVERED: &str = "journal_covered";
+
+/// (host, agent instance, sequence): what makes a batch a duplicate.
+type Key = (String, String, u64);
+
+/// A journaled batch's `received` record, written by the next roll-up.
+#[derive(Clone, Copy)]
+struct Pending {
+    at: i64,
+    profiles: u32,
+    samples: u64,
+}
 
 /// One batch waiting for the group commit.
 struct Job {
-    host: String,
-    instance: String,
-    sequence: u64,
+    key: Key,
     payload: Vec<u8>,
     prepared: Prepared,
     reply: mpsc::Sender<Result<Ingested, StoreError>>,
@@ -55,10 +72,31 @@ struct Shared {
     conn: Arc<Mutex<Connection>>,
     state: Mutex<State>,
     wake: Condvar,
+    /// Journaled, not yet rolled up. Locked after `conn` when both are held.
+    pending: Mutex<HashMap<Key, Pending>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The journal directory of the database at `path`.
+pub(super) fn journal_dir(path: &str) -> PathBuf {
+    PathBuf::from(format!("{path}.ingest"))
+}
+
+/// Whether `received` holds `key`.
+fn received(conn: &Connection, key: &Key) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM received WHERE host = ?1 AND instance = ?2 AND seq = ?3")?
+        .query_row(params![key.0, key.1, key.2 as i64], |_| Ok(()))
+        .optional()
+        .map(|r| r.is_some())
 }
 
 /// The running pipeline; dropping it rolls up what is merged and stops the thread.
@@ -68,19 +106,21 @@ pub(super) struct Pipeline {
 }
 
 impl Pipeline {
-    /// Replays the journal left by a previous run, then starts the writer thread. `conn` is the
-    /// store's write connection (shared with retention and direct writes).
+    /// Replays what the journal holds beyond the last roll-up, rolls it up, then starts the
+    /// writer thread. `conn` is the store's write connection (shared with retention and direct
+    /// writes).
     pub(super) fn start(path: &str, conn: Arc<Mutex<Connection>>) -> Result<Pipeline, StoreError> {
         let shared = Arc::new(Shared {
             path: path.to_string(),
             conn,
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
+            pending: Mutex::default(),
         });
         let mut acc = Accumulator::default();
-        let last = replay(&shared, &mut acc)?;
-        if !acc.is_empty() {
-            roll(&shared, &mut acc, last).map_err(|message| StoreError::Journal {
+        let mut journal = replay(&shared, &mut acc)?;
+        if acc.batches() > 0 {
+            roll(&shared, &mut acc, &mut journal).map_err(|message| StoreError::Journal {
                 path: path.to_string(),
                 message,
             })?;
@@ -88,7 +128,7 @@ impl Pipeline {
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("sqlite-ingest".into())
-            .spawn(move || run(&worker, acc, last))
+            .spawn(move || run(&worker, acc, journal))
             .map_err(|source| StoreError::Io {
                 what: "starting the sqlite ingest thread".into(),
                 source,
@@ -104,9 +144,11 @@ impl Pipeline {
         let prepared = Prepared::from_batch(batch)?;
         let (reply, answer) = mpsc::channel();
         let job = Job {
-            host: batch.host_id.clone(),
-            instance: batch.agent_instance.clone(),
-            sequence: batch.sequence,
+            key: (
+                batch.host_id.clone(),
+                batch.agent_instance.clone(),
+                batch.sequence,
+            ),
             payload: batch.encode_to_vec(),
             prepared,
             reply,
@@ -118,6 +160,12 @@ impl Pipeline {
         }
         self.shared.wake.notify_one();
         answer.recv().unwrap_or_else(|_| Err(self.stopped()))
+    }
+
+    /// Whether `key` is journaled and not rolled up yet. Callers hold the write connection, so
+    /// a key cannot move from here to `received` unseen.
+    pub(super) fn is_pending(&self, host: &str, instance: &str, sequence: u64) -> bool {
+        lock(&self.shared.pending).contains_key(&(host.to_string(), instance.to_string(), sequence))
     }
 
     /// Waits until every acknowledged batch is rolled up into queryable rows.
@@ -159,54 +207,100 @@ impl Drop for Pipeline {
     }
 }
 
-/// Merges every journal entry into `acc`; returns the last journal id.
-fn replay(shared: &Shared, acc: &mut Accumulator) -> Result<i64, StoreError> {
+/// Merges into `acc` every batch acknowledged but not rolled up when the collector last
+/// stopped: entries of the first release's `journal` table (already in `received`), then the
+/// journal's generations after the last roll-up (each key once, into the pending set).
+fn replay(shared: &Shared, acc: &mut Accumulator) -> Result<Journal, StoreError> {
     let conn = lock(&shared.conn);
     let err = |source| StoreError::Sqlite {
         path: shared.path.clone(),
         source,
     };
-    let mut st = conn
-        .prepare("SELECT id, payload FROM journal ORDER BY id")
-        .map_err(err)?;
-    let mut rows = st.query([]).map_err(err)?;
-    let (mut last, mut replayed, mut unreadable) = (0i64, 0u64, 0u64);
-    while let Some(r) = rows.next().map_err(err)? {
-        last = r.get(0).map_err(err)?;
-        let payload = r.get_ref(1).map_err(err)?.as_blob().unwrap_or_default();
-        match Batch::decode(payload)
+    let (mut replayed, mut unreadable, mut duplicates) = (0u64, 0u64, 0u64);
+    let mut apply = |payload: &[u8], pending: Option<&mut HashMap<Key, Pending>>| {
+        let p = Batch::decode(payload)
             .map_err(|e| e.to_string())
-            .and_then(|b| Prepared::from_batch(&b).map_err(|e| e.to_string()))
-        {
-            Ok(p) => {
+            .and_then(|b| Ok((Prepared::from_batch(&b).map_err(|e| e.to_string())?, b)));
+        match p {
+            Ok((p, b)) => {
+                if let Some(pending) = pending {
+                    let key = (b.host_id, b.agent_instance, b.sequence);
+                    if pending.contains_key(&key) || received(&conn, &key).unwrap_or(false) {
+                        duplicates += 1;
+                        return;
+                    }
+                    let at = now_secs();
+                    let (profiles, samples) = (p.profiles, p.samples);
+                    pending.insert(
+                        key,
+                        Pending {
+                            at,
+                            profiles,
+                            samples,
+                        },
+                    );
+                }
                 acc.merge(&p);
                 replayed += 1;
             }
             Err(e) => {
                 unreadable += 1;
-                tracing::error!(path = %shared.path, id = last, error = %e,
-                    "journal entry unreadable (disk corruption?); its batch is lost");
+                tracing::error!(path = %shared.path, error = %e,
+                    "journal record unreadable (disk corruption?); its batch is lost");
             }
         }
+    };
+    {
+        let mut st = conn
+            .prepare("SELECT payload FROM journal ORDER BY id")
+            .map_err(err)?;
+        let mut rows = st.query([]).map_err(err)?;
+        while let Some(r) = rows.next().map_err(err)? {
+            apply(
+                r.get_ref(0).map_err(err)?.as_blob().unwrap_or_default(),
+                None,
+            );
+        }
     }
-    if replayed + unreadable > 0 {
-        tracing::info!(path = %shared.path, replayed, unreadable,
+    let covered: u64 = conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [COVERED], |r| {
+            r.get::<_, i64>(0)
+        })
+        .optional()
+        .map_err(err)?
+        .unwrap_or(0) as u64;
+    let dir = journal_dir(&shared.path);
+    let mut pending = lock(&shared.pending);
+    let (journal, recovered) = Journal::open(&dir, covered, |_, payload| {
+        apply(payload, Some(&mut pending));
+    })
+    .map_err(|e| StoreError::Journal {
+        path: shared.path.clone(),
+        message: e.to_string(),
+    })?;
+    if recovered.torn > 0 {
+        tracing::warn!(dir = %dir.display(), segments = recovered.torn,
+            bytes = recovered.skipped_bytes,
+            "journal segments end in a cut-short record (a crash mid-append: never acknowledged)");
+    }
+    if replayed + unreadable + duplicates > 0 {
+        tracing::info!(path = %shared.path, replayed, unreadable, duplicates,
             "replayed acknowledged batches not yet rolled up when the collector stopped");
     }
-    Ok(last)
+    Ok(journal)
 }
 
-fn run(shared: &Shared, mut acc: Accumulator, mut last: i64) {
+fn run(shared: &Shared, mut acc: Accumulator, mut journal: Journal) {
     let mut rolled_at = Instant::now();
     loop {
         let (jobs, settles, stop) = {
             let mut st = lock(&shared.state);
             loop {
-                let due = !acc.is_empty() && rolled_at.elapsed() >= ROLL_EVERY;
+                let due = acc.batches() > 0 && rolled_at.elapsed() >= ROLL_EVERY;
                 if st.stop || !st.jobs.is_empty() || !st.settles.is_empty() || due {
                     break;
                 }
-                let wait = if acc.is_empty() {
+                let wait = if acc.batches() == 0 {
                     Duration::from_secs(3600)
                 } else {
                     ROLL_EVERY.saturating_sub(rolled_at.elapsed())
@@ -224,15 +318,15 @@ fn run(shared: &Shared, mut acc: Accumulator, mut last: i64) {
             )
         };
         if !jobs.is_empty() {
-            commit(shared, &mut acc, &mut last, jobs);
+            commit(shared, &mut acc, &mut journal, jobs);
         }
         let mut outcome = Ok(());
         let must = !settles.is_empty()
             || stop
             || acc.len() >= ROLL_MAX_CELLS
             || rolled_at.elapsed() >= ROLL_EVERY;
-        if must && !acc.is_empty() {
-            outcome = roll(shared, &mut acc, last);
+        if must && acc.batches() > 0 {
+            outcome = roll(shared, &mut acc, &mut journal);
             rolled_at = Instant::now();
             if let Err(e) = &outcome {
                 tracing::error!(path = %shared.path, error = %e,
@@ -241,7 +335,7 @@ fn run(shared: &Shared, mut acc: Accumulator, mut last: i64) {
         }
         {
             let mut st = lock(&shared.state);
-            if acc.is_empty() && st.jobs.is_empty() {
+            if acc.batches() == 0 && st.jobs.is_empty() {
                 st.dirty = false;
             }
         }
@@ -254,82 +348,124 @@ fn run(shared: &Shared, mut acc: Accumulator, mut last: i64) {
     }
 }
 
-/// One transaction for the whole group: dedup records and journal entries; then the fresh
-/// batches are merged and every job is answered.
-fn commit(shared: &Shared, acc: &mut Accumulator, last: &mut i64, jobs: Vec<Job>) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let written = (|| -> rusqlite::Result<(Vec<bool>, i64)> {
-        let mut conn = lock(&shared.conn);
-        let tx = conn.transaction()?;
+/// Sorts the group into duplicates and fresh batches, journals the fresh ones with one sync,
+/// then merges them and answers every job.
+fn commit(shared: &Shared, acc: &mut Accumulator, journal: &mut Journal, jobs: Vec<Job>) {
+    let now = now_secs();
+    let checked = (|| -> rusqlite::Result<Vec<bool>> {
+        let conn = lock(&shared.conn);
+        let mut pending = lock(&shared.pending);
         let mut fresh = Vec::with_capacity(jobs.len());
-        let mut id = *last;
-        {
-            let mut dedup = tx
-                .prepare_cached("INSERT OR IGNORE INTO received VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
-            let mut journal = tx.prepare_cached("INSERT INTO journal (payload) VALUES (?1)")?;
-            for j in &jobs {
-                let new = dedup.execute(params![
-                    j.host,
-                    j.instance,
-                    j.sequence as i64,
-                    now,
-                    j.prepared.profiles,
-                    j.prepared.samples as i64
-                ])? == 1;
-                if new {
-                    journal.execute(params![j.payload])?;
-                    id = tx.last_insert_rowid();
-                }
-                fresh.push(new);
+        for j in &jobs {
+            let new = !pending.contains_key(&j.key) && !received(&conn, &j.key)?;
+            if new {
+                let (profiles, samples) = (j.prepared.profiles, j.prepared.samples);
+                pending.insert(
+                    j.key.clone(),
+                    Pending {
+                        at: now,
+                        profiles,
+                        samples,
+                    },
+                );
             }
+            fresh.push(new);
         }
-        tx.commit()?;
-        Ok((fresh, id))
+        Ok(fresh)
     })();
-    match written {
-        Ok((fresh, id)) => {
-            *last = id;
-            for (j, new) in jobs.into_iter().zip(fresh) {
-                let answer = if new {
-                    acc.merge(&j.prepared);
-                    Ingested::New {
-                        profiles: j.prepared.profiles,
-                        samples: j.prepared.samples,
-                    }
-                } else {
-                    Ingested::Duplicate
-                };
-                let _ = j.reply.send(Ok(answer));
-            }
-        }
+    let fresh = match checked {
+        Ok(fresh) => fresh,
         Err(e) => {
-            tracing::warn!(path = %shared.path, error = %e, batches = jobs.len(),
-                "journal commit failed; the agents keep their batches and retry");
-            for j in jobs {
-                let _ = j.reply.send(Err(StoreError::Journal {
-                    path: shared.path.clone(),
-                    message: format!("commit failed: {e} (is the disk full?)"),
-                }));
+            let message = format!("dedup lookup failed: {e}");
+            return fail(shared, jobs, &message);
+        }
+    };
+    let appended = journal.append(
+        jobs.iter()
+            .zip(&fresh)
+            .filter(|(_, new)| **new)
+            .map(|(j, _)| &j.payload[..]),
+    );
+    if let Err(e) = appended {
+        let mut pending = lock(&shared.pending);
+        for (j, new) in jobs.iter().zip(&fresh) {
+            if *new {
+                pending.remove(&j.key);
             }
         }
+        drop(pending);
+        return fail(shared, jobs, &e.to_string());
+    }
+    for (j, new) in jobs.into_iter().zip(fresh) {
+        let answer = if new {
+            acc.merge(&j.prepared);
+            Ingested::New {
+                profiles: j.prepared.profiles,
+                samples: j.prepared.samples,
+            }
+        } else {
+            Ingested::Duplicate
+        };
+        let _ = j.reply.send(Ok(answer));
     }
 }
 
-/// Writes the merged rows and drops the journal entries up to `last` in one transaction; the
-/// accumulator is cleared only once that is durable.
-fn roll(shared: &Shared, acc: &mut Accumulator, last: i64) -> Result<(), String> {
+/// Answers every job of a group with the same error: the agents keep their batches and retry.
+fn fail(shared: &Shared, jobs: Vec<Job>, message: &str) {
+    tracing::warn!(path = %shared.path, error = %message, batches = jobs.len(),
+        "journal commit failed; the agents keep their batches and retry");
+    for j in jobs {
+        let _ = j.reply.send(Err(StoreError::Journal {
+            path: shared.path.clone(),
+            message: message.to_string(),
+        }));
+    }
+}
+
+/// Writes the merged rows, the pending batches' `received` records and the journal generation
+/// they came from in one transaction; the accumulator is cleared and the covered segments are
+/// removed only once that is durable.
+fn roll(shared: &Shared, acc: &mut Accumulator, journal: &mut Journal) -> Result<(), String> {
     let started = Instant::now();
     let rows = acc.rows();
     let batches = acc.batches();
+    let covered = journal.generation();
     let mut conn = lock(&shared.conn);
-    let tx = conn.transaction().map_err(|e| e.to_string())?;
-    super::sqlite::upsert_rows(&tx, &rows).map_err(|e| e.to_string())?;
-    tx.execute("DELETE FROM journal WHERE id <= ?1", params![last])
-        .map_err(|e| e.to_string())?;
-    tx.commit().map_err(|e| e.to_string())?;
+    let written = (|| -> rusqlite::Result<()> {
+        let tx = conn.transaction()?;
+        super::sqlite::upsert_rows(&tx, &rows)?;
+        {
+            let pending = lock(&shared.pending);
+            let mut rec = tx
+                .prepare_cached("INSERT OR IGNORE INTO received VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
+            for ((host, instance, seq), p) in pending.iter() {
+                rec.execute(params![
+                    host,
+                    instance,
+                    *seq as i64,
+                    p.at,
+                    p.profiles,
+                    p.samples as i64
+                ])?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO meta VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![COVERED, covered as i64],
+        )?;
+        // Entries of the first release's journal table, replayed at open.
+        tx.execute("DELETE FROM journal", [])?;
+        tx.commit()
+    })();
+    written.map_err(|e| e.to_string())?;
+    lock(&shared.pending).clear();
+    drop(conn);
     acc.clear();
+    journal.seal();
+    if let Err(e) = journal.remove_through(covered) {
+        // Harmless: replay skips covered generations; the next roll-up retries the removal.
+        tracing::warn!(error = %e, "could not remove rolled-up journal segments");
+    }
     tracing::debug!(
         batches,
         rows = rows.len(),
