@@ -3,8 +3,9 @@
 //!
 //! Ingest validates a batch ([`crate::validate`]), then hands it to [`Store::ingest`], which
 //! deduplicates by (host id, agent instance, sequence) atomically with the write and returns only
-//! once the batch is durable; only then is the agent acknowledged. Store work runs on the blocking pool so a
-//! slow disk never stalls the network threads. Shutdown stops accepting connections and lets
+//! once the batch is durable; only then is the agent acknowledged. A pipelined store is awaited
+//! through a channel; other store work runs on the blocking pool, so a slow disk never stalls
+//! the network threads. Shutdown stops accepting connections and lets
 //! every in-flight batch finish before [`serve`] returns.
 
 use std::future::Future;
@@ -15,12 +16,11 @@ use std::time::Instant;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::codec::CompressionEncoding;
 use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
-use wattson_proto::v1::ingest_service_server::{IngestService, IngestServiceServer};
-use wattson_proto::v1::{IngestRequest, IngestResponse};
+use wattson_proto::codec::WithBytes;
+use wattson_proto::v1::{Batch, IngestRequest, IngestResponse};
 
 use crate::store::{Ingested, Store, StoreError};
 use crate::validate::{self, Limits};
@@ -177,50 +177,78 @@ fn store_status(e: StoreError) -> Status {
     }
 }
 
-#[tonic::async_trait]
-impl IngestService for Ingest {
-    async fn ingest(
+impl Ingest {
+    /// Validates and stores one batch; `encoded` is its bytes as received, when kept.
+    async fn store_batch(
         &self,
-        request: Request<IngestRequest>,
+        batch: Batch,
+        encoded: Option<bytes::Bytes>,
+    ) -> Result<(Batch, Ingested), Status> {
+        self.note_losses(&batch);
+        // Validation and resolving the batch are CPU work of a fraction of a millisecond: done
+        // on this worker. A pipelined store answers through a channel; other backends write
+        // on the blocking pool so a slow disk or network never stalls the network threads.
+        validate::validate(&batch, &self.limits)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        match self.store.queue(&batch, encoded) {
+            Some(queued) => {
+                let answer = queued.map_err(store_status)?;
+                let stored = answer
+                    .await
+                    .map_err(|_| Status::unavailable("store: the ingest pipeline stopped"))?
+                    .map_err(store_status)?;
+                Ok((batch, stored))
+            }
+            None => {
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    let stored = store.ingest(&batch).map_err(store_status)?;
+                    Ok::<_, Status>((batch, stored))
+                })
+                .await
+                .map_err(|e| Status::internal(format!("ingest task failed: {e}")))?
+            }
+        }
+    }
+}
+
+impl Ingest {
+    /// Answers one `Ingest` call; the request comes with the bytes it was decoded from.
+    pub(crate) async fn handle(
+        &self,
+        request: Request<WithBytes<IngestRequest>>,
     ) -> Result<Response<IngestResponse>, Status> {
         let peer = request.remote_addr();
-        let Some(batch) = request.into_inner().batch else {
+        let WithBytes { message, bytes } = request.into_inner();
+        let Some(batch) = message.batch else {
             return Err(Status::invalid_argument("batch is missing"));
         };
-        self.note_losses(&batch);
-        let store = self.store.clone();
-        let limits = self.limits.clone();
+        // The batch's own bytes, when the request is only the batch (it always is from our
+        // agents); otherwise the store encodes it again.
+        let encoded = wattson_proto::codec::sole_field(&bytes, 1);
         let started = Instant::now();
-        // Validation and the durable write both run on the blocking pool: they are CPU and disk.
-        let outcome = tokio::task::spawn_blocking(move || {
-            validate::validate(&batch, &limits)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            let stored = store.ingest(&batch).map_err(store_status)?;
-            Ok::<_, Status>((batch.host_id, batch.sequence, stored))
-        })
-        .await
-        .map_err(|e| Status::internal(format!("ingest task failed: {e}")))?;
-        match outcome {
-            Ok((host, sequence, Ingested::Duplicate)) => {
-                tracing::info!(%host, sequence, "duplicate batch acknowledged, nothing stored");
+        match self.store_batch(batch, encoded).await {
+            Ok((batch, Ingested::Duplicate)) => {
+                tracing::info!(host = %batch.host_id, sequence = batch.sequence,
+                    "duplicate batch acknowledged, nothing stored");
                 Ok(Response::new(IngestResponse {
-                    sequence,
+                    sequence: batch.sequence,
                     duplicate: true,
                     profiles_stored: 0,
                     samples_stored: 0,
                 }))
             }
-            Ok((host, sequence, Ingested::New { profiles, samples })) => {
+            Ok((batch, Ingested::New { profiles, samples })) => {
                 tracing::debug!(
-                    %host,
-                    sequence,
+                    host = %batch.host_id,
+                    sequence = batch.sequence,
                     profiles,
                     samples,
                     ms = started.elapsed().as_millis() as u64,
                     "batch stored"
                 );
                 Ok(Response::new(IngestResponse {
-                    sequence,
+                    sequence: batch.sequence,
                     duplicate: false,
                     profiles_stored: profiles,
                     samples_stored: samples,
@@ -286,17 +314,17 @@ pub async fn serve(
         store.clone(),
         config.fleet,
     )));
-    let ingest = IngestServiceServer::new(Ingest::new(store, config.limits))
-        .max_decoding_message_size(max)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .accept_compressed(CompressionEncoding::Gzip);
+    let ingest =
+        crate::ingest_endpoint::IngestEndpoint::new(Ingest::new(store, config.limits), max);
     // One token guards both services: profiles are as sensitive to read as to write.
     let auth = BearerAuth(config.token.map(Arc::from));
     let ingest = tonic::service::interceptor::InterceptedService::new(ingest, auth.clone());
     let query = tonic::service::interceptor::InterceptedService::new(query, auth);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<IngestServiceServer<Ingest>>().await;
+    health
+        .set_serving::<crate::ingest_endpoint::IngestEndpoint>()
+        .await;
     health
         .set_serving::<wattson_proto::v1::query_service_server::QueryServiceServer<crate::query_service::Query>>()
         .await;

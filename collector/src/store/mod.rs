@@ -287,6 +287,9 @@ pub struct StoreStats {
     pub bytes: u64,
 }
 
+/// What [`Store::queue`] returns: the answer to come, or why the batch was not queued.
+pub type Queued = Result<tokio::sync::oneshot::Receiver<Result<Ingested, StoreError>>, StoreError>;
+
 /// A storage backend. Implementations are internally synchronized.
 pub trait Store: Send + Sync {
     /// Stores a batch, deduplicating by (host id, agent instance, sequence) atomically with the
@@ -298,6 +301,16 @@ pub trait Store: Send + Sync {
 
     /// Writes an already rolled-up batch (what [`Store::ingest`] does after [`Rollup::from_batch`]).
     fn write(&self, rollup: &Rollup) -> Result<Ingested, StoreError>;
+
+    /// [`Store::ingest`] without blocking the caller: backends with an ingest pipeline resolve
+    /// the batch on the calling thread, queue it and return a receiver of the answer, so an
+    /// async server awaits it instead of parking a thread per batch. `encoded` is the batch as
+    /// it arrived, when the transport kept it (a journal stores it instead of re-encoding).
+    /// `None`: no pipeline; call [`Store::ingest`] from a blocking thread.
+    fn queue(&self, batch: &Batch, encoded: Option<bytes::Bytes>) -> Option<Queued> {
+        let _ = (batch, encoded);
+        None
+    }
 
     /// Functions ranked by `q.rank`, summed over the window (per service and function).
     fn top(&self, q: &TopQuery) -> Result<Vec<Keyed>, StoreError>;

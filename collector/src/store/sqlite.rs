@@ -329,6 +329,10 @@ impl Store for SqliteStore {
         self.pipeline.ingest(batch)
     }
 
+    fn queue(&self, batch: &Batch, encoded: Option<bytes::Bytes>) -> Option<super::Queued> {
+        Some(self.pipeline.queue(batch, encoded))
+    }
+
     fn write(&self, rollup: &Rollup) -> Result<Ingested, StoreError> {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction().map_err(|e| self.err(e))?;

@@ -23,13 +23,15 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
 use wattson_proto::v1::Batch;
 
 use super::journal::Journal;
 use super::rollup::{Accumulator, Prepared};
-use super::{Ingested, StoreError};
+use super::{Ingested, Queued, StoreError};
 
 /// Longest a merged batch waits before its rows are written (queries do not wait for it: they
 /// settle).
@@ -53,9 +55,9 @@ struct Pending {
 /// One batch waiting for the group commit.
 struct Job {
     key: Key,
-    payload: Vec<u8>,
+    payload: Bytes,
     prepared: Prepared,
-    reply: mpsc::Sender<Result<Ingested, StoreError>>,
+    reply: oneshot::Sender<Result<Ingested, StoreError>>,
 }
 
 #[derive(Default)]
@@ -140,26 +142,39 @@ impl Pipeline {
     }
 
     /// Stores a batch: returns once it is durable in the journal (or known as a duplicate).
+    /// Not from an async context: see [`Pipeline::queue`].
     pub(super) fn ingest(&self, batch: &Batch) -> Result<Ingested, StoreError> {
+        let answer = self.queue(batch, None)?;
+        answer
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(self.stopped()))
+    }
+
+    /// Resolves the batch on this thread and queues it for the next group commit; the receiver
+    /// gets the answer once it is durable. `encoded`: the batch's bytes, when the caller has them.
+    pub(super) fn queue(&self, batch: &Batch, encoded: Option<Bytes>) -> Queued {
         let prepared = Prepared::from_batch(batch)?;
-        let (reply, answer) = mpsc::channel();
+        let (reply, answer) = oneshot::channel();
         let job = Job {
             key: (
                 batch.host_id.clone(),
                 batch.agent_instance.clone(),
                 batch.sequence,
             ),
-            payload: batch.encode_to_vec(),
+            payload: encoded.unwrap_or_else(|| batch.encode_to_vec().into()),
             prepared,
             reply,
         };
         {
             let mut st = lock(&self.shared.state);
+            if st.stop {
+                return Err(self.stopped());
+            }
             st.jobs.push(job);
             st.dirty = true;
         }
         self.shared.wake.notify_one();
-        answer.recv().unwrap_or_else(|_| Err(self.stopped()))
+        Ok(answer)
     }
 
     /// Whether `key` is journaled and not rolled up yet. Callers hold the write connection, so
