@@ -12,8 +12,9 @@ pub const PROGRAM_NAME: &str = "wattson_sample";
 pub mod maps {
     /// Two aggregation maps; `CONFIG[CONFIG_ACTIVE]` says which one BPF writes into.
     pub const COUNTS: [&str; 2] = ["COUNTS_0", "COUNTS_1"];
-    /// Stack-trace maps paired with `COUNTS`, so a drained buffer's stacks can be cleared
-    /// without invalidating ids that the other buffer still references.
+    /// Stack maps paired with `COUNTS` (`HashMap<u64, Stack>`, keyed by the stack's hash), so
+    /// a drained buffer's stacks can be cleared without invalidating ids that the other buffer
+    /// still references.
     pub const STACKS: [&str; 2] = ["STACKS_0", "STACKS_1"];
     /// `Array<u64>` of settings written by user space (see `CONFIG_*`).
     pub const CONFIG: &str = "CONFIG";
@@ -36,9 +37,11 @@ pub const CONFIG_LEN: u32 = 2;
 pub const COUNTER_SAMPLES: u32 = 0;
 /// `COUNTERS` slot: samples lost because the aggregation map was full.
 pub const COUNTER_MAP_FULL: u32 = 1;
-/// `COUNTERS` slot: user stacks that could not be collected for a user process (fault, collision).
+/// `COUNTERS` slot: user stacks that could not be collected for a user process (the helper
+/// failed, or the stack map was full).
 pub const COUNTER_USER_STACK_ERR: u32 = 2;
-/// `COUNTERS` slot: kernel stacks that could not be collected while in kernel mode.
+/// `COUNTERS` slot: kernel stacks that could not be collected while in kernel mode (the helper
+/// failed, or the stack map was full).
 pub const COUNTER_KERNEL_STACK_ERR: u32 = 3;
 /// `COUNTERS` slot: new-process events lost because the ring buffer was full.
 pub const COUNTER_RINGBUF_FULL: u32 = 4;
@@ -49,11 +52,15 @@ pub const COUNTER_LEN: u32 = 6;
 
 /// Default entries of each aggregation map and each stack map.
 pub const DEFAULT_MAP_ENTRIES: u32 = 16_384;
+/// Deepest stack recorded, in frames (the kernel's default `perf_event_max_stack`).
+pub const MAX_STACK_DEPTH: usize = 127;
 /// Default byte size of the new-process ring buffer.
 pub const NEW_PROCESS_RING_BYTES: u32 = 256 * 1024;
 
-/// Key of one aggregated sample bucket. Negative stack ids are the kernel's error codes
-/// (for example `-EFAULT` when there is no user stack, `-EEXIST` on a stack-map collision).
+/// Key of one aggregated sample bucket. A stack id is the key of the stack in the paired
+/// `STACKS` map (a 64-bit hash of its frames, never 0); 0 means the sample has no such stack
+/// (a user-mode sample has no kernel stack, a kernel thread no user stack, or it could not
+/// be recorded, which the counters say).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SampleKey {
@@ -63,12 +70,61 @@ pub struct SampleKey {
     pub pid: u32,
     /// CPU the sample was taken on.
     pub cpu: u32,
-    /// Id in the paired stack map, or a negative errno.
-    pub user_stack_id: i32,
-    /// Id in the paired stack map, or a negative errno.
-    pub kernel_stack_id: i32,
     /// Explicit padding so the layout has no holes.
     pub _pad: u32,
+    /// Key in the paired stack map, or 0.
+    pub user_stack: u64,
+    /// Key in the paired stack map, or 0.
+    pub kernel_stack: u64,
+}
+
+/// One stack as `bpf_get_stack` wrote it: `len` instruction pointers, innermost first; the
+/// rest of `ips` is zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stack {
+    /// Number of valid entries in `ips`.
+    pub len: u64,
+    /// Instruction pointers, innermost first.
+    pub ips: [u64; MAX_STACK_DEPTH],
+}
+
+impl Stack {
+    /// The valid instruction pointers, innermost first.
+    pub fn frames(&self) -> &[u64] {
+        let len = (self.len as usize).min(MAX_STACK_DEPTH);
+        &self.ips[..len]
+    }
+}
+
+/// The id a stack is stored under: a 64-bit hash of its first `len` frames (MurmurHash3's
+/// mixing), never 0. Unlike a stack-trace map, whose fixed buckets reject a new stack that
+/// lands on a taken bucket, a hash map keyed by this keeps every stack until it is full;
+/// two different stacks sharing a 64-bit id is negligible (about n^2 / 2^65 for n stacks).
+/// Written so the BPF verifier sees a loop bounded by [`MAX_STACK_DEPTH`].
+#[inline(always)]
+pub fn stack_id(ips: &[u64; MAX_STACK_DEPTH], len: usize) -> u64 {
+    const C1: u64 = 0x87c3_7b91_1142_53d5;
+    const C2: u64 = 0x4cf5_ad43_2745_937f;
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut i = 0;
+    while i < MAX_STACK_DEPTH {
+        if i >= len {
+            break;
+        }
+        let k = ips[i].wrapping_mul(C1).rotate_left(31).wrapping_mul(C2);
+        h ^= k;
+        h = h.rotate_left(27).wrapping_mul(5).wrapping_add(0x52dc_e729);
+        i += 1;
+    }
+    h ^= len as u64;
+    // fmix64
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    if h == 0 { 1 } else { h }
 }
 
 /// Sent once per thread group the sampler has not seen before, so user space can read
@@ -90,4 +146,6 @@ mod pod {
     unsafe impl aya::Pod for super::SampleKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NewProcess {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Stack {}
 }

@@ -3,6 +3,14 @@
 //! Each sample is aggregated in the kernel under (tgid, pid, cpu, user stack, kernel stack) in
 //! one of two buffers, picked by `CONFIG[CONFIG_ACTIVE]`, so user space drains the idle buffer
 //! while this program keeps writing the other. Everything that cannot be recorded is counted.
+//!
+//! Stacks are copied with `bpf_get_stack` and kept in a hash map under a 64-bit hash of their
+//! frames, not in a `BPF_MAP_TYPE_STACK_TRACE` map: `bpf_get_stackid` puts a stack in bucket
+//! `hash % entries` and answers `-EEXIST` when another stack holds that bucket, so a share of
+//! samples equal to the map's occupancy lost their stack (their leaf too, for user-mode
+//! samples). Programs without frame pointers, whose every sample is a new stack, lost several
+//! percent whenever draining was slow. A hash map only refuses a stack when it is full.
+//!
 //! On a host build this file compiles to an empty binary so the workspace stays buildable.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -15,19 +23,20 @@ mod sampler {
     use aya_ebpf::{
         EbpfContext,
         bindings::BPF_F_USER_STACK,
-        helpers::bpf_get_smp_processor_id,
+        helpers::{bpf_get_smp_processor_id, bpf_get_stack},
         macros::{map, perf_event},
-        maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
-        programs::{PerfEventContext, tracing::StackIdContext as _},
+        maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+        programs::PerfEventContext,
     };
     use wattson_agent_ebpf::{
         CONFIG_ACTIVE, CONFIG_LEN, CONFIG_TGID_FILTER, COUNTER_FILTERED, COUNTER_KERNEL_STACK_ERR,
         COUNTER_LEN, COUNTER_MAP_FULL, COUNTER_RINGBUF_FULL, COUNTER_SAMPLES,
-        COUNTER_USER_STACK_ERR, DEFAULT_MAP_ENTRIES, NEW_PROCESS_RING_BYTES, NewProcess, SampleKey,
+        COUNTER_USER_STACK_ERR, DEFAULT_MAP_ENTRIES, MAX_STACK_DEPTH, NEW_PROCESS_RING_BYTES,
+        NewProcess, SampleKey, Stack, stack_id,
     };
 
-    const EFAULT: i32 = 14;
-    const EEXIST: i32 = 17;
+    const EFAULT: i64 = 14;
+    const EEXIST: i64 = 17;
     const BPF_NOEXIST: u64 = 1;
 
     #[map]
@@ -35,9 +44,12 @@ mod sampler {
     #[map]
     static COUNTS_1: HashMap<SampleKey, u64> = HashMap::with_max_entries(DEFAULT_MAP_ENTRIES, 0);
     #[map]
-    static STACKS_0: StackTrace = StackTrace::with_max_entries(DEFAULT_MAP_ENTRIES, 0);
+    static STACKS_0: HashMap<u64, Stack> = HashMap::with_max_entries(DEFAULT_MAP_ENTRIES, 0);
     #[map]
-    static STACKS_1: StackTrace = StackTrace::with_max_entries(DEFAULT_MAP_ENTRIES, 0);
+    static STACKS_1: HashMap<u64, Stack> = HashMap::with_max_entries(DEFAULT_MAP_ENTRIES, 0);
+    /// Per-CPU room for the stack being copied (too big for the 512-byte BPF stack).
+    #[map]
+    static SCRATCH: PerCpuArray<Stack> = PerCpuArray::with_max_entries(1, 0);
     #[map]
     static CONFIG: Array<u64> = Array::with_max_entries(CONFIG_LEN, 0);
     #[map]
@@ -82,24 +94,24 @@ mod sampler {
             (&COUNTS_1, &STACKS_1)
         };
 
-        let user_stack_id = match ctx.get_stackid(stacks, u64::from(BPF_F_USER_STACK)) {
-            Ok(id) => id as i32,
+        // An empty user stack is the normal answer for kernel threads and the idle task.
+        let user_stack = match record_stack(ctx, stacks, u64::from(BPF_F_USER_STACK)) {
+            Ok(id) => id,
             Err(e) => {
-                // -EFAULT is the normal answer for kernel threads and the idle task.
                 if tgid != 0 && e != -EFAULT {
                     bump(COUNTER_USER_STACK_ERR);
                 }
-                e
+                0
             }
         };
-        let kernel_stack_id = match ctx.get_stackid(stacks, 0) {
-            Ok(id) => id as i32,
+        // An empty kernel stack means the sample hit user mode.
+        let kernel_stack = match record_stack(ctx, stacks, 0) {
+            Ok(id) => id,
             Err(e) => {
-                // -EFAULT means the sample hit user mode: there is no kernel stack to record.
-                if e == -EEXIST {
+                if e != -EFAULT {
                     bump(COUNTER_KERNEL_STACK_ERR);
                 }
-                e
+                0
             }
         };
 
@@ -109,9 +121,9 @@ mod sampler {
             tgid,
             pid: ctx.pid(),
             cpu,
-            user_stack_id,
-            kernel_stack_id,
             _pad: 0,
+            user_stack,
+            kernel_stack,
         };
         // The key holds the CPU, so only this CPU ever updates this entry: a plain add is safe.
         if let Some(count) = counts.get_ptr_mut(&key) {
@@ -124,6 +136,40 @@ mod sampler {
         if SEEN.get_ptr(&tgid).is_none() {
             let _ = SEEN.insert(&tgid, &1, 0);
             announce(ctx, tgid);
+        }
+    }
+
+    /// Copies the user (`BPF_F_USER_STACK`) or kernel stack of the sample into `stacks` and
+    /// returns its id, 0 for an empty stack, or the error (negative errno) that lost it.
+    #[inline(always)]
+    fn record_stack(
+        ctx: &PerfEventContext,
+        stacks: &HashMap<u64, Stack>,
+        flags: u64,
+    ) -> Result<u64, i64> {
+        let Some(buf) = SCRATCH.get_ptr_mut(0) else {
+            return Err(0);
+        };
+        // SAFETY: this CPU's scratch slot; programs do not nest on a CPU.
+        let buf = unsafe { &mut *buf };
+        const BYTES: u32 = (MAX_STACK_DEPTH * 8) as u32;
+        // SAFETY: `ips` is BYTES long and writable; the helper writes at most that much.
+        let copied =
+            unsafe { bpf_get_stack(ctx.as_ptr(), buf.ips.as_mut_ptr().cast(), BYTES, flags) };
+        if copied < 0 {
+            return Err(copied);
+        }
+        let len = (copied as usize / 8).min(MAX_STACK_DEPTH);
+        if len == 0 {
+            return Ok(0);
+        }
+        buf.len = len as u64;
+        let id = stack_id(&buf.ips, len);
+        match stacks.insert(id, &*buf, BPF_NOEXIST) {
+            Ok(()) => Ok(id),
+            // Already stored (by an earlier sample, or another CPU just now).
+            Err(e) if i64::from(e) == -EEXIST => Ok(id),
+            Err(e) => Err(i64::from(e)),
         }
     }
 

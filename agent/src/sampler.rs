@@ -9,13 +9,13 @@ use std::{collections::HashMap as StdHashMap, io, thread, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         PerfEvent,
         perf_event::{HardwareEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
-use wattson_agent_ebpf::{self as shared, NewProcess, SampleKey};
+use wattson_agent_ebpf::{self as shared, NewProcess, SampleKey, Stack};
 
 /// The sampler object built by `agent/build.rs` from `agent-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wattson-sampler"));
@@ -347,26 +347,21 @@ impl Sampler {
             }
         }
 
-        let mut stacks: StackTraceMap<&mut MapData> = self.typed_map(stacks_name)?;
-        let mut cache: StdHashMap<i32, Option<Vec<u64>>> = StdHashMap::new();
+        let mut stacks: HashMap<&mut MapData, u64, Stack> = self.typed_map(stacks_name)?;
+        let mut cache: StdHashMap<u64, Option<Vec<u64>>> = StdHashMap::new();
         let mut drained = Drained::default();
         for (key, count) in buckets {
-            let mut resolve = |id: i32| -> Option<Vec<u64>> {
-                if id < 0 {
+            let mut resolve = |id: u64| -> Option<Vec<u64>> {
+                if id == 0 {
                     return Some(Vec::new());
                 }
                 cache
                     .entry(id)
-                    .or_insert_with(|| {
-                        stacks
-                            .get(&(id as u32), 0)
-                            .ok()
-                            .map(|st| st.frames().iter().map(|f| f.ip).collect())
-                    })
+                    .or_insert_with(|| stacks.get(&id, 0).ok().map(|st| st.frames().to_vec()))
                     .clone()
             };
-            let user = resolve(key.user_stack_id);
-            let kernel = resolve(key.kernel_stack_id);
+            let user = resolve(key.user_stack);
+            let kernel = resolve(key.kernel_stack);
             if user.is_none() || kernel.is_none() {
                 drained.missing_stacks += count;
             }
@@ -377,7 +372,7 @@ impl Sampler {
                 kernel_stack: kernel.unwrap_or_default(),
             });
         }
-        let ids: Vec<u32> = stacks.stack_ids().filter_map(Result::ok).collect();
+        let ids: Vec<u64> = stacks.keys().filter_map(Result::ok).collect();
         for id in ids {
             let _ = stacks.remove(&id);
         }
@@ -482,6 +477,27 @@ fn raise_memlock_limit() {
 #[cfg(test)]
 mod tests {
     use super::parse_cpu_list;
+    use wattson_agent_ebpf::{MAX_STACK_DEPTH, stack_id};
+
+    #[test]
+    fn stack_ids_depend_on_the_valid_frames_only_and_are_never_zero() {
+        let mut a = [0u64; MAX_STACK_DEPTH];
+        a[..3].copy_from_slice(&[0x401000, 0x401234, 0x7f00_0000_1000]);
+        let mut b = a;
+        b[5] = 0xdead; // beyond `len`: ignored
+        assert_eq!(stack_id(&a, 3), stack_id(&b, 3));
+        assert_ne!(stack_id(&a, 3), stack_id(&a, 2));
+        assert_ne!(stack_id(&a, 3), stack_id(&a, 4));
+        // Neighbouring leaf addresses of one loop (the common case) get different ids.
+        let mut ids = std::collections::HashSet::new();
+        for ip in 0..100_000u64 {
+            a[0] = 0x401000 + ip;
+            let id = stack_id(&a, 3);
+            assert_ne!(id, 0);
+            ids.insert(id);
+        }
+        assert_eq!(ids.len(), 100_000);
+    }
 
     #[test]
     fn cpu_lists_parse_like_the_kernel_writes_them() {

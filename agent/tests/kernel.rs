@@ -85,6 +85,82 @@ fn sampler_sees_a_busy_thread_on_every_kernel() {
     assert!(with_user_stack > 0, "no user stack for the busy thread");
 }
 
+/// Recurses `depth` frames, then spins a little: every depth is a different call stack.
+#[inline(never)]
+fn descend(depth: u32) -> u64 {
+    if depth == 0 {
+        let mut x = 0u64;
+        for _ in 0..20_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        return x;
+    }
+    std::hint::black_box(descend(std::hint::black_box(depth - 1))).wrapping_add(1)
+}
+
+/// Like perf, the sampler keeps the stack of every sample, however many different stacks
+/// arrive between drains: only a full stack map may refuse one, and it is counted. (With a
+/// `BPF_MAP_TYPE_STACK_TRACE` map, a new stack whose bucket another stack held was lost:
+/// with 512 buckets and a couple of hundred distinct stacks, dozens of samples lost theirs.)
+#[test]
+fn many_distinct_stacks_all_keep_their_user_stack() {
+    let mut config = SamplerConfig::default();
+    config.frequency = 99;
+    config.tgid_filter = Some(std::process::id());
+    config.map_entries = 512;
+    let mut sampler = Sampler::load(&config).expect("load sampler (are you root?)");
+    sampler.attach(&config).expect("attach sampler");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let busy = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            let mut depth = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                descend(depth % 48);
+                depth = depth.wrapping_add(7);
+            }
+        })
+    };
+    let busy_tid = tid_rx.recv().unwrap();
+    thread::sleep(Duration::from_secs(2));
+    let drained = sampler.drain().expect("drain");
+    stop.store(true, Ordering::Relaxed);
+    busy.join().unwrap();
+    let counters = sampler.counters().expect("counters");
+
+    let busy: Vec<_> = drained
+        .samples
+        .iter()
+        .filter(|s| s.key.pid == busy_tid)
+        .collect();
+    let samples: u64 = busy.iter().map(|s| s.count).sum();
+    let without: u64 = busy
+        .iter()
+        .filter(|s| s.user_stack.is_empty())
+        .map(|s| s.count)
+        .sum();
+    let distinct: std::collections::HashSet<&[u64]> =
+        busy.iter().map(|s| s.user_stack.as_slice()).collect();
+    eprintln!(
+        "busy thread: {samples} samples, {} distinct user stacks, {without} without one; \
+         missing {}; {counters:?}",
+        distinct.len(),
+        drained.missing_stacks
+    );
+    assert!(samples >= 20, "busy thread got only {samples} samples");
+    assert!(
+        distinct.len() >= 20,
+        "only {} distinct stacks: the test does not exercise the stack map",
+        distinct.len()
+    );
+    assert_eq!(without, 0, "samples lost their user stack: {counters:?}");
+    assert_eq!(counters.user_stack_errors, 0);
+    assert_eq!(drained.missing_stacks, 0);
+}
+
 /// Samples arriving while user space drains land in the other buffer and are not lost:
 /// every sample counted before a point in time is in some drain after it, and no drain
 /// holds a sample that was never counted.
