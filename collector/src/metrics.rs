@@ -14,8 +14,8 @@ use wattson_proto::v1::{PowerRequest, TimeWindow};
 
 use crate::query::QueryEngine;
 use crate::store::{
-    Ingested, Keyed, Point, Retention, RetentionReport, Rollup, Store, StoreError, StoreStats,
-    TopQuery, Window,
+    IngestFuture, Ingested, Keyed, Point, Retention, RetentionReport, Rollup, Store, StoreError,
+    StoreStats, TopQuery, Window,
 };
 
 pub use wattson_proto::exposition::{BindError, bind};
@@ -26,6 +26,12 @@ const WATTS_WINDOW_SECONDS: i64 = 300;
 /// A [`Store`] that counts what is written through it.
 pub struct Counted {
     inner: Arc<dyn Store>,
+    /// Shared with the futures of queued batches, which count when they resolve.
+    counts: Arc<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
     stored: AtomicU64,
     duplicates: AtomicU64,
     errors: AtomicU64,
@@ -38,16 +44,12 @@ impl Counted {
     pub fn new(inner: Arc<dyn Store>) -> Counted {
         Counted {
             inner,
-            stored: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            samples: AtomicU64::new(0),
-            write_micros: AtomicU64::new(0),
+            counts: Arc::default(),
         }
     }
 }
 
-impl Counted {
+impl Counts {
     /// Counts the outcome of one write or ingest that took `micros`.
     fn count(&self, r: &Result<Ingested, StoreError>, started: Instant) {
         self.write_micros
@@ -71,7 +73,7 @@ impl Store for Counted {
     fn write(&self, rollup: &Rollup) -> Result<Ingested, StoreError> {
         let started = Instant::now();
         let r = self.inner.write(rollup);
-        self.count(&r, started);
+        self.counts.count(&r, started);
         r
     }
 
@@ -79,8 +81,23 @@ impl Store for Counted {
         // The backend's own ingest: SQLite journals and rolls up asynchronously.
         let started = Instant::now();
         let r = self.inner.ingest(batch);
-        self.count(&r, started);
+        self.counts.count(&r, started);
         r
+    }
+
+    fn queue(
+        &self,
+        batch: &wattson_proto::v1::Batch,
+        encoded: Option<bytes::Bytes>,
+    ) -> Option<IngestFuture> {
+        let started = Instant::now();
+        let stored = self.inner.queue(batch, encoded)?;
+        let counts = self.counts.clone();
+        Some(Box::pin(async move {
+            let r = stored.await;
+            counts.count(&r, started);
+            r
+        }))
     }
 
     fn top(&self, q: &TopQuery) -> Result<Vec<Keyed>, StoreError> {
@@ -124,21 +141,21 @@ pub fn render(counted: &Counted, engine: &QueryEngine, now: i64) -> String {
         Kind::Counter,
         "Batches that reached the store, by result (validation rejections happen before).",
     )
-    .sample(&[("result", &"stored")], c(&counted.stored))
-    .sample(&[("result", &"duplicate")], c(&counted.duplicates))
-    .sample(&[("result", &"error")], c(&counted.errors));
+    .sample(&[("result", &"stored")], c(&counted.counts.stored))
+    .sample(&[("result", &"duplicate")], c(&counted.counts.duplicates))
+    .sample(&[("result", &"error")], c(&counted.counts.errors));
     t.family(
         "wattson_collector_samples_total",
         Kind::Counter,
         "Stack samples stored.",
     )
-    .sample(&[], c(&counted.samples));
+    .sample(&[], c(&counted.counts.samples));
     t.family(
         "wattson_collector_store_write_seconds_total",
         Kind::Counter,
         "Time spent in durable store writes.",
     )
-    .sample(&[], c(&counted.write_micros) / 1e6);
+    .sample(&[], c(&counted.counts.write_micros) / 1e6);
     match counted.stats() {
         Ok(s) => {
             for (name, help, v) in [

@@ -191,14 +191,7 @@ impl Ingest {
         validate::validate(&batch, &self.limits)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         match self.store.queue(&batch, encoded) {
-            Some(queued) => {
-                let answer = queued.map_err(store_status)?;
-                let stored = answer
-                    .await
-                    .map_err(|_| Status::unavailable("store: the ingest pipeline stopped"))?
-                    .map_err(store_status)?;
-                Ok((batch, stored))
-            }
+            Some(stored) => Ok((batch, stored.await.map_err(store_status)?)),
             None => {
                 let store = self.store.clone();
                 tokio::task::spawn_blocking(move || {

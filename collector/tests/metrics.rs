@@ -31,9 +31,10 @@ async fn metrics_expose_counters_size_and_service_watts() {
     let vm = BatchBuilder::new("h2", 1)
         .interval(now - 60, 10, true, 0.0, &[("vm", "", "main;spin", 3, 30e6)])
         .build();
+    // Blocking ingest and the queue the gRPC server awaits are both counted.
     store.ingest(&api).unwrap();
-    store.ingest(&api).unwrap();
-    store.ingest(&vm).unwrap();
+    store.queue(&api, None).expect("sqlite queues").await.unwrap();
+    store.queue(&vm, None).expect("sqlite queues").await.unwrap();
     let mut bad = api.clone();
     bad.sequence = 2;
     bad.profiles[0].samples[0].stack_index = 9;

@@ -287,8 +287,9 @@ pub struct StoreStats {
     pub bytes: u64,
 }
 
-/// What [`Store::queue`] returns: the answer to come, or why the batch was not queued.
-pub type Queued = Result<tokio::sync::oneshot::Receiver<Result<Ingested, StoreError>>, StoreError>;
+/// What [`Store::queue`] returns: resolves once the batch is durable (or found a duplicate).
+pub type IngestFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Ingested, StoreError>> + Send>>;
 
 /// A storage backend. Implementations are internally synchronized.
 pub trait Store: Send + Sync {
@@ -303,11 +304,11 @@ pub trait Store: Send + Sync {
     fn write(&self, rollup: &Rollup) -> Result<Ingested, StoreError>;
 
     /// [`Store::ingest`] without blocking the caller: backends with an ingest pipeline resolve
-    /// the batch on the calling thread, queue it and return a receiver of the answer, so an
-    /// async server awaits it instead of parking a thread per batch. `encoded` is the batch as
-    /// it arrived, when the transport kept it (a journal stores it instead of re-encoding).
-    /// `None`: no pipeline; call [`Store::ingest`] from a blocking thread.
-    fn queue(&self, batch: &Batch, encoded: Option<bytes::Bytes>) -> Option<Queued> {
+    /// the batch on the calling thread, queue it and return the answer to await, so an async
+    /// server does not park a thread per batch. `encoded` is the batch as it arrived, when the
+    /// transport kept it (a journal stores it instead of re-encoding). `None`: no pipeline;
+    /// call [`Store::ingest`] from a blocking thread.
+    fn queue(&self, batch: &Batch, encoded: Option<bytes::Bytes>) -> Option<IngestFuture> {
         let _ = (batch, encoded);
         None
     }

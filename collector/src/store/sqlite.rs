@@ -329,7 +329,7 @@ impl Store for SqliteStore {
         self.pipeline.ingest(batch)
     }
 
-    fn queue(&self, batch: &Batch, encoded: Option<bytes::Bytes>) -> Option<super::Queued> {
+    fn queue(&self, batch: &Batch, encoded: Option<bytes::Bytes>) -> Option<super::IngestFuture> {
         Some(self.pipeline.queue(batch, encoded))
     }
 

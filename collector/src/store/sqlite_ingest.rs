@@ -31,7 +31,7 @@ use wattson_proto::v1::Batch;
 
 use super::journal::Journal;
 use super::rollup::{Accumulator, Prepared};
-use super::{Ingested, Queued, StoreError};
+use super::{IngestFuture, Ingested, StoreError};
 
 /// Longest a merged batch waits before its rows are written (queries do not wait for it: they
 /// settle).
@@ -57,7 +57,24 @@ struct Job {
     key: Key,
     payload: Bytes,
     prepared: Prepared,
-    reply: oneshot::Sender<Result<Ingested, StoreError>>,
+    reply: Reply,
+}
+
+/// Where a job's answer goes: a thread blocked in [`Pipeline::ingest`] or a task awaiting
+/// [`Pipeline::queue`].
+enum Reply {
+    Blocking(mpsc::Sender<Result<Ingested, StoreError>>),
+    Async(oneshot::Sender<Result<Ingested, StoreError>>),
+}
+
+impl Reply {
+    fn send(self, answer: Result<Ingested, StoreError>) {
+        // A caller that went away (its agent disconnected) needs no answer.
+        let _ = match self {
+            Reply::Blocking(tx) => tx.send(answer).map_err(drop),
+            Reply::Async(tx) => tx.send(answer).map_err(drop),
+        };
+    }
 }
 
 #[derive(Default)]
@@ -142,19 +159,31 @@ impl Pipeline {
     }
 
     /// Stores a batch: returns once it is durable in the journal (or known as a duplicate).
-    /// Not from an async context: see [`Pipeline::queue`].
     pub(super) fn ingest(&self, batch: &Batch) -> Result<Ingested, StoreError> {
-        let answer = self.queue(batch, None)?;
-        answer
-            .blocking_recv()
-            .unwrap_or_else(|_| Err(self.stopped()))
+        let (tx, rx) = mpsc::channel();
+        self.enqueue(batch, None, Reply::Blocking(tx))?;
+        rx.recv().unwrap_or_else(|_| Err(self.stopped()))
     }
 
-    /// Resolves the batch on this thread and queues it for the next group commit; the receiver
-    /// gets the answer once it is durable. `encoded`: the batch's bytes, when the caller has them.
-    pub(super) fn queue(&self, batch: &Batch, encoded: Option<Bytes>) -> Queued {
+    /// Resolves the batch on this thread and queues it for the next group commit; the future
+    /// resolves once it is durable. `encoded`: the batch's bytes, when the caller has them.
+    pub(super) fn queue(&self, batch: &Batch, encoded: Option<Bytes>) -> IngestFuture {
+        let (tx, rx) = oneshot::channel();
+        let queued = self.enqueue(batch, encoded, Reply::Async(tx));
+        let stopped = self.stopped();
+        Box::pin(async move {
+            queued?;
+            rx.await.unwrap_or(Err(stopped))
+        })
+    }
+
+    fn enqueue(
+        &self,
+        batch: &Batch,
+        encoded: Option<Bytes>,
+        reply: Reply,
+    ) -> Result<(), StoreError> {
         let prepared = Prepared::from_batch(batch)?;
-        let (reply, answer) = oneshot::channel();
         let job = Job {
             key: (
                 batch.host_id.clone(),
@@ -174,7 +203,7 @@ impl Pipeline {
             st.dirty = true;
         }
         self.shared.wake.notify_one();
-        Ok(answer)
+        Ok(())
     }
 
     /// Whether `key` is journaled and not rolled up yet. Callers hold the write connection, so
@@ -421,7 +450,7 @@ fn commit(shared: &Shared, acc: &mut Accumulator, journal: &mut Journal, jobs: V
         } else {
             Ingested::Duplicate
         };
-        let _ = j.reply.send(Ok(answer));
+        j.reply.send(Ok(answer));
     }
 }
 
@@ -430,7 +459,7 @@ fn fail(shared: &Shared, jobs: Vec<Job>, message: &str) {
     tracing::warn!(path = %shared.path, error = %message, batches = jobs.len(),
         "journal commit failed; the agents keep their batches and retry");
     for j in jobs {
-        let _ = j.reply.send(Err(StoreError::Journal {
+        j.reply.send(Err(StoreError::Journal {
             path: shared.path.clone(),
             message: message.to_string(),
         }));

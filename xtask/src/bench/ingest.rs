@@ -297,7 +297,9 @@ fn ingest_phase(start: u64, shape: &Shape, phase: Duration) -> anyhow::Result<Ph
         "sqlite://{}",
         dir.path().join("bench.db").display()
     ))?;
-    let store: Arc<dyn wattson_collector::store::Store> = Arc::from(store);
+    // Wrapped as `wattson-collector serve` wraps it, so its counters' cost is measured too.
+    let store: Arc<dyn wattson_collector::store::Store> =
+        Arc::new(wattson_collector::metrics::Counted::new(Arc::from(store)));
     let reader = store.clone();
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
