@@ -120,8 +120,9 @@ const FOOTNOTE: &str = "W: average on the profiled hosts over the time each repo
 window; fleet W: scaled by the profiled fraction of each service's hosts; est: estimated from a \
 utilization model, not measured\n";
 
-/// `top` as a table `width` characters wide at most (`usize::MAX`: never cut names).
-pub fn top_table(r: &TopResponse, width: usize) -> String {
+/// `top` as a table `width` characters wide at most (`usize::MAX`: never cut names). The
+/// samples column is inclusive when the rows are ranked by inclusive figures.
+pub fn top_table(r: &TopResponse, inclusive: bool, width: usize) -> String {
     let rows: Vec<Vec<String>> = r
         .rows
         .iter()
@@ -135,7 +136,12 @@ pub fn top_table(r: &TopResponse, width: usize) -> String {
                 watts(s.fleet_watts, s.estimated),
                 format!("{:.1}%", f.cpu_share_self * 100.0),
                 format!("{:.1}%", f.cpu_share_inclusive * 100.0),
-                f.samples_self.to_string(),
+                if inclusive {
+                    f.samples_inclusive
+                } else {
+                    f.samples_self
+                }
+                .to_string(),
             ]
         })
         .collect();
@@ -149,7 +155,7 @@ pub fn top_table(r: &TopResponse, width: usize) -> String {
             "FLEET SELF W",
             "SELF CPU",
             "INCL CPU",
-            "SAMPLES",
+            if inclusive { "INCL SAMPLES" } else { "SAMPLES" },
         ],
         &rows,
         width,
@@ -486,7 +492,7 @@ mod tests {
         };
         // The figures alone take 75 columns; 100 leaves the name 25.
         for width in [100, 132] {
-            let t = top_table(&r, width);
+            let t = top_table(&r, false, width);
             for l in t.lines() {
                 assert!(l.chars().count() <= width, "{width}: {l:?}");
             }
@@ -500,7 +506,14 @@ mod tests {
                 "{row}"
             );
         }
-        assert!(top_table(&r, usize::MAX).contains(&long));
+        assert!(top_table(&r, false, usize::MAX).contains(&long));
+        // Ranked by inclusive samples, the table shows them.
+        let mut incl = r.clone();
+        incl.rows[0].samples_inclusive = 654_321;
+        let t = top_table(&incl, true, 200);
+        assert!(t.contains("INCL SAMPLES"), "{t}");
+        let row = t.lines().find(|l| l.starts_with("api")).unwrap();
+        assert!(row.ends_with("654321"), "{row}");
         assert_eq!(top_json(&r)["rows"][0]["function"], long.as_str());
     }
 

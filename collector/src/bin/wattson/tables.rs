@@ -97,7 +97,9 @@ pub async fn top(client: &mut Client, a: TopArgs, out: &Output) -> anyhow::Resul
         (By::Cpu, true) => RankBy::SamplesInclusive,
     };
     let r = query_top(client, a.window.window()?, a.service, rank, a.limit).await?;
-    out.emit(report::top_json(&r), |w| report::top_table(&r, w))
+    out.emit(report::top_json(&r), |w| {
+        report::top_table(&r, a.inclusive, w)
+    })
 }
 
 pub async fn series(client: &mut Client, a: SeriesArgs, out: &Output) -> anyhow::Result<()> {
