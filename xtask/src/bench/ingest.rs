@@ -1,8 +1,9 @@
 //! Ingest throughput: one realistic host batch (a 10 s interval at 19 Hz on 8 CPUs, from
 //! `wattson_proto::synthetic`, stacks drawn from a fleet-wide pool because hosts run the same
 //! code) measured side by side on the same payload: raw prost decode, decode + validation, the
-//! roll-up's CPU, and the full path — real gRPC over 127.0.0.1 into a collector
-//! (`server::serve`) writing durably to SQLite, many concurrent simulated hosts.
+//! roll-up's CPU, and the full path — real gRPC over 127.0.0.1, zstd-compressed as agents send
+//! it, into a collector (`server::serve`) writing durably to SQLite, many concurrent simulated
+//! hosts.
 //! Reported: batches/s, samples/s, the ingest/raw-decode ratio, and how many hosts shipping
 //! one batch per 10 s one collector on this machine sustains, counting the time the roll-up
 //! needs to catch up (a figure that excluded it would only measure the journal). The same is
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use prost::Message as _;
+use tonic::codec::CompressionEncoding;
 use wattson_collector::server::{self, ServeConfig};
 use wattson_collector::store::{Accumulator, Prepared, Rollup};
 use wattson_collector::validate::{self, Limits};
@@ -111,6 +113,22 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         "",
         None,
     ));
+    // Agents send zstd (`wattson-agent run`), so the collector decompresses before decoding.
+    let compressed = zstd::encode_all(&bytes[..], 0)?;
+    let unzipped = rate(CPU_PHASE, || {
+        let raw = zstd::decode_all(&compressed[..]).expect("decompresses");
+        std::hint::black_box(Batch::decode(&raw[..]).expect("decodes"));
+    });
+    rows.push(row(
+        "zstd decompress + decode, as agents send it (per core)",
+        format!(
+            "{unzipped:.0} batches/s ({} B compressed, {:.2}x raw)",
+            compressed.len(),
+            unzipped / decode
+        ),
+        "",
+        None,
+    ));
     rows.push(row(
         "decode + validate (per core)",
         format!("{checked:.0} batches/s ({:.2}x raw)", checked / decode),
@@ -164,7 +182,7 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let run = ingest_phase(start, &shape, INGEST_PHASE)?;
     let per_sec = run.batches as f64 / run.elapsed.as_secs_f64();
     rows.push(row(
-        format!("gRPC ingest -> SQLite, {CLIENTS} in-process clients (wall)"),
+        format!("gRPC ingest (zstd) -> SQLite, {CLIENTS} in-process clients (wall)"),
         format!(
             "{per_sec:.0} batches/s, {:.0} samples/s ({:.2}x raw decode)",
             per_sec * samples_per_batch as f64,
@@ -341,7 +359,10 @@ fn ingest_phase(start: u64, shape: &Shape, phase: Duration) -> anyhow::Result<Ph
             let acked = acked.clone();
             let url = format!("http://{addr}");
             tasks.push(tokio::spawn(async move {
-                let mut client = IngestServiceClient::connect(url).await?;
+                // Compressed as the agent compresses.
+                let mut client = IngestServiceClient::connect(url)
+                    .await?
+                    .send_compressed(CompressionEncoding::Zstd);
                 let mut seq = 0u64;
                 while Instant::now() < deadline {
                     let mut b = batches[seq as usize % batches.len()].clone();
