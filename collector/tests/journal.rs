@@ -121,3 +121,82 @@ fn batches_journaled_before_a_roll_up_are_duplicates_of_direct_writes() {
 fn decode(bytes: &[u8]) -> wattson_proto::v1::Batch {
     wattson_proto::v1::Batch::decode(bytes).unwrap()
 }
+
+/// Unmounts the test's tmpfs when dropped, also when the test panics.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A real full disk (a 2 MiB tmpfs this test mounts; the suite runs as root for BPF anyway):
+/// batches are refused with an error naming the journal and the cause, nothing is half
+/// stored, and once space is freed the agents' retries store every batch exactly once.
+#[test]
+fn a_full_disk_refuses_batches_and_loses_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("tiny");
+    std::fs::create_dir(&mnt).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .expect("run mount");
+    assert!(
+        status.success(),
+        "mount a tmpfs at {} (needs root)",
+        mnt.display()
+    );
+    let _mounted = Mounted(mnt.clone());
+    let s = store::open(&format!("sqlite://{}", mnt.join("w.sqlite").display())).unwrap();
+    assert!(matches!(
+        s.ingest(&decode(&batch("h1", 1))).unwrap(),
+        Ingested::New { .. }
+    ));
+    // Fill what is left.
+    let filler = mnt.join("filler");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while f.write_all(&[0u8; 16 << 10]).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // The last page of the journal may still take a batch or two; then every batch is refused.
+    let (mut stored, mut refused) = (1u64, Vec::new());
+    for seq in 2..=200 {
+        match s.ingest(&decode(&batch("h1", seq))) {
+            Ok(Ingested::New { .. }) if refused.is_empty() => stored += 1,
+            Ok(other) => panic!("batch {seq} {other:?} after a refusal on a full disk"),
+            Err(e) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains(".ingest/")
+                        && e.contains("disk full")
+                        && e.contains("No space left"),
+                    "{e}"
+                );
+                refused.push(seq);
+                if refused.len() == 3 {
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(refused.len(), 3, "a full disk refused nothing");
+    std::fs::remove_file(&filler).unwrap();
+    for &seq in &refused {
+        assert!(matches!(
+            s.ingest(&decode(&batch("h1", seq))).unwrap(),
+            Ingested::New { samples: 8, .. }
+        ));
+    }
+    assert_eq!(
+        s.ingest(&decode(&batch("h1", refused[0]))).unwrap(),
+        Ingested::Duplicate
+    );
+    let total = stored + refused.len() as u64;
+    assert_eq!(main_samples(&*s), total * 8);
+    assert_eq!(s.stats().unwrap().batches, total);
+}

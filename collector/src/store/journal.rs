@@ -22,7 +22,7 @@ const MAX_RECORD: u32 = 1 << 30;
 
 /// Errors of the journal, naming the file at fault.
 #[derive(Debug, thiserror::Error)]
-#[error("ingest journal {path}: {what}: {source}")]
+#[error("{path}: {what}: {source}")]
 pub struct JournalError {
     /// File or directory.
     pub path: PathBuf,
