@@ -200,3 +200,48 @@ fn a_full_disk_refuses_batches_and_loses_none() {
     assert_eq!(main_samples(&*s), total * 8);
     assert_eq!(s.stats().unwrap().batches, total);
 }
+
+/// Dedup records older than a week fold into one floor per agent instance, so the table does
+/// not grow by one row per batch for the whole retention; resends are still duplicates and the
+/// batch count survives.
+#[test]
+fn old_dedup_records_fold_into_a_floor_per_agent_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.sqlite");
+    let s = store::open(&format!("sqlite://{}", path.display())).unwrap();
+    for seq in 1..=5 {
+        s.ingest(&decode(&batch("h1", seq))).unwrap();
+    }
+    s.ingest(&decode(&batch("h2", 1))).unwrap();
+    let now = wattson_collector::report::now();
+    // A pass today folds nothing; eight days on, every record is past the week.
+    s.retain(&store::Retention::default(), now).unwrap();
+    let rows = |sql: &str| -> i64 {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(rows("SELECT count(*) FROM received"), 6);
+    s.retain(&store::Retention::default(), now + 8 * 86_400)
+        .unwrap();
+    assert_eq!(rows("SELECT count(*) FROM received"), 0);
+    assert_eq!(rows("SELECT count(*) FROM received_floor"), 2);
+    assert_eq!(s.stats().unwrap().batches, 6);
+    for seq in [1, 3, 5] {
+        assert_eq!(
+            s.ingest(&decode(&batch("h1", seq))).unwrap(),
+            Ingested::Duplicate,
+            "h1/{seq}"
+        );
+    }
+    assert!(matches!(
+        s.ingest(&decode(&batch("h1", 6))).unwrap(),
+        Ingested::New { .. }
+    ));
+    assert!(matches!(
+        s.ingest(&decode(&batch("h2", 2))).unwrap(),
+        Ingested::New { .. }
+    ));
+    assert_eq!(s.stats().unwrap().batches, 8);
+}

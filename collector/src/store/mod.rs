@@ -253,7 +253,8 @@ pub struct Point {
 pub struct Retention {
     /// Minute rows are kept this long, then only hour rows remain.
     pub raw: Duration,
-    /// Everything (hour rows, dedup records) is deleted after this long.
+    /// Everything (hour rows, dedup records) is deleted after this long. (SQLite folds
+    /// per-batch dedup records into one row per agent instance after a week.)
     pub total: Duration,
 }
 

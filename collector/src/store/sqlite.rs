@@ -6,7 +6,9 @@
 //! Dedup: the (host, instance, sequence) record in `received` is committed in the same
 //! transaction as the batch's rows, so a batch is either fully stored and recorded or neither.
 //! Ingest goes through [`super::sqlite_ingest`] (a durable file journal, `PATH.ingest/`, then
-//! batched roll-up); batches journaled and not rolled up yet are duplicates too.
+//! batched roll-up); batches journaled and not rolled up yet are duplicates too. After
+//! [`DEDUP_WINDOW`] retention folds an agent instance's records into one floor row: agents ship
+//! in sequence order, one batch at a time, so a resend is at or below it.
 //!
 //! One connection writes; a few others read (WAL lets readers run alongside the writer, and
 //! each other: a `top` needs three scans, which the query engine issues at once).
@@ -32,6 +34,13 @@ CREATE TABLE IF NOT EXISTS received (
     profiles INTEGER NOT NULL, samples INTEGER NOT NULL,
     PRIMARY KEY (host, instance, seq)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS received_at ON received (received);
+-- Per (host, agent instance): the highest sequence of the dedup records folded away after
+-- DEDUP_WINDOW, and how many were folded. Agents ship in sequence order, so a batch at or
+-- below it is a resend.
+CREATE TABLE IF NOT EXISTS received_floor (
+    host TEXT NOT NULL, instance TEXT NOT NULL, seq INTEGER NOT NULL, folded INTEGER NOT NULL,
+    updated INTEGER NOT NULL,
+    PRIMARY KEY (host, instance)) WITHOUT ROWID;
 -- The first release's journal of acknowledged batches (encoded wattson.v1.Batch), replayed
 -- and emptied at open; the journal is now files (`store::journal`).
 CREATE TABLE IF NOT EXISTS journal (id INTEGER PRIMARY KEY, payload BLOB NOT NULL);
@@ -69,6 +78,25 @@ const MIGRATE_BATCHES: &str = "
 INSERT OR IGNORE INTO received SELECT host, '', seq, received, profiles, samples FROM batches;
 DROP TABLE batches;
 ";
+
+/// Dedup records older than this are folded into `received_floor` by retention: one row per
+/// agent instance instead of one per batch (a fleet of 10,000 hosts at 10 s sends 86 million
+/// batches a day). A week covers any outage an agent's spool rides out.
+const DEDUP_WINDOW: i64 = 7 * 86_400;
+
+/// Whether batch (host, instance, seq) is stored: its dedup record, or its instance's floor.
+pub(super) fn is_received(
+    conn: &Connection,
+    host: &str,
+    instance: &str,
+    seq: u64,
+) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM received WHERE host = ?1 AND instance = ?2 AND seq = ?3) \
+         OR EXISTS (SELECT 1 FROM received_floor WHERE host = ?1 AND instance = ?2 AND seq >= ?3)",
+    )?
+    .query_row(params![host, instance, seq as i64], |r| r.get(0))
+}
 
 /// Read connections: as many as the reads one query issues at once.
 const READERS: usize = 3;
@@ -339,8 +367,12 @@ impl Store for SqliteStore {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let fresh = tx
-            .execute(
+        let seen = is_received(&tx, &rollup.host, &rollup.instance, rollup.sequence)
+            .map_err(|e| self.err(e))?;
+        let fresh = if seen {
+            0
+        } else {
+            tx.execute(
                 "INSERT OR IGNORE INTO received VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     rollup.host,
@@ -351,7 +383,8 @@ impl Store for SqliteStore {
                     rollup.samples as i64
                 ],
             )
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.err(e))?
+        };
         if fresh == 0
             || self
                 .pipeline
@@ -444,7 +477,21 @@ impl Store for SqliteStore {
             &format!("DELETE FROM rollup WHERE res = {RES_MINUTE} AND minute < ?1"),
             raw_cut,
         )?;
-        run("DELETE FROM received WHERE received < ?1", total_cut)?;
+        // Old dedup records fold into one floor row per agent instance; floors of instances
+        // silent for the whole retention go.
+        run(
+            "INSERT INTO received_floor (host, instance, seq, folded, updated) \
+             SELECT host, instance, max(seq), count(*), max(received) FROM received \
+             WHERE received < ?1 GROUP BY host, instance \
+             ON CONFLICT (host, instance) DO UPDATE SET seq = max(seq, excluded.seq), \
+             folded = folded + excluded.folded, updated = max(updated, excluded.updated)",
+            now - DEDUP_WINDOW,
+        )?;
+        run(
+            "DELETE FROM received WHERE received < ?1",
+            now - DEDUP_WINDOW,
+        )?;
+        run("DELETE FROM received_floor WHERE updated < ?1", total_cut)?;
         // Forget services with no rows left, so `known_services` stays truthful.
         conn.execute(
             &format!(
@@ -463,7 +510,12 @@ impl Store for SqliteStore {
 
     fn stats(&self) -> Result<StoreStats, StoreError> {
         let (batches, rows, pages, page_size) = self.read(|c| {
-            let batches: i64 = c.query_row("SELECT count(*) FROM received", [], |r| r.get(0))?;
+            let batches: i64 = c.query_row(
+                "SELECT (SELECT count(*) FROM received) \
+                 + (SELECT coalesce(sum(folded), 0) FROM received_floor)",
+                [],
+                |r| r.get(0),
+            )?;
             let rows: i64 = c.query_row("SELECT count(*) FROM rollup", [], |r| r.get(0))?;
             let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
             let size: Option<i64> = c

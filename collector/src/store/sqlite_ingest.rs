@@ -110,12 +110,9 @@ pub(super) fn journal_dir(path: &str) -> PathBuf {
     PathBuf::from(format!("{path}.ingest"))
 }
 
-/// Whether `received` holds `key`.
+/// Whether the store holds `key` (rolled up).
 fn received(conn: &Connection, key: &Key) -> rusqlite::Result<bool> {
-    conn.prepare_cached("SELECT 1 FROM received WHERE host = ?1 AND instance = ?2 AND seq = ?3")?
-        .query_row(params![key.0, key.1, key.2 as i64], |_| Ok(()))
-        .optional()
-        .map(|r| r.is_some())
+    super::sqlite::is_received(conn, &key.0, &key.1, key.2)
 }
 
 /// The running pipeline; dropping it rolls up what is merged and stops the thread.
