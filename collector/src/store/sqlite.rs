@@ -7,8 +7,8 @@
 //! transaction as the batch's rows, so a batch is either fully stored and recorded or neither.
 //! Ingest goes through [`super::sqlite_ingest`] (a durable file journal, `PATH.ingest/`, then
 //! batched roll-up); batches journaled and not rolled up yet are duplicates too. After
-//! [`DEDUP_WINDOW`] retention folds an agent instance's records into one floor row: agents ship
-//! in sequence order, one batch at a time, so a resend is at or below it.
+//! `DEDUP_WINDOW` (a week) retention folds an agent instance's records into one floor row:
+//! agents ship in sequence order, one batch at a time, so a resend is at or below it.
 //!
 //! One connection writes; a few others read (WAL lets readers run alongside the writer, and
 //! each other: a `top` needs three scans, which the query engine issues at once).
