@@ -2,7 +2,8 @@
 //! as root) ships to a collector (SQLite store); the collector is SIGKILLed mid-stream and
 //! restarted, the agent is restarted too, and every sample the agent spooled is in the store
 //! exactly once, and so is everything an agent ships after its spool was wiped. Plus: a resent batch is acknowledged as a duplicate and stored once; invalid
-//! batches get INVALID_ARGUMENT naming the field; mutual TLS works and clients without a valid
+//! batches get INVALID_ARGUMENT naming the field, as do bytes that are no protobuf (an unknown
+//! method is UNIMPLEMENTED); mutual TLS works and clients without a valid
 //! certificate (or without the bearer token) are refused, for ingest and for the `wattson`
 //! query CLI alike. Energy here comes from the agent's
 //! utilization model (this host has no RAPL), so it is labelled estimated.
@@ -298,6 +299,25 @@ async fn resent_batch_is_a_duplicate_and_invalid_batch_names_the_field() {
     let err = ingest(&mut client, huge).await.unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange, "{}", err.message());
 
+    // Bytes that are no protobuf at all, and a method the service does not have.
+    let err = raw_call(
+        &addr,
+        "/wattson.v1.IngestService/Ingest",
+        vec![0x0a, 0xff, 0xff],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(
+        err.message().starts_with("malformed message"),
+        "{}",
+        err.message()
+    );
+    let err = raw_call(&addr, "/wattson.v1.IngestService/Nope", Vec::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{}", err.message());
+
     tokio::task::spawn_blocking(move || {
         collector.stop(libc::SIGTERM, Duration::from_secs(30));
     })
@@ -588,4 +608,64 @@ async fn mutual_tls_and_token_admit_the_agent_and_refuse_clients_without_a_valid
         "only the authenticated batch was stored"
     );
     assert_eq!(stored_samples(&db, "e2e-tls-agent"), stored_by_agent);
+}
+
+/// Codec sending and receiving raw bytes, to put what no generated client would on the wire.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(buf);
+        Ok(Some(bytes::Buf::copy_to_bytes(buf, n).to_vec()))
+    }
+}
+
+/// One unary call of `path` with `body` as the request's bytes.
+async fn raw_call(addr: &str, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    grpc.unary(
+        tonic::Request::new(body),
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
 }
