@@ -33,8 +33,16 @@ async fn metrics_expose_counters_size_and_service_watts() {
         .build();
     // Blocking ingest and the queue the gRPC server awaits are both counted.
     store.ingest(&api).unwrap();
-    store.queue(&api, None).expect("sqlite queues").await.unwrap();
-    store.queue(&vm, None).expect("sqlite queues").await.unwrap();
+    store
+        .queue(&api, None)
+        .expect("sqlite queues")
+        .await
+        .unwrap();
+    store
+        .queue(&vm, None)
+        .expect("sqlite queues")
+        .await
+        .unwrap();
     let mut bad = api.clone();
     bad.sequence = 2;
     bad.profiles[0].samples[0].stack_index = 9;
