@@ -514,3 +514,158 @@ fn sqlite_migrates_first_release_dedup_records() {
     ));
     assert_eq!(s.stats().unwrap().batches, 2);
 }
+
+/// ClickHouse commits concurrent ingests as groups (one marker lookup and one INSERT each).
+/// Many threads each send every batch of a set spanning a month boundary (a group then writes
+/// two partitions), in different orders, so originals and their duplicates land in the same
+/// group and in later ones: each batch must be stored exactly once, and the sums be exact.
+#[test]
+fn clickhouse_concurrent_ingests_store_each_batch_once() {
+    let (_g, s) = clickhouse();
+    let s = &*s;
+    // October 31st 23:55 to November 1st 00:05: ten minutes across a month boundary.
+    let start = T0 - 86_400 - 300;
+    let batch = |host: u64, seq: u64| {
+        BatchBuilder::new(&format!("h{host}"), seq)
+            .interval(
+                start + (seq as i64 - 1) * 60 + 7,
+                10,
+                false,
+                0.0,
+                &[("api", "", "main;leaf", host * 100 + seq, 10.0)],
+            )
+            .build()
+    };
+    let (hosts, seqs, threads) = (8u64, 10u64, 12usize);
+    let all: Vec<_> = (0..hosts)
+        .flat_map(|h| (1..=seqs).map(move |q| (h, q)))
+        .map(|(h, q)| batch(h, q))
+        .collect();
+    let barrier = std::sync::Barrier::new(threads);
+    let answers: Vec<Ingested> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                let (all, barrier) = (&all, &barrier);
+                sc.spawn(move || {
+                    barrier.wait();
+                    let n = all.len();
+                    // Rotated, and reversed for odd threads: every thread sends every batch.
+                    (0..n)
+                        .map(|i| if t % 2 == 0 { i } else { n - 1 - i })
+                        .map(|i| s.ingest(&all[(i + t * 7) % n]).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let new: Vec<u64> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Ingested::New { samples, .. } => Some(*samples),
+            Ingested::Duplicate => None,
+        })
+        .collect();
+    let want: u64 = (0..hosts)
+        .flat_map(|h| (1..=seqs).map(move |q| h * 100 + q))
+        .sum();
+    assert_eq!(new.len() as u64, hosts * seqs, "one New per distinct batch");
+    assert_eq!(new.iter().sum::<u64>(), want);
+    assert_eq!(s.stats().unwrap().batches, hosts * seqs);
+    let w = Window {
+        from: start,
+        to: T0 + 3600,
+    };
+    let leaf = find(&top(s, w, Rank::SamplesSelf), "api", "leaf").totals;
+    assert_eq!((leaf.samples_self, leaf.uj_self), (want, 10 * hosts * seqs));
+    for h in 0..hosts {
+        let host = find(&s.hosts(w).unwrap(), "", &format!("h{h}")).totals;
+        assert_eq!(
+            host.samples_self,
+            (1..=seqs).map(|q| h * 100 + q).sum::<u64>()
+        );
+    }
+    // Hour rows (a window of whole hours reads only those) hold the same sums.
+    let hours = Window {
+        from: T0 - 86_400 - 3600,
+        to: T0 - 86_400 + 3600,
+    };
+    let leaf = find(&top(s, hours, Rank::SamplesSelf), "api", "leaf").totals;
+    assert_eq!(leaf.samples_self, want);
+}
+
+/// When the INSERT of a group fails, every fresh batch of it gets an error and nothing is
+/// marked stored: once the server accepts writes again, the retries are New, not Duplicate.
+/// The failure is a column the INSERT names going missing (the marker lookup still works).
+#[test]
+fn clickhouse_failed_insert_acknowledges_nothing() {
+    let server = ClickHouseServer::start().expect("start clickhouse-server (cargo xtask setup)");
+    let s = store::open(&server.store_url("wattson_test")).unwrap();
+    let alter = |sql: &str| clickhouse_sql(&server, sql);
+    let stored = simple("h0", 1, T0);
+    assert!(matches!(s.ingest(&stored).unwrap(), Ingested::New { .. }));
+    alter("ALTER TABLE wattson_test.rollup DROP COLUMN dropped");
+    let batches: Vec<_> = (1..=6).map(|h| simple(&format!("h{h}"), 1, T0)).collect();
+    let failed: Vec<Result<Ingested, StoreError>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = batches
+            .iter()
+            .chain([&stored])
+            .map(|b| sc.spawn(|| s.ingest(b)))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, r) in failed[..6].iter().enumerate() {
+        let e = r.as_ref().expect_err("the INSERT cannot succeed");
+        assert!(e.to_string().contains("insert failed"), "batch {i}: {e}");
+    }
+    assert_eq!(
+        failed[6].as_ref().unwrap(),
+        &Ingested::Duplicate,
+        "stored before the failure"
+    );
+    alter("ALTER TABLE wattson_test.rollup ADD COLUMN dropped UInt64");
+    for b in &batches {
+        assert!(matches!(s.ingest(b).unwrap(), Ingested::New { .. }));
+    }
+    let rows = top(&*s, day(), Rank::SamplesInclusive);
+    assert_eq!(find(&rows, "api", "main").totals.samples_incl, 7 * 8);
+    assert_eq!(s.stats().unwrap().batches, 7);
+}
+
+/// Runs one statement on a test server, outside the store.
+fn clickhouse_sql(server: &ClickHouseServer, sql: &str) {
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/", server.http_url()))
+        .body(sql.to_string())
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{sql}: {}", r.text().unwrap());
+}
+
+/// Markers written before group commit (one JSONEachRow INSERT per batch: kind 6, the first
+/// minute, key `SEQ@HOST[/INSTANCE]`, samples and profiles) still mark their batches stored.
+#[test]
+fn clickhouse_markers_of_earlier_releases_stay_duplicates() {
+    let server = ClickHouseServer::start().expect("start clickhouse-server (cargo xtask setup)");
+    let s = store::open(&server.store_url("wattson_test")).unwrap();
+    let mut b = simple("h1", 9, T0 + 5);
+    b.agent_instance = "aaaa".into();
+    clickhouse_sql(
+        &server,
+        &format!(
+            "INSERT INTO wattson_test.rollup FORMAT JSONEachRow \
+             {{\"kind\":6,\"res\":0,\"minute\":{T0},\"service\":\"\",\"key\":\"9@h1/aaaa\",\
+             \"samples_self\":8,\"samples_incl\":1}} \
+             {{\"kind\":6,\"res\":0,\"minute\":{T0},\"service\":\"\",\"key\":\"3@h2\",\
+             \"samples_self\":8,\"samples_incl\":1}}"
+        ),
+    );
+    assert_eq!(s.ingest(&b).unwrap(), Ingested::Duplicate);
+    assert_eq!(s.ingest(&simple("h2", 3, T0)).unwrap(), Ingested::Duplicate);
+    // The same key at another first minute is another batch, as before.
+    assert!(matches!(
+        s.ingest(&simple("h2", 3, T0 + 60)).unwrap(),
+        Ingested::New { .. }
+    ));
+    assert_eq!(s.stats().unwrap().batches, 3);
+}

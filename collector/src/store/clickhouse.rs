@@ -4,21 +4,19 @@
 //!
 //! One `SummingMergeTree` table holds every rollup row, ordered by (kind, res, minute, service,
 //! key): rows from many hosts for the same key collapse during merges, and every query sums
-//! anyway, so unmerged parts read the same.
-//!
-//! Dedup without transactions: a batch's rows *and* its marker row (kind 6, key
-//! `SEQ@HOST`) go in one INSERT, which ClickHouse writes as one part per partition (month),
-//! atomically. Before inserting, the collector looks the marker up; ingests of the same host
-//! are serialized inside this process, so a retry racing its own original is caught. Two
-//! collectors receiving the same retry at the same instant could still both insert: run one
-//! collector per host shard, or use SQLite, when that matters. The marker minute is the batch's
-//! first minute, so the lookup reads one granule. Durability is "the HTTP insert returned":
-//! the data is in a part on the server's disk (18.16 has no fsync-after-insert setting).
+//! anyway, so unmerged parts read the same. This module owns the table and the queries; ingest
+//! (group commit, dedup markers, what an INSERT guarantees) lives in `clickhouse_ingest.rs`.
+//! Durability is "the HTTP insert returned": the data is in a part on the server's disk (18.16
+//! has no fsync-after-insert setting).
+
+#[path = "clickhouse_ingest.rs"]
+mod ingest;
 
 use std::fmt::Write as _;
-use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use wattson_proto::v1::Batch;
 
 use super::query_plan::{Range, TOTALS_COLUMNS, ranges, rank_expr};
 use super::rollup::{Kind, RES_MINUTE, Rollup};
@@ -29,21 +27,55 @@ use super::{
 
 /// Kind code of batch marker rows (dedup records); never returned by queries.
 const MARKER: u8 = 6;
-/// Stripes of the per-host ingest lock.
-const STRIPES: usize = 64;
+
+/// The HTTP interface of one server and database, shared by queries and the ingest thread.
+struct Http {
+    url: String,
+    db: String,
+    client: reqwest::blocking::Client,
+}
 
 /// ClickHouse-backed [`Store`].
 pub struct ClickHouseStore {
-    url: String,
-    db: String,
-    http: reqwest::blocking::Client,
-    stripes: Vec<Mutex<()>>,
-    hasher: RandomState,
+    http: Arc<Http>,
+    /// Owns ingest; dropping it answers what is queued and stops its thread.
+    pipeline: ingest::Pipeline,
+}
+
+impl Http {
+    fn error(&self, message: String) -> StoreError {
+        StoreError::ClickHouse {
+            url: self.url.clone(),
+            message,
+        }
+    }
+
+    /// Runs a statement; `body`, when given, is the INSERT's data.
+    fn exec(&self, sql: &str, body: Option<Vec<u8>>) -> Result<String, StoreError> {
+        let post = self.client.post(format!("{}/", self.url));
+        let req = match body {
+            Some(b) => post.query(&[("query", sql)]).body(b),
+            None => post.body(sql.to_string()),
+        };
+        let resp = req
+            .send()
+            .map_err(|e| self.error(format!("{e} (is clickhouse-server running?)")))?;
+        let status = resp.status();
+        let text = resp.text().map_err(|e| self.error(e.to_string()))?;
+        if !status.is_success() {
+            return Err(self.error(format!("HTTP {status}: {}", text.trim())));
+        }
+        Ok(text)
+    }
+
+    fn query(&self, sql: &str) -> Result<String, StoreError> {
+        self.exec(&format!("{sql} FORMAT TabSeparated"), None)
+    }
 }
 
 impl ClickHouseStore {
-    /// Connects to the HTTP interface at `url` (`http://HOST:PORT`) and creates database `db`
-    /// and the table when missing.
+    /// Connects to the HTTP interface at `url` (`http://HOST:PORT`), creates database `db`
+    /// and the table when missing, and starts the ingest thread.
     pub fn open(url: &str, db: &str) -> Result<ClickHouseStore, StoreError> {
         if db.is_empty() || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(StoreError::BadUrl {
@@ -51,26 +83,24 @@ impl ClickHouseStore {
                 why: "database name must be [A-Za-z0-9_]+".into(),
             });
         }
-        let http = reqwest::blocking::Client::builder()
+        let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| StoreError::ClickHouse {
                 url: url.into(),
                 message: format!("building HTTP client: {e}"),
             })?;
-        let store = ClickHouseStore {
+        let http = Arc::new(Http {
             url: url.trim_end_matches('/').to_string(),
             db: db.to_string(),
-            http,
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-            hasher: RandomState::new(),
-        };
-        store.exec(&format!("CREATE DATABASE IF NOT EXISTS {db}"), None)?;
+            client,
+        });
+        http.exec(&format!("CREATE DATABASE IF NOT EXISTS {db}"), None)?;
         let cols: String = TOTALS_COLUMNS
             .iter()
             .map(|c| format!(", {c} UInt64"))
             .collect();
-        store.exec(
+        http.exec(
             &format!(
                 "CREATE TABLE IF NOT EXISTS {db}.rollup (kind UInt8, res UInt8, minute DateTime, \
                  service String, key String{cols}) ENGINE = SummingMergeTree() \
@@ -78,41 +108,16 @@ impl ClickHouseStore {
             ),
             None,
         )?;
-        let version = store.query("SELECT version()")?;
+        let version = http.query("SELECT version()")?;
         tracing::info!(url, db, version = version.trim(), "clickhouse store open");
-        Ok(store)
-    }
-
-    /// Runs a statement; `body` is appended as the INSERT payload.
-    fn exec(&self, sql: &str, body: Option<String>) -> Result<String, StoreError> {
-        let err = |message: String| StoreError::ClickHouse {
-            url: self.url.clone(),
-            message,
-        };
-        let req = match body {
-            Some(b) => self
-                .http
-                .post(format!("{}/", self.url))
-                .query(&[("query", sql)])
-                .body(b),
-            None => self
-                .http
-                .post(format!("{}/", self.url))
-                .body(sql.to_string()),
-        };
-        let resp = req
-            .send()
-            .map_err(|e| err(format!("{e} (is clickhouse-server running?)")))?;
-        let status = resp.status();
-        let text = resp.text().map_err(|e| err(e.to_string()))?;
-        if !status.is_success() {
-            return Err(err(format!("HTTP {status}: {}", text.trim())));
-        }
-        Ok(text)
+        Ok(ClickHouseStore {
+            pipeline: ingest::Pipeline::start(http.clone())?,
+            http,
+        })
     }
 
     fn query(&self, sql: &str) -> Result<String, StoreError> {
-        self.exec(&format!("{sql} FORMAT TabSeparated"), None)
+        self.http.query(sql)
     }
 
     fn keyed(
@@ -137,7 +142,7 @@ impl ClickHouseStore {
             "SELECT service, {key}, {sums}, uniqExact(key) FROM {db}.rollup WHERE {filter} \
              GROUP BY {group} {tail}",
             sums = sums(),
-            db = self.db
+            db = self.http.db
         );
         self.query(&sql)?
             .lines()
@@ -154,24 +159,15 @@ impl ClickHouseStore {
     }
 
     fn num(&self, f: &[&str], i: usize) -> Result<u64, StoreError> {
-        f.get(i)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| StoreError::ClickHouse {
-                url: self.url.clone(),
-                message: format!("unexpected answer row {f:?}: column {i} is not a number"),
-            })
+        f.get(i).and_then(|s| s.parse().ok()).ok_or_else(|| {
+            self.http.error(format!(
+                "unexpected answer row {f:?}: column {i} is not a number"
+            ))
+        })
     }
 
     fn totals(&self, f: &[&str], at: usize) -> Result<Totals, StoreError> {
         Totals::from_columns(|i| self.num(f, at + i))
-    }
-
-    fn marker_key(rollup: &Rollup) -> String {
-        if rollup.instance.is_empty() {
-            format!("{}@{}", rollup.sequence, rollup.host)
-        } else {
-            format!("{}@{}/{}", rollup.sequence, rollup.host, rollup.instance)
-        }
     }
 
     /// Waits until no mutation of the table is pending (18.16 has no `mutations_sync`).
@@ -181,16 +177,15 @@ impl ClickHouseStore {
             let pending = self.query(&format!(
                 "SELECT count() FROM system.mutations WHERE database = {} AND table = 'rollup' \
                  AND is_done = 0",
-                quote(&self.db)
+                quote(&self.http.db)
             ))?;
             if pending.trim() == "0" {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(StoreError::ClickHouse {
-                    url: self.url.clone(),
-                    message: "retention delete still running after 120 s".into(),
-                });
+                return Err(self
+                    .http
+                    .error("retention delete still running after 120 s".into()));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -269,87 +264,13 @@ fn unescape(s: &str) -> String {
     out
 }
 
-fn json_row(
-    out: &mut String,
-    kind: u8,
-    res: u8,
-    minute: i64,
-    service: &str,
-    key: &str,
-    t: &Totals,
-) {
-    let s = serde_json::Value::from(service);
-    let k = serde_json::Value::from(key);
-    let _ = writeln!(
-        out,
-        "{{\"kind\":{kind},\"res\":{res},\"minute\":{minute},\"service\":{s},\"key\":{k},\
-         \"samples_self\":{},\"samples_incl\":{},\"uj_self\":{},\"uj_incl\":{},\
-         \"est_uj_self\":{},\"est_uj_incl\":{},\"idle_uj\":{},\"est_idle_uj\":{},\
-         \"duration_ms\":{},\"dropped\":{}}}",
-        t.samples_self,
-        t.samples_incl,
-        t.uj_self,
-        t.uj_incl,
-        t.est_uj_self,
-        t.est_uj_incl,
-        t.idle_uj,
-        t.est_idle_uj,
-        t.duration_ms,
-        t.dropped
-    );
-}
-
 impl Store for ClickHouseStore {
+    fn ingest(&self, batch: &Batch) -> Result<Ingested, StoreError> {
+        self.pipeline.ingest(batch)
+    }
+
     fn write(&self, rollup: &Rollup) -> Result<Ingested, StoreError> {
-        let stripe = self.hasher.hash_one(&rollup.host) as usize % STRIPES;
-        let _guard = self.stripes[stripe]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let key = Self::marker_key(rollup);
-        let seen = self.query(&format!(
-            "SELECT count() FROM {}.rollup WHERE kind = {MARKER} AND res = {RES_MINUTE} \
-             AND minute = toDateTime({}) AND key = {}",
-            self.db,
-            rollup.first_minute,
-            quote(&key)
-        ))?;
-        if seen.trim() != "0" {
-            return Ok(Ingested::Duplicate);
-        }
-        let mut body = String::with_capacity(rollup.rows.len() * 300 + 300);
-        for r in &rollup.rows {
-            json_row(
-                &mut body,
-                r.kind as u8,
-                r.res,
-                r.minute,
-                &r.service,
-                &r.key,
-                &r.totals,
-            );
-        }
-        let marker = Totals {
-            samples_self: rollup.samples,
-            samples_incl: u64::from(rollup.profiles),
-            ..Totals::default()
-        };
-        json_row(
-            &mut body,
-            MARKER,
-            RES_MINUTE,
-            rollup.first_minute,
-            "",
-            &key,
-            &marker,
-        );
-        self.exec(
-            &format!("INSERT INTO {}.rollup FORMAT JSONEachRow", self.db),
-            Some(body),
-        )?;
-        Ok(Ingested::New {
-            profiles: rollup.profiles,
-            samples: rollup.samples,
-        })
+        self.pipeline.write(rollup)
     }
 
     fn top(&self, q: &TopQuery) -> Result<Vec<Keyed>, StoreError> {
@@ -377,7 +298,7 @@ impl Store for ClickHouseStore {
              GROUP BY bucket ORDER BY bucket",
             from = w.from,
             sums = sums(),
-            db = self.db,
+            db = self.http.db,
             s = quote(service),
             k = quote(function)
         );
@@ -417,7 +338,7 @@ impl Store for ClickHouseStore {
         Ok(self
             .query(&format!(
                 "SELECT DISTINCT service FROM {}.rollup WHERE kind = {} ORDER BY service",
-                self.db,
+                self.http.db,
                 Kind::Service as u8
             ))?
             .lines()
@@ -436,7 +357,7 @@ impl Store for ClickHouseStore {
         let count = |cond: &str| -> Result<u64, StoreError> {
             let n = self.query(&format!(
                 "SELECT count() FROM {}.rollup WHERE {cond} AND kind != {MARKER}",
-                self.db
+                self.http.db
             ))?;
             Ok(n.trim().parse().unwrap_or(0))
         };
@@ -445,10 +366,10 @@ impl Store for ClickHouseStore {
             expired_rows_deleted: count(&expired_cond)?,
         };
         if report.minute_rows_deleted + report.expired_rows_deleted > 0 {
-            self.exec(
+            self.http.exec(
                 &format!(
                     "ALTER TABLE {}.rollup DELETE WHERE ({minute_cond}) OR ({expired_cond})",
-                    self.db
+                    self.http.db
                 ),
                 None,
             )?;
@@ -460,12 +381,12 @@ impl Store for ClickHouseStore {
     fn stats(&self) -> Result<StoreStats, StoreError> {
         let counts = self.query(&format!(
             "SELECT countIf(kind = {MARKER}), countIf(kind != {MARKER}) FROM {}.rollup",
-            self.db
+            self.http.db
         ))?;
         let bytes = self.query(&format!(
             "SELECT sum(bytes_on_disk) FROM system.parts WHERE database = {} \
              AND table = 'rollup' AND active",
-            quote(&self.db)
+            quote(&self.http.db)
         ))?;
         let f: Vec<&str> = counts.trim().split('\t').collect();
         Ok(StoreStats {
