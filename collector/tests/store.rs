@@ -448,11 +448,11 @@ fn stacks_of_one_build(s: &dyn Store) {
     assert!(s.build_stacks(day(), None, "v3").unwrap().is_empty());
 }
 
-/// SQLite acknowledges a batch once it is in the journal and rolls up later; a collector killed
-/// in between must replay the journal at the next open. The journal entries are written here
-/// the way the ingest pipeline commits them, then the store is opened over them.
+/// The first releases journaled acknowledged batches in a `journal` table (now files: see
+/// tests/journal.rs); a store left with entries there by a killed collector replays them at
+/// the next open. The entries are written here the way those releases committed them.
 #[test]
-fn sqlite_replays_the_journal_at_open() {
+fn sqlite_replays_a_first_release_journal_table_at_open() {
     use prost::Message as _;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.sqlite");

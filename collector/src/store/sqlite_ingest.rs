@@ -217,6 +217,9 @@ impl Pipeline {
             if !st.dirty {
                 return Ok(());
             }
+            if st.stop {
+                return Err(self.stopped());
+            }
             st.settles.push(tx);
         }
         self.shared.wake.notify_one();
@@ -331,7 +334,25 @@ fn replay(shared: &Shared, acc: &mut Accumulator) -> Result<Journal, StoreError>
     Ok(journal)
 }
 
+/// Ends the pipeline when the writer thread exits, also by a panic: later batches are refused
+/// and the ones still queued are answered (their senders dropped) instead of waiting forever.
+struct Closing<'a>(&'a Shared);
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        let mut st = lock(&self.0.state);
+        st.stop = true;
+        st.jobs.clear();
+        st.settles.clear();
+        if std::thread::panicking() {
+            tracing::error!(path = %self.0.path,
+                "the sqlite ingest thread panicked; ingest stops (acknowledged batches are in the journal and replay at the next start)");
+        }
+    }
+}
+
 fn run(shared: &Shared, mut acc: Accumulator, mut journal: Journal) {
+    let _closing = Closing(shared);
     let mut rolled_at = Instant::now();
     loop {
         let (jobs, settles, stop) = {
