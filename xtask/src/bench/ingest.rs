@@ -179,7 +179,7 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         None,
     ));
 
-    let run = ingest_phase(start, &shape, INGEST_PHASE)?;
+    let run = ingest_phase(start, &shape, INGEST_PHASE, None)?;
     let per_sec = run.batches as f64 / run.elapsed.as_secs_f64();
     rows.push(row(
         format!("gRPC ingest (zstd) -> SQLite, {CLIENTS} in-process clients (wall)"),
@@ -227,9 +227,28 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         stack_pool: 0,
         ..shape
     };
-    let run = ingest_phase(start, &worst, INGEST_PHASE / 2)?;
+    let run = ingest_phase(start, &worst, INGEST_PHASE / 2, None)?;
     rows.push(row(
         "  same, every batch's stacks and build unique",
+        format!(
+            "{:.0} hosts ({:.0} batches/s acknowledged)",
+            run.sustained() * HOST_INTERVAL_SECS,
+            run.batches as f64 / run.elapsed.as_secs_f64()
+        ),
+        "",
+        None,
+    ));
+    // The fleet-scale backend, its server started here on the same cores (its CPU is not in
+    // the collector's, so only the wall-clock figure is given).
+    let server = wattson_collector::store::clickhouse_server::ClickHouseServer::start()?;
+    let run = ingest_phase(
+        start,
+        &shape,
+        INGEST_PHASE / 2,
+        Some(&server.store_url("wattson_bench_ingest")),
+    )?;
+    rows.push(row(
+        "  same, into ClickHouse (server on the same 2 cores)",
         format!(
             "{:.0} hosts ({:.0} batches/s acknowledged)",
             run.sustained() * HOST_INTERVAL_SECS,
@@ -305,16 +324,19 @@ fn process_cpu() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// Serves a collector on 127.0.0.1:0 over a fresh SQLite store and has `CLIENTS` simulated
+/// Serves a collector on 127.0.0.1:0 over `store_url` (default: a fresh SQLite store) and has `CLIENTS` simulated
 /// hosts push batches for `phase`, then waits for a query to see them all. The clients run
 /// on their own runtime whose threads report their CPU time when they stop, so the
 /// collector's CPU is the process's minus theirs.
-fn ingest_phase(start: u64, shape: &Shape, phase: Duration) -> anyhow::Result<Phase> {
+fn ingest_phase(
+    start: u64,
+    shape: &Shape,
+    phase: Duration,
+    store_url: Option<&str>,
+) -> anyhow::Result<Phase> {
     let dir = tempfile::tempdir()?;
-    let store = wattson_collector::store::open(&format!(
-        "sqlite://{}",
-        dir.path().join("bench.db").display()
-    ))?;
+    let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let store = wattson_collector::store::open(store_url.unwrap_or(&sqlite))?;
     // Wrapped as `wattson-collector serve` wraps it, so its counters' cost is measured too.
     let store: Arc<dyn wattson_collector::store::Store> =
         Arc::new(wattson_collector::metrics::Counted::new(Arc::from(store)));
