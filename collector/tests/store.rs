@@ -57,6 +57,7 @@ suite!(
     concurrent_retries_store_once,
     sequence_is_scoped_by_agent_instance,
     stacks_of_one_build,
+    queued_ingest_stores_each_batch_once,
 );
 
 fn day() -> Window {
@@ -668,4 +669,36 @@ fn clickhouse_markers_of_earlier_releases_stay_duplicates() {
         Ingested::New { .. }
     ));
     assert_eq!(s.stats().unwrap().batches, 3);
+}
+
+/// The path the gRPC server takes: batches queued without blocking and awaited, resends among
+/// them, each stored once.
+fn queued_ingest_stores_each_batch_once(s: &dyn Store) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let batches: Vec<_> = (1..=4).map(|seq| simple("h1", seq, T0 + 60)).collect();
+    let pending: Vec<_> = batches
+        .iter()
+        .chain(&batches)
+        .map(|b| {
+            s.queue(b, None)
+                .expect("the backend has an ingest pipeline")
+        })
+        .collect();
+    let answers: Vec<Ingested> = rt.block_on(async {
+        let mut out = Vec::new();
+        for p in pending {
+            out.push(p.await.unwrap());
+        }
+        out
+    });
+    let new = answers
+        .iter()
+        .filter(|a| matches!(a, Ingested::New { .. }))
+        .count();
+    assert_eq!(new, 4, "{answers:?}");
+    let rows = top(s, day(), Rank::SamplesInclusive);
+    assert_eq!(find(&rows, "api", "main").totals.samples_incl, 4 * 8);
+    assert_eq!(s.stats().unwrap().batches, 4);
 }

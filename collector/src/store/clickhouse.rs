@@ -21,8 +21,8 @@ use wattson_proto::v1::Batch;
 use super::query_plan::{Range, TOTALS_COLUMNS, ranges, rank_expr};
 use super::rollup::{Kind, RES_MINUTE, Rollup};
 use super::{
-    Ingested, Keyed, Point, Retention, RetentionReport, Store, StoreError, StoreStats, TopQuery,
-    Totals, Window,
+    IngestFuture, Ingested, Keyed, Point, Retention, RetentionReport, Store, StoreError,
+    StoreStats, TopQuery, Totals, Window,
 };
 
 /// Kind code of batch marker rows (dedup records); never returned by queries.
@@ -267,6 +267,10 @@ fn unescape(s: &str) -> String {
 impl Store for ClickHouseStore {
     fn ingest(&self, batch: &Batch) -> Result<Ingested, StoreError> {
         self.pipeline.ingest(batch)
+    }
+
+    fn queue(&self, batch: &Batch, _encoded: Option<bytes::Bytes>) -> Option<IngestFuture> {
+        Some(self.pipeline.queue(batch))
     }
 
     fn write(&self, rollup: &Rollup) -> Result<Ingested, StoreError> {

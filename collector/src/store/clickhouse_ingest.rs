@@ -26,7 +26,6 @@ use std::cmp::Reverse;
 use std::collections::HashSet;
 use std::collections::hash_map::{Entry, HashMap};
 use std::fmt::Write as _;
-use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -35,8 +34,9 @@ use wattson_proto::v1::Batch;
 
 use super::{Http, MARKER, quote, unescape};
 use crate::store::query_plan::TOTALS_COLUMNS;
+use crate::store::reply::{self, Reply};
 use crate::store::rollup::{Accumulator, Prepared, RES_MINUTE, Rollup, Row};
-use crate::store::{Ingested, StoreError, Totals};
+use crate::store::{IngestFuture, Ingested, StoreError, Totals};
 
 /// Most batches one INSERT carries: bounds the writer's memory and the INSERT's size (a batch
 /// rolls up to a few thousand rows before merging) when a backlog builds up.
@@ -70,7 +70,7 @@ impl Marker {
 struct Job {
     marker: Marker,
     prepared: Prepared,
-    reply: mpsc::Sender<Result<Ingested, StoreError>>,
+    reply: Reply,
 }
 
 #[derive(Default)]
@@ -122,8 +122,17 @@ impl Pipeline {
 
     /// Stores a batch: returns once the INSERT holding it returned (or it is a duplicate).
     pub(super) fn ingest(&self, batch: &Batch) -> Result<Ingested, StoreError> {
+        reply::blocking(|r| self.enqueue(batch, r), || self.lost())
+    }
+
+    /// Resolves the batch on this thread and queues it; the future resolves once the INSERT
+    /// holding it returned (or it is a duplicate).
+    pub(super) fn queue(&self, batch: &Batch) -> IngestFuture {
+        reply::later(|r| self.enqueue(batch, r), self.lost())
+    }
+
+    fn enqueue(&self, batch: &Batch, reply: Reply) -> Result<(), StoreError> {
         let prepared = Prepared::from_batch(batch)?;
-        let (reply, answer) = mpsc::channel();
         let marker = Marker::new(
             &batch.host_id,
             &batch.agent_instance,
@@ -136,11 +145,13 @@ impl Pipeline {
             reply,
         });
         self.shared.wake.notify_one();
-        answer.recv().unwrap_or_else(|_| {
-            Err(self.shared.http.error(
-                "the ingest thread failed on this batch's group (see the log); not stored".into(),
-            ))
-        })
+        Ok(())
+    }
+
+    fn lost(&self) -> StoreError {
+        self.shared.http.error(
+            "the ingest thread failed on this batch's group (see the log); not stored".into(),
+        )
     }
 
     /// Writes an already rolled-up batch on its own, serialized with the group commits.
@@ -250,7 +261,7 @@ fn commit(http: &Http, acc: &mut Accumulator, jobs: Vec<Job>) {
             let (old, new): (Vec<Job>, Vec<Job>) =
                 jobs.into_iter().partition(|j| before.contains(&j.marker));
             for j in old {
-                let _ = j.reply.send(Ok(Ingested::Duplicate));
+                j.reply.send(Ok(Ingested::Duplicate));
             }
             return fail(http, new, &e, "insert");
         }
@@ -271,7 +282,7 @@ fn commit(http: &Http, acc: &mut Accumulator, jobs: Vec<Job>) {
         } else {
             Ingested::Duplicate
         };
-        let _ = j.reply.send(Ok(answer));
+        j.reply.send(Ok(answer));
     }
 }
 
@@ -284,8 +295,7 @@ fn fail(http: &Http, jobs: Vec<Job>, e: &StoreError, what: &str) {
         other => other.to_string(),
     };
     for j in jobs {
-        let _ = j
-            .reply
+        j.reply
             .send(Err(http.error(format!("{what} failed: {why}"))));
     }
 }

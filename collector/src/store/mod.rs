@@ -15,6 +15,7 @@ pub mod clickhouse;
 pub mod clickhouse_server;
 pub mod journal;
 pub mod query_plan;
+mod reply;
 pub mod rollup;
 pub mod sqlite;
 mod sqlite_ingest;

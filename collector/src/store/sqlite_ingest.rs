@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::oneshot;
 use wattson_proto::v1::Batch;
 
 use super::journal::Journal;
+use super::reply::{self, Reply};
 use super::rollup::{Accumulator, Prepared};
 use super::{IngestFuture, Ingested, StoreError};
 
@@ -58,23 +58,6 @@ struct Job {
     payload: Bytes,
     prepared: Prepared,
     reply: Reply,
-}
-
-/// Where a job's answer goes: a thread blocked in [`Pipeline::ingest`] or a task awaiting
-/// [`Pipeline::queue`].
-enum Reply {
-    Blocking(mpsc::Sender<Result<Ingested, StoreError>>),
-    Async(oneshot::Sender<Result<Ingested, StoreError>>),
-}
-
-impl Reply {
-    fn send(self, answer: Result<Ingested, StoreError>) {
-        // A caller that went away (its agent disconnected) needs no answer.
-        let _ = match self {
-            Reply::Blocking(tx) => tx.send(answer).map_err(drop),
-            Reply::Async(tx) => tx.send(answer).map_err(drop),
-        };
-    }
 }
 
 #[derive(Default)]
@@ -157,21 +140,13 @@ impl Pipeline {
 
     /// Stores a batch: returns once it is durable in the journal (or known as a duplicate).
     pub(super) fn ingest(&self, batch: &Batch) -> Result<Ingested, StoreError> {
-        let (tx, rx) = mpsc::channel();
-        self.enqueue(batch, None, Reply::Blocking(tx))?;
-        rx.recv().unwrap_or_else(|_| Err(self.stopped()))
+        reply::blocking(|r| self.enqueue(batch, None, r), || self.stopped())
     }
 
     /// Resolves the batch on this thread and queues it for the next group commit; the future
     /// resolves once it is durable. `encoded`: the batch's bytes, when the caller has them.
     pub(super) fn queue(&self, batch: &Batch, encoded: Option<Bytes>) -> IngestFuture {
-        let (tx, rx) = oneshot::channel();
-        let queued = self.enqueue(batch, encoded, Reply::Async(tx));
-        let stopped = self.stopped();
-        Box::pin(async move {
-            queued?;
-            rx.await.unwrap_or(Err(stopped))
-        })
+        reply::later(|r| self.enqueue(batch, encoded, r), self.stopped())
     }
 
     fn enqueue(

@@ -1,0 +1,48 @@
+//! How an ingest pipeline answers a queued batch: to a thread blocked in [`super::Store::ingest`]
+//! or to a task awaiting [`super::Store::queue`]. Shared by the SQLite and ClickHouse pipelines.
+
+use std::sync::mpsc;
+
+use tokio::sync::oneshot;
+
+use super::{IngestFuture, Ingested, StoreError};
+
+/// Where a queued batch's answer goes.
+pub(super) enum Reply {
+    Blocking(mpsc::Sender<Result<Ingested, StoreError>>),
+    Async(oneshot::Sender<Result<Ingested, StoreError>>),
+}
+
+impl Reply {
+    /// Answers; a caller that went away (its agent disconnected) needs no answer.
+    pub(super) fn send(self, answer: Result<Ingested, StoreError>) {
+        let _ = match self {
+            Reply::Blocking(tx) => tx.send(answer).map_err(drop),
+            Reply::Async(tx) => tx.send(answer).map_err(drop),
+        };
+    }
+}
+
+/// Queues through `enqueue` and blocks until the answer; `lost` when the pipeline dropped the
+/// batch unanswered (its writer failed).
+pub(super) fn blocking(
+    enqueue: impl FnOnce(Reply) -> Result<(), StoreError>,
+    lost: impl FnOnce() -> StoreError,
+) -> Result<Ingested, StoreError> {
+    let (tx, rx) = mpsc::channel();
+    enqueue(Reply::Blocking(tx))?;
+    rx.recv().unwrap_or_else(|_| Err(lost()))
+}
+
+/// Queues through `enqueue` now and returns the answer to await; `lost` as for [`blocking`].
+pub(super) fn later(
+    enqueue: impl FnOnce(Reply) -> Result<(), StoreError>,
+    lost: StoreError,
+) -> IngestFuture {
+    let (tx, rx) = oneshot::channel();
+    let queued = enqueue(Reply::Async(tx));
+    Box::pin(async move {
+        queued?;
+        rx.await.unwrap_or(Err(lost))
+    })
+}
