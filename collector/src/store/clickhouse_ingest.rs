@@ -33,8 +33,8 @@ use std::time::Instant;
 use wattson_proto::v1::Batch;
 
 use super::{Http, MARKER, quote, unescape};
+use crate::store::pipeline::{self, Reply};
 use crate::store::query_plan::TOTALS_COLUMNS;
-use crate::store::reply::{self, Reply};
 use crate::store::rollup::{Accumulator, Prepared, RES_MINUTE, Rollup, Row};
 use crate::store::{IngestFuture, Ingested, StoreError, Totals};
 
@@ -107,13 +107,7 @@ impl Pipeline {
             commit: Mutex::new(()),
         });
         let worker = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("clickhouse-ingest".into())
-            .spawn(move || run(&worker))
-            .map_err(|source| StoreError::Io {
-                what: "starting the clickhouse ingest thread".into(),
-                source,
-            })?;
+        let thread = pipeline::spawn_writer("clickhouse-ingest", move || run(&worker))?;
         Ok(Pipeline {
             shared,
             thread: Some(thread),
@@ -122,13 +116,13 @@ impl Pipeline {
 
     /// Stores a batch: returns once the INSERT holding it returned (or it is a duplicate).
     pub(super) fn ingest(&self, batch: &Batch) -> Result<Ingested, StoreError> {
-        reply::blocking(|r| self.enqueue(batch, r), || self.lost())
+        pipeline::blocking(|r| self.enqueue(batch, r), || self.lost())
     }
 
     /// Resolves the batch on this thread and queues it; the future resolves once the INSERT
     /// holding it returned (or it is a duplicate).
     pub(super) fn queue(&self, batch: &Batch) -> IngestFuture {
-        reply::later(|r| self.enqueue(batch, r), self.lost())
+        pipeline::later(|r| self.enqueue(batch, r), self.lost())
     }
 
     fn enqueue(&self, batch: &Batch, reply: Reply) -> Result<(), StoreError> {

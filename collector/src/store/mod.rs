@@ -14,8 +14,8 @@
 pub mod clickhouse;
 pub mod clickhouse_server;
 pub mod journal;
+mod pipeline;
 pub mod query_plan;
-mod reply;
 pub mod rollup;
 pub mod sqlite;
 mod sqlite_ingest;

@@ -29,7 +29,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use wattson_proto::v1::Batch;
 
 use super::journal::Journal;
-use super::reply::{self, Reply};
+use super::pipeline::{self, Reply};
 use super::rollup::{Accumulator, Prepared};
 use super::{IngestFuture, Ingested, StoreError};
 
@@ -125,13 +125,7 @@ impl Pipeline {
             })?;
         }
         let worker = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("sqlite-ingest".into())
-            .spawn(move || run(&worker, acc, journal))
-            .map_err(|source| StoreError::Io {
-                what: "starting the sqlite ingest thread".into(),
-                source,
-            })?;
+        let thread = pipeline::spawn_writer("sqlite-ingest", move || run(&worker, acc, journal))?;
         Ok(Pipeline {
             shared,
             thread: Some(thread),
@@ -140,13 +134,13 @@ impl Pipeline {
 
     /// Stores a batch: returns once it is durable in the journal (or known as a duplicate).
     pub(super) fn ingest(&self, batch: &Batch) -> Result<Ingested, StoreError> {
-        reply::blocking(|r| self.enqueue(batch, None, r), || self.stopped())
+        pipeline::blocking(|r| self.enqueue(batch, None, r), || self.stopped())
     }
 
     /// Resolves the batch on this thread and queues it for the next group commit; the future
     /// resolves once it is durable. `encoded`: the batch's bytes, when the caller has them.
     pub(super) fn queue(&self, batch: &Batch, encoded: Option<Bytes>) -> IngestFuture {
-        reply::later(|r| self.enqueue(batch, encoded, r), self.stopped())
+        pipeline::later(|r| self.enqueue(batch, encoded, r), self.stopped())
     }
 
     fn enqueue(

@@ -228,16 +228,7 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         ..shape
     };
     let run = ingest_phase(start, &worst, INGEST_PHASE / 2, None)?;
-    rows.push(row(
-        "  same, every batch's stacks and build unique",
-        format!(
-            "{:.0} hosts ({:.0} batches/s acknowledged)",
-            run.sustained() * HOST_INTERVAL_SECS,
-            run.batches as f64 / run.elapsed.as_secs_f64()
-        ),
-        "",
-        None,
-    ));
+    rows.push(run.hosts_row("  same, every batch's stacks and build unique"));
     // The fleet-scale backend, its server started here on the same cores (its CPU is not in
     // the collector's, so only the wall-clock figure is given).
     let server = wattson_collector::store::clickhouse_server::ClickHouseServer::start()?;
@@ -247,16 +238,7 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         INGEST_PHASE / 2,
         Some(&server.store_url("wattson_bench_ingest")),
     )?;
-    rows.push(row(
-        "  same, into ClickHouse (server on the same 2 cores)",
-        format!(
-            "{:.0} hosts ({:.0} batches/s acknowledged)",
-            run.sustained() * HOST_INTERVAL_SECS,
-            run.batches as f64 / run.elapsed.as_secs_f64()
-        ),
-        "",
-        None,
-    ));
+    rows.push(run.hosts_row("  same, into ClickHouse (server on the same 2 cores)"));
     Ok(())
 }
 
@@ -276,6 +258,20 @@ impl Phase {
     /// Batches per second, end to end: acknowledged and rolled up.
     fn sustained(&self) -> f64 {
         self.batches as f64 / (self.elapsed + self.settle).as_secs_f64()
+    }
+
+    /// A row of the hosts sustained at `HOST_INTERVAL_SECS` and the acknowledgement rate.
+    fn hosts_row(&self, metric: &str) -> Row {
+        row(
+            metric,
+            format!(
+                "{:.0} hosts ({:.0} batches/s acknowledged)",
+                self.sustained() * HOST_INTERVAL_SECS,
+                self.batches as f64 / self.elapsed.as_secs_f64()
+            ),
+            "",
+            None,
+        )
     }
 }
 

@@ -1,7 +1,9 @@
-//! How an ingest pipeline answers a queued batch: to a thread blocked in [`super::Store::ingest`]
-//! or to a task awaiting [`super::Store::queue`]. Shared by the SQLite and ClickHouse pipelines.
+//! What the SQLite and ClickHouse ingest pipelines share: their writer thread, and how a queued
+//! batch is answered, to a thread blocked in [`super::Store::ingest`] or to a task awaiting
+//! [`super::Store::queue`].
 
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
@@ -45,4 +47,18 @@ pub(super) fn later(
         queued?;
         rx.await.unwrap_or(Err(lost))
     })
+}
+
+/// Starts a pipeline's writer thread, named `name`.
+pub(super) fn spawn_writer(
+    name: &str,
+    run: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, StoreError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(run)
+        .map_err(|source| StoreError::Io {
+            what: format!("starting the {name} thread"),
+            source,
+        })
 }
