@@ -64,25 +64,12 @@ struct ServeArgs {
     metrics_listen: Option<SocketAddr>,
 }
 
-/// Errors print as one line with their causes (`a: b: c`), never as a backtrace: they are
-/// meant for the operator, and a `RUST_BACKTRACE` left set in the environment would bury them.
 fn main() -> std::process::ExitCode {
-    match try_main() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    wattson_proto::cli::exit(try_main())
 }
 
 fn try_main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    wattson_proto::cli::init_logging("info");
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),

@@ -4,8 +4,9 @@
 //! [`v1`] holds the generated types; [`FILE_DESCRIPTOR_SET`] is the encoded descriptor set that
 //! the collector hands to tonic-reflection so `grpcurl` can discover the services.
 //! [`exposition`] is the Prometheus text format and `/metrics` responder that the agent and the
-//! collector both serve.
+//! collector both serve. [`cli`] is what the binaries' `main`s share.
 
+pub mod cli;
 pub mod codec;
 pub mod exposition;
 pub mod synthetic;
