@@ -40,13 +40,13 @@ enum Task {
     Bench(bench::Args),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.task {
+    wattson_proto::cli::exit(match cli.task {
         Task::Lab(args) => lab::run(&args),
         Task::Setup(args) => setup::run(&args),
         Task::Test(args) => test::run(&args),
         Task::VmTest(args) => vm::run(&args),
         Task::Bench(args) => bench::run(&args),
-    }
+    })
 }
