@@ -269,10 +269,7 @@ fn commit(http: &Http, acc: &mut Accumulator, jobs: Vec<Job>) {
     );
     for (i, j) in jobs.into_iter().enumerate() {
         let answer = if origin[i] == i && !before.contains(&j.marker) {
-            Ingested::New {
-                profiles: j.prepared.profiles,
-                samples: j.prepared.samples,
-            }
+            j.prepared.stored()
         } else {
             Ingested::Duplicate
         };

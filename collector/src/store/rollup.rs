@@ -172,6 +172,14 @@ fn frame_name(
 }
 
 impl Prepared {
+    /// What storing this batch reports: [`super::Ingested::New`] with its counts.
+    pub fn stored(&self) -> super::Ingested {
+        super::Ingested::New {
+            profiles: self.profiles,
+            samples: self.samples,
+        }
+    }
+
     /// Resolves and sums a batch. Indexes out of range and non-finite or negative energy are
     /// [`StoreError::InvalidBatch`] (the ingest server validates first; this never panics).
     pub fn from_batch(batch: &Batch) -> Result<Prepared, StoreError> {

@@ -430,10 +430,7 @@ fn commit(shared: &Shared, acc: &mut Accumulator, journal: &mut Journal, jobs: V
     for (j, new) in jobs.into_iter().zip(fresh) {
         let answer = if new {
             acc.merge(&j.prepared);
-            Ingested::New {
-                profiles: j.prepared.profiles,
-                samples: j.prepared.samples,
-            }
+            j.prepared.stored()
         } else {
             Ingested::Duplicate
         };
