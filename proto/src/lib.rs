@@ -10,6 +10,7 @@ pub mod cli;
 pub mod codec;
 pub mod exposition;
 pub mod synthetic;
+pub mod view;
 
 /// Package `wattson.v1`.
 pub mod v1 {
