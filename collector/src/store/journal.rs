@@ -12,7 +12,7 @@
 //! fails its length or CRC check and ends its segment's replay.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, IoSlice, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// First bytes of every segment (format version 1).
@@ -125,20 +125,32 @@ impl Journal {
         &mut self,
         payloads: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<(), JournalError> {
-        let mut buf = Vec::new();
-        for p in payloads {
-            buf.extend_from_slice(&(p.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&crc32fast::hash(p).to_le_bytes());
-            buf.extend_from_slice(p);
+        // Written from where the payloads are, headers beside them: copying a group of
+        // batches into one buffer first was a tenth of the writer thread's time.
+        let payloads: Vec<&[u8]> = payloads.into_iter().collect();
+        let headers: Vec<[u8; 8]> = payloads
+            .iter()
+            .map(|p| {
+                let mut h = [0u8; 8];
+                h[..4].copy_from_slice(&(p.len() as u32).to_le_bytes());
+                h[4..].copy_from_slice(&crc32fast::hash(p).to_le_bytes());
+                h
+            })
+            .collect();
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * payloads.len());
+        for (h, p) in headers.iter().zip(&payloads) {
+            slices.push(IoSlice::new(h));
+            slices.push(IoSlice::new(p));
         }
+        let total: u64 = slices.iter().map(|s| s.len() as u64).sum();
         if self.file.is_none() {
             self.file = Some(create_segment(&self.dir, self.generation + 1)?);
             self.generation += 1;
         }
         let (file, len) = self.file.as_mut().expect("just created");
-        match file.write_all(&buf).and_then(|()| file.sync_data()) {
+        match write_all_vectored(file, &mut slices).and_then(|()| file.sync_data()) {
             Ok(()) => {
-                *len += buf.len() as u64;
+                *len += total;
                 Ok(())
             }
             Err(source) => {
@@ -184,6 +196,22 @@ impl Journal {
 
 /// Creates (truncating) the segment of `generation` with its header, durable with its directory
 /// entry.
+/// `Write::write_all_vectored`, which is not stable yet: writes every slice, in as few calls as
+/// the kernel allows (at most `IOV_MAX` slices each).
+fn write_all_vectored(file: &mut File, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    const IOV_MAX: usize = 1024;
+    while !slices.is_empty() {
+        let n = slices.len().min(IOV_MAX);
+        match file.write_vectored(&slices[..n]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => IoSlice::advance_slices(&mut slices, written),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn create_segment(dir: &Path, generation: u64) -> Result<(File, u64), JournalError> {
     let path = dir.join(segment_name(generation));
     let err = |what, source| JournalError {
