@@ -1,7 +1,8 @@
 //! The `wattson.v1.IngestService` endpoint, routed by hand rather than generated so a request
-//! reaches the handler together with the bytes it arrived in ([`KeepBytes`]): the store's
-//! journal keeps those bytes instead of encoding the batch again (a twentieth of the
-//! collector's CPU per batch, measured with perf). Clients still use the generated client.
+//! reaches the handler as the bytes it arrived in ([`RawRequest`]): the handler reads the batch
+//! in place ([`wattson_proto::view`]) rather than decoding it into owned messages, and the
+//! store's journal keeps those bytes rather than encoding the batch again. Clients still use
+//! the generated client.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,8 +12,8 @@ use tonic::codec::{CompressionEncoding, EnabledCompressionEncodings};
 use tonic::codegen::{BoxFuture, Service, StdError, http};
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
-use wattson_proto::codec::{KeepBytes, WithBytes};
-use wattson_proto::v1::{IngestRequest, IngestResponse, ingest_service_server};
+use wattson_proto::codec::RawRequest;
+use wattson_proto::v1::{IngestResponse, ingest_service_server};
 
 use crate::server::Ingest;
 
@@ -46,11 +47,11 @@ impl NamedService for IngestEndpoint {
 
 struct Unary(Arc<Ingest>);
 
-impl UnaryService<WithBytes<IngestRequest>> for Unary {
+impl UnaryService<bytes::Bytes> for Unary {
     type Response = IngestResponse;
     type Future = BoxFuture<Response<IngestResponse>, Status>;
 
-    fn call(&mut self, request: Request<WithBytes<IngestRequest>>) -> Self::Future {
+    fn call(&mut self, request: Request<bytes::Bytes>) -> Self::Future {
         let inner = self.0.clone();
         Box::pin(async move { inner.handle(request).await })
     }
@@ -75,10 +76,9 @@ where
         }
         let (inner, accept, max) = (self.inner.clone(), self.accept, self.max_decoding);
         Box::pin(async move {
-            let mut grpc =
-                tonic::server::Grpc::new(KeepBytes::<IngestResponse, IngestRequest>::default())
-                    .apply_compression_config(accept, EnabledCompressionEncodings::default())
-                    .apply_max_message_size_config(Some(max), None);
+            let mut grpc = tonic::server::Grpc::new(RawRequest::<IngestResponse>::default())
+                .apply_compression_config(accept, EnabledCompressionEncodings::default())
+                .apply_max_message_size_config(Some(max), None);
             Ok(grpc.unary(Unary(inner), req).await)
         })
     }

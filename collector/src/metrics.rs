@@ -87,8 +87,8 @@ impl Store for Counted {
 
     fn queue(
         &self,
-        batch: &wattson_proto::v1::Batch,
-        encoded: Option<bytes::Bytes>,
+        batch: &wattson_proto::view::BatchView<'_>,
+        encoded: bytes::Bytes,
     ) -> Option<IngestFuture> {
         let started = Instant::now();
         let stored = self.inner.queue(batch, encoded)?;

@@ -1,7 +1,8 @@
 //! The collector's gRPC server: the `wattson.v1.IngestService` over a [`Store`], plus
 //! `grpc.health.v1` and server reflection, with optional mutual TLS and bearer token.
 //!
-//! Ingest validates a batch ([`crate::validate`]), then hands it to [`Store::ingest`], which
+//! Ingest reads a batch in place ([`BatchView`]), validates it ([`crate::validate`]), then
+//! hands it to [`Store::queue`] (or [`Store::ingest`]), which
 //! deduplicates by (host id, agent instance, sequence) atomically with the write and returns only
 //! once the batch is durable; only then is the agent acknowledged. A pipelined store is awaited
 //! through a channel; other store work runs on the blocking pool, so a slow disk never stalls
@@ -14,13 +15,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
+use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
-use wattson_proto::codec::WithBytes;
-use wattson_proto::v1::{Batch, IngestRequest, IngestResponse};
+use wattson_proto::v1::{Batch, IngestResponse};
+use wattson_proto::view::{BatchView, ParseError};
 
 use crate::store::{Ingested, Store, StoreError};
 use crate::validate::{self, Limits};
@@ -146,7 +149,7 @@ impl Ingest {
     }
 
     /// Logs data an agent reports it dropped from a full spool since its last batch.
-    fn note_losses(&self, batch: &wattson_proto::v1::Batch) {
+    fn note_losses(&self, batch: &BatchView<'_>) {
         let Some(l) = &batch.losses else { return };
         if l.spool_dropped_batches == 0 || batch.host_id.len() > self.limits.max_host_id_bytes {
             return;
@@ -156,7 +159,7 @@ impl Ingest {
         if seen.len() >= 1 << 20 {
             seen.clear();
         }
-        let before = seen.insert(batch.host_id.clone(), l.spool_dropped_batches);
+        let before = seen.insert(batch.host_id.to_string(), l.spool_dropped_batches);
         if before.is_none_or(|b| b < l.spool_dropped_batches) {
             tracing::warn!(
                 host = %batch.host_id,
@@ -178,50 +181,45 @@ fn store_status(e: StoreError) -> Status {
 }
 
 impl Ingest {
-    /// Validates and stores one batch; `encoded` is its bytes as received, when kept.
-    async fn store_batch(
-        &self,
-        batch: Batch,
-        encoded: Option<bytes::Bytes>,
-    ) -> Result<(Batch, Ingested), Status> {
-        self.note_losses(&batch);
+    /// Validates and stores one batch read in place from `encoded`.
+    async fn store_batch(&self, batch: &BatchView<'_>, encoded: Bytes) -> Result<Ingested, Status> {
+        self.note_losses(batch);
         // Validation and resolving the batch are CPU work of a fraction of a millisecond: done
         // on this worker. A pipelined store answers through a channel; other backends write
         // on the blocking pool so a slow disk or network never stalls the network threads.
-        validate::validate(&batch, &self.limits)
+        validate::validate(batch, &self.limits)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        match self.store.queue(&batch, encoded) {
-            Some(stored) => Ok((batch, stored.await.map_err(store_status)?)),
+        match self.store.queue(batch, encoded.clone()) {
+            Some(stored) => stored.await.map_err(store_status),
             None => {
                 let store = self.store.clone();
                 tokio::task::spawn_blocking(move || {
-                    let stored = store.ingest(&batch).map_err(store_status)?;
-                    Ok::<_, Status>((batch, stored))
+                    // Only backends without a pipeline need the batch as owned messages.
+                    let batch = Batch::decode(&encoded[..])
+                        .map_err(|e| Status::invalid_argument(format!("malformed message: {e}")))?;
+                    store.ingest(&batch).map_err(store_status)
                 })
                 .await
                 .map_err(|e| Status::internal(format!("ingest task failed: {e}")))?
             }
         }
     }
-}
 
-impl Ingest {
-    /// Answers one `Ingest` call; the request comes with the bytes it was decoded from.
+    /// Answers one `Ingest` call, given the request's bytes.
     pub(crate) async fn handle(
         &self,
-        request: Request<WithBytes<IngestRequest>>,
+        request: Request<Bytes>,
     ) -> Result<Response<IngestResponse>, Status> {
         let peer = request.remote_addr();
-        let WithBytes { message, bytes } = request.into_inner();
-        let Some(batch) = message.batch else {
-            return Err(Status::invalid_argument("batch is missing"));
-        };
-        // The batch's own bytes, when the request is only the batch (it always is from our
-        // agents); otherwise the store encodes it again.
-        let encoded = wattson_proto::codec::sole_field(&bytes, 1);
+        let request = request.into_inner();
+        let malformed = |e: ParseError| Status::invalid_argument(format!("malformed message: {e}"));
+        let encoded = BatchView::request_batch(&request)
+            .map_err(malformed)?
+            .ok_or_else(|| Status::invalid_argument("batch is missing"))?;
+        let batch = BatchView::parse(&encoded).map_err(malformed)?;
         let started = Instant::now();
-        match self.store_batch(batch, encoded).await {
-            Ok((batch, Ingested::Duplicate)) => {
+        match self.store_batch(&batch, encoded.clone()).await {
+            Ok(Ingested::Duplicate) => {
                 tracing::info!(host = %batch.host_id, sequence = batch.sequence,
                     "duplicate batch acknowledged, nothing stored");
                 Ok(Response::new(IngestResponse {
@@ -231,7 +229,7 @@ impl Ingest {
                     samples_stored: 0,
                 }))
             }
-            Ok((batch, Ingested::New { profiles, samples })) => {
+            Ok(Ingested::New { profiles, samples }) => {
                 tracing::debug!(
                     host = %batch.host_id,
                     sequence = batch.sequence,

@@ -4,12 +4,14 @@
 //! [`Invalid`] whose message names the field path (`profiles[3].samples[7].stack_index 912 out
 //! of range (stacks: 40)`), which the ingest service maps to INVALID_ARGUMENT.
 //!
-//! UTF-8 is checked by prost while decoding (a `string` field with invalid UTF-8 fails to
-//! decode; the `wattson.v1` codec maps that to INVALID_ARGUMENT as well).
+//! The checks read a [`BatchView`], which is what the server parses a request into; an owned
+//! [`Batch`] is checked through [`BatchView::of`]. UTF-8 is checked while parsing (invalid
+//! UTF-8 in a string fails to parse, which the server also answers with INVALID_ARGUMENT).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use wattson_proto::v1::{Batch, EnergyDomain, Frame, IntervalProfile, Process, Sample, Stack};
+use wattson_proto::v1::{Batch, EnergyDomain, Frame, Sample};
+use wattson_proto::view::{BatchView, ProcessView, ProfileView};
 
 /// Limits a batch must respect. The defaults are generous for one host's batch of a few
 /// intervals and tight enough that a hostile batch cannot make the collector allocate or
@@ -91,21 +93,31 @@ macro_rules! bail {
 }
 
 /// Checks `batch` against `limits` with the current wall clock as "now".
-pub fn validate(batch: &Batch, limits: &Limits) -> Result<Summary, Invalid> {
+pub fn validate(batch: &BatchView<'_>, limits: &Limits) -> Result<Summary, Invalid> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-    validate_at(batch, limits, now)
+    validate_view_at(batch, limits, now)
 }
 
-/// Checks `batch` against `limits`, with `now_unix_nanos` as the present (tests pin it).
+/// Checks an owned `batch` against `limits`, with `now_unix_nanos` as the present (tests pin
+/// it).
 pub fn validate_at(
     batch: &Batch,
     limits: &Limits,
     now_unix_nanos: u64,
 ) -> Result<Summary, Invalid> {
+    validate_view_at(&BatchView::of(batch), limits, now_unix_nanos)
+}
+
+/// Checks `batch` against `limits`, with `now_unix_nanos` as the present.
+pub fn validate_view_at(
+    batch: &BatchView<'_>,
+    limits: &Limits,
+    now_unix_nanos: u64,
+) -> Result<Summary, Invalid> {
     let latest = now_unix_nanos.saturating_add(limits.max_future_skew_nanos);
-    check_host_id(&batch.host_id, limits)?;
+    check_host_id(batch.host_id, limits)?;
     if batch.sequence == 0 {
         bail!("sequence 0 is not allowed (sequences start at 1)");
     }
@@ -119,7 +131,7 @@ pub fn validate_at(
     if let Some(c) = batch.agent_instance.chars().find(|c| !c.is_ascii_graphic()) {
         bail!("agent_instance contains {c:?} (expected printable ASCII, e.g. hex)");
     }
-    if let Some(host) = &batch.host
+    if let Some(host) = batch.host
         && !host.host_id.is_empty()
         && host.host_id != batch.host_id
     {
@@ -171,13 +183,13 @@ pub fn validate_at(
     }
 
     check_count("stacks", batch.stacks.len(), limits.max_table_entries)?;
-    for (i, s) in batch.stacks.iter().enumerate() {
-        check_stack(i, s, batch.frames.len(), limits)?;
+    for i in 0..batch.stacks.len() {
+        check_stack(i, batch.stack(i), batch.frames.len(), limits)?;
     }
 
     check_count("processes", batch.processes.len(), limits.max_processes)?;
     for (i, p) in batch.processes.iter().enumerate() {
-        check_process(i, p, strings, limits)?;
+        check_process(i, p, batch.build_ids(p), strings, limits)?;
     }
 
     check_count("profiles", batch.profiles.len(), limits.max_profiles)?;
@@ -266,15 +278,20 @@ fn check_frame(i: usize, f: &Frame, functions: usize, strings: usize) -> Result<
     Ok(())
 }
 
-fn check_stack(i: usize, s: &Stack, frames: usize, limits: &Limits) -> Result<(), Invalid> {
-    if s.frame_indices.len() > limits.max_stack_depth {
+fn check_stack(
+    i: usize,
+    frame_indices: &[u32],
+    frames: usize,
+    limits: &Limits,
+) -> Result<(), Invalid> {
+    if frame_indices.len() > limits.max_stack_depth {
         bail!(
             "stacks[{i}] has {} frames (depth limit {})",
-            s.frame_indices.len(),
+            frame_indices.len(),
             limits.max_stack_depth
         );
     }
-    for (j, &f) in s.frame_indices.iter().enumerate() {
+    for (j, &f) in frame_indices.iter().enumerate() {
         index(
             &|| format!("stacks[{i}].frame_indices[{j}]"),
             f,
@@ -285,7 +302,13 @@ fn check_stack(i: usize, s: &Stack, frames: usize, limits: &Limits) -> Result<()
     Ok(())
 }
 
-fn check_process(i: usize, p: &Process, strings: usize, limits: &Limits) -> Result<(), Invalid> {
+fn check_process(
+    i: usize,
+    p: &ProcessView,
+    build_ids: &[u32],
+    strings: usize,
+    limits: &Limits,
+) -> Result<(), Invalid> {
     for (name, ix) in [
         ("comm_index", p.comm_index),
         ("exe_index", p.exe_index),
@@ -296,14 +319,14 @@ fn check_process(i: usize, p: &Process, strings: usize, limits: &Limits) -> Resu
     ] {
         index(&|| format!("processes[{i}].{name}"), ix, "strings", strings)?;
     }
-    if p.build_id_indices.len() > limits.max_build_ids_per_process {
+    if build_ids.len() > limits.max_build_ids_per_process {
         bail!(
             "processes[{i}].build_id_indices has {} entries (limit {})",
-            p.build_id_indices.len(),
+            build_ids.len(),
             limits.max_build_ids_per_process
         );
     }
-    for (j, &b) in p.build_id_indices.iter().enumerate() {
+    for (j, &b) in build_ids.iter().enumerate() {
         index(
             &|| format!("processes[{i}].build_id_indices[{j}]"),
             b,
@@ -334,8 +357,8 @@ fn check_energy(path: &dyn Fn() -> String, uj: f64, limits: &Limits) -> Result<(
 /// Checks one profile; returns its sample count.
 fn check_profile(
     i: usize,
-    p: &IntervalProfile,
-    batch: &Batch,
+    p: &ProfileView,
+    batch: &BatchView<'_>,
     limits: &Limits,
     latest: u64,
 ) -> Result<u64, Invalid> {
@@ -385,7 +408,7 @@ fn check_profile(
         p.domains.len(),
         limits.max_domains,
     )?;
-    for (j, d) in p.domains.iter().enumerate() {
+    for (j, d) in batch.domains(p).iter().enumerate() {
         check_domain(i, j, d, limits)?;
     }
     check_energy(
@@ -421,11 +444,11 @@ fn check_profile(
     // No CPU can deliver more samples than frequency x duration; allow 2x for timer slack.
     let per_cpu =
         (u128::from(p.frequency_hz) * u128::from(p.duration_nanos)).div_ceil(1_000_000_000);
-    let cpus = batch.host.as_ref().map_or(0, |h| h.cpus).max(1);
+    let cpus = batch.host.map_or(0, |h| h.cpus).max(1);
     let max_samples = per_cpu.saturating_mul(2 * u128::from(cpus)).max(2);
     let mut total: u128 = 0;
     let mut uj_total = 0.0;
-    for (j, s) in p.samples.iter().enumerate() {
+    for (j, s) in batch.samples(p).iter().enumerate() {
         check_sample(i, j, s, batch, limits)?;
         total += u128::from(s.count);
         uj_total += s.microjoules;
@@ -465,7 +488,7 @@ fn check_sample(
     i: usize,
     j: usize,
     s: &Sample,
-    batch: &Batch,
+    batch: &BatchView<'_>,
     limits: &Limits,
 ) -> Result<(), Invalid> {
     index(

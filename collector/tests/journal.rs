@@ -111,7 +111,7 @@ fn batches_journaled_before_a_roll_up_are_duplicates_of_direct_writes() {
     let s = store::open(&url).unwrap();
     let b = decode(&batch("h1", 1));
     assert!(matches!(s.ingest(&b).unwrap(), Ingested::New { .. }));
-    // Still pending (the roll-up runs every 2 s): a direct write of the same batch must not
+    // Still pending (the roll-up runs every 10 s): a direct write of the same batch must not
     // count it again.
     let rollup = store::Rollup::from_batch(&b).unwrap();
     assert_eq!(s.write(&rollup).unwrap(), Ingested::Duplicate);

@@ -33,16 +33,15 @@ async fn metrics_expose_counters_size_and_service_watts() {
         .build();
     // Blocking ingest and the queue the gRPC server awaits are both counted.
     store.ingest(&api).unwrap();
-    store
-        .queue(&api, None)
-        .expect("sqlite queues")
-        .await
-        .unwrap();
-    store
-        .queue(&vm, None)
-        .expect("sqlite queues")
-        .await
-        .unwrap();
+    for b in [&api, &vm] {
+        let bytes = bytes::Bytes::from(prost::Message::encode_to_vec(b));
+        let view = wattson_proto::view::BatchView::parse(&bytes).expect("parses");
+        store
+            .queue(&view, bytes.clone())
+            .expect("sqlite queues")
+            .await
+            .unwrap();
+    }
     let mut bad = api.clone();
     bad.sequence = 2;
     bad.profiles[0].samples[0].stack_index = 9;

@@ -9,6 +9,7 @@ use wattson_collector::store::synthetic::BatchBuilder;
 use wattson_collector::store::{
     self, Ingested, Keyed, Rank, Retention, Store, StoreError, TopQuery, Window,
 };
+use wattson_proto::view::BatchView;
 
 /// 2026-11-02 00:00:00 UTC: a Monday at an hour (and day) boundary.
 const T0: i64 = 1_793_577_600;
@@ -682,7 +683,10 @@ fn queued_ingest_stores_each_batch_once(s: &dyn Store) {
         .iter()
         .chain(&batches)
         .map(|b| {
-            s.queue(b, None)
+            // As the server reads a request: in place, from its bytes.
+            let bytes = bytes::Bytes::from(prost::Message::encode_to_vec(b));
+            let view = BatchView::parse(&bytes).expect("parses");
+            s.queue(&view, bytes.clone())
                 .expect("the backend has an ingest pipeline")
         })
         .collect();

@@ -5,9 +5,10 @@
 
 use proptest::prelude::*;
 use prost::Message as _;
-use wattson_collector::validate::{Invalid, Limits, validate_at};
+use wattson_collector::validate::{Invalid, Limits, validate_at, validate_view_at};
 use wattson_proto::synthetic::{self, Shape};
 use wattson_proto::v1::Batch;
+use wattson_proto::view::BatchView;
 
 const NOW: u64 = 1_780_000_000 * 1_000_000_000;
 
@@ -24,10 +25,10 @@ fn valid() -> Batch {
     synthetic::batch("host-a", 7, NOW - 60_000_000_000, &shape, 42)
 }
 
-/// What the server does with the bytes of a request: decode, then validate.
+/// What the server does with the bytes of a request: read them in place, then validate.
 fn decode_and_validate(bytes: &[u8]) -> Result<u64, String> {
-    let batch = Batch::decode(bytes).map_err(|e| format!("malformed message: {e}"))?;
-    validate_at(&batch, &Limits::default(), NOW)
+    let batch = BatchView::parse(bytes).map_err(|e| format!("malformed message: {e}"))?;
+    validate_view_at(&batch, &Limits::default(), NOW)
         .map(|s| s.samples)
         .map_err(|Invalid(m)| m)
 }

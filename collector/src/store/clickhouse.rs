@@ -269,7 +269,11 @@ impl Store for ClickHouseStore {
         self.pipeline.ingest(batch)
     }
 
-    fn queue(&self, batch: &Batch, _encoded: Option<bytes::Bytes>) -> Option<IngestFuture> {
+    fn queue(
+        &self,
+        batch: &wattson_proto::view::BatchView<'_>,
+        _encoded: bytes::Bytes,
+    ) -> Option<IngestFuture> {
         Some(self.pipeline.queue(batch))
     }
 

@@ -1,5 +1,5 @@
 //! The ClickHouse store's ingest: group commit. Concurrent [`Pipeline::ingest`] calls resolve
-//! their batch ([`Prepared::from_batch`]) in their own thread and queue it; one writer thread
+//! their batch ([`Prepared::from_view`]) in their own thread and queue it; one writer thread
 //! takes everything queued, looks up all their dedup markers in one SELECT, sums the fresh
 //! batches in an [`Accumulator`] and writes the summed rows plus every marker in one INSERT,
 //! then answers each caller. So the cost of a round trip and of a new part is paid per group,
@@ -31,6 +31,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use wattson_proto::v1::Batch;
+use wattson_proto::view::BatchView;
 
 use super::{Http, MARKER, quote, unescape};
 use crate::store::pipeline::{self, Reply};
@@ -116,20 +117,20 @@ impl Pipeline {
 
     /// Stores a batch: returns once the INSERT holding it returned (or it is a duplicate).
     pub(super) fn ingest(&self, batch: &Batch) -> Result<Ingested, StoreError> {
-        pipeline::blocking(|r| self.enqueue(batch, r), || self.lost())
+        pipeline::blocking(|r| self.enqueue(&BatchView::of(batch), r), || self.lost())
     }
 
     /// Resolves the batch on this thread and queues it; the future resolves once the INSERT
     /// holding it returned (or it is a duplicate).
-    pub(super) fn queue(&self, batch: &Batch) -> IngestFuture {
+    pub(super) fn queue(&self, batch: &BatchView<'_>) -> IngestFuture {
         pipeline::later(|r| self.enqueue(batch, r), self.lost())
     }
 
-    fn enqueue(&self, batch: &Batch, reply: Reply) -> Result<(), StoreError> {
-        let prepared = Prepared::from_batch(batch)?;
+    fn enqueue(&self, batch: &BatchView<'_>, reply: Reply) -> Result<(), StoreError> {
+        let prepared = Prepared::from_view(batch)?;
         let marker = Marker::new(
-            &batch.host_id,
-            &batch.agent_instance,
+            batch.host_id,
+            batch.agent_instance,
             batch.sequence,
             prepared.first_minute,
         );

@@ -24,6 +24,7 @@ pub mod synthetic;
 use std::time::Duration;
 
 use wattson_proto::v1::Batch;
+use wattson_proto::view::BatchView;
 
 pub use rollup::{Accumulator, Kind, Prepared, Rollup, Row};
 
@@ -307,10 +308,10 @@ pub trait Store: Send + Sync {
 
     /// [`Store::ingest`] without blocking the caller: backends with an ingest pipeline resolve
     /// the batch on the calling thread, queue it and return the answer to await, so an async
-    /// server does not park a thread per batch. `encoded` is the batch as it arrived, when the
-    /// transport kept it (a journal stores it instead of re-encoding). `None`: no pipeline;
-    /// call [`Store::ingest`] from a blocking thread.
-    fn queue(&self, batch: &Batch, encoded: Option<bytes::Bytes>) -> Option<IngestFuture> {
+    /// server does not park a thread per batch. `batch` was read in place from `encoded`, its
+    /// bytes as they arrived (a journal stores them as they are). `None`: no pipeline; call
+    /// [`Store::ingest`] from a blocking thread.
+    fn queue(&self, batch: &BatchView<'_>, encoded: bytes::Bytes) -> Option<IngestFuture> {
         let _ = (batch, encoded);
         None
     }

@@ -9,7 +9,10 @@
 
 use foldhash::{HashMap, HashMapExt as _};
 
+use std::borrow::Cow;
+
 use wattson_proto::v1::{Batch, EnergySource, FrameKind};
+use wattson_proto::view::BatchView;
 
 use super::{StoreError, Totals};
 
@@ -121,10 +124,14 @@ pub fn split_stack_key(key: &str) -> (&str, &str) {
 #[derive(Debug, Clone)]
 pub struct Prepared {
     /// Frame names (function, `[module+offset]`, `_[k]` for kernel frames), services, build
-    /// ids, the host id and "".
-    strings: Vec<String>,
-    /// Stacks used by at least one sample, as indexes into `strings`, leaf first.
-    stacks: Vec<Vec<u32>>,
+    /// ids, the host id and "", one after another (one allocation, however many): name `i`
+    /// ends at `name_ends[i]`. A name may repeat ([`Accumulator::merge`] interns them).
+    names: String,
+    name_ends: Vec<u32>,
+    /// Stacks used by at least one sample: each the end of its frames in `stack_frames`.
+    stack_ends: Vec<u32>,
+    /// Every stack's frames, as indexes into `strings`, leaf first.
+    stack_frames: Vec<u32>,
     /// Minute cells; a stack row's key indexes `stacks`, every other id indexes `strings`.
     cells: Vec<(CellKey, Totals)>,
     /// Earliest minute, 0 for a batch without profiles.
@@ -135,17 +142,23 @@ pub struct Prepared {
     pub samples: u64,
 }
 
+/// Most bytes of frame names one batch may make up (`[module+offset]` for each distinct frame
+/// without a symbol): a legitimate batch comes nowhere near, but a hostile one pointing a million
+/// frames at one 64 KiB module name would otherwise make the collector build 64 GB of names.
+const MAX_BUILT_NAME_BYTES: usize = 64 << 20;
+
 /// Sanitized frame name: `;` separates frames and a newline ends a line in folded stacks.
-fn frame_name(
-    batch: &Batch,
+/// Borrowed from the batch unless it had to be built (no symbol, sanitized, kernel frame).
+fn frame_name<'a>(
+    batch: &BatchView<'a>,
     i: usize,
     bad: &dyn Fn(String) -> StoreError,
-) -> Result<String, StoreError> {
-    let string = |idx: u32, what: &str| -> Result<&str, StoreError> {
+) -> Result<Cow<'a, str>, StoreError> {
+    let string = |idx: u32, what: &str| -> Result<&'a str, StoreError> {
         batch
             .strings
             .get(idx as usize)
-            .map(String::as_str)
+            .copied()
             .ok_or_else(|| bad(format!("{what} string index {idx} out of range")))
     };
     let f = &batch.frames[i];
@@ -153,20 +166,20 @@ fn frame_name(
         .functions
         .get(f.function_index as usize)
         .ok_or_else(|| bad(format!("frames[{i}].function_index out of range")))?;
-    let mut name = string(func.name_index, "function name")?.to_string();
+    let mut name = Cow::Borrowed(string(func.name_index, "function name")?);
     if name.is_empty() {
         let module = string(f.module_index, "frame module")?;
         name = if module.is_empty() {
-            "[unknown]".into()
+            Cow::Borrowed("[unknown]")
         } else {
-            format!("[{module}+{:#x}]", f.file_offset)
+            Cow::Owned(format!("[{module}+{:#x}]", f.file_offset))
         };
     }
     if name.contains([';', '\n', '\r']) {
-        name = name.replace(';', ":").replace(['\n', '\r'], " ");
+        name = Cow::Owned(name.replace(';', ":").replace(['\n', '\r'], " "));
     }
     if f.kind == FrameKind::Kernel as i32 {
-        name.push_str("_[k]");
+        name.to_mut().push_str("_[k]");
     }
     Ok(name)
 }
@@ -180,19 +193,24 @@ impl Prepared {
         }
     }
 
+    /// [`Prepared::from_view`] of an owned batch.
+    pub fn from_batch(batch: &Batch) -> Result<Prepared, StoreError> {
+        Prepared::from_view(&BatchView::of(batch))
+    }
+
     /// Resolves and sums a batch. Indexes out of range and non-finite or negative energy are
     /// [`StoreError::InvalidBatch`] (the ingest server validates first; this never panics).
-    pub fn from_batch(batch: &Batch) -> Result<Prepared, StoreError> {
+    pub fn from_view<'a>(batch: &BatchView<'a>) -> Result<Prepared, StoreError> {
         let bad = |why: String| StoreError::InvalidBatch {
-            host: batch.host_id.clone(),
+            host: batch.host_id.to_string(),
             sequence: batch.sequence,
             why,
         };
-        let string = |i: u32, what: &str| -> Result<&str, StoreError> {
+        let string = |i: u32, what: &str| -> Result<&'a str, StoreError> {
             batch
                 .strings
                 .get(i as usize)
-                .map(String::as_str)
+                .copied()
                 .ok_or_else(|| bad(format!("{what} string index {i} out of range")))
         };
         let uj = |v: f64, what: &str| -> Result<u64, StoreError> {
@@ -210,9 +228,10 @@ impl Prepared {
         let mut frame_at = vec![UNSEEN; batch.frames.len()];
         let mut stack_at = vec![UNSEEN; batch.stacks.len()];
         let mut proc_at = vec![UNSEEN; batch.processes.len()];
-        let mut names: Vec<String> = Vec::new();
-        let mut name_ids: HashMap<String, u32> = HashMap::new();
-        let mut stacks = Vec::new();
+        // Not deduplicated here: the accumulator interns every name anyway.
+        let mut names: Vec<Cow<'a, str>> = Vec::new();
+        let (mut stack_ends, mut stack_frames) = (Vec::new(), Vec::new());
+        let mut built = 0usize;
         let mut procs = Vec::new();
         let mut cells: HashMap<(i64, u32, u32), Totals> = HashMap::new();
         let mut hosts: Vec<(i64, Totals)> = Vec::new();
@@ -232,16 +251,15 @@ impl Prepared {
                 ..Totals::default()
             };
             (host.idle_uj, host.est_idle_uj) = split(uj(prof.idle_microjoules, "idle")?);
-            for (si, s) in prof.samples.iter().enumerate() {
+            for (si, s) in batch.samples(prof).iter().enumerate() {
                 let at =
                     |what: &str| bad(format!("profiles[{pi}].samples[{si}].{what} out of range"));
                 let stack_slot = stack_at
                     .get_mut(s.stack_index as usize)
                     .ok_or_else(|| at("stack_index"))?;
                 if *stack_slot == UNSEEN {
-                    let st = &batch.stacks[s.stack_index as usize];
-                    let mut ids = Vec::with_capacity(st.frame_indices.len());
-                    for &fi in &st.frame_indices {
+                    let st = batch.stack(s.stack_index as usize);
+                    for &fi in st {
                         let slot = frame_at.get_mut(fi as usize).ok_or_else(|| {
                             bad(format!(
                                 "stacks[{}] frame index {fi} out of range",
@@ -250,16 +268,21 @@ impl Prepared {
                         })?;
                         if *slot == UNSEEN {
                             let name = frame_name(batch, fi as usize, &bad)?;
-                            let next = names.len() as u32;
-                            *slot = *name_ids.entry(name.clone()).or_insert_with(|| {
-                                names.push(name);
-                                next
-                            });
+                            if let Cow::Owned(n) = &name {
+                                built += n.len();
+                                if built > MAX_BUILT_NAME_BYTES {
+                                    return Err(bad(format!(
+                                        "frame names built from module and offset exceed {MAX_BUILT_NAME_BYTES} bytes"
+                                    )));
+                                }
+                            }
+                            *slot = names.len() as u32;
+                            names.push(name);
                         }
-                        ids.push(*slot);
+                        stack_frames.push(*slot);
                     }
-                    *stack_slot = stacks.len() as u32;
-                    stacks.push(ids);
+                    *stack_slot = stack_ends.len() as u32;
+                    stack_ends.push(stack_frames.len() as u32);
                 }
                 let stack = *stack_slot;
                 let proc_slot = proc_at
@@ -274,13 +297,18 @@ impl Prepared {
                     if service.is_empty() {
                         service = "unknown";
                     }
-                    let build = match p.build_id_indices.first() {
+                    let build = match batch.build_ids(p).first() {
                         Some(&b) => string(b, "process build id")?,
                         None => "",
                     };
                     *proc_slot = procs.len() as u32;
                     // A tab would split a stack key in the wrong place.
-                    procs.push((service.to_string(), build.replace('\t', " ")));
+                    let build = if build.contains('\t') {
+                        Cow::Owned(build.replace('\t', " "))
+                    } else {
+                        Cow::Borrowed(build)
+                    };
+                    procs.push((service, build));
                 }
                 let (m, e) = split(uj(s.microjoules, "sample")?);
                 let flat = Totals {
@@ -301,16 +329,16 @@ impl Prepared {
                 None => hosts.push((minute, host)),
             }
         }
-        let mut intern = |s: &str| -> u32 {
-            let next = names.len() as u32;
-            *name_ids.entry(s.to_string()).or_insert_with(|| {
-                names.push(s.to_string());
-                next
-            })
+        let mut intern = |s: Cow<'a, str>| -> u32 {
+            names.push(s);
+            names.len() as u32 - 1
         };
-        let empty = intern("");
-        let host_id = intern(&batch.host_id);
-        let procs: Vec<(u32, u32)> = procs.iter().map(|(s, b)| (intern(s), intern(b))).collect();
+        let empty = intern(Cow::Borrowed(""));
+        let host_id = intern(Cow::Borrowed(batch.host_id));
+        let procs: Vec<(u32, u32)> = procs
+            .into_iter()
+            .map(|(s, b)| (intern(Cow::Borrowed(s)), intern(b)))
+            .collect();
         let mut local: HashMap<CellKey, Totals> = HashMap::with_capacity(cells.len() * 2);
         // Function rows are not expanded here: the accumulator derives them from its summed
         // stack rows, once per distinct stack rather than once per sample of every batch.
@@ -328,8 +356,16 @@ impl Prepared {
                 .add(&t);
         }
         Ok(Prepared {
-            strings: names,
-            stacks,
+            name_ends: names
+                .iter()
+                .scan(0, |end, n| {
+                    *end += n.len() as u32;
+                    Some(*end)
+                })
+                .collect(),
+            names: names.concat(),
+            stack_ends,
+            stack_frames,
             cells: local.into_iter().collect(),
             first_minute: if first_minute == i64::MAX {
                 0
@@ -378,13 +414,29 @@ impl Accumulator {
     /// Adds a prepared batch; cannot fail.
     pub fn merge(&mut self, p: &Prepared) {
         self.batches += 1;
-        let ids: Vec<u32> = p.strings.iter().map(|n| self.intern(n)).collect();
-        let stacks: Vec<u32> = p
-            .stacks
+        let mut start = 0;
+        let ids: Vec<u32> = p
+            .name_ends
             .iter()
-            .map(|local| {
-                let frames: Vec<u32> = local.iter().map(|&f| ids[f as usize]).collect();
-                if let Some(&i) = self.stack_ids.get(&frames) {
+            .map(|&end| {
+                let name = &p.names[start..end as usize];
+                start = end as usize;
+                self.intern(name)
+            })
+            .collect();
+        // One scratch buffer: a fleet's stacks are mostly known, so most lookups allocate
+        // nothing.
+        let mut frames: Vec<u32> = Vec::new();
+        let mut start = 0;
+        let stacks: Vec<u32> = p
+            .stack_ends
+            .iter()
+            .map(|&end| {
+                let local = &p.stack_frames[start..end as usize];
+                start = end as usize;
+                frames.clear();
+                frames.extend(local.iter().map(|&f| ids[f as usize]));
+                if let Some(&i) = self.stack_ids.get(frames.as_slice()) {
                     return i;
                 }
                 let i = self.stacks.len() as u32;
@@ -393,7 +445,7 @@ impl Accumulator {
                 distinct.dedup();
                 self.distinct.push(distinct);
                 self.stacks.push(frames.clone());
-                self.stack_ids.insert(frames, i);
+                self.stack_ids.insert(frames.clone(), i);
                 i
             })
             .collect();
@@ -554,5 +606,36 @@ mod tests {
             .map(|r| split_stack_key(&r.key).1)
             .collect();
         assert_eq!(stacks, ["[no frames]", "main;a:b c"]);
+    }
+
+    #[test]
+    fn made_up_frame_names_are_bounded() {
+        // 1,100 symbol-less frames of one 64 KiB module: 70 MB of `[module+offset]` names.
+        let mut b = BatchBuilder::new("h", 1)
+            .interval(600, 10, false, 0.0, &[("svc", "", "main", 1, 0.0)])
+            .build();
+        b.strings.push("m".repeat(64 << 10));
+        let module_index = b.strings.len() as u32 - 1;
+        b.functions.push(wattson_proto::v1::Function::default());
+        let function_index = b.functions.len() as u32 - 1;
+        let first = b.frames.len() as u32;
+        for offset in 0..1100 {
+            b.frames.push(wattson_proto::v1::Frame {
+                function_index,
+                module_index,
+                file_offset: offset,
+                ..Default::default()
+            });
+        }
+        b.stacks[0].frame_indices = (first..first + 1100).collect();
+        let err = Prepared::from_batch(&b).unwrap_err().to_string();
+        assert!(
+            err.contains("frame names built from module and offset exceed"),
+            "{err}"
+        );
+        // A few such frames are fine.
+        b.stacks[0].frame_indices.truncate(10);
+        let p = Prepared::from_batch(&b).unwrap();
+        assert_eq!(p.samples, 1);
     }
 }

@@ -357,7 +357,11 @@ impl Store for SqliteStore {
         self.pipeline.ingest(batch)
     }
 
-    fn queue(&self, batch: &Batch, encoded: Option<bytes::Bytes>) -> Option<super::IngestFuture> {
+    fn queue(
+        &self,
+        batch: &wattson_proto::view::BatchView<'_>,
+        encoded: bytes::Bytes,
+    ) -> Option<super::IngestFuture> {
         Some(self.pipeline.queue(batch, encoded))
     }
 
