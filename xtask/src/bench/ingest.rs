@@ -25,6 +25,7 @@ use wattson_proto::v1::{Batch, IngestRequest};
 use wattson_proto::view::BatchView;
 
 use super::Row;
+use super::discard::Discard;
 
 /// How long each CPU-only phase runs.
 const CPU_PHASE: Duration = Duration::from_secs(3);
@@ -191,7 +192,7 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         None,
     ));
 
-    let run = ingest_phase(start, &shape, INGEST_PHASE, None)?;
+    let run = ingest_phase(start, &shape, INGEST_PHASE, Sink::Sqlite)?;
     let per_sec = run.batches as f64 / run.elapsed.as_secs_f64();
     rows.push(row(
         format!("gRPC ingest (zstd) -> SQLite, {CLIENTS} in-process clients (wall)"),
@@ -216,6 +217,18 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         ">= 0.5x",
         Some(ratio >= GOAL_RATIO),
     ));
+    // What the collector spends before any store sees a batch: no store design wins it back.
+    let floor = ingest_phase(start, &shape, INGEST_PHASE / 2, Sink::Discard)?;
+    let floor_ms = 1e3 * floor.collector_cpu.as_secs_f64() / floor.batches.max(1) as f64;
+    rows.push(row(
+        "  of which before the store: gRPC, zstd, read + validate",
+        format!(
+            "{floor_ms:.3} ms CPU per batch ({:.2}x raw decode; nothing stored)",
+            1e3 / floor_ms / decode
+        ),
+        "",
+        None,
+    ));
     let hosts = run.sustained() * HOST_INTERVAL_SECS;
     rows.push(row(
         "hosts sustained at a 10 s interval (incl. roll-up)",
@@ -239,7 +252,7 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         stack_pool: 0,
         ..shape
     };
-    let run = ingest_phase(start, &worst, INGEST_PHASE / 2, None)?;
+    let run = ingest_phase(start, &worst, INGEST_PHASE / 2, Sink::Sqlite)?;
     rows.push(run.hosts_row("  same, every batch's stacks and build unique"));
     // The fleet-scale backend, its server started here on the same cores (its CPU is not in
     // the collector's, so only the wall-clock figure is given).
@@ -248,7 +261,7 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         start,
         &shape,
         INGEST_PHASE / 2,
-        Some(&server.store_url("wattson_bench_ingest")),
+        Sink::Url(&server.store_url("wattson_bench_ingest")),
     )?;
     rows.push(run.hosts_row("  same, into ClickHouse (server on the same 2 cores)"));
     Ok(())
@@ -332,19 +345,33 @@ fn process_cpu() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// Serves a collector on 127.0.0.1:0 over `store_url` (default: a fresh SQLite store) and has `CLIENTS` simulated
-/// hosts push batches for `phase`, then waits for a query to see them all. The clients run
-/// on their own runtime whose threads report their CPU time when they stop, so the
-/// collector's CPU is the process's minus theirs.
+/// Where a gRPC phase stores its batches.
+enum Sink<'a> {
+    /// A fresh SQLite store.
+    Sqlite,
+    /// The store at this URL.
+    Url(&'a str),
+    /// Nowhere ([`Discard`]): the transport floor.
+    Discard,
+}
+
+/// Serves a collector on 127.0.0.1:0 over `into` and has `CLIENTS` simulated hosts push
+/// batches for `phase`, then waits for a query to see them all. The clients run on their own
+/// runtime whose threads report their CPU time when they stop, so the collector's CPU is the
+/// process's minus theirs.
 fn ingest_phase(
     start: u64,
     shape: &Shape,
     phase: Duration,
-    store_url: Option<&str>,
+    into: Sink<'_>,
 ) -> anyhow::Result<Phase> {
     let dir = tempfile::tempdir()?;
     let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let store = wattson_collector::store::open(store_url.unwrap_or(&sqlite))?;
+    let store: Box<dyn wattson_collector::store::Store> = match into {
+        Sink::Sqlite => wattson_collector::store::open(&sqlite)?,
+        Sink::Url(url) => wattson_collector::store::open(url)?,
+        Sink::Discard => Box::new(Discard::default()),
+    };
     // Wrapped as `wattson-collector serve` wraps it, so its counters' cost is measured too.
     let store: Arc<dyn wattson_collector::store::Store> =
         Arc::new(wattson_collector::metrics::Counted::new(Arc::from(store)));

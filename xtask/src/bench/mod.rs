@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 
 mod agent;
+mod discard;
 mod ingest;
 mod store;
 
