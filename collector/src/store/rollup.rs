@@ -378,6 +378,15 @@ impl Prepared {
     }
 }
 
+/// The ranges of a flat vector whose parts end at `ends`.
+fn ranges(ends: &[u32]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    ends.iter().scan(0, |start, &end| {
+        let r = *start..end as usize;
+        *start = end as usize;
+        Some(r)
+    })
+}
+
 /// Interned key of a minute row: (kind, minute, service, key, build for stack rows). The key
 /// of a stack row is an index into [`Accumulator::stacks`], of other rows into `strings`.
 type CellKey = (Kind, i64, u32, u32, u32);
@@ -414,26 +423,15 @@ impl Accumulator {
     /// Adds a prepared batch; cannot fail.
     pub fn merge(&mut self, p: &Prepared) {
         self.batches += 1;
-        let mut start = 0;
-        let ids: Vec<u32> = p
-            .name_ends
-            .iter()
-            .map(|&end| {
-                let name = &p.names[start..end as usize];
-                start = end as usize;
-                self.intern(name)
-            })
+        let ids: Vec<u32> = ranges(&p.name_ends)
+            .map(|r| self.intern(&p.names[r]))
             .collect();
         // One scratch buffer: a fleet's stacks are mostly known, so most lookups allocate
         // nothing.
         let mut frames: Vec<u32> = Vec::new();
-        let mut start = 0;
-        let stacks: Vec<u32> = p
-            .stack_ends
-            .iter()
-            .map(|&end| {
-                let local = &p.stack_frames[start..end as usize];
-                start = end as usize;
+        let stacks: Vec<u32> = ranges(&p.stack_ends)
+            .map(|r| {
+                let local = &p.stack_frames[r];
                 frames.clear();
                 frames.extend(local.iter().map(|&f| ids[f as usize]));
                 if let Some(&i) = self.stack_ids.get(frames.as_slice()) {
