@@ -5,6 +5,8 @@
 //! collector could symbolize remotely). The ELF is then asked for the symbol at that file
 //! offset: ELF symtab/dynsym, DWARF file:line and inlined functions when debug info exists
 //! (including separate debug files found by build id or debuglink), demangled (Rust, C++).
+//! Addresses in a PLT stub, which no symbol table covers, are named `NAME@plt` after the
+//! function the stub jumps to, as perf, objdump and gdb name them.
 //! Anonymous executable memory is looked up in the JIT's perf map (`/tmp/perf-PID.map`).
 //! Kernel addresses go through kallsyms. Results are cached per (build id or path, offset).
 
@@ -40,6 +42,9 @@ struct Resolved {
 /// A JIT's perf map: sorted (start, end, name).
 type PerfMap = Vec<(u64, u64, String)>;
 
+/// PLT stubs of one ELF file: sorted (start, end, `NAME@plt`), by file offset.
+type PltStubs = Vec<(u64, u64, String)>;
+
 /// Symbolizes user and kernel addresses, caching per module build id and offset.
 pub struct Symbolizer {
     blaze: Blaze,
@@ -49,6 +54,8 @@ pub struct Symbolizer {
     kernel: HashMap<u64, (Arc<[Resolved]>, Option<String>)>,
     build_ids: HashMap<String, Option<Arc<str>>>,
     perf_maps: HashMap<u32, PerfMap>,
+    /// (build id or path) -> its PLT stubs, read on the first address no symbol covers.
+    plt: HashMap<Arc<str>, Arc<PltStubs>>,
     kernel_build_id: Option<String>,
     /// A copy of this process's vDSO on disk: every process maps the same kernel image.
     vdso: std::sync::OnceLock<Option<String>>,
@@ -70,6 +77,7 @@ impl Symbolizer {
             kernel: HashMap::new(),
             build_ids: HashMap::new(),
             perf_maps: HashMap::new(),
+            plt: HashMap::new(),
             kernel_build_id: kernel_build_id(Path::new("/sys/kernel/notes")),
             vdso: std::sync::OnceLock::new(),
         }
@@ -208,6 +216,7 @@ impl Symbolizer {
             self.user.clear();
             self.kernel.clear();
             self.build_ids.clear();
+            self.plt.clear();
             self.blaze = new_blaze();
         }
     }
@@ -229,7 +238,7 @@ impl Symbolizer {
             .symbolize_single(&src, blazesym::symbolize::Input::FileOffset(offset))
         {
             Ok(Symbolized::Sym(sym)) => resolved_from(&sym),
-            Ok(Symbolized::Unknown(_)) => Arc::from(Vec::new()),
+            Ok(Symbolized::Unknown(_)) => self.plt_lookup(&key, path, offset),
             Err(e) => {
                 tracing::debug!(path, offset, error = %e, "symbolization failed");
                 Arc::from(Vec::new())
@@ -237,6 +246,35 @@ impl Symbolizer {
         };
         self.user.insert((key, offset), resolved.clone());
         resolved
+    }
+
+    /// `NAME@plt` when `offset` lies in one of the file's PLT stubs, else nothing (unknown).
+    fn plt_lookup(&mut self, key: &Arc<str>, path: &str, offset: u64) -> Arc<[Resolved]> {
+        let stubs = self
+            .plt
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let stubs = fs::read(path)
+                    .ok()
+                    .and_then(|data| plt_stubs(&data))
+                    .unwrap_or_default();
+                Arc::new(stubs)
+            })
+            .clone();
+        let hit = stubs
+            .partition_point(|e| e.0 <= offset)
+            .checked_sub(1)
+            .map(|i| &stubs[i])
+            .filter(|(start, end, _)| *start <= offset && offset < *end);
+        match hit {
+            Some((_, _, name)) => Arc::from(vec![Resolved {
+                function: name.clone(),
+                file: None,
+                line: 0,
+                inlined: false,
+            }]),
+            None => Arc::from(Vec::new()),
+        }
     }
 
     fn perf_map_lookup(&mut self, tgid: u32, addr: u64, _generation: u64) -> Option<String> {
@@ -351,6 +389,65 @@ fn push_resolved(
     }
 }
 
+/// The PLT stubs of an x86-64 ELF file (`.plt`, `.plt.sec`, `.plt.got`), by file offset, each
+/// named after the dynamic symbol whose GOT slot its indirect `jmp *disp(%rip)` goes through,
+/// as perf names them (`memcpy@plt`). Decoding the jump instead of counting relocations works
+/// for lazy, `-z now` and IBT layouts alike; the `.plt` header stub (no slot of a symbol) stays
+/// unnamed. `None` for other architectures or unreadable files.
+fn plt_stubs(data: &[u8]) -> Option<PltStubs> {
+    use object::{
+        Architecture, Object as _, ObjectSection as _, ObjectSymbol as _, ObjectSymbolTable as _,
+        RelocationTarget, read::elf::ElfFile64, read::elf::SectionHeader as _,
+    };
+    let file = ElfFile64::<object::Endianness>::parse(data).ok()?;
+    if file.architecture() != Architecture::X86_64 {
+        return None;
+    }
+    let dynsym = file.dynamic_symbol_table()?;
+    // GOT slot address -> the symbol it holds (JUMP_SLOT and GLOB_DAT relocations).
+    let slots: HashMap<u64, String> = file
+        .dynamic_relocations()?
+        .filter_map(|(slot, reloc)| match reloc.target() {
+            RelocationTarget::Symbol(i) => {
+                let name = dynsym.symbol_by_index(i).ok()?.name().ok()?;
+                (!name.is_empty()).then(|| (slot, name.to_owned()))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for section in [".plt", ".plt.sec", ".plt.got"] {
+        let Some(section) = file.section_by_name(section) else {
+            continue;
+        };
+        let entry = match section.elf_section_header().sh_entsize(file.endian()) {
+            0 => 16,
+            n => n,
+        };
+        let (Ok(bytes), Some((file_start, _))) = (section.data(), section.file_range()) else {
+            continue;
+        };
+        for (i, stub) in bytes.chunks_exact(entry as usize).enumerate() {
+            let at = i as u64 * entry;
+            // `jmp *disp32(%rip)`: ff 25 disp32, maybe after endbr64 and a bnd prefix.
+            let Some(jmp) = stub.windows(6).position(|w| w[..2] == [0xff, 0x25]) else {
+                continue;
+            };
+            let disp = i32::from_le_bytes(stub[jmp + 2..jmp + 6].try_into().ok()?);
+            let slot = (section.address() + at + jmp as u64 + 6).wrapping_add(disp as i64 as u64);
+            if let Some(name) = slots.get(&slot) {
+                out.push((
+                    file_start + at,
+                    file_start + at + entry,
+                    format!("{name}@plt"),
+                ));
+            }
+        }
+    }
+    out.sort_by_key(|e| e.0);
+    Some(out)
+}
+
 /// Parses a perf map (`START SIZE NAME` per line, hex, optional `0x`), sorted by start.
 pub fn parse_perf_map(text: &str) -> Vec<(u64, u64, String)> {
     let hex_u64 = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
@@ -437,6 +534,80 @@ mod tests {
         let frames = Symbolizer::default().kernel_frames(&[addr + 4]);
         assert_eq!(frames[0].function.as_deref(), Some("vfs_read"));
         assert_eq!(frames[0].module, KERNEL_MODULE);
+    }
+
+    /// `objdump -d` (binutils) names every PLT stub `NAME@plt`: ours must agree stub for stub,
+    /// on system binaries (lazy `.plt`, `.plt.got`) and, where a C compiler is installed, on an
+    /// IBT build (`.plt.sec`).
+    #[test]
+    fn plt_stubs_match_objdump() {
+        use object::{Object as _, ObjectSection as _};
+        if !Path::new("/usr/bin/objdump").exists() {
+            eprintln!("objdump missing: skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut binaries: Vec<PathBuf> = ["/usr/bin/perl", "/bin/bash", "/usr/bin/gzip"]
+            .into_iter()
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+            .collect();
+        if Path::new("/usr/bin/cc").exists() {
+            let src = dir.path().join("ibt.c");
+            fs::write(
+                &src,
+                "#include <stdio.h>\nint main(void) { puts(\"x\"); return 0; }\n",
+            )
+            .unwrap();
+            let exe = dir.path().join("ibt");
+            let ok = std::process::Command::new("/usr/bin/cc")
+                .args(["-O1", "-fcf-protection", "-Wl,-z,ibtplt", "-o"])
+                .arg(&exe)
+                .arg(&src)
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                binaries.push(exe);
+            }
+        }
+        let mut checked = 0;
+        for bin in &binaries {
+            let data = fs::read(bin).unwrap();
+            let ours = plt_stubs(&data).expect("an x86-64 ELF");
+            let file = object::File::parse(&*data).unwrap();
+            // objdump prints addresses; ours are file offsets.
+            let to_offset = |addr: u64| {
+                file.sections()
+                    .filter_map(|s| Some((s.address(), s.size(), s.file_range()?.0)))
+                    .find(|(a, size, _)| *a <= addr && addr < a + size)
+                    .map(|(a, _, off)| addr - a + off)
+            };
+            let out = std::process::Command::new("/usr/bin/objdump")
+                .args(["-d", "-j", ".plt", "-j", ".plt.sec", "-j", ".plt.got"])
+                .arg(bin)
+                .output()
+                .unwrap();
+            let theirs: Vec<(u64, String)> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| {
+                    let (addr, rest) = l.split_once(" <")?;
+                    let name = rest.strip_suffix(">:")?;
+                    name.ends_with("@plt")
+                        .then(|| Some((to_offset(u64::from_str_radix(addr, 16).ok()?)?, name)))
+                        .flatten()
+                        .map(|(o, n)| (o, n.to_owned()))
+                })
+                .collect();
+            let ours: Vec<(u64, String)> = ours.into_iter().map(|(s, _, n)| (s, n)).collect();
+            assert!(
+                !theirs.is_empty(),
+                "{}: objdump names no PLT stub",
+                bin.display()
+            );
+            assert_eq!(ours, theirs, "{}", bin.display());
+            checked += 1;
+        }
+        eprintln!("PLT stubs agree with objdump on {checked} binaries");
     }
 
     #[test]
