@@ -8,7 +8,10 @@
 //! functions are compared on perl (libperl exports its interpreter in `.dynsym`), python3, and
 //! Debian's zlib (`libz.a` keeps its symbol table; a ten-line driver feeds it `deflate` at
 //! level 9), plus libc (debug file) and kernel (kallsyms) frames wherever they show up. Every key above 5% in either tool must agree within 2 percentage
-//! points. Needs root, `/usr/bin/perf` and the Debian tools; a missing tool fails the test
+//! points. Names are compared as code, not spelling: symbols at one address in one file (glibc's
+//! `__memcpy_avx512_unaligned_erms` and `__memmove_avx512_unaligned_erms`) are aliases whose
+//! choice is a convention (perf prefers the longer name), so both tools' names are mapped to
+//! the first alias in sort order before comparing (see [`Aliases`]). Needs root, `/usr/bin/perf` and the Debian tools; a missing tool fails the test
 //! with its name (install `linux-perf`, `xz-utils`, `python3`).
 
 use std::{
@@ -42,10 +45,79 @@ const TOLERANCE_POINTS: f64 = 2.0;
 
 type Shares = HashMap<(String, String), f64>;
 type Counts = HashMap<(String, String), u64>;
+/// DSO file name -> its path, to read its symbol tables for [`Aliases`].
+type Paths = HashMap<String, String>;
+
+/// Function symbols that share an address in one ELF file (its `.symtab` and `.dynsym`, and the
+/// `.symtab` of its separate debug file found by build id): each name maps to the first of
+/// them in sort order, so both tools' choices of alias compare as the same function.
+#[derive(Default)]
+struct Aliases {
+    /// DSO file name -> (symbol name -> canonical name), only for names that have aliases.
+    by_dso: HashMap<String, HashMap<String, String>>,
+}
+
+impl Aliases {
+    fn canonical(&mut self, paths: &Paths, dso: &str, name: &str) -> String {
+        let table = self.by_dso.entry(dso.to_owned()).or_insert_with(|| {
+            paths
+                .get(dso)
+                .map(|p| alias_table(Path::new(p)))
+                .unwrap_or_default()
+        });
+        table.get(name).cloned().unwrap_or_else(|| name.to_owned())
+    }
+}
+
+fn alias_table(path: &Path) -> HashMap<String, String> {
+    use object::{Object as _, ObjectSymbol as _, SymbolKind};
+    let mut files = vec![path.to_owned()];
+    if let Some(id) = wattson_agent::process::build_id(path) {
+        files.push(PathBuf::from(format!(
+            "/usr/lib/debug/.build-id/{}/{}.debug",
+            &id[..2],
+            &id[2..]
+        )));
+    }
+    let mut at: HashMap<u64, Vec<String>> = HashMap::new();
+    for file in files {
+        let Ok(data) = fs::read(&file) else { continue };
+        let Ok(elf) = object::File::parse(&*data) else {
+            continue;
+        };
+        for sym in elf.symbols().chain(elf.dynamic_symbols()) {
+            if sym.kind() == SymbolKind::Text
+                && sym.is_definition()
+                && let Ok(name) = sym.name()
+            {
+                at.entry(sym.address()).or_default().push(name.to_owned());
+            }
+        }
+    }
+    let mut table = HashMap::new();
+    for mut names in at.into_values() {
+        names.sort();
+        names.dedup();
+        for name in &names[1..] {
+            table.insert(name.clone(), names[0].clone());
+        }
+    }
+    table
+}
+
+/// `counts` with every function named by its canonical alias.
+fn canonical(counts: Counts, paths: &Paths, aliases: &mut Aliases) -> Counts {
+    let mut out = Counts::new();
+    for ((dso, function), n) in counts {
+        let function = aliases.canonical(paths, &dso, &function);
+        *out.entry((dso, function)).or_default() += n;
+    }
+    out
+}
 
 /// Self-share of each (dso, symbol) among samples of processes named `comm`, from the agent's
 /// JSON profile. Leaf = first non-inlined frame, as perf reports without `--inline`.
-fn agent_counts(json: &Path, comm: &str, counts: &mut Counts) -> u64 {
+fn agent_counts(json: &Path, comm: &str, counts: &mut Counts, paths: &mut Paths) -> u64 {
     let v: serde_json::Value = serde_json::from_slice(&fs::read(json).unwrap()).unwrap();
     let frames = v["frames"].as_array().unwrap();
     let stacks = v["stacks"].as_array().unwrap();
@@ -66,10 +138,14 @@ fn agent_counts(json: &Path, comm: &str, counts: &mut Counts) -> u64 {
             .map(|id| &frames[id.as_u64().unwrap() as usize])
             .find(|f| !f["inlined"].as_bool().unwrap());
         let key = match leaf {
-            Some(f) => (
-                base(f["module"].as_str().unwrap()),
-                f["function"].as_str().unwrap_or("[unknown]").to_owned(),
-            ),
+            Some(f) => {
+                let module = f["module"].as_str().unwrap();
+                paths.insert(base(module), module.to_owned());
+                (
+                    base(module),
+                    f["function"].as_str().unwrap_or("[unknown]").to_owned(),
+                )
+            }
             None => (String::new(), "[no stack]".to_owned()),
         };
         *counts.entry(key).or_default() += count;
@@ -78,7 +154,7 @@ fn agent_counts(json: &Path, comm: &str, counts: &mut Counts) -> u64 {
 }
 
 /// The same from `perf script`: the first callchain line of each sample is its leaf.
-fn perf_counts(data: &Path, comm: &str, counts: &mut Counts) -> u64 {
+fn perf_counts(data: &Path, comm: &str, counts: &mut Counts, paths: &mut Paths) -> u64 {
     let out = Command::new(PERF)
         .args(["script", "-F", "comm,ip,sym,dso", "-i"])
         .arg(data)
@@ -97,13 +173,17 @@ fn perf_counts(data: &Path, comm: &str, counts: &mut Counts) -> u64 {
         let key = lines
             .next()
             .and_then(parse_perf_frame)
+            .map(|(path, function)| {
+                paths.insert(base(&path), path.clone());
+                (base(&path), function)
+            })
             .unwrap_or_else(|| (String::new(), "[no stack]".to_owned()));
         *counts.entry(key).or_default() += 1;
     }
     total
 }
 
-/// `\t    55d0c0a04330 sym+0x10 (/usr/bin/gzip)` -> ("gzip", "sym").
+/// `\t    55d0c0a04330 sym+0x10 (/usr/bin/gzip)` -> ("/usr/bin/gzip", "sym").
 fn parse_perf_frame(line: &str) -> Option<(String, String)> {
     let line = line.trim();
     let (rest, dso) = line.rsplit_once(" (")?;
@@ -113,7 +193,7 @@ fn parse_perf_frame(line: &str) -> Option<(String, String)> {
         Some((name, _)) => name,
         None => sym,
     };
-    Some((base(dso), sym.to_owned()))
+    Some((dso.to_owned(), sym.to_owned()))
 }
 
 fn base(path: &str) -> String {
@@ -226,6 +306,7 @@ fn compare(name: &str, script: &str, comm: &str) {
     let secs = duration_secs();
     let (mut our_counts, mut their_counts) = (Counts::new(), Counts::new());
     let (mut our_total, mut their_total) = (0, 0);
+    let mut paths = Paths::new();
     for round in 1..=MAX_ROUNDS {
         let perf_data = dir.path().join("perf.data");
         let json = dir.path().join("wattson.json");
@@ -256,8 +337,8 @@ fn compare(name: &str, script: &str, comm: &str) {
             String::from_utf8_lossy(&agent.stderr)
         );
         assert!(perf.wait().unwrap().success(), "perf record failed");
-        our_total += agent_counts(&json, comm, &mut our_counts);
-        their_total += perf_counts(&perf_data, comm, &mut their_counts);
+        our_total += agent_counts(&json, comm, &mut our_counts, &mut paths);
+        their_total += perf_counts(&perf_data, comm, &mut their_counts, &mut paths);
         eprintln!(
             "== {name} round {round}: {comm} samples so far: wattson {our_total}, perf {their_total}"
         );
@@ -270,6 +351,9 @@ fn compare(name: &str, script: &str, comm: &str) {
         "too few samples of {comm} to compare (wattson {our_total}, perf {their_total}) after \
          {MAX_ROUNDS} rounds of {secs}s: is the machine overloaded?"
     );
+    let mut aliases = Aliases::default();
+    let our_counts = canonical(our_counts, &paths, &mut aliases);
+    let their_counts = canonical(their_counts, &paths, &mut aliases);
     let ours = normalize(&our_counts, our_total);
     let theirs = normalize(&their_counts, their_total);
     let mut keys: Vec<_> = ours
@@ -436,4 +520,37 @@ fn python_self_shares_match_perf() {
         &format!("exec /usr/bin/python3 {}", script.display()),
         "python3",
     );
+}
+
+/// glibc's memcpy is an entry into memmove: perf and blazesym name the same address with
+/// different aliases, and the comparison must count them as one function.
+#[test]
+fn aliases_at_one_address_compare_as_one_function() {
+    let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+    let table = alias_table(Path::new(libc));
+    let Some(memmove) = table.get("__memmove_avx512_unaligned_erms") else {
+        eprintln!("no symbol table with glibc's local memmove variants (libc6-dbg): skipped");
+        return;
+    };
+    assert_eq!(memmove, "__memcpy_avx512_unaligned_erms");
+    let paths = Paths::from([("libc.so.6".to_owned(), libc.to_owned())]);
+    let counts = Counts::from([
+        (
+            (
+                "libc.so.6".to_owned(),
+                "__memcpy_avx512_unaligned_erms".to_owned(),
+            ),
+            3,
+        ),
+        (
+            (
+                "libc.so.6".to_owned(),
+                "__memmove_avx512_unaligned_erms".to_owned(),
+            ),
+            4,
+        ),
+    ]);
+    let merged = canonical(counts, &paths, &mut Aliases::default());
+    assert_eq!(merged.len(), 1);
+    assert_eq!(merged.values().sum::<u64>(), 7);
 }
