@@ -59,6 +59,7 @@ suite!(
     sequence_is_scoped_by_agent_instance,
     stacks_of_one_build,
     queued_ingest_stores_each_batch_once,
+    old_dedup_records_fold_and_resends_stay_duplicates,
 );
 
 fn day() -> Window {
@@ -634,14 +635,84 @@ fn clickhouse_failed_insert_acknowledges_nothing() {
     assert_eq!(s.stats().unwrap().batches, 7);
 }
 
-/// Runs one statement on a test server, outside the store.
-fn clickhouse_sql(server: &ClickHouseServer, sql: &str) {
+/// Runs one statement on a test server, outside the store; its answer.
+fn clickhouse_sql(server: &ClickHouseServer, sql: &str) -> String {
     let r = reqwest::blocking::Client::new()
         .post(format!("{}/", server.http_url()))
         .body(sql.to_string())
         .send()
         .unwrap();
-    assert!(r.status().is_success(), "{sql}: {}", r.text().unwrap());
+    let ok = r.status().is_success();
+    let text = r.text().unwrap();
+    assert!(ok, "{sql}: {text}");
+    text
+}
+
+/// Dedup records past the week fold into one floor per agent instance (a fleet at 10 s writes
+/// 86 million a day): resends stay duplicates, each instance keeps its own floor, later batches
+/// are new, and the batch count survives two passes.
+fn old_dedup_records_fold_and_resends_stay_duplicates(s: &dyn Store) {
+    let instance = |seq: u64| {
+        let mut b = simple("h1", seq, T0 + 90);
+        b.agent_instance = "bbbb".into();
+        b
+    };
+    for seq in 1..=5 {
+        s.ingest(&simple("h1", seq, T0 + 90)).unwrap();
+    }
+    s.ingest(&instance(1)).unwrap();
+    s.ingest(&simple("h2", 1, T0 + 90)).unwrap();
+    // Eight days on, every dedup record is past the week and nothing past the total retention.
+    let now = wattson_collector::report::now();
+    s.retain(&Retention::default(), now + 8 * 86_400).unwrap();
+    assert_eq!(s.stats().unwrap().batches, 7);
+    for seq in [1, 3, 5] {
+        let again = s.ingest(&simple("h1", seq, T0 + 90)).unwrap();
+        assert_eq!(again, Ingested::Duplicate, "h1/{seq}");
+    }
+    assert_eq!(s.ingest(&instance(1)).unwrap(), Ingested::Duplicate);
+    for b in [
+        simple("h1", 6, T0 + 90),
+        instance(2),
+        simple("h2", 2, T0 + 90),
+    ] {
+        let first = s.ingest(&b).unwrap();
+        assert!(
+            matches!(first, Ingested::New { .. }),
+            "{} {}",
+            b.host_id,
+            b.sequence
+        );
+    }
+    assert_eq!(s.stats().unwrap().batches, 10);
+    s.retain(&Retention::default(), now + 9 * 86_400).unwrap();
+    assert_eq!(s.stats().unwrap().batches, 10);
+    assert_eq!(
+        s.ingest(&simple("h1", 6, T0 + 90)).unwrap(),
+        Ingested::Duplicate
+    );
+    assert_eq!(s.ingest(&instance(2)).unwrap(), Ingested::Duplicate);
+}
+
+/// Folded ClickHouse markers are deleted: what is left is one floor row per fold and instance.
+#[test]
+fn clickhouse_markers_fold_into_floors() {
+    let server = ClickHouseServer::start().expect("start clickhouse-server (cargo xtask setup)");
+    let s = store::open(&server.store_url("wattson_test")).unwrap();
+    for seq in 1..=4 {
+        s.ingest(&simple("h1", seq, T0 + 90)).unwrap();
+    }
+    let markers = "SELECT count() FROM wattson_test.rollup WHERE kind = 6";
+    assert_eq!(clickhouse_sql(&server, markers).trim(), "4");
+    s.retain(
+        &Retention::default(),
+        wattson_collector::report::now() + 8 * 86_400,
+    )
+    .unwrap();
+    assert_eq!(clickhouse_sql(&server, markers).trim(), "0");
+    let floors = "SELECT key, seq, folded FROM wattson_test.dedup_floor";
+    assert_eq!(clickhouse_sql(&server, floors).trim(), "h1\t4\t4");
+    assert_eq!(s.stats().unwrap().batches, 4);
 }
 
 /// Markers written before group commit (one JSONEachRow INSERT per batch: kind 6, the first

@@ -27,6 +27,10 @@ use super::{
 
 /// Kind code of batch marker rows (dedup records); never returned by queries.
 const MARKER: u8 = 6;
+/// Table of folded markers: per `HOST[/INSTANCE]`, the highest sequence of a fold (`seq`), how
+/// many markers it replaced (`folded`) and when (`updated`). Append-only: a lookup takes the
+/// highest `seq` of a key, `stats` sums `folded`.
+const FLOORS: &str = "dedup_floor";
 
 /// The HTTP interface of one server and database, shared by queries and the ingest thread.
 struct Http {
@@ -108,6 +112,13 @@ impl ClickHouseStore {
             ),
             None,
         )?;
+        http.exec(
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {db}.{FLOORS} (key String, seq UInt64, \
+                 folded UInt64, updated DateTime) ENGINE = MergeTree() ORDER BY key"
+            ),
+            None,
+        )?;
         let version = http.query("SELECT version()")?;
         tracing::info!(url, db, version = version.trim(), "clickhouse store open");
         Ok(ClickHouseStore {
@@ -171,12 +182,45 @@ impl ClickHouseStore {
     }
 
     /// Waits until no mutation of the table is pending (18.16 has no `mutations_sync`).
+    /// Folds the markers older than [`super::DEDUP_WINDOW`] into one floor row per agent
+    /// instance, once some are a day past it (so an instance gains a floor row a day, not one
+    /// per hourly pass); returns the condition of the folded markers, for the caller to delete
+    /// them. (Should the delete fail, the next pass folds them again: the floor's sequence is
+    /// the same, only `stats` counts those batches twice.)
+    fn fold_markers(&self, now: i64) -> Result<Option<String>, StoreError> {
+        let db = &self.http.db;
+        let markers = |cut: i64| {
+            let cut = cut.max(0);
+            format!("kind = {MARKER} AND res = {RES_MINUTE} AND minute < toDateTime({cut})")
+        };
+        let due = markers(now - super::DEDUP_WINDOW - 86_400);
+        if self
+            .query(&format!("SELECT count() FROM {db}.rollup WHERE {due}"))?
+            .trim()
+            == "0"
+        {
+            return Ok(None);
+        }
+        let cond = markers(now - super::DEDUP_WINDOW);
+        let n = self.query(&format!("SELECT count() FROM {db}.rollup WHERE {cond}"))?;
+        // Keys are `SEQ@HOST[/INSTANCE]`: the floor is keyed by what follows the first `@`.
+        self.http.exec(
+            &format!(
+                "INSERT INTO {db}.{FLOORS} SELECT substring(key, position(key, '@') + 1) AS k, \
+                 max(toUInt64OrZero(substring(key, 1, position(key, '@') - 1))), count(), \
+                 toDateTime({now}) FROM {db}.rollup WHERE {cond} GROUP BY k"
+            ),
+            None,
+        )?;
+        tracing::info!(db = %db, markers = n.trim(), "folded week-old dedup markers into floors");
+        Ok(Some(cond))
+    }
+
     fn wait_mutations(&self) -> Result<(), StoreError> {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let pending = self.query(&format!(
-                "SELECT count() FROM system.mutations WHERE database = {} AND table = 'rollup' \
-                 AND is_done = 0",
+                "SELECT count() FROM system.mutations WHERE database = {} AND is_done = 0",
                 quote(&self.http.db)
             ))?;
             if pending.trim() == "0" {
@@ -373,12 +417,28 @@ impl Store for ClickHouseStore {
             minute_rows_deleted: count(&minute_cond)?,
             expired_rows_deleted: count(&expired_cond)?,
         };
-        if report.minute_rows_deleted + report.expired_rows_deleted > 0 {
+        let folded = self.fold_markers(now)?;
+        if report.minute_rows_deleted + report.expired_rows_deleted > 0 || folded.is_some() {
+            let db = &self.http.db;
+            let markers = folded.as_deref().unwrap_or("0");
             self.http.exec(
                 &format!(
-                    "ALTER TABLE {}.rollup DELETE WHERE ({minute_cond}) OR ({expired_cond})",
-                    self.http.db
+                    "ALTER TABLE {db}.rollup DELETE WHERE ({minute_cond}) OR ({expired_cond}) \
+                     OR ({markers})"
                 ),
+                None,
+            )?;
+            self.wait_mutations()?;
+        }
+        let db = &self.http.db;
+        let old = format!("updated < toDateTime({total_cut})");
+        if self
+            .query(&format!("SELECT count() FROM {db}.{FLOORS} WHERE {old}"))?
+            .trim()
+            != "0"
+        {
+            self.http.exec(
+                &format!("ALTER TABLE {db}.{FLOORS} DELETE WHERE {old}"),
                 None,
             )?;
             self.wait_mutations()?;
@@ -396,9 +456,13 @@ impl Store for ClickHouseStore {
              AND table = 'rollup' AND active",
             quote(&self.http.db)
         ))?;
+        let folded = self.query(&format!(
+            "SELECT sum(folded) FROM {}.{FLOORS}",
+            self.http.db
+        ))?;
         let f: Vec<&str> = counts.trim().split('\t').collect();
         Ok(StoreStats {
-            batches: self.num(&f, 0)?,
+            batches: self.num(&f, 0)? + self.num(&[folded.trim()], 0)?,
             rows: self.num(&f, 1)?,
             bytes: bytes.trim().parse().unwrap_or(0),
         })

@@ -6,7 +6,8 @@
 //! not per batch, and a busy collector writes bigger, fewer parts.
 //!
 //! Dedup: a marker is a row (kind 6, minute = the batch's first minute, key `SEQ@HOST[/INST]`)
-//! written in the same INSERT as the batch's rows. Groups are committed one at a time (and
+//! written in the same INSERT as the batch's rows. Retention folds week-old markers into floors
+//! (`HOST[/INST]`, highest sequence); a batch at or below its floor is a duplicate too. Groups are committed one at a time (and
 //! [`Pipeline::write`] takes the same lock), so a retry racing its original within this process
 //! is either in the same group (deduplicated there) or sees the original's marker. Two
 //! collectors receiving the same retry at the same instant could still both insert.
@@ -33,7 +34,7 @@ use std::time::Instant;
 use wattson_proto::v1::Batch;
 use wattson_proto::view::BatchView;
 
-use super::{Http, MARKER, quote, unescape};
+use super::{FLOORS, Http, MARKER, quote, unescape};
 use crate::store::pipeline::{self, Reply};
 use crate::store::query_plan::TOTALS_COLUMNS;
 use crate::store::rollup::{Accumulator, Prepared, RES_MINUTE, Rollup, Row};
@@ -64,6 +65,12 @@ impl Marker {
             format!("{sequence}@{host}/{instance}")
         };
         Marker { minute, key }
+    }
+
+    /// (sequence, `HOST[/INSTANCE]`): the floor a folded marker counts towards.
+    fn floor_key(&self) -> (u64, &str) {
+        let (seq, rest) = self.key.split_once('@').unwrap_or(("0", &self.key));
+        (seq.parse().unwrap_or(0), rest)
     }
 }
 
@@ -292,7 +299,8 @@ fn fail(http: &Http, jobs: Vec<Job>, e: &StoreError, what: &str) {
     }
 }
 
-/// Which of `markers` are stored, in one query.
+/// Which of `markers` are stored, in one query: their marker, or their agent instance's floor
+/// (markers folded by retention, see [`super::DEDUP_WINDOW`]) at or above their sequence.
 fn stored(http: &Http, markers: &[&Marker]) -> Result<HashSet<Marker>, StoreError> {
     if markers.is_empty() {
         return Ok(HashSet::new());
@@ -300,27 +308,44 @@ fn stored(http: &Http, markers: &[&Marker]) -> Result<HashSet<Marker>, StoreErro
     let minutes: HashSet<i64> = markers.iter().map(|m| m.minute).collect();
     let minutes: Vec<String> = minutes.iter().map(|m| format!("toDateTime({m})")).collect();
     let keys: Vec<String> = markers.iter().map(|m| quote(&m.key)).collect();
+    let floors: HashSet<&str> = markers.iter().map(|m| m.floor_key().1).collect();
+    let floors: Vec<String> = floors.into_iter().map(quote).collect();
     // Minute and key are filtered separately (both narrow the primary key range), then pairs
     // are matched here: a key stored under another minute is another batch.
     let answer = http.query(&format!(
-        "SELECT toUInt32(minute), key FROM {}.rollup WHERE kind = {MARKER} \
-         AND res = {RES_MINUTE} AND minute IN ({}) AND key IN ({})",
-        http.db,
+        "SELECT 'm', toUInt64(minute), key FROM {db}.rollup WHERE kind = {MARKER} \
+         AND res = {RES_MINUTE} AND minute IN ({}) AND key IN ({}) \
+         UNION ALL SELECT 'f', max(seq), key FROM {db}.{FLOORS} WHERE key IN ({}) GROUP BY key",
         minutes.join(", "),
-        keys.join(", ")
+        keys.join(", "),
+        floors.join(", "),
+        db = http.db,
     ))?;
     let wanted: HashSet<&Marker> = markers.iter().copied().collect();
+    let mut floor: HashMap<String, u64> = HashMap::new();
     let mut found = HashSet::new();
     for line in answer.lines() {
-        let (minute, key) = line.split_once('\t').unwrap_or((line, ""));
+        let mut f = line.splitn(3, '\t');
+        let (what, number, key) = (f.next(), f.next().and_then(|n| n.parse().ok()), f.next());
+        let (Some(what), Some(number), Some(key)) = (what, number, key) else {
+            return Err(http.error(format!("unexpected dedup row {line:?}")));
+        };
+        if what == "f" {
+            floor.insert(unescape(key), number);
+            continue;
+        }
         let m = Marker {
-            minute: minute
-                .parse()
-                .map_err(|_| http.error(format!("unexpected marker row {line:?}")))?,
+            minute: number as i64,
             key: unescape(key),
         };
         if wanted.contains(&m) {
             found.insert(m);
+        }
+    }
+    for m in markers {
+        let (seq, rest) = m.floor_key();
+        if floor.get(rest).is_some_and(|&f| seq <= f) {
+            found.insert((*m).clone());
         }
     }
     Ok(found)

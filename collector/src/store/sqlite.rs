@@ -79,10 +79,7 @@ INSERT OR IGNORE INTO received SELECT host, '', seq, received, profiles, samples
 DROP TABLE batches;
 ";
 
-/// Dedup records older than this are folded into `received_floor` by retention: one row per
-/// agent instance instead of one per batch (a fleet of 10,000 hosts at 10 s sends 86 million
-/// batches a day). A week covers any outage an agent's spool rides out.
-const DEDUP_WINDOW: i64 = 7 * 86_400;
+use super::DEDUP_WINDOW;
 
 /// Whether batch (host, instance, seq) is stored: its dedup record, or its instance's floor.
 pub(super) fn is_received(
