@@ -28,7 +28,6 @@ use std::collections::HashSet;
 use std::collections::hash_map::{Entry, HashMap};
 use std::fmt::Write as _;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use wattson_proto::v1::Batch;
@@ -102,7 +101,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The running writer; dropping it answers what is queued and stops the thread.
 pub(super) struct Pipeline {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    _writer: pipeline::Writer,
 }
 
 impl Pipeline {
@@ -115,10 +114,18 @@ impl Pipeline {
             commit: Mutex::new(()),
         });
         let worker = shared.clone();
-        let thread = pipeline::spawn_writer("clickhouse-ingest", move || run(&worker))?;
+        let stopping = shared.clone();
+        let writer = pipeline::spawn_writer(
+            "clickhouse-ingest",
+            move || run(&worker),
+            move || {
+                lock(&stopping.state).stop = true;
+                stopping.wake.notify_one();
+            },
+        )?;
         Ok(Pipeline {
             shared,
-            thread: Some(thread),
+            _writer: writer,
         })
     }
 
@@ -175,16 +182,6 @@ impl Pipeline {
             profiles: rollup.profiles,
             samples: rollup.samples,
         })
-    }
-}
-
-impl Drop for Pipeline {
-    fn drop(&mut self) {
-        lock(&self.shared.state).stop = true;
-        self.shared.wake.notify_one();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

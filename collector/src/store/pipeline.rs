@@ -49,16 +49,37 @@ pub(super) fn later(
     })
 }
 
-/// Starts a pipeline's writer thread, named `name`.
+/// A pipeline's writer thread: dropping it asks the thread to stop and waits for it, so a
+/// dropped store has finished its queued work.
+pub(super) struct Writer {
+    thread: Option<JoinHandle<()>>,
+    stop: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        (self.stop)();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts a pipeline's writer thread, named `name`; `stop` tells `run` to return.
 pub(super) fn spawn_writer(
     name: &str,
     run: impl FnOnce() + Send + 'static,
-) -> Result<JoinHandle<()>, StoreError> {
-    std::thread::Builder::new()
+    stop: impl Fn() + Send + Sync + 'static,
+) -> Result<Writer, StoreError> {
+    let thread = std::thread::Builder::new()
         .name(name.into())
         .spawn(run)
         .map_err(|source| StoreError::Io {
             what: format!("starting the {name} thread"),
             source,
-        })
+        })?;
+    Ok(Writer {
+        thread: Some(thread),
+        stop: Box::new(stop),
+    })
 }

@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -104,7 +103,7 @@ fn received(conn: &Connection, key: &Key) -> rusqlite::Result<bool> {
 /// The running pipeline; dropping it rolls up what is merged and stops the thread.
 pub(super) struct Pipeline {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    _writer: pipeline::Writer,
 }
 
 impl Pipeline {
@@ -128,10 +127,18 @@ impl Pipeline {
             })?;
         }
         let worker = shared.clone();
-        let thread = pipeline::spawn_writer("sqlite-ingest", move || run(&worker, acc, journal))?;
+        let stopping = shared.clone();
+        let writer = pipeline::spawn_writer(
+            "sqlite-ingest",
+            move || run(&worker, acc, journal),
+            move || {
+                lock(&stopping.state).stop = true;
+                stopping.wake.notify_one();
+            },
+        )?;
         Ok(Pipeline {
             shared,
-            thread: Some(thread),
+            _writer: writer,
         })
     }
 
@@ -213,16 +220,6 @@ impl Pipeline {
         StoreError::Journal {
             path: self.shared.path.clone(),
             message: "the ingest thread stopped (see the log for its error)".into(),
-        }
-    }
-}
-
-impl Drop for Pipeline {
-    fn drop(&mut self) {
-        lock(&self.shared.state).stop = true;
-        self.shared.wake.notify_one();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }
