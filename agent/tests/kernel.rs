@@ -23,6 +23,36 @@ fn spin_until(stop: &AtomicBool) -> u64 {
     x
 }
 
+/// A thread of this process running `work` until stopped.
+struct Busy {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<()>,
+    /// Its thread id, as samples carry it.
+    tid: u32,
+}
+
+impl Busy {
+    /// Starts `work`, which must return once its flag is set.
+    fn start(work: impl FnOnce(&AtomicBool) + Send + 'static) -> Busy {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let flag = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            work(&flag)
+        });
+        let tid = tid_rx.recv().unwrap();
+        Busy { stop, thread, tid }
+    }
+
+    /// Stops it and waits for it.
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+    }
+}
+
 /// The smoke test of the VM lab: load, attach on every CPU at 99 Hz, spin, and find the
 /// spinning thread among the samples.
 #[test]
@@ -37,22 +67,14 @@ fn sampler_sees_a_busy_thread_on_every_kernel() {
         sampler.cpus().len()
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-    let busy = {
-        let stop = Arc::clone(&stop);
-        thread::spawn(move || {
-            // SAFETY: gettid has no preconditions.
-            tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
-            spin_until(&stop)
-        })
-    };
-    let busy_tid = tid_rx.recv().unwrap();
+    let busy = Busy::start(|stop| {
+        spin_until(stop);
+    });
+    let busy_tid = busy.tid;
     let started = Instant::now();
     thread::sleep(Duration::from_secs(2));
     let drained = sampler.drain().expect("drain");
-    stop.store(true, Ordering::Relaxed);
-    busy.join().unwrap();
+    busy.stop();
     let elapsed = started.elapsed().as_secs_f64();
 
     let me = std::process::id();
@@ -110,25 +132,17 @@ fn many_distinct_stacks_all_keep_their_user_stack() {
     config.map_entries = 512;
     let mut sampler = Sampler::load(&config).expect("load sampler (are you root?)");
     sampler.attach(&config).expect("attach sampler");
-    let stop = Arc::new(AtomicBool::new(false));
-    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-    let busy = {
-        let stop = Arc::clone(&stop);
-        thread::spawn(move || {
-            // SAFETY: gettid has no preconditions.
-            tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
-            let mut depth = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                descend(depth % 48);
-                depth = depth.wrapping_add(7);
-            }
-        })
-    };
-    let busy_tid = tid_rx.recv().unwrap();
+    let busy = Busy::start(|stop| {
+        let mut depth = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            descend(depth % 48);
+            depth = depth.wrapping_add(7);
+        }
+    });
+    let busy_tid = busy.tid;
     thread::sleep(Duration::from_secs(2));
     let drained = sampler.drain().expect("drain");
-    stop.store(true, Ordering::Relaxed);
-    busy.join().unwrap();
+    busy.stop();
     let counters = sampler.counters().expect("counters");
 
     let busy: Vec<_> = drained
@@ -170,11 +184,9 @@ fn drains_lose_nothing_between_them() {
     config.frequency = 99;
     let mut sampler = Sampler::load(&config).expect("load sampler (are you root?)");
     sampler.attach(&config).expect("attach sampler");
-    let stop = Arc::new(AtomicBool::new(false));
-    let busy = {
-        let stop = Arc::clone(&stop);
-        thread::spawn(move || spin_until(&stop))
-    };
+    let busy = Busy::start(|stop| {
+        spin_until(stop);
+    });
     let accepted = |c: &wattson_agent::sampler::Counters| c.samples - c.filtered - c.map_full;
     let mut drained = 0;
     for _ in 0..10 {
@@ -187,8 +199,7 @@ fn drains_lose_nothing_between_them() {
             .map(|s| s.count)
             .sum::<u64>();
     }
-    stop.store(true, Ordering::Relaxed);
-    busy.join().unwrap();
+    busy.stop();
     let at_t0 = accepted(&sampler.counters().unwrap());
     // Two more drains read both buffers, so everything accepted before t0 has been drained.
     for _ in 0..2 {
