@@ -233,7 +233,10 @@ impl Prepared {
         let (mut stack_ends, mut stack_frames) = (Vec::new(), Vec::new());
         let mut built = 0usize;
         let mut procs = Vec::new();
-        let mut cells: HashMap<(i64, u32, u32), Totals> = HashMap::new();
+        // (minute, process) per stack and minute per process: dense chains, not hash maps,
+        // because the keys are already small local indexes.
+        let mut cells = Chains::default();
+        let mut by_proc = Chains::default();
         let mut hosts: Vec<(i64, Totals)> = Vec::new();
         let mut first_minute = i64::MAX;
         let mut samples_total = 0u64;
@@ -319,10 +322,8 @@ impl Prepared {
                 };
                 samples_total += s.count;
                 host.add(&flat);
-                cells
-                    .entry((minute, *proc_slot, stack))
-                    .or_default()
-                    .add(&flat);
+                cells.add(stack, minute, *proc_slot, &flat);
+                by_proc.add(*proc_slot, minute, 0, &flat);
             }
             match hosts.iter_mut().find(|(m, _)| *m == minute) {
                 Some((_, t)) => t.add(&host),
@@ -339,21 +340,23 @@ impl Prepared {
             .into_iter()
             .map(|(s, b)| (intern(Cow::Borrowed(s)), intern(b)))
             .collect();
-        let mut local: HashMap<CellKey, Totals> = HashMap::with_capacity(cells.len() * 2);
+        // Keys are distinct without a map: every process has its own service and build name
+        // ids (names are not deduplicated here), and each chain holds a (minute, id) once.
+        let mut local: Vec<(CellKey, Totals)> =
+            Vec::with_capacity(cells.cells.len() + 2 * by_proc.cells.len() + hosts.len());
         // Function rows are not expanded here: the accumulator derives them from its summed
         // stack rows, once per distinct stack rather than once per sample of every batch.
-        for ((minute, proc_i, stack_i), flat) in cells {
+        for &(stack_i, minute, proc_i, flat) in &cells.cells {
             let (svc, build) = procs[proc_i as usize];
-            let mut add = |key: CellKey| local.entry(key).or_default().add(&flat);
-            add((Kind::Service, minute, svc, host_id, empty));
-            add((Kind::Build, minute, svc, build, empty));
-            add((Kind::Stack, minute, svc, stack_i, build));
+            local.push(((Kind::Stack, minute, svc, stack_i, build), flat));
+        }
+        for &(proc_i, minute, _, flat) in &by_proc.cells {
+            let (svc, build) = procs[proc_i as usize];
+            local.push(((Kind::Service, minute, svc, host_id, empty), flat));
+            local.push(((Kind::Build, minute, svc, build, empty), flat));
         }
         for (minute, t) in hosts {
-            local
-                .entry((Kind::Host, minute, empty, host_id, empty))
-                .or_default()
-                .add(&t);
+            local.push(((Kind::Host, minute, empty, host_id, empty), t));
         }
         Ok(Prepared {
             name_ends: names
@@ -366,7 +369,7 @@ impl Prepared {
             names: names.concat(),
             stack_ends,
             stack_frames,
-            cells: local.into_iter().collect(),
+            cells: local,
             first_minute: if first_minute == i64::MAX {
                 0
             } else {
@@ -375,6 +378,38 @@ impl Prepared {
             profiles: batch.profiles.len() as u32,
             samples: samples_total,
         })
+    }
+}
+
+/// Totals keyed by (dense local index, minute, id): each index heads a chain of its cells,
+/// almost always one long (a stack runs in one process, a batch spans one minute).
+#[derive(Default)]
+struct Chains {
+    /// Per dense index, its first cell + 1 (0: none yet).
+    heads: Vec<u32>,
+    /// (index, minute, id, sums), and the next cell of the same index + 1.
+    cells: Vec<(u32, i64, u32, Totals)>,
+    next: Vec<u32>,
+}
+
+impl Chains {
+    fn add(&mut self, index: u32, minute: i64, id: u32, t: &Totals) {
+        let i = index as usize;
+        if i >= self.heads.len() {
+            self.heads.resize(i + 1, 0);
+        }
+        let mut at = self.heads[i];
+        while at != 0 {
+            let cell = &mut self.cells[at as usize - 1];
+            if cell.1 == minute && cell.2 == id {
+                cell.3.add(t);
+                return;
+            }
+            at = self.next[at as usize - 1];
+        }
+        self.cells.push((index, minute, id, *t));
+        self.next.push(self.heads[i]);
+        self.heads[i] = self.cells.len() as u32;
     }
 }
 
