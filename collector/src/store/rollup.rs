@@ -642,6 +642,57 @@ mod tests {
     }
 
     #[test]
+    fn a_stack_in_two_processes_and_two_minutes_sums_per_cell() {
+        // One stack in two services over two minutes (chains longer than one), and a
+        // second stack: every (minute, service) cell has its own sums.
+        let b = BatchBuilder::new("h", 1)
+            .interval(
+                600,
+                10,
+                false,
+                0.0,
+                &[
+                    ("a", "", "main;f", 2, 20.0),
+                    ("b", "", "main;f", 3, 30.0),
+                    ("a", "", "main;f", 1, 10.0),
+                ],
+            )
+            .interval(
+                660,
+                10,
+                false,
+                0.0,
+                &[("b", "", "main;f", 5, 50.0), ("a", "", "main;g", 7, 70.0)],
+            )
+            .build();
+        let r = Rollup::from_batch(&b).unwrap();
+        let got = |kind: Kind, minute: i64, service: &str, key: &str| {
+            r.rows
+                .iter()
+                .find(|r| {
+                    r.kind == kind
+                        && r.res == RES_MINUTE
+                        && r.minute == minute
+                        && r.service == service
+                        && split_stack_key(&r.key).1 == key
+                })
+                .map(|r| (r.totals.samples_self, r.totals.uj_self))
+        };
+        assert_eq!(got(Kind::Stack, 600, "a", "main;f"), Some((3, 30)));
+        assert_eq!(got(Kind::Stack, 600, "b", "main;f"), Some((3, 30)));
+        assert_eq!(got(Kind::Stack, 660, "b", "main;f"), Some((5, 50)));
+        assert_eq!(got(Kind::Stack, 660, "a", "main;g"), Some((7, 70)));
+        assert_eq!(got(Kind::Stack, 660, "a", "main;f"), None);
+        assert_eq!(got(Kind::Service, 600, "a", "h"), Some((3, 30)));
+        assert_eq!(got(Kind::Service, 660, "a", "h"), Some((7, 70)));
+        assert_eq!(got(Kind::Service, 660, "b", "h"), Some((5, 50)));
+        assert_eq!(got(Kind::Build, 600, "b", ""), Some((3, 30)));
+        assert_eq!(got(Kind::Host, 600, "", "h"), Some((6, 60)));
+        assert_eq!(got(Kind::Host, 660, "", "h"), Some((12, 120)));
+        assert_eq!(r.samples, 18);
+    }
+
+    #[test]
     fn made_up_frame_names_are_bounded() {
         // 1,100 symbol-less frames of one 64 KiB module: 70 MB of `[module+offset]` names.
         let mut b = BatchBuilder::new("h", 1)
