@@ -20,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .codec_path("crate::codec::Codec")
+        // A whole Batch inline would make every IngestRequest as large as one.
+        .boxed(".wattson.v1.IngestRequest.payload.batch")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -22,8 +22,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
+use wattson_proto::compressed::Decompressor;
 use wattson_proto::v1::{Batch, IngestResponse};
-use wattson_proto::view::{BatchView, ParseError};
+use wattson_proto::view::{BatchView, ParseError, RequestBatch};
 
 use crate::store::{Ingested, Store, StoreError};
 use crate::validate::{self, Limits};
@@ -133,17 +134,21 @@ pub struct ServeConfig {
 pub struct Ingest {
     store: Arc<dyn Store>,
     limits: Arc<Limits>,
+    /// Largest batch a `batch_zstd` frame may declare, bytes (the maximum message size).
+    max_batch_bytes: usize,
     /// Per host, the agent's cumulative spool losses last reported, so a new loss is logged
     /// once when it first shows up rather than with every batch.
     losses: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl Ingest {
-    /// A service writing to `store`, validating with `limits`.
-    pub fn new(store: Arc<dyn Store>, limits: Limits) -> Self {
+    /// A service writing to `store`, validating with `limits`, taking batches of at most
+    /// `max_batch_bytes` once decompressed.
+    pub fn new(store: Arc<dyn Store>, limits: Limits, max_batch_bytes: usize) -> Self {
         Self {
             store,
             limits: Arc::new(limits),
+            max_batch_bytes,
             losses: Default::default(),
         }
     }
@@ -205,6 +210,27 @@ impl Ingest {
         }
     }
 
+    /// The encoded batch in a `batch_zstd` frame, decompressed with this thread's context (a
+    /// new one per message, as gRPC's own zstd makes, costs more than decompressing).
+    fn decompress(&self, frame: &[u8]) -> Result<Bytes, Status> {
+        thread_local! {
+            static CONTEXT: std::cell::RefCell<Option<Decompressor>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        CONTEXT.with_borrow_mut(|ctx| {
+            let ctx = match ctx {
+                Some(c) => c,
+                None => ctx.insert(
+                    Decompressor::new()
+                        .map_err(|e| Status::resource_exhausted(format!("zstd context: {e}")))?,
+                ),
+            };
+            ctx.batch(frame, self.max_batch_bytes)
+                .map(Bytes::from)
+                .map_err(|e| Status::invalid_argument(e.to_string()))
+        })
+    }
+
     /// Answers one `Ingest` call, given the request's bytes.
     pub(crate) async fn handle(
         &self,
@@ -213,9 +239,11 @@ impl Ingest {
         let peer = request.remote_addr();
         let request = request.into_inner();
         let malformed = |e: ParseError| Status::invalid_argument(format!("malformed message: {e}"));
-        let encoded = BatchView::request_batch(&request)
-            .map_err(malformed)?
-            .ok_or_else(|| Status::invalid_argument("batch is missing"))?;
+        let encoded = match BatchView::request_batch(&request).map_err(malformed)? {
+            Some(RequestBatch::Encoded(b)) => b,
+            Some(RequestBatch::Zstd(frame)) => self.decompress(&frame)?,
+            None => return Err(Status::invalid_argument("batch is missing")),
+        };
         let batch = BatchView::parse(&encoded).map_err(malformed)?;
         let started = Instant::now();
         match self.store_batch(&batch, encoded.clone()).await {
@@ -306,7 +334,7 @@ pub async fn serve(
         config.fleet,
     )));
     let ingest =
-        crate::ingest_endpoint::IngestEndpoint::new(Ingest::new(store, config.limits), max);
+        crate::ingest_endpoint::IngestEndpoint::new(Ingest::new(store, config.limits, max), max);
     // One token guards both services: profiles are as sensitive to read as to write.
     let auth = BearerAuth(config.token.map(Arc::from));
     let ingest = tonic::service::interceptor::InterceptedService::new(ingest, auth.clone());

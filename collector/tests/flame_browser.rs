@@ -115,7 +115,7 @@ fn write_flame_graph(dir: &Path, svg: &Path) {
         });
         let mut c = IngestServiceClient::connect(addr.clone()).await.unwrap();
         for b in batches() {
-            c.ingest(IngestRequest { batch: Some(b) }).await.unwrap();
+            c.ingest(IngestRequest::plain(b)).await.unwrap();
         }
         let svg = svg.to_owned();
         let o = tokio::task::spawn_blocking(move || {

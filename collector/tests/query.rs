@@ -128,7 +128,7 @@ async fn load(addr: &str) {
         .await
         .unwrap();
     for b in batches() {
-        c.ingest(IngestRequest { batch: Some(b) }).await.unwrap();
+        c.ingest(IngestRequest::plain(b)).await.unwrap();
     }
 }
 
@@ -188,7 +188,7 @@ async fn load_with_token(addr: &str, token: &str) {
         Ok(r)
     });
     for b in batches() {
-        c.ingest(IngestRequest { batch: Some(b) }).await.unwrap();
+        c.ingest(IngestRequest::plain(b)).await.unwrap();
     }
 }
 
@@ -441,9 +441,7 @@ async fn diff_watts_match_top_for_a_host_that_reported_part_of_the_window() {
             &[("api", "b1", "main;serve;hash", 60, 6_000_000.0)],
         )
         .build();
-    c.ingest(IngestRequest { batch: Some(batch) })
-        .await
-        .unwrap();
+    c.ingest(IngestRequest::plain(batch)).await.unwrap();
     let addr = col.addr.clone();
     let (top, diff) = tokio::task::spawn_blocking(move || {
         let run = |args: &[&str]| {
@@ -509,9 +507,7 @@ async fn wattson_tables_fit_the_width_and_json_keeps_long_names() {
             &[("api", "b1", stack.as_str(), 60, 6_000_000.0)],
         )
         .build();
-    c.ingest(IngestRequest { batch: Some(batch) })
-        .await
-        .unwrap();
+    c.ingest(IngestRequest::plain(batch)).await.unwrap();
     let addr = col.addr.clone();
     let (from, to) = (T0.to_string(), (T0 + 600).to_string());
     let run = move |args: &[&str], columns: Option<&str>| {
@@ -809,7 +805,7 @@ async fn wattson_diff_compares_two_builds_by_share() {
                 ],
             )
             .build();
-        c.ingest(IngestRequest { batch: Some(b) }).await.unwrap();
+        c.ingest(IngestRequest::plain(b)).await.unwrap();
     }
     let addr = col.addr.clone();
     let dir = tempfile::tempdir().unwrap();

@@ -4,10 +4,12 @@
 //! [`v1`] holds the generated types; [`FILE_DESCRIPTOR_SET`] is the encoded descriptor set that
 //! the collector hands to tonic-reflection so `grpcurl` can discover the services.
 //! [`exposition`] is the Prometheus text format and `/metrics` responder that the agent and the
-//! collector both serve. [`cli`] is what the binaries' `main`s share.
+//! collector both serve. [`cli`] is what the binaries' `main`s share. [`compressed`] builds
+//! and reads the zstd frames agents send batches in.
 
 pub mod cli;
 pub mod codec;
+pub mod compressed;
 pub mod exposition;
 pub mod synthetic;
 pub mod view;

@@ -10,11 +10,12 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use prost::Message;
 use wattson_proto::synthetic::{self, Shape};
+use wattson_proto::v1::ingest_request::Payload;
 use wattson_proto::v1::{
     AgentLosses, Batch, EnergyDomain, Frame, Function, Host, IngestRequest, IntervalProfile,
     Process, Sample, Stack,
 };
-use wattson_proto::view::BatchView;
+use wattson_proto::view::{BatchView, RequestBatch};
 
 // ---- comparing views ----
 
@@ -444,23 +445,28 @@ proptest! {
     #[test]
     fn request_batch_reads_requests_as_prost_does(
         toks in tokens(6),
-        batches in prop::collection::vec(any_batch(), 0..3),
+        parts in prop::collection::vec((any_batch(), any::<bool>()), 0..3),
     ) {
-        // Batches (as field 1) interleaved with random tokens.
+        // Batches (as field 1, or as opaque bytes in field 2) interleaved with random tokens.
         let mut w = encode(&toks);
-        for b in &batches {
-            w = w.bytes(1, &b.encode_to_vec()).raw(&encode(&toks).0);
+        for (b, as_bytes) in &parts {
+            w = w.bytes(if *as_bytes { 2 } else { 1 }, &b.encode_to_vec()).raw(&encode(&toks).0);
         }
         let request = Bytes::from(w.0);
         let ours = BatchView::request_batch(&request);
-        let theirs = IngestRequest::decode(request.clone());
+        let theirs = IngestRequest::decode(request.clone()).map(|r| r.payload);
         match (&ours, &theirs) {
-            (Ok(None), Ok(IngestRequest { batch: None })) => {}
-            (Ok(Some(bytes)), Ok(IngestRequest { batch: Some(b) })) => {
+            (Ok(None), Ok(None)) => {}
+            (Ok(Some(RequestBatch::Encoded(bytes))), Ok(Some(Payload::Batch(b)))) => {
                 let v = BatchView::parse(bytes).expect("prost decoded it");
                 prop_assert!(same(&v, &BatchView::of(b)));
             }
-            (Ok(Some(bytes)), Err(_)) => prop_assert!(BatchView::parse(bytes).is_err()),
+            (Ok(Some(RequestBatch::Zstd(ours))), Ok(Some(Payload::BatchZstd(theirs)))) => {
+                prop_assert_eq!(&ours[..], &theirs[..]);
+            }
+            (Ok(Some(RequestBatch::Encoded(bytes))), Err(_)) => {
+                prop_assert!(BatchView::parse(bytes).is_err())
+            }
             (Err(_), Err(_)) => {}
             _ => prop_assert!(false, "disagree: {ours:?} vs {theirs:?}"),
         }
@@ -736,13 +742,10 @@ fn invalid_utf8_is_an_error_naming_the_field() {
 #[test]
 fn request_batch_returns_a_slice_of_a_single_occurrence() {
     let b = synthetic::batch("h", 1, 1 << 60, &Shape::default(), 1).encode_to_vec();
-    let request = Bytes::from(
-        IngestRequest {
-            batch: Some(Batch::decode(&b[..]).unwrap()),
-        }
-        .encode_to_vec(),
-    );
-    let got = BatchView::request_batch(&request).unwrap().unwrap();
+    let request = Bytes::from(IngestRequest::plain(Batch::decode(&b[..]).unwrap()).encode_to_vec());
+    let Some(RequestBatch::Encoded(got)) = BatchView::request_batch(&request).unwrap() else {
+        panic!("no batch");
+    };
     assert_eq!(got, b);
     let range = request.as_ptr_range();
     assert!(range.contains(&got.as_ptr()) && got.as_ptr_range().end <= range.end);
@@ -764,12 +767,14 @@ fn request_batch_joins_repeated_occurrences() {
             .msg(1, two.clone())
             .0,
     );
-    let got = BatchView::request_batch(&request).unwrap().unwrap();
+    let Some(RequestBatch::Encoded(got)) = BatchView::request_batch(&request).unwrap() else {
+        panic!("no batch");
+    };
     assert_eq!(got, [one.0, two.0].concat());
-    let theirs = IngestRequest::decode(request.clone())
-        .unwrap()
-        .batch
-        .unwrap();
+    let Some(Payload::Batch(theirs)) = IngestRequest::decode(request.clone()).unwrap().payload
+    else {
+        panic!("prost: no batch");
+    };
     assert!(same(
         &BatchView::parse(&got).unwrap(),
         &BatchView::of(&theirs)
@@ -778,9 +783,53 @@ fn request_batch_joins_repeated_occurrences() {
 }
 
 #[test]
+fn request_payload_is_the_last_of_batch_and_batch_zstd() {
+    // A oneof: the last field set wins, and a `batch` after `batch_zstd` starts afresh.
+    let one = W::default().varint(2, 7);
+    let two = W::default().varint(2, 9);
+    let cases = [
+        (
+            W::default().msg(1, one.clone()).bytes(2, b"z"),
+            RequestBatch::Zstd(Bytes::from_static(b"z")),
+        ),
+        (
+            W::default().bytes(2, b"z").msg(1, one.clone()),
+            RequestBatch::Encoded(Bytes::from(one.0.clone())),
+        ),
+        (
+            W::default()
+                .msg(1, two.clone())
+                .bytes(2, b"z")
+                .msg(1, one.clone())
+                .msg(1, two.clone()),
+            RequestBatch::Encoded(Bytes::from([one.0.clone(), two.0.clone()].concat())),
+        ),
+        (
+            W::default().bytes(2, b"y").bytes(2, b"z"),
+            RequestBatch::Zstd(Bytes::from_static(b"z")),
+        ),
+    ];
+    for (w, want) in cases {
+        let request = Bytes::from(w.0);
+        let got = BatchView::request_batch(&request).unwrap().unwrap();
+        assert_eq!(got, want);
+        match (
+            got,
+            IngestRequest::decode(request).unwrap().payload.unwrap(),
+        ) {
+            (RequestBatch::Zstd(z), Payload::BatchZstd(t)) => assert_eq!(z, t),
+            (RequestBatch::Encoded(e), Payload::Batch(t)) => {
+                assert!(same(&BatchView::parse(&e).unwrap(), &BatchView::of(&t)))
+            }
+            (g, t) => panic!("disagree: {g:?} vs {t:?}"),
+        }
+    }
+}
+
+#[test]
 fn request_batch_without_a_batch_is_none() {
     assert_eq!(BatchView::request_batch(&Bytes::new()).unwrap(), None);
-    let unknown = Bytes::from(W::default().varint(2, 1).bytes(3, b"x").fixed32(4, 0).0);
+    let unknown = Bytes::from(W::default().varint(3, 1).bytes(4, b"x").fixed32(5, 0).0);
     assert_eq!(BatchView::request_batch(&unknown).unwrap(), None);
 }
 
@@ -791,6 +840,7 @@ fn request_batch_rejects_a_mistyped_or_truncated_field() {
         W::default().fixed64(1, 3).0,
         W::default().key(1, 2).raw(&[4, 0]).0,
         W::default().key(0, 2).raw(&[0]).0,
+        W::default().varint(2, 3).0,
     ] {
         let bytes = Bytes::from(bytes);
         assert!(IngestRequest::decode(bytes.clone()).is_err());
@@ -862,7 +912,9 @@ fn a_batch_in_a_request_has_one_group_level_less_in_prost() {
     for depth in [99, 100] {
         let batch = nest(depth).0;
         let request = Bytes::from(W::default().bytes(1, &batch).0);
-        let got = BatchView::request_batch(&request).unwrap().unwrap();
+        let Some(RequestBatch::Encoded(got)) = BatchView::request_batch(&request).unwrap() else {
+            panic!("no batch");
+        };
         assert!(BatchView::parse(&got).is_ok() && Batch::decode(&batch[..]).is_ok());
         assert_eq!(IngestRequest::decode(request).is_ok(), depth == 99);
     }

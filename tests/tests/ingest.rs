@@ -3,7 +3,7 @@
 //! restarted, the agent is restarted too, and every sample the agent spooled is in the store
 //! exactly once, and so is everything an agent ships after its spool was wiped. Plus: a resent batch is acknowledged as a duplicate and stored once; invalid
 //! batches get INVALID_ARGUMENT naming the field, as do bytes that are no protobuf (an unknown
-//! method is UNIMPLEMENTED); mutual TLS works and clients without a valid
+//! method is UNIMPLEMENTED) and zstd frames without their size or above the limit; mutual TLS works and clients without a valid
 //! certificate (or without the bearer token) are refused, for ingest and for the `wattson`
 //! query CLI alike. Energy here comes from the agent's
 //! utilization model (this host has no RAPL), so it is labelled estimated.
@@ -14,11 +14,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prost::Message as _;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use wattson_collector::store::{self, Window};
 use wattson_e2e::procs::{self, Proc, field};
 use wattson_proto::synthetic::{self, Shape};
+use wattson_proto::v1::ingest_request::Payload;
 use wattson_proto::v1::ingest_service_client::IngestServiceClient;
 use wattson_proto::v1::{Batch, IngestRequest};
 
@@ -206,7 +208,7 @@ async fn ingest(
     batch: Batch,
 ) -> Result<(bool, u64), tonic::Status> {
     let r = client
-        .ingest(IngestRequest { batch: Some(batch) })
+        .ingest(IngestRequest::plain(batch))
         .await?
         .into_inner();
     Ok((r.duplicate, r.samples_stored))
@@ -296,8 +298,43 @@ async fn resent_batch_is_a_duplicate_and_invalid_batch_names_the_field() {
         ..Shape::default()
     };
     let huge = synthetic::batch("e2e-dup", 4, now, &big, 10);
-    let err = ingest(&mut client, huge).await.unwrap_err();
+    let err = ingest(&mut client, huge.clone()).await.unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange, "{}", err.message());
+
+    // As the agent sends: one zstd frame (`batch_zstd`). Stored like any batch; its declared
+    // size counts against --max-message-bytes, and a frame without it is refused.
+    let zipped = synthetic::batch("e2e-dup", 5, now, &Shape::default(), 11);
+    let zipped_samples = synthetic::sample_count(&zipped);
+    let r = client
+        .ingest(IngestRequest::zstd(&zipped).unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.duplicate, r.samples_stored), (false, zipped_samples));
+    let err = client
+        .ingest(IngestRequest::zstd(&huge).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(
+        err.message()
+            .ends_with("bytes decompressed, more than the maximum of 2000000"),
+        "{}",
+        err.message()
+    );
+    let streamed = zstd::encode_all(&zipped.encode_to_vec()[..], 3).unwrap();
+    let err = client
+        .ingest(IngestRequest {
+            payload: Some(Payload::BatchZstd(streamed)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(
+        err.message().contains("declares its decompressed size"),
+        "{}",
+        err.message()
+    );
 
     // Bytes that are no protobuf at all, and a method the service does not have.
     let err = raw_call(
@@ -325,7 +362,7 @@ async fn resent_batch_is_a_duplicate_and_invalid_batch_names_the_field() {
     .unwrap();
     assert_eq!(
         stored_samples(&db, "e2e-dup"),
-        samples,
+        samples + zipped_samples,
         "stored exactly once"
     );
 }
@@ -420,7 +457,7 @@ async fn tls_client(
 }
 
 fn with_token(batch: Batch, token: Option<&str>) -> tonic::Request<IngestRequest> {
-    let mut r = tonic::Request::new(IngestRequest { batch: Some(batch) });
+    let mut r = tonic::Request::new(IngestRequest::plain(batch));
     if let Some(t) = token {
         r.metadata_mut()
             .insert("authorization", format!("Bearer {t}").parse().unwrap());

@@ -16,6 +16,15 @@ use crate::v1::{AgentLosses, Batch, EnergyDomain, Frame, Function, Sample};
 
 pub use parse::ParseError;
 
+/// The payload of an `IngestRequest`, undecoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestBatch {
+    /// An encoded `Batch` (field `batch`).
+    Encoded(bytes::Bytes),
+    /// A zstd frame of an encoded `Batch` (field `batch_zstd`); see [`crate::compressed`].
+    Zstd(bytes::Bytes),
+}
+
 /// A half-open range of a flat vector of a [`BatchView`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Span {
@@ -116,10 +125,10 @@ impl<'a> BatchView<'a> {
         parse::batch(bytes)
     }
 
-    /// The `batch` field (1) of an encoded `wattson.v1.IngestRequest`: a slice of `request`
-    /// when it occurs once (always, from our agents), the occurrences joined when it repeats
-    /// (protobuf merges them), `None` when absent.
-    pub fn request_batch(request: &bytes::Bytes) -> Result<Option<bytes::Bytes>, ParseError> {
+    /// The payload of an encoded `wattson.v1.IngestRequest`, whichever of `batch` and
+    /// `batch_zstd` came last (a oneof): slices of `request`, except that a `batch` that
+    /// repeats is returned joined (protobuf merges it); `None` when neither is set.
+    pub fn request_batch(request: &bytes::Bytes) -> Result<Option<RequestBatch>, ParseError> {
         parse::request_batch(request)
     }
 

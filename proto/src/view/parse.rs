@@ -10,7 +10,7 @@ use std::fmt;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{BatchView, HostView, ProcessView, ProfileView, Span};
+use super::{BatchView, HostView, ProcessView, ProfileView, RequestBatch, Span};
 use crate::v1::{AgentLosses, EnergyDomain, Frame, Function, Sample};
 
 /// Why bytes are not a `wattson.v1` message, naming the field the reader stopped at.
@@ -530,20 +530,39 @@ fn sample(body: &[u8]) -> Result<Sample, Fail> {
     Ok(s)
 }
 
-/// The encoded `batch` (field 1) of a `wattson.v1.IngestRequest`, without reading it. (Not
-/// checked: prost reads a batch inside a request with one level less for nested unknown groups
-/// than a batch on its own, so a batch with unknown groups nested exactly 100 deep parses here
-/// but fails in `IngestRequest::decode`.)
-pub(super) fn request_batch(request: &Bytes) -> Result<Option<Bytes>, ParseError> {
-    // Offsets of the first occurrence; later ones are copied onto it (protobuf merges them).
-    let mut first = None;
+/// The payload of a `wattson.v1.IngestRequest`, without reading it: `batch` (field 1) or
+/// `batch_zstd` (field 2), whichever came last, as prost reads a oneof. (Not checked: prost
+/// reads a batch inside a request with one level less for nested unknown groups than a batch
+/// on its own, so a batch with unknown groups nested exactly 100 deep parses here but fails in
+/// `IngestRequest::decode`.)
+pub(super) fn request_batch(request: &Bytes) -> Result<Option<RequestBatch>, ParseError> {
+    // Offsets of the first occurrence of the current `batch`; later ones are copied onto it
+    // (protobuf merges them).
+    let mut first: Option<std::ops::Range<usize>> = None;
     let mut joined: Option<BytesMut> = None;
-    fields(request, "batch", 100, |r, key| {
-        if key != 0x0a {
+    let mut zstd = None;
+    // prost decodes a `batch` even when `batch_zstd` replaces it later, so a malformed one
+    // fails the request there; it must here too.
+    let mut superseded: Result<(), ParseError> = Ok(());
+    fields(request, "batch batch_zstd", 100, |r, key| {
+        if key != 0x0a && key != 0x12 {
             return Ok(false);
         }
         let b = r.bytes()?;
         let end = request.len() - r.0.len();
+        if key == 0x12 {
+            let replaced = match (&joined, &first) {
+                (Some(j), _) => Some(&j[..]),
+                (None, Some(range)) => Some(&request[range.clone()]),
+                (None, None) => None,
+            };
+            if let (Some(bytes), Ok(())) = (replaced, &superseded) {
+                superseded = batch(bytes).map(|_| ());
+            }
+            (first, joined, zstd) = (None, None, Some(end - b.len()..end));
+            return Ok(true);
+        }
+        zstd = None;
         match (&first, &mut joined) {
             (None, _) => first = Some(end - b.len()..end),
             (Some(range), None) => {
@@ -556,8 +575,11 @@ pub(super) fn request_batch(request: &Bytes) -> Result<Option<Bytes>, ParseError
         Ok(true)
     })
     .map_err(|e| e.into_error("IngestRequest"))?;
-    Ok(match joined {
-        Some(j) => Some(j.freeze()),
-        None => first.map(|range| request.slice(range)),
+    superseded?;
+    Ok(match (joined, first, zstd) {
+        (Some(j), _, _) => Some(RequestBatch::Encoded(j.freeze())),
+        (None, Some(range), _) => Some(RequestBatch::Encoded(request.slice(range))),
+        (None, None, Some(range)) => Some(RequestBatch::Zstd(request.slice(range))),
+        (None, None, None) => None,
     })
 }
