@@ -186,15 +186,21 @@ fn store_status(e: StoreError) -> Status {
 }
 
 impl Ingest {
-    /// Validates and stores one batch read in place from `encoded`.
-    async fn store_batch(&self, batch: &BatchView<'_>, encoded: Bytes) -> Result<Ingested, Status> {
+    /// Validates and stores one batch read in place from `encoded`; `arrived` is what the
+    /// request carried (`encoded`, or the zstd frame it came in), which a journal keeps.
+    async fn store_batch(
+        &self,
+        batch: &BatchView<'_>,
+        encoded: Bytes,
+        arrived: Bytes,
+    ) -> Result<Ingested, Status> {
         self.note_losses(batch);
         // Validation and resolving the batch are CPU work of a fraction of a millisecond: done
         // on this worker. A pipelined store answers through a channel; other backends write
         // on the blocking pool so a slow disk or network never stalls the network threads.
         validate::validate(batch, &self.limits)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        match self.store.queue(batch, encoded.clone()) {
+        match self.store.queue(batch, arrived) {
             Some(stored) => stored.await.map_err(store_status),
             None => {
                 let store = self.store.clone();
@@ -239,14 +245,14 @@ impl Ingest {
         let peer = request.remote_addr();
         let request = request.into_inner();
         let malformed = |e: ParseError| Status::invalid_argument(format!("malformed message: {e}"));
-        let encoded = match BatchView::request_batch(&request).map_err(malformed)? {
-            Some(RequestBatch::Encoded(b)) => b,
-            Some(RequestBatch::Zstd(frame)) => self.decompress(&frame)?,
+        let (encoded, arrived) = match BatchView::request_batch(&request).map_err(malformed)? {
+            Some(RequestBatch::Encoded(b)) => (b.clone(), b),
+            Some(RequestBatch::Zstd(frame)) => (self.decompress(&frame)?, frame),
             None => return Err(Status::invalid_argument("batch is missing")),
         };
         let batch = BatchView::parse(&encoded).map_err(malformed)?;
         let started = Instant::now();
-        match self.store_batch(&batch, encoded.clone()).await {
+        match self.store_batch(&batch, encoded.clone(), arrived).await {
             Ok(Ingested::Duplicate) => {
                 tracing::info!(host = %batch.host_id, sequence = batch.sequence,
                     "duplicate batch acknowledged, nothing stored");

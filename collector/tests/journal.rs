@@ -1,5 +1,6 @@
 //! The SQLite store's file journal (`PATH.ingest/`) as a restarted collector finds it: records
-//! appended and synced but not rolled up are replayed once per batch, a record cut short by a
+//! appended and synced but not rolled up (encoded batches or the zstd frames they arrived in)
+//! are replayed once per batch, a record cut short by a
 //! crash is skipped, and a roll-up's covered segments are removed.
 
 use prost::Message as _;
@@ -21,6 +22,15 @@ fn batch(host: &str, seq: u64) -> Vec<u8> {
         )
         .build()
         .encode_to_vec()
+}
+
+/// `batch` as agents send it and the journal keeps it: one zstd frame.
+fn framed(host: &str, seq: u64) -> Vec<u8> {
+    let b = wattson_proto::v1::Batch::decode(&batch(host, seq)[..]).unwrap();
+    match wattson_proto::v1::IngestRequest::zstd(&b).unwrap().payload {
+        Some(wattson_proto::v1::ingest_request::Payload::BatchZstd(f)) => f,
+        other => panic!("{other:?}"),
+    }
 }
 
 fn main_samples(s: &dyn store::Store) -> u64 {
@@ -63,11 +73,12 @@ fn a_restart_replays_journaled_batches_once_and_skips_a_cut_short_record() {
     {
         // As the pipeline leaves it when killed: three batches acknowledged, h1/2 journaled
         // twice (synced, then the process died before answering, and the agent retried), and a
-        // fourth batch whose append was cut short, so never acknowledged.
+        // fourth batch whose append was cut short, so never acknowledged. Records are batches
+        // or the zstd frames they arrived in.
         let (mut j, _) = Journal::open(&journal, 0, |_, _| {}).unwrap();
         j.append([&batch("h1", 1)[..], &batch("h1", 2)]).unwrap();
         j.seal();
-        j.append([&batch("h1", 2)[..], &batch("h2", 1), &batch("h2", 2)])
+        j.append([&framed("h1", 2)[..], &framed("h2", 1), &batch("h2", 2)])
             .unwrap();
         let seg = std::fs::read_dir(&journal)
             .unwrap()

@@ -31,6 +31,13 @@ impl IngestRequest {
     }
 }
 
+/// True when `bytes` start with the zstd frame magic. An encoded `Batch` never does: its
+/// first byte would be the key of field 5 (`strings`) with the varint wire type, which no
+/// valid batch holds, so a journal can tell a stored frame from a stored batch.
+pub fn is_frame(bytes: &[u8]) -> bool {
+    bytes.starts_with(&zstd::zstd_safe::MAGICNUMBER.to_le_bytes())
+}
+
 /// Why a `batch_zstd` frame was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
@@ -108,6 +115,10 @@ mod tests {
     #[test]
     fn round_trips_and_reuses_the_context() {
         let b = batch();
+        assert!(!is_frame(&b.encode_to_vec()));
+        assert!(is_frame(&frame(IngestRequest::zstd(&b).unwrap())));
+        // The magic's first byte, 0x28, is field 5 (`strings`) as a varint: not a batch.
+        assert!(Batch::decode(&[0x28, 0xb5, 0x2f, 0xfd][..]).is_err());
         let mut d = Decompressor::new().unwrap();
         for _ in 0..3 {
             let f = frame(IngestRequest::zstd(&b).unwrap());

@@ -1,7 +1,8 @@
 //! The ingest journal: append-only segment files holding the bytes of acknowledged batches until
-//! a roll-up has summed them into the store.
+//! a roll-up has summed them into the store, as they arrived: an encoded batch, or the zstd
+//! frame an agent sent it in (~20 KB for ~50 KB).
 //!
-//! Why files and not a table: a batch is ~50 KB that is read back only after a crash. In a
+//! Why files and not a table: a batch is tens of KB that is read back only after a crash. In a
 //! SQLite table it was written twice (WAL, then checkpoint) and deleted again; appended to a
 //! file it is written once, and a whole segment is unlinked when the roll-up covers it.
 //!
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 /// First bytes of every segment (format version 1).
 pub const MAGIC: &[u8; 8] = b"WTSNJRN1";
 /// Largest record replay accepts; bigger lengths are corruption (ingest caps messages far below).
-const MAX_RECORD: u32 = 1 << 30;
+pub const MAX_RECORD: u32 = 1 << 30;
 
 /// Errors of the journal, naming the file at fault.
 #[derive(Debug, thiserror::Error)]

@@ -315,11 +315,11 @@ pub trait Store: Send + Sync {
 
     /// [`Store::ingest`] without blocking the caller: backends with an ingest pipeline resolve
     /// the batch on the calling thread, queue it and return the answer to await, so an async
-    /// server does not park a thread per batch. `batch` was read in place from `encoded`, its
-    /// bytes as they arrived (a journal stores them as they are). `None`: no pipeline; call
-    /// [`Store::ingest`] from a blocking thread.
-    fn queue(&self, batch: &BatchView<'_>, encoded: bytes::Bytes) -> Option<IngestFuture> {
-        let _ = (batch, encoded);
+    /// server does not park a thread per batch. `arrived`: the bytes `batch` arrived as, the
+    /// encoded batch or a zstd frame of it ([`wattson_proto::compressed`]); a journal stores
+    /// them as they are. `None`: no pipeline; call [`Store::ingest`] from a blocking thread.
+    fn queue(&self, batch: &BatchView<'_>, arrived: bytes::Bytes) -> Option<IngestFuture> {
+        let _ = (batch, arrived);
         None
     }
 

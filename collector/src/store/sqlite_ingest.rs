@@ -16,6 +16,7 @@
 //!
 //! One thread owns the writes: it alternates group commits and roll-ups, so they never contend.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -25,10 +26,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, params};
+use wattson_proto::compressed::{self, Decompressor};
 use wattson_proto::v1::Batch;
 use wattson_proto::view::BatchView;
 
-use super::journal::Journal;
+use super::journal::{self, Journal};
 use super::pipeline::{self, Reply};
 use super::rollup::{Accumulator, Prepared};
 use super::{IngestFuture, Ingested, StoreError};
@@ -152,15 +154,16 @@ impl Pipeline {
     }
 
     /// Resolves the batch on this thread and queues it for the next group commit; the future
-    /// resolves once it is durable. `encoded`: the bytes `batch` was read from.
-    pub(super) fn queue(&self, batch: &BatchView<'_>, encoded: Bytes) -> IngestFuture {
-        pipeline::later(|r| self.enqueue(batch, encoded, r), self.stopped())
+    /// resolves once it is durable. `arrived`: the bytes `batch` arrived as (encoded, or a zstd
+    /// frame of that), which the journal keeps.
+    pub(super) fn queue(&self, batch: &BatchView<'_>, arrived: Bytes) -> IngestFuture {
+        pipeline::later(|r| self.enqueue(batch, arrived, r), self.stopped())
     }
 
     fn enqueue(
         &self,
         batch: &BatchView<'_>,
-        encoded: Bytes,
+        arrived: Bytes,
         reply: Reply,
     ) -> Result<(), StoreError> {
         let prepared = Prepared::from_view(batch)?;
@@ -170,7 +173,7 @@ impl Pipeline {
                 batch.agent_instance.to_string(),
                 batch.sequence,
             ),
-            payload: encoded,
+            payload: arrived,
             prepared,
             reply,
         };
@@ -234,14 +237,28 @@ fn replay(shared: &Shared, acc: &mut Accumulator) -> Result<Journal, StoreError>
         source,
     };
     let (mut replayed, mut unreadable, mut duplicates) = (0u64, 0u64, 0u64);
+    let mut unzstd: Option<Decompressor> = None;
     let mut apply = |payload: &[u8], pending: Option<&mut HashMap<Key, Pending>>| {
         // Read as the server reads a request, so replay resolves exactly what ingest did.
-        let p = BatchView::parse(payload)
-            .map_err(|e| e.to_string())
-            .and_then(|b| {
-                let key: Key = (b.host_id.into(), b.agent_instance.into(), b.sequence);
-                Ok((Prepared::from_view(&b).map_err(|e| e.to_string())?, key))
-            });
+        let raw = if compressed::is_frame(payload) {
+            let d = match &mut unzstd {
+                Some(d) => Ok(d),
+                None => Decompressor::new().map(|d| unzstd.insert(d)),
+            };
+            d.map_err(|e| e.to_string())
+                .and_then(|d| {
+                    d.batch(payload, journal::MAX_RECORD as usize)
+                        .map_err(|e| e.to_string())
+                })
+                .map(Cow::Owned)
+        } else {
+            Ok(Cow::Borrowed(payload))
+        };
+        let p = raw.and_then(|raw| {
+            let b = BatchView::parse(&raw).map_err(|e| e.to_string())?;
+            let key: Key = (b.host_id.into(), b.agent_instance.into(), b.sequence);
+            Ok((Prepared::from_view(&b).map_err(|e| e.to_string())?, key))
+        });
         match p {
             Ok((p, key)) => {
                 if let Some(pending) = pending {
