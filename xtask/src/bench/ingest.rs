@@ -30,8 +30,11 @@ use super::discard::Discard;
 
 /// How long each CPU-only phase runs.
 const CPU_PHASE: Duration = Duration::from_secs(3);
-/// How long the gRPC + store phase runs.
-const INGEST_PHASE: Duration = Duration::from_secs(20);
+/// How long each gRPC + store run lasts, and how many runs the main figure is the median of.
+const INGEST_PHASE: Duration = Duration::from_secs(12);
+const RUNS: usize = 3;
+/// How long the floor, worst-case and ClickHouse runs last.
+const SIDE_PHASE: Duration = Duration::from_secs(10);
 /// Concurrent simulated hosts (each its own gRPC stream of batches).
 const CLIENTS: usize = 32;
 /// Distinct stacks in the simulated fleet (shared by every host).
@@ -202,7 +205,18 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         None,
     ));
 
-    let run = ingest_phase(start, &shape, INGEST_PHASE, Sink::Sqlite)?;
+    // The machine is shared: the same run repeated, and its median by collector CPU per batch
+    // reported with the range, so one disturbed run neither hides nor fakes a change.
+    let mut runs = (0..RUNS)
+        .map(|_| ingest_phase(start, &shape, INGEST_PHASE, Sink::Sqlite))
+        .collect::<anyhow::Result<Vec<Phase>>>()?;
+    runs.sort_by(|a, b| a.ms_per_batch().total_cmp(&b.ms_per_batch()));
+    let spread = format!(
+        "median of {RUNS}, {:.3}-{:.3} ms",
+        runs[0].ms_per_batch(),
+        runs[RUNS - 1].ms_per_batch()
+    );
+    let run = runs.swap_remove(RUNS / 2);
     let per_sec = run.batches as f64 / run.elapsed.as_secs_f64();
     rows.push(row(
         format!("gRPC ingest (zstd frames) -> SQLite, {CLIENTS} in-process clients (wall)"),
@@ -221,15 +235,14 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     rows.push(row(
         "ingest / raw decode (per core of collector CPU)",
         format!(
-            "{ratio:.3}x ({per_core:.0} batches/s, {:.3} ms CPU per batch)",
+            "{ratio:.3}x ({per_core:.0} batches/s, {:.3} ms CPU per batch; {spread})",
             1e3 / per_core
         ),
         ">= 0.5x",
         Some(ratio >= GOAL_RATIO),
     ));
     // What the collector spends before any store sees a batch: no store design wins it back.
-    let floor = ingest_phase(start, &shape, INGEST_PHASE / 2, Sink::Discard)?;
-    let floor_ms = 1e3 * floor.collector_cpu.as_secs_f64() / floor.batches.max(1) as f64;
+    let floor_ms = ingest_phase(start, &shape, SIDE_PHASE, Sink::Discard)?.ms_per_batch();
     rows.push(row(
         "  of which before the store: gRPC, zstd, read + validate",
         format!(
@@ -262,7 +275,7 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         stack_pool: 0,
         ..shape
     };
-    let run = ingest_phase(start, &worst, INGEST_PHASE / 2, Sink::Sqlite)?;
+    let run = ingest_phase(start, &worst, SIDE_PHASE, Sink::Sqlite)?;
     rows.push(run.hosts_row("  same, every batch's stacks and build unique"));
     // The fleet-scale backend, its server started here on the same cores (its CPU is not in
     // the collector's, so only the wall-clock figure is given).
@@ -270,7 +283,7 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let run = ingest_phase(
         start,
         &shape,
-        INGEST_PHASE / 2,
+        SIDE_PHASE,
         Sink::Url(&server.store_url("wattson_bench_ingest")),
     )?;
     rows.push(run.hosts_row("  same, into ClickHouse (server on the same 2 cores)"));
@@ -290,6 +303,11 @@ struct Phase {
 }
 
 impl Phase {
+    /// Collector CPU per acknowledged batch, milliseconds.
+    fn ms_per_batch(&self) -> f64 {
+        1e3 * self.collector_cpu.as_secs_f64() / self.batches.max(1) as f64
+    }
+
     /// Batches per second, end to end: acknowledged and rolled up.
     fn sustained(&self) -> f64 {
         self.batches as f64 / (self.elapsed + self.settle).as_secs_f64()
