@@ -229,14 +229,17 @@ impl Prepared {
         let mut stack_at = vec![UNSEEN; batch.stacks.len()];
         let mut proc_at = vec![UNSEEN; batch.processes.len()];
         // Not deduplicated here: the accumulator interns every name anyway.
-        let mut names: Vec<Cow<'a, str>> = Vec::new();
-        let (mut stack_ends, mut stack_frames) = (Vec::new(), Vec::new());
+        // Sized for the whole batch up front: growing them showed in profiles.
+        let mut names: Vec<Cow<'a, str>> =
+            Vec::with_capacity(batch.frames.len() + 2 * batch.processes.len() + 2);
+        let mut stack_ends = Vec::with_capacity(batch.stacks.len());
+        let mut stack_frames = Vec::with_capacity(batch.stack_frames.len());
         let mut built = 0usize;
-        let mut procs = Vec::new();
+        let mut procs = Vec::with_capacity(batch.processes.len());
         // (minute, process) per stack and minute per process: dense chains, not hash maps,
         // because the keys are already small local indexes.
-        let mut cells = Chains::default();
-        let mut by_proc = Chains::default();
+        let mut cells = Chains::with_capacity(batch.stacks.len());
+        let mut by_proc = Chains::with_capacity(batch.processes.len());
         let mut hosts: Vec<(i64, Totals)> = Vec::new();
         let mut first_minute = i64::MAX;
         let mut samples_total = 0u64;
@@ -383,7 +386,6 @@ impl Prepared {
 
 /// Totals keyed by (dense local index, minute, id): each index heads a chain of its cells,
 /// almost always one long (a stack runs in one process, a batch spans one minute).
-#[derive(Default)]
 struct Chains {
     /// Per dense index, its first cell + 1 (0: none yet).
     heads: Vec<u32>,
@@ -393,6 +395,15 @@ struct Chains {
 }
 
 impl Chains {
+    /// Room for `n` indexes with one cell each.
+    fn with_capacity(n: usize) -> Chains {
+        Chains {
+            heads: vec![0; n],
+            cells: Vec::with_capacity(n),
+            next: Vec::with_capacity(n),
+        }
+    }
+
     fn add(&mut self, index: u32, minute: i64, id: u32, t: &Totals) {
         let i = index as usize;
         if i >= self.heads.len() {
