@@ -107,7 +107,13 @@ impl tonic::service::Interceptor for Token {
 pub struct Client {
     inner: IngestServiceClient<InterceptedService<Channel, Token>>,
     timeout: Duration,
+    /// The collector predates `batch_zstd` (it answered "batch is missing"): send batches as
+    /// messages, compressed by gRPC.
+    plain: bool,
 }
+
+/// What a collector that does not know `IngestRequest.batch_zstd` answers to one.
+const NO_BATCH: &str = "batch is missing";
 
 fn read(flag: &'static str, path: &PathBuf) -> Result<Vec<u8>, ClientError> {
     std::fs::read(path).map_err(|source| ClientError::TlsFile {
@@ -172,19 +178,144 @@ impl Client {
         let inner = IngestServiceClient::with_interceptor(endpoint.connect_lazy(), Token(token))
             .accept_compressed(CompressionEncoding::Zstd)
             .max_encoding_message_size(usize::MAX);
-        Ok(Self { inner, timeout })
+        Ok(Self {
+            inner,
+            timeout,
+            plain: false,
+        })
     }
 
     /// Sends one batch and waits for the collector's acknowledgement (durable or duplicate).
     pub async fn send(&mut self, batch: Batch) -> Result<IngestResponse, SendError> {
-        // Compressed by us, not by gRPC (see the module doc); a failure here is local memory
-        // trouble, so the batch stays spooled and is retried.
-        let request = IngestRequest::zstd(&batch).map_err(|e| SendError::Retry {
-            code: Code::ResourceExhausted,
-            message: format!("compressing the batch: {e}"),
-        })?;
+        if !self.plain {
+            // Compressed by us, not by gRPC (see the module doc); a failure here is local
+            // memory trouble, so the batch stays spooled and is retried.
+            let request = IngestRequest::zstd(&batch).map_err(|e| SendError::Retry {
+                code: Code::ResourceExhausted,
+                message: format!("compressing the batch: {e}"),
+            })?;
+            match self.call(request, None).await {
+                // A collector older than `batch_zstd` saw no batch: nothing was stored, so
+                // the same batch goes again the old way, and so does every later one.
+                Err(s) if s.code() == Code::InvalidArgument && s.message() == NO_BATCH => {
+                    tracing::warn!(
+                        "the collector predates zstd-framed batches (IngestRequest.batch_zstd); \
+                         sending batches as messages with gRPC compression (upgrade it to \
+                         save its CPU)"
+                    );
+                    self.plain = true;
+                }
+                r => return Ok(r?),
+            }
+        }
+        Ok(self
+            .call(IngestRequest::plain(batch), Some(CompressionEncoding::Zstd))
+            .await?)
+    }
+
+    async fn call(
+        &self,
+        request: IngestRequest,
+        compress: Option<CompressionEncoding>,
+    ) -> Result<IngestResponse, Status> {
         let mut request = Request::new(request);
         request.set_timeout(self.timeout);
-        Ok(self.inner.ingest(request).await?.into_inner())
+        let mut inner = self.inner.clone();
+        if let Some(c) = compress {
+            inner = inner.send_compressed(c);
+        }
+        Ok(inner.ingest(request).await?.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tonic::{Response, Status};
+    use wattson_proto::synthetic::{self, Shape};
+    use wattson_proto::v1::ingest_request::Payload;
+    use wattson_proto::v1::ingest_service_server::{IngestService, IngestServiceServer};
+
+    use super::*;
+
+    /// A collector that stores batches sent as messages and refuses zstd frames with
+    /// `answer`: "batch is missing" is what one from before `batch_zstd` says.
+    struct Collector {
+        answer: &'static str,
+        stored: Mutex<Vec<u64>>,
+        refused: Mutex<u32>,
+    }
+
+    #[tonic::async_trait]
+    impl IngestService for Collector {
+        async fn ingest(
+            &self,
+            r: Request<IngestRequest>,
+        ) -> Result<Response<IngestResponse>, Status> {
+            match r.into_inner().payload {
+                Some(Payload::Batch(b)) => {
+                    self.stored.lock().unwrap().push(b.sequence);
+                    Ok(Response::new(IngestResponse {
+                        sequence: b.sequence,
+                        ..Default::default()
+                    }))
+                }
+                _ => {
+                    *self.refused.lock().unwrap() += 1;
+                    Err(Status::invalid_argument(self.answer))
+                }
+            }
+        }
+    }
+
+    /// Serves a [`Collector`] answering `answer` on 127.0.0.1; a client of it.
+    async fn serve(answer: &'static str) -> (Arc<Collector>, Client) {
+        let c = Arc::new(Collector {
+            answer,
+            stored: Mutex::default(),
+            refused: Mutex::default(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service =
+            IngestServiceServer::from_arc(c.clone()).accept_compressed(CompressionEncoding::Zstd);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let url = format!("http://{addr}");
+        (
+            c,
+            Client::new(&url, None, None, Duration::from_secs(10)).unwrap(),
+        )
+    }
+
+    fn batch(seq: u64) -> Batch {
+        synthetic::batch("h", seq, 1 << 60, &Shape::default(), seq)
+    }
+
+    #[tokio::test]
+    async fn a_collector_that_predates_zstd_frames_gets_every_batch_as_a_message() {
+        let (old, mut client) = serve(NO_BATCH).await;
+        for seq in 1..=3 {
+            assert_eq!(client.send(batch(seq)).await.unwrap().sequence, seq);
+        }
+        // Refused once as a frame, then every batch (the first again) as a message.
+        assert_eq!(*old.stored.lock().unwrap(), [1, 2, 3]);
+        assert_eq!(*old.refused.lock().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn any_other_refusal_of_a_frame_is_a_rejection_not_a_resend() {
+        let (c, mut client) = serve("batch_zstd declares 99 bytes").await;
+        let e = client.send(batch(1)).await.unwrap_err();
+        assert!(
+            matches!(&e, SendError::Rejected { code: Code::InvalidArgument, message } if message == "batch_zstd declares 99 bytes"),
+            "{e}"
+        );
+        assert!(c.stored.lock().unwrap().is_empty());
+        assert_eq!(*c.refused.lock().unwrap(), 1);
     }
 }
