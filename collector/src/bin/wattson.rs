@@ -24,7 +24,7 @@ use clap::{Parser, Subcommand};
 
 /// Query a Wattson collector: power by function and service, over time, as flame graphs.
 #[derive(Parser, Debug)]
-#[command(name = "wattson", version, about)]
+#[command(name = "wattson", version)]
 struct Cli {
     /// Collector gRPC endpoint.
     #[arg(
