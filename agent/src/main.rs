@@ -9,7 +9,7 @@ mod run;
 
 /// Wattson host agent: samples stacks with eBPF and attributes CPU energy to functions.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
