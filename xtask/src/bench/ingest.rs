@@ -37,6 +37,8 @@ const RUNS: usize = 3;
 const SIDE_PHASE: Duration = Duration::from_secs(10);
 /// Concurrent simulated hosts (each its own gRPC stream of batches).
 const CLIENTS: usize = 32;
+/// Concurrent simulated hosts of the second ClickHouse run.
+const FLEET_CLIENTS: usize = 256;
 /// Distinct stacks in the simulated fleet (shared by every host).
 const STACK_POOL: usize = 3_000;
 /// Interval each simulated host ships at.
@@ -208,7 +210,7 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     // The machine is shared: the same run repeated, and its median by collector CPU per batch
     // reported with the range, so one disturbed run neither hides nor fakes a change.
     let mut runs = (0..RUNS)
-        .map(|_| ingest_phase(start, &shape, INGEST_PHASE, Sink::Sqlite))
+        .map(|_| ingest_phase(start, &shape, INGEST_PHASE, Sink::Sqlite, CLIENTS))
         .collect::<anyhow::Result<Vec<Phase>>>()?;
     runs.sort_by(|a, b| a.ms_per_batch().total_cmp(&b.ms_per_batch()));
     let spread = format!(
@@ -242,7 +244,7 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         Some(ratio >= GOAL_RATIO),
     ));
     // What the collector spends before any store sees a batch: no store design wins it back.
-    let floor_ms = ingest_phase(start, &shape, SIDE_PHASE, Sink::Discard)?.ms_per_batch();
+    let floor_ms = ingest_phase(start, &shape, SIDE_PHASE, Sink::Discard, CLIENTS)?.ms_per_batch();
     rows.push(row(
         "  of which before the store: gRPC, zstd, read + validate",
         format!(
@@ -275,18 +277,25 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         stack_pool: 0,
         ..shape
     };
-    let run = ingest_phase(start, &worst, SIDE_PHASE, Sink::Sqlite)?;
+    let run = ingest_phase(start, &worst, SIDE_PHASE, Sink::Sqlite, CLIENTS)?;
     rows.push(run.hosts_row("  same, every batch's stacks and build unique"));
     // The fleet-scale backend, its server started here on the same cores (its CPU is not in
     // the collector's, so only the wall-clock figure is given).
     let server = wattson_collector::store::clickhouse_server::ClickHouseServer::start()?;
-    let run = ingest_phase(
-        start,
-        &shape,
-        SIDE_PHASE,
-        Sink::Url(&server.store_url("wattson_bench_ingest")),
-    )?;
-    rows.push(run.hosts_row("  same, into ClickHouse (server on the same 2 cores)"));
+    // ClickHouse answers a group in one round trip of tens of milliseconds, so what it
+    // sustains grows with the batches in flight; a fleet of thousands has far more than 32.
+    for clients in [CLIENTS, FLEET_CLIENTS] {
+        let run = ingest_phase(
+            start,
+            &shape,
+            SIDE_PHASE,
+            Sink::Url(&server.store_url(&format!("wattson_bench_ingest_{clients}"))),
+            clients,
+        )?;
+        rows.push(run.hosts_row(&format!(
+            "  same, into ClickHouse (server on the same 2 cores), {clients} clients"
+        )));
+    }
     Ok(())
 }
 
@@ -383,15 +392,17 @@ enum Sink<'a> {
     Discard,
 }
 
-/// Serves a collector on 127.0.0.1:0 over `into` and has `CLIENTS` simulated hosts push
-/// batches for `phase`, then waits for a query to see them all. The clients run on their own
-/// runtime whose threads report their CPU time when they stop, so the collector's CPU is the
-/// process's minus theirs.
+/// Serves a collector on 127.0.0.1:0 over `into` and has `clients` simulated hosts push
+/// batches for `phase`, each waiting for its acknowledgement before the next (as an agent
+/// does), then waits for a query to see them all. The clients run on their own runtime whose
+/// threads report their CPU time when they stop, so the collector's CPU is the process's
+/// minus theirs.
 fn ingest_phase(
     start: u64,
     shape: &Shape,
     phase: Duration,
     into: Sink<'_>,
+    clients: usize,
 ) -> anyhow::Result<Phase> {
     let dir = tempfile::tempdir()?;
     let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
@@ -420,10 +431,13 @@ fn ingest_phase(
         },
     ));
 
-    // Each host's batches are built up front so the clients measure the collector only.
-    let all: Vec<Vec<Batch>> = (0..CLIENTS)
-        .map(|h| host_batches(start, shape, h))
-        .collect();
+    // Batches are built up front so the clients measure the collector only; beyond `CLIENTS`
+    // hosts they are reused under each client's own host id.
+    let all: Arc<Vec<Vec<Batch>>> = Arc::new(
+        (0..CLIENTS.min(clients))
+            .map(|h| host_batches(start, shape, h))
+            .collect(),
+    );
     let client_cpu = Arc::new(AtomicU64::new(0));
     let on_stop = client_cpu.clone();
     let clients_rt = tokio::runtime::Builder::new_multi_thread()
@@ -440,16 +454,22 @@ fn ingest_phase(
     let began = Instant::now();
     clients_rt.block_on(async {
         let mut tasks = Vec::new();
-        for batches in all {
-            let acked = acked.clone();
+        for i in 0..clients {
+            let (acked, all) = (acked.clone(), all.clone());
             let url = format!("http://{addr}");
+            let host = format!("bench-host-{i}");
             tasks.push(tokio::spawn(async move {
+                let batches = &all[i % all.len()];
                 let mut client = IngestServiceClient::connect(url).await?;
                 let mut seq = 0u64;
                 while Instant::now() < deadline {
                     let mut b = batches[seq as usize % batches.len()].clone();
                     seq += 1;
                     b.sequence = seq;
+                    b.host_id.clone_from(&host);
+                    if let Some(h) = &mut b.host {
+                        h.host_id.clone_from(&host);
+                    }
                     // Compressed as the agent compresses.
                     client.ingest(IngestRequest::zstd(&b)?).await?;
                     acked.fetch_add(1, Ordering::Relaxed);
