@@ -107,6 +107,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         token: args.token,
         max_message_bytes: args.max_message_bytes,
         limits: Limits::default(),
+        rejections: counted.rejections(),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {

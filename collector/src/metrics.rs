@@ -1,6 +1,6 @@
 //! Prometheus text exposition (format 0.0.4) on `GET /metrics`, as Kepler and Scaphandre users
 //! expect: the collector's ingest counters (counted by [`Counted`], a [`Store`] wrapper, so
-//! every write path is counted), the store's size, and per-service watts over the last five
+//! every write path is counted, and [`Rejections`], what ingest refused), the store's size, and per-service watts over the last five
 //! minutes, labelled `estimated="true"` when any joule came from a model. The text format and
 //! the HTTP responder are [`wattson_proto::exposition`], shared with the agent.
 
@@ -23,11 +23,33 @@ pub use wattson_proto::exposition::{BindError, bind};
 /// Window of the per-service watts gauges.
 const WATTS_WINDOW_SECONDS: i64 = 300;
 
-/// A [`Store`] that counts what is written through it.
+/// A [`Store`] that counts what is written through it, and holds the count of what the ingest
+/// endpoint refused before the store ([`Counted::rejections`]).
 pub struct Counted {
     inner: Arc<dyn Store>,
     /// Shared with the futures of queued batches, which count when they resolve.
     counts: Arc<Counts>,
+    rejections: Arc<Rejections>,
+}
+
+/// Requests the ingest endpoint refused with INVALID_ARGUMENT before any store saw them: agents
+/// move those batches to `rejected/` and count them as lost, so the collector counts them too.
+#[derive(Debug, Default)]
+pub struct Rejections {
+    malformed: AtomicU64,
+    invalid: AtomicU64,
+}
+
+impl Rejections {
+    /// A request whose bytes hold no readable batch (protobuf, or its zstd frame).
+    pub fn malformed(&self) {
+        self.malformed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A batch that failed validation.
+    pub fn invalid(&self) {
+        self.invalid.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -45,7 +67,13 @@ impl Counted {
         Counted {
             inner,
             counts: Arc::default(),
+            rejections: Arc::default(),
         }
+    }
+
+    /// The rejection counts to hand the ingest endpoint (`ServeConfig::rejections`).
+    pub fn rejections(&self) -> Arc<Rejections> {
+        self.rejections.clone()
     }
 }
 
@@ -144,6 +172,15 @@ pub fn render(counted: &Counted, engine: &QueryEngine, now: i64) -> String {
     .sample(&[("result", &"stored")], c(&counted.counts.stored))
     .sample(&[("result", &"duplicate")], c(&counted.counts.duplicates))
     .sample(&[("result", &"error")], c(&counted.counts.errors));
+    let r = &counted.rejections;
+    t.family(
+        "wattson_collector_batches_rejected_total",
+        Kind::Counter,
+        "Requests refused as INVALID_ARGUMENT before the store, by reason: no readable batch \
+         (malformed) or a batch that failed validation (invalid). Agents count them as lost.",
+    )
+    .sample(&[("reason", &"malformed")], c(&r.malformed))
+    .sample(&[("reason", &"invalid")], c(&r.invalid));
     t.family(
         "wattson_collector_samples_total",
         Kind::Counter,

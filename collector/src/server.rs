@@ -26,6 +26,7 @@ use wattson_proto::compressed::Decompressor;
 use wattson_proto::v1::{Batch, IngestResponse};
 use wattson_proto::view::{BatchView, ParseError, RequestBatch};
 
+use crate::metrics::Rejections;
 use crate::store::{Ingested, Store, StoreError};
 use crate::validate::{self, Limits};
 
@@ -128,12 +129,15 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// Fleet size and factors the query service attributes power with.
     pub fleet: crate::attribute::FleetConfig,
+    /// Where ingest counts the requests it refuses (shared with `/metrics`).
+    pub rejections: Arc<Rejections>,
 }
 
 /// The ingest service over a store.
 pub struct Ingest {
     store: Arc<dyn Store>,
     limits: Arc<Limits>,
+    rejections: Arc<Rejections>,
     /// Largest batch a `batch_zstd` frame may declare, bytes (the maximum message size).
     max_batch_bytes: usize,
     /// Per host, the agent's cumulative spool losses last reported, so a new loss is logged
@@ -143,11 +147,17 @@ pub struct Ingest {
 
 impl Ingest {
     /// A service writing to `store`, validating with `limits`, taking batches of at most
-    /// `max_batch_bytes` once decompressed.
-    pub fn new(store: Arc<dyn Store>, limits: Limits, max_batch_bytes: usize) -> Self {
+    /// `max_batch_bytes` once decompressed, counting what it refuses in `rejections`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        limits: Limits,
+        max_batch_bytes: usize,
+        rejections: Arc<Rejections>,
+    ) -> Self {
         Self {
             store,
             limits: Arc::new(limits),
+            rejections,
             max_batch_bytes,
             losses: Default::default(),
         }
@@ -244,13 +254,25 @@ impl Ingest {
     ) -> Result<Response<IngestResponse>, Status> {
         let peer = request.remote_addr();
         let request = request.into_inner();
-        let malformed = |e: ParseError| Status::invalid_argument(format!("malformed message: {e}"));
-        let (encoded, arrived) = match BatchView::request_batch(&request).map_err(malformed)? {
-            Some(RequestBatch::Encoded(b)) => (b.clone(), b),
-            Some(RequestBatch::Zstd(frame)) => (self.decompress(&frame)?, frame),
-            None => return Err(Status::invalid_argument("batch is missing")),
+        let refuse = |status: Status| {
+            if status.code() == tonic::Code::InvalidArgument {
+                self.rejections.malformed();
+            }
+            tracing::warn!(?peer, code = ?status.code(), "request refused: {}", status.message());
+            status
         };
-        let batch = BatchView::parse(&encoded).map_err(malformed)?;
+        let malformed = |e: ParseError| Status::invalid_argument(format!("malformed message: {e}"));
+        let (encoded, arrived) = match BatchView::request_batch(&request)
+            .map_err(malformed)
+            .map_err(refuse)?
+        {
+            Some(RequestBatch::Encoded(b)) => (b.clone(), b),
+            Some(RequestBatch::Zstd(frame)) => (self.decompress(&frame).map_err(refuse)?, frame),
+            None => return Err(refuse(Status::invalid_argument("batch is missing"))),
+        };
+        let batch = BatchView::parse(&encoded)
+            .map_err(malformed)
+            .map_err(refuse)?;
         let started = Instant::now();
         match self.store_batch(&batch, encoded.clone(), arrived).await {
             Ok(Ingested::Duplicate) => {
@@ -280,6 +302,9 @@ impl Ingest {
                 }))
             }
             Err(status) => {
+                if status.code() == tonic::Code::InvalidArgument {
+                    self.rejections.invalid();
+                }
                 tracing::warn!(?peer, code = ?status.code(), "batch rejected: {}", status.message());
                 Err(status)
             }
@@ -339,8 +364,10 @@ pub async fn serve(
         store.clone(),
         config.fleet,
     )));
-    let ingest =
-        crate::ingest_endpoint::IngestEndpoint::new(Ingest::new(store, config.limits, max), max);
+    let ingest = crate::ingest_endpoint::IngestEndpoint::new(
+        Ingest::new(store, config.limits, max, config.rejections),
+        max,
+    );
     // One token guards both services: profiles are as sensitive to read as to write.
     let auth = BearerAuth(config.token.map(Arc::from));
     let ingest = tonic::service::interceptor::InterceptedService::new(ingest, auth.clone());

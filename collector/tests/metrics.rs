@@ -1,5 +1,6 @@
 //! Prometheus `/metrics` over a real socket on 127.0.0.1:0: ingest counters (stored,
-//! duplicate, error), store size, and per-service watts labelled estimated or not.
+//! duplicate, error), store size, and per-service watts labelled estimated or not; and the
+//! requests a real gRPC ingest endpoint refuses, counted by reason.
 
 use std::io::{Read as _, Write as _};
 use std::sync::Arc;
@@ -81,4 +82,58 @@ async fn metrics_expose_counters_size_and_service_watts() {
         assert!(m.contains(line), "missing {line:?} in\n{m}");
     }
     assert!(m.contains("# TYPE wattson_store_bytes gauge"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_refused_before_the_store_are_counted_by_reason() {
+    use wattson_collector::server::{self, ServeConfig};
+    use wattson_proto::v1::IngestRequest;
+    use wattson_proto::v1::ingest_request::Payload;
+    use wattson_proto::v1::ingest_service_client::IngestServiceClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("r.db").display());
+    let counted = Arc::new(Counted::new(Arc::from(store::open(&url).unwrap())));
+    let store: Arc<dyn Store> = counted.clone();
+    let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let config = ServeConfig {
+        rejections: counted.rejections(),
+        ..ServeConfig::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve(listener, store.clone(), config, async {
+        let _ = stopped.await;
+    }));
+    let mut c = IngestServiceClient::connect(addr).await.unwrap();
+    let now = wattson_collector::report::now();
+    let good = BatchBuilder::new("h1", 1)
+        .interval(now - 60, 10, false, 0.0, &[("api", "", "main", 1, 1.0)])
+        .build();
+    let mut invalid = good.clone();
+    invalid.sequence = 2;
+    invalid.profiles[0].samples[0].stack_index = 9;
+    let junk = IngestRequest {
+        payload: Some(Payload::BatchZstd(b"not zstd".to_vec())),
+    };
+    c.ingest(IngestRequest::zstd(&good).unwrap()).await.unwrap();
+    for request in [
+        IngestRequest::zstd(&invalid).unwrap(),
+        junk,
+        IngestRequest::default(),
+    ] {
+        let e = c.ingest(request).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    }
+    let engine = QueryEngine::new(store, FleetConfig::default());
+    let m = metrics::render(&counted, &engine, now);
+    for line in [
+        "wattson_collector_batches_rejected_total{reason=\"malformed\"} 2",
+        "wattson_collector_batches_rejected_total{reason=\"invalid\"} 1",
+        "wattson_collector_batches_total{result=\"stored\"} 1",
+    ] {
+        assert!(m.contains(line), "missing {line:?} in\n{m}");
+    }
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
 }
