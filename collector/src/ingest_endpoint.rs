@@ -79,7 +79,13 @@ where
             let mut grpc = tonic::server::Grpc::new(RawRequest::<IngestResponse>::default())
                 .apply_compression_config(accept, EnabledCompressionEncodings::default())
                 .apply_max_message_size_config(Some(max), None);
-            Ok(grpc.unary(Unary(inner), req).await)
+            let response = grpc.unary(Unary(inner.clone()), req).await;
+            // tonic refuses a request above the size limit before the handler sees it.
+            if response.headers().get("grpc-status").map(|v| v.as_bytes()) == Some(b"11".as_slice())
+            {
+                inner.refused_too_large();
+            }
+            Ok(response)
         })
     }
 }

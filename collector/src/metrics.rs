@@ -32,11 +32,13 @@ pub struct Counted {
     rejections: Arc<Rejections>,
 }
 
-/// Requests the ingest endpoint refused with INVALID_ARGUMENT before any store saw them: agents
-/// move those batches to `rejected/` and count them as lost, so the collector counts them too.
+/// Requests the ingest endpoint refused as INVALID_ARGUMENT or OUT_OF_RANGE before any store
+/// saw them: agents move those batches to `rejected/` and count them as lost, so the collector
+/// counts them too.
 #[derive(Debug, Default)]
 pub struct Rejections {
     malformed: AtomicU64,
+    too_large: AtomicU64,
     invalid: AtomicU64,
 }
 
@@ -44,6 +46,11 @@ impl Rejections {
     /// A request whose bytes hold no readable batch (protobuf, or its zstd frame).
     pub fn malformed(&self) {
         self.malformed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request or zstd frame above the maximum message size.
+    pub fn too_large(&self) {
+        self.too_large.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A batch that failed validation.
@@ -176,10 +183,12 @@ pub fn render(counted: &Counted, engine: &QueryEngine, now: i64) -> String {
     t.family(
         "wattson_collector_batches_rejected_total",
         Kind::Counter,
-        "Requests refused as INVALID_ARGUMENT before the store, by reason: no readable batch \
-         (malformed) or a batch that failed validation (invalid). Agents count them as lost.",
+        "Requests refused before the store, by reason: no readable batch (malformed), above the \
+         maximum message size (too_large), a batch that failed validation (invalid). Agents \
+         count them as lost.",
     )
     .sample(&[("reason", &"malformed")], c(&r.malformed))
+    .sample(&[("reason", &"too_large")], c(&r.too_large))
     .sample(&[("reason", &"invalid")], c(&r.invalid));
     t.family(
         "wattson_collector_samples_total",

@@ -22,7 +22,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
-use wattson_proto::compressed::Decompressor;
+use wattson_proto::compressed::{Decompressor, FrameError};
 use wattson_proto::v1::{Batch, IngestResponse};
 use wattson_proto::view::{BatchView, ParseError, RequestBatch};
 
@@ -137,9 +137,10 @@ pub struct ServeConfig {
 pub struct Ingest {
     store: Arc<dyn Store>,
     limits: Arc<Limits>,
-    rejections: Arc<Rejections>,
     /// Largest batch a `batch_zstd` frame may declare, bytes (the maximum message size).
     max_batch_bytes: usize,
+    /// Counts of refused requests (shared with `/metrics`).
+    rejections: Arc<Rejections>,
     /// Per host, the agent's cumulative spool losses last reported, so a new loss is logged
     /// once when it first shows up rather than with every batch.
     losses: std::sync::Mutex<std::collections::HashMap<String, u64>>,
@@ -161,6 +162,12 @@ impl Ingest {
             max_batch_bytes,
             losses: Default::default(),
         }
+    }
+
+    /// Counts a request tonic refused above the maximum message size (OUT_OF_RANGE).
+    pub(crate) fn refused_too_large(&self) {
+        self.rejections.too_large();
+        tracing::warn!("request refused: above the maximum message size (--max-message-bytes)");
     }
 
     /// Logs data an agent reports it dropped from a full spool since its last batch.
@@ -227,8 +234,9 @@ impl Ingest {
     }
 
     /// The encoded batch in a `batch_zstd` frame, decompressed with this thread's context (a
-    /// new one per message, as gRPC's own zstd makes, costs more than decompressing).
-    fn decompress(&self, frame: &[u8]) -> Result<Bytes, Status> {
+    /// new one per message, as gRPC's own zstd makes, costs more than decompressing). The
+    /// outer error: no context could be made (a retry may succeed).
+    fn decompress(&self, frame: &[u8]) -> Result<Result<Bytes, FrameError>, Status> {
         thread_local! {
             static CONTEXT: std::cell::RefCell<Option<Decompressor>> =
                 const { std::cell::RefCell::new(None) };
@@ -241,9 +249,7 @@ impl Ingest {
                         .map_err(|e| Status::resource_exhausted(format!("zstd context: {e}")))?,
                 ),
             };
-            ctx.batch(frame, self.max_batch_bytes)
-                .map(Bytes::from)
-                .map_err(|e| Status::invalid_argument(e.to_string()))
+            Ok(ctx.batch(frame, self.max_batch_bytes).map(Bytes::from))
         })
     }
 
@@ -254,25 +260,37 @@ impl Ingest {
     ) -> Result<Response<IngestResponse>, Status> {
         let peer = request.remote_addr();
         let request = request.into_inner();
-        let refuse = |status: Status| {
+        // Counted as too large or malformed when refused as invalid; logged either way.
+        let refuse = |too_large: bool, status: Status| {
             if status.code() == tonic::Code::InvalidArgument {
-                self.rejections.malformed();
+                match too_large {
+                    true => self.rejections.too_large(),
+                    false => self.rejections.malformed(),
+                }
             }
             tracing::warn!(?peer, code = ?status.code(), "request refused: {}", status.message());
             status
         };
-        let malformed = |e: ParseError| Status::invalid_argument(format!("malformed message: {e}"));
-        let (encoded, arrived) = match BatchView::request_batch(&request)
-            .map_err(malformed)
-            .map_err(refuse)?
-        {
-            Some(RequestBatch::Encoded(b)) => (b.clone(), b),
-            Some(RequestBatch::Zstd(frame)) => (self.decompress(&frame).map_err(refuse)?, frame),
-            None => return Err(refuse(Status::invalid_argument("batch is missing"))),
+        let malformed = |e: ParseError| {
+            refuse(
+                false,
+                Status::invalid_argument(format!("malformed message: {e}")),
+            )
         };
-        let batch = BatchView::parse(&encoded)
-            .map_err(malformed)
-            .map_err(refuse)?;
+        let (encoded, arrived) = match BatchView::request_batch(&request).map_err(malformed)? {
+            Some(RequestBatch::Encoded(b)) => (b.clone(), b),
+            Some(RequestBatch::Zstd(frame)) => {
+                match self.decompress(&frame).map_err(|s| refuse(false, s))? {
+                    Ok(b) => (b, frame),
+                    Err(e) => {
+                        let too_large = matches!(e, FrameError::TooLarge { .. });
+                        return Err(refuse(too_large, Status::invalid_argument(e.to_string())));
+                    }
+                }
+            }
+            None => return Err(refuse(false, Status::invalid_argument("batch is missing"))),
+        };
+        let batch = BatchView::parse(&encoded).map_err(malformed)?;
         let started = Instant::now();
         match self.store_batch(&batch, encoded.clone(), arrived).await {
             Ok(Ingested::Duplicate) => {

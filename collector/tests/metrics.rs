@@ -99,6 +99,7 @@ async fn requests_refused_before_the_store_are_counted_by_reason() {
     let addr = format!("http://{}", listener.local_addr().unwrap());
     let config = ServeConfig {
         rejections: counted.rejections(),
+        max_message_bytes: 4096,
         ..ServeConfig::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -116,19 +117,31 @@ async fn requests_refused_before_the_store_are_counted_by_reason() {
     let junk = IngestRequest {
         payload: Some(Payload::BatchZstd(b"not zstd".to_vec())),
     };
+    // Above --max-message-bytes: as sent (tonic refuses it), or once decompressed.
+    let mut big = good.clone();
+    big.sequence = 3;
+    big.strings.push("a".repeat(100_000));
+    let big_frame = IngestRequest::zstd(&big).unwrap();
+    assert!(prost::Message::encoded_len(&big_frame) < 4096);
     c.ingest(IngestRequest::zstd(&good).unwrap()).await.unwrap();
-    for request in [
-        IngestRequest::zstd(&invalid).unwrap(),
-        junk,
-        IngestRequest::default(),
+    for (request, code) in [
+        (
+            IngestRequest::zstd(&invalid).unwrap(),
+            tonic::Code::InvalidArgument,
+        ),
+        (junk, tonic::Code::InvalidArgument),
+        (IngestRequest::default(), tonic::Code::InvalidArgument),
+        (IngestRequest::plain(big), tonic::Code::OutOfRange),
+        (big_frame, tonic::Code::InvalidArgument),
     ] {
         let e = c.ingest(request).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        assert_eq!(e.code(), code, "{e}");
     }
     let engine = QueryEngine::new(store, FleetConfig::default());
     let m = metrics::render(&counted, &engine, now);
     for line in [
         "wattson_collector_batches_rejected_total{reason=\"malformed\"} 2",
+        "wattson_collector_batches_rejected_total{reason=\"too_large\"} 2",
         "wattson_collector_batches_rejected_total{reason=\"invalid\"} 1",
         "wattson_collector_batches_total{result=\"stored\"} 1",
     ] {
