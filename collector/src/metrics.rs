@@ -1,8 +1,9 @@
 //! Prometheus text exposition (format 0.0.4) on `GET /metrics`, as Kepler and Scaphandre users
 //! expect: the collector's ingest counters (counted by [`Counted`], a [`Store`] wrapper, so
-//! every write path is counted, and [`Rejections`], what ingest refused), the store's size, and per-service watts over the last five
-//! minutes, labelled `estimated="true"` when any joule came from a model. The text format and
-//! the HTTP responder are [`wattson_proto::exposition`], shared with the agent.
+//! every write path is counted), what ingest refused before the store ([`Rejections`]), the
+//! store's size, and per-service watts over the last five minutes, labelled
+//! `estimated="true"` when any joule came from a model. The text format and the HTTP responder
+//! are [`wattson_proto::exposition`], shared with the agent.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
