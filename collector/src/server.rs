@@ -22,7 +22,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
-use wattson_proto::compressed::{Decompressor, FrameError};
+use wattson_proto::compressed::{Decompressor, FrameError, NO_BATCH};
 use wattson_proto::v1::{Batch, IngestResponse};
 use wattson_proto::view::{BatchView, ParseError, RequestBatch};
 
@@ -288,7 +288,7 @@ impl Ingest {
                     }
                 }
             }
-            None => return Err(refuse(false, Status::invalid_argument("batch is missing"))),
+            None => return Err(refuse(false, Status::invalid_argument(NO_BATCH))),
         };
         let batch = BatchView::parse(&encoded).map_err(malformed)?;
         let started = Instant::now();

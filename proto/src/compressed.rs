@@ -7,6 +7,10 @@ use crate::v1::ingest_request::Payload;
 use crate::v1::{Batch, IngestRequest};
 use prost::Message as _;
 
+/// The collector's answer (INVALID_ARGUMENT) to a request without a batch, and so what a
+/// collector from before `batch_zstd` answers to one: agents fall back to `batch` on it.
+pub const NO_BATCH: &str = "batch is missing";
+
 /// zstd level requests are compressed at: zstd's default, as gRPC's own zstd uses.
 pub const LEVEL: i32 = zstd::DEFAULT_COMPRESSION_LEVEL;
 

@@ -12,6 +12,7 @@ use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
+use wattson_proto::compressed::NO_BATCH;
 use wattson_proto::v1::ingest_service_client::IngestServiceClient;
 use wattson_proto::v1::{Batch, IngestRequest, IngestResponse};
 
@@ -111,9 +112,6 @@ pub struct Client {
     /// messages, compressed by gRPC.
     plain: bool,
 }
-
-/// What a collector that does not know `IngestRequest.batch_zstd` answers to one.
-const NO_BATCH: &str = "batch is missing";
 
 fn read(flag: &'static str, path: &PathBuf) -> Result<Vec<u8>, ClientError> {
     std::fs::read(path).map_err(|source| ClientError::TlsFile {
