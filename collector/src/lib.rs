@@ -3,6 +3,7 @@
 
 pub mod attribute;
 pub mod flame;
+pub mod ingest_cpu;
 pub mod ingest_endpoint;
 pub mod metrics;
 pub mod pprof;

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use wattson_proto::exposition::{self, Kind, Text};
 use wattson_proto::v1::{PowerRequest, TimeWindow};
 
+use crate::ingest_cpu;
 use crate::query::QueryEngine;
 use crate::store::{
     IngestFuture, Ingested, Keyed, Point, Retention, RetentionReport, Rollup, Store, StoreError,
@@ -203,6 +204,16 @@ pub fn render(counted: &Counted, engine: &QueryEngine, now: i64) -> String {
         "Time spent in durable store writes.",
     )
     .sample(&[], c(&counted.counts.write_micros) / 1e6);
+    let mut cpu = t.family(
+        "wattson_collector_ingest_cpu_seconds_total",
+        Kind::Counter,
+        "CPU the ingest path used, by stage: receive (zstd, reading, validating and resolving \
+         each request), durable (dedup and the journal or INSERT), merge (summing batches in \
+         memory), rollup (writing the summed rows). HTTP/2 and the runtime are in no stage.",
+    );
+    for (stage, spent) in ingest_cpu::spent() {
+        cpu.sample(&[("stage", &stage.name())], spent.as_secs_f64());
+    }
     match counted.stats() {
         Ok(s) => {
             for (name, help, v) in [

@@ -26,6 +26,7 @@ use wattson_proto::compressed::{Decompressor, FrameError, NO_BATCH};
 use wattson_proto::v1::{Batch, IngestResponse};
 use wattson_proto::view::{BatchView, ParseError, RequestBatch};
 
+use crate::ingest_cpu;
 use crate::metrics::Rejections;
 use crate::store::{Ingested, Store, StoreError};
 use crate::validate::{self, Limits};
@@ -205,11 +206,13 @@ fn store_status(e: StoreError) -> Status {
 impl Ingest {
     /// Validates and stores one batch read in place from `encoded`; `arrived` is what the
     /// request carried (`encoded`, or the zstd frame it came in), which a journal keeps.
+    /// `receiving` counts this thread's CPU until the batch is handed to the store.
     async fn store_batch(
         &self,
         batch: &BatchView<'_>,
         encoded: Bytes,
         arrived: Bytes,
+        receiving: ingest_cpu::Timer,
     ) -> Result<Ingested, Status> {
         self.note_losses(batch);
         // Validation and resolving the batch are CPU work of a fraction of a millisecond: done
@@ -217,7 +220,9 @@ impl Ingest {
         // on the blocking pool so a slow disk or network never stalls the network threads.
         validate::validate(batch, &self.limits)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        match self.store.queue(batch, arrived) {
+        let queued = self.store.queue(batch, arrived);
+        receiving.stop();
+        match queued {
             Some(stored) => stored.await.map_err(store_status),
             None => {
                 let store = self.store.clone();
@@ -258,6 +263,8 @@ impl Ingest {
         &self,
         request: Request<Bytes>,
     ) -> Result<Response<IngestResponse>, Status> {
+        // Stopped before the first `.await`, or dropped at a refusal before it.
+        let receiving = ingest_cpu::Timer::start(ingest_cpu::Stage::Receive);
         let peer = request.remote_addr();
         let request = request.into_inner();
         // Counted as too large or malformed when refused as invalid; logged either way.
@@ -292,7 +299,10 @@ impl Ingest {
         };
         let batch = BatchView::parse(&encoded).map_err(malformed)?;
         let started = Instant::now();
-        match self.store_batch(&batch, encoded.clone(), arrived).await {
+        match self
+            .store_batch(&batch, encoded.clone(), arrived, receiving)
+            .await
+        {
             Ok(Ingested::Duplicate) => {
                 tracing::info!(host = %batch.host_id, sequence = batch.sequence,
                     "duplicate batch acknowledged, nothing stored");

@@ -150,3 +150,77 @@ async fn requests_refused_before_the_store_are_counted_by_reason() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_cpu_is_counted_by_stage_and_within_the_process_cpu() {
+    use wattson_collector::ingest_cpu::{self, Stage};
+    use wattson_collector::server::{self, ServeConfig};
+    use wattson_proto::v1::IngestRequest;
+    use wattson_proto::v1::ingest_service_client::IngestServiceClient;
+
+    let process_cpu = || {
+        // SAFETY: an all-zero rusage is valid, and getrusage only writes into it.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `ru` is a valid, writable rusage.
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+        let tv =
+            |t: libc::timeval| std::time::Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        tv(ru.ru_utime) + tv(ru.ru_stime)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("c.db").display());
+    let counted = Arc::new(Counted::new(Arc::from(store::open(&url).unwrap())));
+    let store: Arc<dyn Store> = counted.clone();
+    let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve(
+        listener,
+        store.clone(),
+        ServeConfig::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut c = IngestServiceClient::connect(addr).await.unwrap();
+    let now = wattson_collector::report::now();
+    let spent = || ingest_cpu::spent().map(|(_, d)| d);
+    let (before, cpu_before) = (spent(), process_cpu());
+    for seq in 1..=50 {
+        let b = BatchBuilder::new("h1", seq)
+            .interval(
+                now - 60,
+                10,
+                false,
+                0.0,
+                &[("api", "", "main;work", 3, 9.0)],
+            )
+            .build();
+        c.ingest(IngestRequest::zstd(&b).unwrap()).await.unwrap();
+    }
+    // A query settles the store: the roll-up runs.
+    assert_eq!(store.stats().unwrap().batches, 50);
+    let (after, cpu_after) = (spent(), process_cpu());
+    for (i, stage) in Stage::ALL.iter().enumerate() {
+        assert!(after[i] > before[i], "{} counted nothing", stage.name());
+    }
+    // Thread CPU clocks around the work: never more than the process used meanwhile (a timer
+    // held across an await, or counting twice, could exceed it).
+    let staged: std::time::Duration = (0..4).map(|i| after[i] - before[i]).sum();
+    assert!(
+        staged <= cpu_after - cpu_before,
+        "{staged:?} > {:?}",
+        cpu_after - cpu_before
+    );
+    let engine = QueryEngine::new(store, FleetConfig::default());
+    let m = metrics::render(&counted, &engine, now);
+    for stage in Stage::ALL {
+        let line = format!(
+            "wattson_collector_ingest_cpu_seconds_total{{stage=\"{}\"}} ",
+            stage.name()
+        );
+        assert!(m.contains(&line), "missing {line:?} in\n{m}");
+    }
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

@@ -34,6 +34,7 @@ use wattson_proto::v1::Batch;
 use wattson_proto::view::BatchView;
 
 use super::{FLOORS, Http, MARKER, quote, unescape};
+use crate::ingest_cpu::{Stage, Timer, time};
 use crate::store::pipeline::{self, Reply};
 use crate::store::query_plan::TOTALS_COLUMNS;
 use crate::store::rollup::{Accumulator, Prepared, RES_MINUTE, Rollup, Row};
@@ -223,6 +224,7 @@ fn run(shared: &Shared) {
 /// job is answered.
 fn commit(http: &Http, acc: &mut Accumulator, jobs: Vec<Job>) {
     let started = Instant::now();
+    let durable = Timer::start(Stage::Durable);
     // Index of the first job with the same marker: a retry queued beside its original.
     let mut first: HashMap<&Marker, usize> = HashMap::with_capacity(jobs.len());
     let origin: Vec<usize> = jobs
@@ -243,10 +245,14 @@ fn commit(http: &Http, acc: &mut Accumulator, jobs: Vec<Job>) {
         .collect();
     let mut rows = 0;
     if !fresh.is_empty() {
-        for &i in &fresh {
-            acc.merge(&jobs[i].prepared);
-        }
-        let summed = acc.take_rows();
+        durable.stop();
+        time(Stage::Merge, || {
+            for &i in &fresh {
+                acc.merge(&jobs[i].prepared);
+            }
+        });
+        let summed = time(Stage::Rollup, || acc.take_rows());
+        let _inserting = Timer::start(Stage::Durable);
         rows = summed.len();
         let markers: Vec<(&Marker, (u32, u64))> = fresh
             .iter()

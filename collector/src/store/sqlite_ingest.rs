@@ -34,6 +34,7 @@ use super::journal::{self, Journal};
 use super::pipeline::{self, Reply};
 use super::rollup::{Accumulator, Prepared};
 use super::{IngestFuture, Ingested, StoreError};
+use crate::ingest_cpu::{Stage, Timer};
 
 /// Longest a merged batch waits before its rows are written. Queries do not wait for it (they
 /// settle), and the journal keeps it durable meanwhile, so this only trades replay time after
@@ -406,6 +407,7 @@ fn run(shared: &Shared, mut acc: Accumulator, mut journal: Journal) {
 /// Sorts the group into duplicates and fresh batches, journals the fresh ones with one sync,
 /// then merges them and answers every job.
 fn commit(shared: &Shared, acc: &mut Accumulator, journal: &mut Journal, jobs: Vec<Job>) {
+    let durable = Timer::start(Stage::Durable);
     let now = now_secs();
     let checked = (|| -> rusqlite::Result<Vec<bool>> {
         let conn = lock(&shared.conn);
@@ -451,6 +453,8 @@ fn commit(shared: &Shared, acc: &mut Accumulator, journal: &mut Journal, jobs: V
         drop(pending);
         return fail(shared, jobs, &e.to_string());
     }
+    durable.stop();
+    let _merging = Timer::start(Stage::Merge);
     for (j, new) in jobs.into_iter().zip(fresh) {
         let answer = if new {
             acc.merge(&j.prepared);
@@ -478,6 +482,7 @@ fn fail(shared: &Shared, jobs: Vec<Job>, message: &str) {
 /// they came from in one transaction; the accumulator is cleared and the covered segments are
 /// removed only once that is durable.
 fn roll(shared: &Shared, acc: &mut Accumulator, journal: &mut Journal) -> Result<(), String> {
+    let _rolling = Timer::start(Stage::Rollup);
     let started = Instant::now();
     let rows = acc.rows();
     let batches = acc.batches();

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use prost::Message as _;
+use wattson_collector::ingest_cpu::{self, thread_cpu};
 use wattson_collector::server::{self, ServeConfig};
 use wattson_collector::store::{Accumulator, Prepared, Rollup};
 use wattson_collector::validate::{self, Limits};
@@ -64,19 +65,8 @@ fn row(metric: impl Into<String>, value: String, goal: &str, met: Option<bool>) 
     }
 }
 
-/// CPU time this thread has used: the single-core rows are rated by it rather than by the
-/// wall clock, so other load on the machine does not show up as a slower decoder.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// Runs `f` repeatedly for `phase` (wall clock); returns calls per second of this thread's CPU.
+/// Runs `f` repeatedly for `phase` (wall clock); returns calls per second of this thread's CPU
+/// (rated by CPU time, so other load on the machine does not show up as a slower decoder).
 fn rate(phase: Duration, mut f: impl FnMut()) -> f64 {
     let start = Instant::now();
     let cpu = thread_cpu();
@@ -250,6 +240,12 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         ">= 0.5x",
         Some(ratio >= GOAL_RATIO),
     ));
+    rows.push(row(
+        "  collector CPU per batch, by stage (median run)",
+        run.stage_row(),
+        "",
+        None,
+    ));
     // What the collector spends before any store sees a batch: no store design wins it back.
     let floor_ms = ingest_phase(start, &shape, SIDE_PHASE, Sink::Discard, CLIENTS)?.ms_per_batch();
     rows.push(row(
@@ -316,12 +312,31 @@ struct Phase {
     settle: Duration,
     /// CPU the collector used for all of it (the clients' excluded).
     collector_cpu: Duration,
+    /// Of that, what each ingest stage used ([`ingest_cpu::Stage::ALL`] order).
+    stages: [Duration; 4],
 }
 
 impl Phase {
     /// Collector CPU per acknowledged batch, milliseconds.
     fn ms_per_batch(&self) -> f64 {
         1e3 * self.collector_cpu.as_secs_f64() / self.batches.max(1) as f64
+    }
+
+    /// Collector CPU per batch by stage, and the rest (HTTP/2, the runtime, the kernel's
+    /// network stack), milliseconds.
+    fn stage_row(&self) -> String {
+        let ms = |d: Duration| 1e3 * d.as_secs_f64() / self.batches.max(1) as f64;
+        let mut parts: Vec<String> = ingest_cpu::Stage::ALL
+            .iter()
+            .zip(self.stages)
+            .map(|(s, d)| format!("{} {:.3}", s.name(), ms(d)))
+            .collect();
+        let staged: Duration = self.stages.iter().sum();
+        parts.push(format!(
+            "rest {:.3} (HTTP/2, runtime, network)",
+            ms(self.collector_cpu.saturating_sub(staged))
+        ));
+        format!("{} ms", parts.join(", "))
     }
 
     /// Batches per second, end to end: acknowledged and rolled up.
@@ -456,6 +471,7 @@ fn ingest_phase(
         .build()
         .context("client runtime")?;
     let cpu_before = process_cpu();
+    let stages_before = ingest_cpu::spent();
     let acked = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + phase;
     let began = Instant::now();
@@ -503,6 +519,7 @@ fn ingest_phase(
     let collector_cpu = process_cpu()
         .saturating_sub(cpu_before)
         .saturating_sub(Duration::from_nanos(client_cpu.load(Ordering::Relaxed)));
+    let stages = std::array::from_fn(|i| ingest_cpu::spent()[i].1 - stages_before[i].1);
     let batches = acked.load(Ordering::Relaxed);
     anyhow::ensure!(
         stats.batches == batches,
@@ -516,5 +533,6 @@ fn ingest_phase(
         elapsed,
         settle,
         collector_cpu,
+        stages,
     })
 }

@@ -1,0 +1,121 @@
+//! CPU time the collector's ingest path spends, by stage, over the whole process: what
+//! `/metrics` exports as `wattson_collector_ingest_cpu_seconds_total{stage}`, and what the
+//! ingest bench divides by batches to show where a batch's cost goes. Each stage is measured
+//! with the running thread's own CPU clock around its work, never across an `.await` (where a
+//! task may move to another thread), so waiting and other threads' work never count. What is
+//! in no stage (HTTP/2, the async runtime, the kernel's network stack) is the process's CPU
+//! minus these.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A stage of ingest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Per request, on the network threads: unpacking its zstd frame, reading and validating
+    /// the batch and resolving it for the store (or refusing it).
+    Receive,
+    /// Making batches durable: dedup lookups, and the journal append with its sync (SQLite)
+    /// or the marker lookup and INSERT (ClickHouse).
+    Durable,
+    /// Summing resolved batches into the roll-up held in memory.
+    Merge,
+    /// Turning the sums into rows and writing them (SQLite's periodic roll-up; ClickHouse
+    /// builds a group's rows, its INSERT is `durable`).
+    Rollup,
+}
+
+impl Stage {
+    /// Every stage, in the order of a batch's path.
+    pub const ALL: [Stage; 4] = [Stage::Receive, Stage::Durable, Stage::Merge, Stage::Rollup];
+
+    /// The `stage` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Receive => "receive",
+            Stage::Durable => "durable",
+            Stage::Merge => "merge",
+            Stage::Rollup => "rollup",
+        }
+    }
+}
+
+static SPENT_NANOS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+/// CPU time the calling thread has used.
+pub fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Counts the calling thread's CPU towards a stage from [`Timer::start`] until it is stopped
+/// or dropped. Must not be held across an `.await`.
+#[must_use = "a timer counts when stopped or dropped"]
+pub struct Timer {
+    stage: Stage,
+    from: Duration,
+}
+
+impl Timer {
+    /// Starts counting towards `stage`.
+    pub fn start(stage: Stage) -> Timer {
+        Timer {
+            stage,
+            from: thread_cpu(),
+        }
+    }
+
+    /// Stops counting (the same as dropping it; reads better before an `.await`).
+    pub fn stop(self) {}
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        let spent = thread_cpu().saturating_sub(self.from);
+        SPENT_NANOS[self.stage as usize].fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Runs `f`, counting its CPU towards `stage`.
+pub fn time<T>(stage: Stage, f: impl FnOnce() -> T) -> T {
+    let _timer = Timer::start(stage);
+    f()
+}
+
+/// CPU spent so far in each stage, in [`Stage::ALL`] order.
+pub fn spent() -> [(Stage, Duration); 4] {
+    Stage::ALL.map(|s| {
+        (
+            s,
+            Duration::from_nanos(SPENT_NANOS[s as usize].load(Ordering::Relaxed)),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timer_counts_this_threads_cpu_and_not_its_sleep() {
+        let slept = thread_cpu();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(thread_cpu() - slept < Duration::from_millis(10));
+        let before = spent()[Stage::Rollup as usize].1;
+        time(Stage::Rollup, || {
+            let start = thread_cpu();
+            let mut x = 0u64;
+            while thread_cpu() - start < Duration::from_millis(20) {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        });
+        // At least the 20 ms spun (tests running alongside may add to the stage too).
+        let counted = spent()[Stage::Rollup as usize].1 - before;
+        assert!(counted >= Duration::from_millis(20), "{counted:?}");
+    }
+}
