@@ -5,6 +5,7 @@ pub mod attribute;
 pub mod flame;
 pub mod ingest_cpu;
 pub mod ingest_endpoint;
+pub mod ingest_summary;
 pub mod metrics;
 pub mod pprof;
 pub mod query;

@@ -115,6 +115,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let addr = listener.local_addr().context("reading the bound address")?;
         // Scripts and tests read this line to find a port picked with :0.
         tracing::info!(%addr, store = %args.store, "listening");
+        let summaries = tokio::spawn(wattson_collector::ingest_summary::run(
+            counted.clone(),
+            std::time::Duration::from_secs(60),
+        ));
         let housekeeping = tokio::spawn(wattson_collector::retention::run(
             store.clone(),
             retention,
@@ -135,6 +139,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             m.abort();
         }
         housekeeping.abort();
+        summaries.abort();
         Ok(())
     })
 }

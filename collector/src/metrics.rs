@@ -86,6 +86,36 @@ impl Counted {
     }
 }
 
+/// What ingest has counted since the collector started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestCounts {
+    /// Batches stored.
+    pub stored: u64,
+    /// Batches acknowledged as duplicates, storing nothing.
+    pub duplicates: u64,
+    /// Batches the store failed to take (the agents retry them).
+    pub errors: u64,
+    /// Requests refused before the store (malformed, too large, invalid).
+    pub rejected: u64,
+    /// Samples stored.
+    pub samples: u64,
+}
+
+impl Counted {
+    /// What ingest has counted so far.
+    pub fn ingest_counts(&self) -> IngestCounts {
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let r = &self.rejections;
+        IngestCounts {
+            stored: c(&self.counts.stored),
+            duplicates: c(&self.counts.duplicates),
+            errors: c(&self.counts.errors),
+            rejected: c(&r.malformed) + c(&r.too_large) + c(&r.invalid),
+            samples: c(&self.counts.samples),
+        }
+    }
+}
+
 impl Counts {
     /// Counts the outcome of one write or ingest that took `micros`.
     fn count(&self, r: &Result<Ingested, StoreError>, started: Instant) {
