@@ -53,6 +53,16 @@ pub fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// CPU time (user + system) the whole process has used: what the stages are part of.
+pub fn process_cpu() -> Duration {
+    // SAFETY: an all-zero rusage is valid, and getrusage only writes into it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 /// Counts the calling thread's CPU towards a stage from [`Timer::start`] until it is stopped
 /// or dropped. Must not be held across an `.await`.
 #[must_use = "a timer counts when stopped or dropped"]

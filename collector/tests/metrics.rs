@@ -153,20 +153,11 @@ async fn requests_refused_before_the_store_are_counted_by_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_cpu_is_counted_by_stage_and_within_the_process_cpu() {
-    use wattson_collector::ingest_cpu::{self, Stage};
+    use wattson_collector::ingest_cpu::{self, Stage, process_cpu};
     use wattson_collector::server::{self, ServeConfig};
     use wattson_proto::v1::IngestRequest;
     use wattson_proto::v1::ingest_service_client::IngestServiceClient;
 
-    let process_cpu = || {
-        // SAFETY: an all-zero rusage is valid, and getrusage only writes into it.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: `ru` is a valid, writable rusage.
-        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-        let tv =
-            |t: libc::timeval| std::time::Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-        tv(ru.ru_utime) + tv(ru.ru_stime)
-    };
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("c.db").display());
     let counted = Arc::new(Counted::new(Arc::from(store::open(&url).unwrap())));

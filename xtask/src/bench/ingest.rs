@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use prost::Message as _;
-use wattson_collector::ingest_cpu::{self, thread_cpu};
+use wattson_collector::ingest_cpu::{self, process_cpu, thread_cpu};
 use wattson_collector::server::{self, ServeConfig};
 use wattson_collector::store::{Accumulator, Prepared, Rollup};
 use wattson_collector::validate::{self, Limits};
@@ -392,16 +392,6 @@ fn host_batches(start: u64, shape: &Shape, h: usize) -> Vec<Batch> {
             synthetic::batch(&host, i as u64 + 1, t, shape, (h * 1000 + i) as u64 + 1)
         })
         .collect()
-}
-
-/// CPU time (user + system) of the whole process so far.
-fn process_cpu() -> Duration {
-    // SAFETY: an all-zero rusage is valid, and getrusage only writes into it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a valid, writable rusage.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// Where a gRPC phase stores its batches.
