@@ -4,7 +4,9 @@
 //! with the running thread's own CPU clock around its work, never across an `.await` (where a
 //! task may move to another thread), so waiting and other threads' work never count. What is
 //! in no stage (HTTP/2, the async runtime, the kernel's network stack) is the process's CPU
-//! minus these.
+//! minus these. `receive` is sampled (one request in [`RECEIVE_SAMPLING`] per thread, counted
+//! that many times), so it is an estimate; the other stages are timed in full, once per group
+//! of batches.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -40,6 +42,9 @@ impl Stage {
     }
 }
 
+/// One request in this many is timed for [`Stage::Receive`] (see [`Timer::sampled`]).
+pub const RECEIVE_SAMPLING: u32 = 16;
+
 static SPENT_NANOS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 
 /// CPU time the calling thread has used.
@@ -69,6 +74,8 @@ pub fn process_cpu() -> Duration {
 pub struct Timer {
     stage: Stage,
     from: Duration,
+    /// How many times what it measures counts (0: it measures nothing).
+    weight: u32,
 }
 
 impl Timer {
@@ -77,6 +84,30 @@ impl Timer {
         Timer {
             stage,
             from: thread_cpu(),
+            weight: 1,
+        }
+    }
+
+    /// Times one in `every` calls on this thread and counts it `every` times; the others
+    /// measure nothing. For per-request work: reading the thread clock is a syscall that
+    /// also updates the scheduler's accounting, and twice per request cost about 5 us, 3% of
+    /// a request (measured), where one in 16 costs a fraction of a microsecond.
+    pub fn sampled(stage: Stage, every: u32) -> Timer {
+        thread_local! {
+            static CALLS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+        }
+        let n = CALLS.get();
+        CALLS.set(n.wrapping_add(1));
+        if every > 1 && !n.is_multiple_of(every) {
+            return Timer {
+                stage,
+                from: Duration::ZERO,
+                weight: 0,
+            };
+        }
+        Timer {
+            weight: every.max(1),
+            ..Timer::start(stage)
         }
     }
 
@@ -86,7 +117,10 @@ impl Timer {
 
 impl Drop for Timer {
     fn drop(&mut self) {
-        let spent = thread_cpu().saturating_sub(self.from);
+        if self.weight == 0 {
+            return;
+        }
+        let spent = thread_cpu().saturating_sub(self.from) * self.weight;
         SPENT_NANOS[self.stage as usize].fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
     }
 }
@@ -127,5 +161,19 @@ mod tests {
         // At least the 20 ms spun (tests running alongside may add to the stage too).
         let counted = spent()[Stage::Rollup as usize].1 - before;
         assert!(counted >= Duration::from_millis(20), "{counted:?}");
+    }
+
+    #[test]
+    fn a_sampled_timer_measures_one_call_in_n_and_counts_it_n_times() {
+        // On a thread of its own, so its count of calls starts at zero.
+        std::thread::spawn(|| {
+            let measured: Vec<u32> = (0..8)
+                .map(|_| Timer::sampled(Stage::Durable, 4).weight)
+                .collect();
+            assert_eq!(measured, [4, 0, 0, 0, 4, 0, 0, 0]);
+            assert_eq!(Timer::sampled(Stage::Durable, 1).weight, 1);
+        })
+        .join()
+        .unwrap();
     }
 }

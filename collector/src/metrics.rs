@@ -238,8 +238,9 @@ pub fn render(counted: &Counted, engine: &QueryEngine, now: i64) -> String {
         "wattson_collector_ingest_cpu_seconds_total",
         Kind::Counter,
         "CPU the ingest path used, by stage: receive (zstd, reading, validating and resolving \
-         each request), durable (dedup and the journal or INSERT), merge (summing batches in \
-         memory), rollup (writing the summed rows). HTTP/2 and the runtime are in no stage.",
+         each request; estimated from one request in 16), durable (dedup and the journal or \
+         INSERT), merge (summing batches in memory), rollup (writing the summed rows). HTTP/2 \
+         and the runtime are in no stage.",
     );
     for (stage, spent) in ingest_cpu::spent() {
         cpu.sample(&[("stage", &stage.name())], spent.as_secs_f64());

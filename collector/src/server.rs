@@ -264,7 +264,8 @@ impl Ingest {
         request: Request<Bytes>,
     ) -> Result<Response<IngestResponse>, Status> {
         // Stopped before the first `.await`, or dropped at a refusal before it.
-        let receiving = ingest_cpu::Timer::start(ingest_cpu::Stage::Receive);
+        let receiving =
+            ingest_cpu::Timer::sampled(ingest_cpu::Stage::Receive, ingest_cpu::RECEIVE_SAMPLING);
         let peer = request.remote_addr();
         let request = request.into_inner();
         // Counted as too large or malformed when refused as invalid; logged either way.

@@ -196,8 +196,9 @@ async fn ingest_cpu_is_counted_by_stage_and_within_the_process_cpu() {
         assert!(after[i] > before[i], "{} counted nothing", stage.name());
     }
     // Thread CPU clocks around the work: never more than the process used meanwhile (a timer
-    // held across an await, or counting twice, could exceed it).
-    let staged: std::time::Duration = (0..4).map(|i| after[i] - before[i]).sum();
+    // held across an await, or counting twice, could exceed it). `receive` is sampled, an
+    // estimate, so only the stages timed in full are held to this.
+    let staged: std::time::Duration = (1..4).map(|i| after[i] - before[i]).sum();
     assert!(
         staged <= cpu_after - cpu_before,
         "{staged:?} > {:?}",
