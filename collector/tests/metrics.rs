@@ -84,29 +84,68 @@ async fn metrics_expose_counters_size_and_service_watts() {
     assert!(m.contains("# TYPE wattson_store_bytes gauge"));
 }
 
+/// A collector serving gRPC on 127.0.0.1:0 over a fresh SQLite store, counted as `serve`
+/// counts it, and a client connected to it.
+struct Serving {
+    counted: Arc<Counted>,
+    store: Arc<dyn Store>,
+    client:
+        wattson_proto::v1::ingest_service_client::IngestServiceClient<tonic::transport::Channel>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), wattson_collector::server::ServeError>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Serving {
+    /// Starts it; `config` sets what the test needs beside the store's rejection counts.
+    async fn start(config: wattson_collector::server::ServeConfig) -> Serving {
+        use wattson_collector::server;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let counted = Arc::new(Counted::new(Arc::from(store::open(&url).unwrap())));
+        let store: Arc<dyn Store> = counted.clone();
+        let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let config = server::ServeConfig {
+            rejections: counted.rejections(),
+            ..config
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(listener, store.clone(), config, async {
+            let _ = stopped.await;
+        }));
+        let client = wattson_proto::v1::ingest_service_client::IngestServiceClient::connect(addr)
+            .await
+            .unwrap();
+        Serving {
+            counted,
+            store,
+            client,
+            stop,
+            task,
+            _dir: dir,
+        }
+    }
+
+    /// Stops the server and waits until it has.
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_refused_before_the_store_are_counted_by_reason() {
-    use wattson_collector::server::{self, ServeConfig};
+    use wattson_collector::server::ServeConfig;
     use wattson_proto::v1::IngestRequest;
     use wattson_proto::v1::ingest_request::Payload;
-    use wattson_proto::v1::ingest_service_client::IngestServiceClient;
 
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("r.db").display());
-    let counted = Arc::new(Counted::new(Arc::from(store::open(&url).unwrap())));
-    let store: Arc<dyn Store> = counted.clone();
-    let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    let config = ServeConfig {
-        rejections: counted.rejections(),
+    let mut s = Serving::start(ServeConfig {
         max_message_bytes: 4096,
         ..ServeConfig::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve(listener, store.clone(), config, async {
-        let _ = stopped.await;
-    }));
-    let mut c = IngestServiceClient::connect(addr).await.unwrap();
+    })
+    .await;
+    let c = &mut s.client;
     let now = wattson_collector::report::now();
     let good = BatchBuilder::new("h1", 1)
         .interval(now - 60, 10, false, 0.0, &[("api", "", "main", 1, 1.0)])
@@ -137,8 +176,8 @@ async fn requests_refused_before_the_store_are_counted_by_reason() {
         let e = c.ingest(request).await.unwrap_err();
         assert_eq!(e.code(), code, "{e}");
     }
-    let engine = QueryEngine::new(store, FleetConfig::default());
-    let m = metrics::render(&counted, &engine, now);
+    let engine = QueryEngine::new(s.store.clone(), FleetConfig::default());
+    let m = metrics::render(&s.counted, &engine, now);
     for line in [
         "wattson_collector_batches_rejected_total{reason=\"malformed\"} 2",
         "wattson_collector_batches_rejected_total{reason=\"too_large\"} 2",
@@ -147,33 +186,17 @@ async fn requests_refused_before_the_store_are_counted_by_reason() {
     ] {
         assert!(m.contains(line), "missing {line:?} in\n{m}");
     }
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_cpu_is_counted_by_stage_and_within_the_process_cpu() {
     use wattson_collector::ingest_cpu::{self, Stage, process_cpu};
-    use wattson_collector::server::{self, ServeConfig};
+    use wattson_collector::server::ServeConfig;
     use wattson_proto::v1::IngestRequest;
-    use wattson_proto::v1::ingest_service_client::IngestServiceClient;
 
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("c.db").display());
-    let counted = Arc::new(Counted::new(Arc::from(store::open(&url).unwrap())));
-    let store: Arc<dyn Store> = counted.clone();
-    let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve(
-        listener,
-        store.clone(),
-        ServeConfig::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let mut c = IngestServiceClient::connect(addr).await.unwrap();
+    let mut s = Serving::start(ServeConfig::default()).await;
+    let c = &mut s.client;
     let now = wattson_collector::report::now();
     let spent = || ingest_cpu::spent().map(|(_, d)| d);
     let (before, cpu_before) = (spent(), process_cpu());
@@ -190,7 +213,7 @@ async fn ingest_cpu_is_counted_by_stage_and_within_the_process_cpu() {
         c.ingest(IngestRequest::zstd(&b).unwrap()).await.unwrap();
     }
     // A query settles the store: the roll-up runs.
-    assert_eq!(store.stats().unwrap().batches, 50);
+    assert_eq!(s.store.stats().unwrap().batches, 50);
     let (after, cpu_after) = (spent(), process_cpu());
     for (i, stage) in Stage::ALL.iter().enumerate() {
         assert!(after[i] > before[i], "{} counted nothing", stage.name());
@@ -204,8 +227,8 @@ async fn ingest_cpu_is_counted_by_stage_and_within_the_process_cpu() {
         "{staged:?} > {:?}",
         cpu_after - cpu_before
     );
-    let engine = QueryEngine::new(store, FleetConfig::default());
-    let m = metrics::render(&counted, &engine, now);
+    let engine = QueryEngine::new(s.store.clone(), FleetConfig::default());
+    let m = metrics::render(&s.counted, &engine, now);
     for stage in Stage::ALL {
         let line = format!(
             "wattson_collector_ingest_cpu_seconds_total{{stage=\"{}\"}} ",
@@ -213,6 +236,5 @@ async fn ingest_cpu_is_counted_by_stage_and_within_the_process_cpu() {
         );
         assert!(m.contains(&line), "missing {line:?} in\n{m}");
     }
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    s.stop().await;
 }
