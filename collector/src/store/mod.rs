@@ -13,6 +13,7 @@
 
 pub mod clickhouse;
 pub mod clickhouse_server;
+mod intern;
 pub mod journal;
 mod pipeline;
 pub mod query_plan;

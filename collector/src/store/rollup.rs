@@ -7,13 +7,14 @@
 //! holds everything that can fail; [`Accumulator`] merges prepared batches with interned
 //! integer keys and builds string rows once per flush. [`Rollup`] is one batch through both.
 
-use foldhash::{HashMap, HashMapExt as _};
+use foldhash::HashMap;
 
 use std::borrow::Cow;
 
 use wattson_proto::v1::{Batch, EnergySource, FrameKind};
 use wattson_proto::view::BatchView;
 
+use super::intern::{Names, Stacks};
 use super::{StoreError, Totals};
 
 /// What a row sums over.
@@ -434,7 +435,7 @@ fn ranges(ends: &[u32]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
 }
 
 /// Interned key of a minute row: (kind, minute, service, key, build for stack rows). The key
-/// of a stack row is an index into [`Accumulator::stacks`], of other rows into `strings`.
+/// of a stack row is a stack id of [`Accumulator`]'s stacks, of other rows a name id.
 type CellKey = (Kind, i64, u32, u32, u32);
 
 /// Sums of many batches, keyed by interned strings and stacks so merging a batch is integer
@@ -444,55 +445,33 @@ type CellKey = (Kind, i64, u32, u32, u32);
 /// far less work than expanding every sample of every batch.
 #[derive(Debug, Default)]
 pub struct Accumulator {
-    strings: Vec<String>,
-    ids: HashMap<String, u32>,
-    /// Stacks as string ids, leaf first.
-    stacks: Vec<Vec<u32>>,
-    /// Per stack, its distinct string ids (a recursive function counts once inclusive).
-    distinct: Vec<Vec<u32>>,
-    stack_ids: HashMap<Vec<u32>, u32>,
+    names: Names,
+    stacks: Stacks,
     cells: HashMap<CellKey, Totals>,
     batches: u64,
+    /// Scratch of [`Accumulator::rows`], kept between roll-ups so each reuses its memory
+    /// rather than faulting in fresh pages (seen in profiles of the roll-up).
+    functions: HashMap<CellKey, Totals>,
+    hours: HashMap<CellKey, Totals>,
+    ids: Vec<u32>,
+    frames: Vec<u32>,
 }
 
 impl Accumulator {
-    fn intern(&mut self, s: &str) -> u32 {
-        if let Some(&i) = self.ids.get(s) {
-            return i;
-        }
-        let i = self.strings.len() as u32;
-        self.strings.push(s.to_string());
-        self.ids.insert(s.to_string(), i);
-        i
-    }
-
     /// Adds a prepared batch; cannot fail.
     pub fn merge(&mut self, p: &Prepared) {
         self.batches += 1;
-        let ids: Vec<u32> = ranges(&p.name_ends)
-            .map(|r| self.intern(&p.names[r]))
-            .collect();
-        // One scratch buffer: a fleet's stacks are mostly known, so most lookups allocate
-        // nothing.
-        let mut frames: Vec<u32> = Vec::new();
-        let stacks: Vec<u32> = ranges(&p.stack_ends)
-            .map(|r| {
-                let local = &p.stack_frames[r];
-                frames.clear();
-                frames.extend(local.iter().map(|&f| ids[f as usize]));
-                if let Some(&i) = self.stack_ids.get(frames.as_slice()) {
-                    return i;
-                }
-                let i = self.stacks.len() as u32;
-                let mut distinct = frames.clone();
-                distinct.sort_unstable();
-                distinct.dedup();
-                self.distinct.push(distinct);
-                self.stacks.push(frames.clone());
-                self.stack_ids.insert(frames.clone(), i);
-                i
-            })
-            .collect();
+        let mut ids = std::mem::take(&mut self.ids);
+        ids.clear();
+        ids.extend(ranges(&p.name_ends).map(|r| self.names.id(&p.names[r])));
+        let mut frames = std::mem::take(&mut self.frames);
+        // Local stack index -> interned stack id, reusing the frame buffer's tail.
+        let mut stacks = Vec::with_capacity(p.stack_ends.len());
+        for r in ranges(&p.stack_ends) {
+            frames.clear();
+            frames.extend(p.stack_frames[r].iter().map(|&f| ids[f as usize]));
+            stacks.push(self.stacks.id(&frames));
+        }
         for &((kind, minute, s, k, b), ref t) in &p.cells {
             let key = if kind == Kind::Stack {
                 stacks[k as usize]
@@ -504,6 +483,8 @@ impl Accumulator {
                 .or_default()
                 .add(t);
         }
+        self.ids = ids;
+        self.frames = frames;
     }
 
     /// Batches merged since the last [`Accumulator::take_rows`].
@@ -522,18 +503,26 @@ impl Accumulator {
     }
 
     /// The rows to write, minute rows then hour rows, each sorted by (kind, minute, service,
-    /// key) so identical input produces identical writes. The accumulator is unchanged:
+    /// key) so identical input produces identical writes. What was merged is unchanged:
     /// [`Accumulator::clear`] it once the rows are durable.
-    pub fn rows(&self) -> Vec<Row> {
-        let empty = self.ids.get("").copied().unwrap_or(0);
-        let mut minutes: HashMap<CellKey, Totals> = HashMap::with_capacity(self.cells.len() * 2);
+    pub fn rows(&mut self) -> Vec<Row> {
+        let empty = self.names.find("").unwrap_or(0);
+        let (functions, hours) = (&mut self.functions, &mut self.hours);
+        functions.clear();
+        hours.clear();
+        // Merged cells are minute rows as they are; function rows are derived from stack
+        // cells. Every minute row also adds to its hour.
+        let hour = |minute: i64| minute.div_euclid(3600) * 3600;
         for (&(kind, minute, svc, k, b), t) in &self.cells {
-            minutes.entry((kind, minute, svc, k, b)).or_default().add(t);
+            hours
+                .entry((kind, hour(minute), svc, k, b))
+                .or_default()
+                .add(t);
             if kind != Kind::Stack {
                 continue;
             }
-            let leaf = self.stacks[k as usize].first().copied();
-            for &f in &self.distinct[k as usize] {
+            let leaf = self.stacks.frames(k).first().copied();
+            for &f in self.stacks.distinct(k) {
                 let mut ft = Totals {
                     samples_incl: t.samples_self,
                     uj_incl: t.uj_self,
@@ -545,67 +534,65 @@ impl Accumulator {
                     ft.uj_self = t.uj_self;
                     ft.est_uj_self = t.est_uj_self;
                 }
-                minutes
+                functions
                     .entry((Kind::Function, minute, svc, f, empty))
                     .or_default()
                     .add(&ft);
             }
         }
-        let mut hours: HashMap<CellKey, Totals> = HashMap::with_capacity(minutes.len());
-        for (&(kind, minute, s, k, b), t) in &minutes {
+        for (&(kind, minute, s, k, b), t) in functions.iter() {
             hours
-                .entry((kind, minute.div_euclid(3600) * 3600, s, k, b))
+                .entry((kind, hour(minute), s, k, b))
                 .or_default()
                 .add(t);
         }
-        let folded: Vec<String> = self
-            .stacks
-            .iter()
-            .map(|frames| {
+        let folded: Vec<String> = (0..self.stacks.len() as u32)
+            .map(|id| {
+                let frames = self.stacks.frames(id);
                 if frames.is_empty() {
                     return "[no frames]".to_string();
                 }
-                let parts: Vec<&str> = frames
-                    .iter()
-                    .rev()
-                    .map(|&i| self.strings[i as usize].as_str())
-                    .collect();
+                let parts: Vec<&str> = frames.iter().rev().map(|&i| self.names.get(i)).collect();
                 parts.join(";")
             })
             .collect();
-        let mut rows = Vec::with_capacity(minutes.len() + hours.len());
-        for (res, map) in [(RES_MINUTE, &minutes), (RES_HOUR, &hours)] {
-            let mut part: Vec<Row> = map
-                .iter()
-                .map(|(&(kind, minute, s, k, b), totals)| Row {
-                    kind,
-                    res,
-                    minute,
-                    service: self.strings[s as usize].clone(),
-                    key: if kind == Kind::Stack {
-                        stack_key(&self.strings[b as usize], &folded[k as usize])
-                    } else {
-                        self.strings[k as usize].clone()
-                    },
-                    totals: *totals,
-                })
-                .collect();
+        let names = &self.names;
+        let row = |res: u8, (&(kind, minute, s, k, b), totals): (&CellKey, &Totals)| Row {
+            kind,
+            res,
+            minute,
+            service: names.get(s).to_string(),
+            key: if kind == Kind::Stack {
+                stack_key(names.get(b), &folded[k as usize])
+            } else {
+                names.get(k).to_string()
+            },
+            totals: *totals,
+        };
+        let sorted = |mut part: Vec<Row>| {
             part.sort_by(|a, b| {
                 (a.kind, a.minute, &a.service, &a.key).cmp(&(b.kind, b.minute, &b.service, &b.key))
             });
-            rows.extend(part);
-        }
+            part
+        };
+        let mut rows = sorted(
+            self.cells
+                .iter()
+                .chain(functions.iter())
+                .map(|c| row(RES_MINUTE, c))
+                .collect(),
+        );
+        rows.extend(sorted(hours.iter().map(|c| row(RES_HOUR, c)).collect()));
         rows
     }
 
-    /// Forgets everything merged.
+    /// Forgets everything merged, keeping the memory for the next window.
     pub fn clear(&mut self) {
         self.cells.clear();
-        self.strings.clear();
-        self.ids.clear();
+        self.names.clear();
         self.stacks.clear();
-        self.distinct.clear();
-        self.stack_ids.clear();
+        self.functions.clear();
+        self.hours.clear();
         self.batches = 0;
     }
 
