@@ -133,8 +133,12 @@ pub struct Prepared {
     stack_ends: Vec<u32>,
     /// Every stack's frames, as indexes into `strings`, leaf first.
     stack_frames: Vec<u32>,
-    /// Minute cells; a stack row's key indexes `stacks`, every other id indexes `strings`.
-    cells: Vec<(CellKey, Totals)>,
+    /// Stack, service and build minute cells; a stack cell's key indexes the stacks, every
+    /// other id indexes the names.
+    cells: Vec<(CellKey, Flat)>,
+    /// The host's sums per minute; the host id is name `host`.
+    hosts: Vec<(i64, Totals)>,
+    host: u32,
     /// Earliest minute, 0 for a batch without profiles.
     pub first_minute: i64,
     /// Interval profiles in the batch.
@@ -318,14 +322,13 @@ impl Prepared {
                     procs.push((service, build));
                 }
                 let (m, e) = split(uj(s.microjoules, "sample")?);
-                let flat = Totals {
-                    samples_self: s.count,
-                    uj_self: m,
-                    est_uj_self: e,
-                    ..Totals::default()
+                let flat = Flat {
+                    samples: s.count,
+                    uj: m,
+                    est_uj: e,
                 };
                 samples_total += s.count;
-                host.add(&flat);
+                host.add(&flat.totals());
                 cells.add(stack, minute, *proc_slot, &flat);
                 by_proc.add(*proc_slot, minute, 0, &flat);
             }
@@ -346,8 +349,8 @@ impl Prepared {
             .collect();
         // Keys are distinct without a map: every process has its own service and build name
         // ids (names are not deduplicated here), and each chain holds a (minute, id) once.
-        let mut local: Vec<(CellKey, Totals)> =
-            Vec::with_capacity(cells.cells.len() + 2 * by_proc.cells.len() + hosts.len());
+        let mut local: Vec<(CellKey, Flat)> =
+            Vec::with_capacity(cells.cells.len() + 2 * by_proc.cells.len());
         // Function rows are not expanded here: the accumulator derives them from its summed
         // stack rows, once per distinct stack rather than once per sample of every batch.
         for &(stack_i, minute, proc_i, flat) in &cells.cells {
@@ -358,9 +361,6 @@ impl Prepared {
             let (svc, build) = procs[proc_i as usize];
             local.push(((Kind::Service, minute, svc, host_id, empty), flat));
             local.push(((Kind::Build, minute, svc, build, empty), flat));
-        }
-        for (minute, t) in hosts {
-            local.push(((Kind::Host, minute, empty, host_id, empty), t));
         }
         Ok(Prepared {
             name_ends: names
@@ -374,6 +374,8 @@ impl Prepared {
             stack_ends,
             stack_frames,
             cells: local,
+            hosts,
+            host: host_id,
             first_minute: if first_minute == i64::MAX {
                 0
             } else {
@@ -385,13 +387,39 @@ impl Prepared {
     }
 }
 
-/// Totals keyed by (dense local index, minute, id): each index heads a chain of its cells,
+/// Self sums: all that stack, service and build cells hold. A third of [`Totals`]' size keeps
+/// the prepared batches and the accumulator's map (hundreds of thousands of cells) in cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Flat {
+    samples: u64,
+    uj: u64,
+    est_uj: u64,
+}
+
+impl Flat {
+    fn add(&mut self, o: &Flat) {
+        self.samples += o.samples;
+        self.uj += o.uj;
+        self.est_uj += o.est_uj;
+    }
+
+    fn totals(&self) -> Totals {
+        Totals {
+            samples_self: self.samples,
+            uj_self: self.uj,
+            est_uj_self: self.est_uj,
+            ..Totals::default()
+        }
+    }
+}
+
+/// Sums keyed by (dense local index, minute, id): each index heads a chain of its cells,
 /// almost always one long (a stack runs in one process, a batch spans one minute).
 struct Chains {
     /// Per dense index, its first cell + 1 (0: none yet).
     heads: Vec<u32>,
     /// (index, minute, id, sums), and the next cell of the same index + 1.
-    cells: Vec<(u32, i64, u32, Totals)>,
+    cells: Vec<(u32, i64, u32, Flat)>,
     next: Vec<u32>,
 }
 
@@ -405,7 +433,7 @@ impl Chains {
         }
     }
 
-    fn add(&mut self, index: u32, minute: i64, id: u32, t: &Totals) {
+    fn add(&mut self, index: u32, minute: i64, id: u32, t: &Flat) {
         let i = index as usize;
         if i >= self.heads.len() {
             self.heads.resize(i + 1, 0);
@@ -447,7 +475,9 @@ type CellKey = (Kind, i64, u32, u32, u32);
 pub struct Accumulator {
     names: Names,
     stacks: Stacks,
-    cells: HashMap<CellKey, Totals>,
+    cells: HashMap<CellKey, Flat>,
+    /// (minute, host name id) -> the host's sums.
+    hosts: HashMap<(i64, u32), Totals>,
     batches: u64,
     /// Scratch of [`Accumulator::rows`], kept between roll-ups so each reuses its memory
     /// rather than faulting in fresh pages (seen in profiles of the roll-up).
@@ -483,6 +513,10 @@ impl Accumulator {
                 .or_default()
                 .add(t);
         }
+        let host = ids[p.host as usize];
+        for &(minute, ref t) in &p.hosts {
+            self.hosts.entry((minute, host)).or_default().add(t);
+        }
         self.ids = ids;
         self.frames = frames;
     }
@@ -494,12 +528,12 @@ impl Accumulator {
 
     /// Minute rows held (hour rows are derived from them).
     pub fn len(&self) -> usize {
-        self.cells.len()
+        self.cells.len() + self.hosts.len()
     }
 
     /// True when nothing was merged.
     pub fn is_empty(&self) -> bool {
-        self.cells.is_empty()
+        self.cells.is_empty() && self.hosts.is_empty()
     }
 
     /// The rows to write, minute rows then hour rows, each sorted by (kind, minute, service,
@@ -512,27 +546,27 @@ impl Accumulator {
         hours.clear();
         // Merged cells are minute rows as they are; function rows are derived from stack
         // cells. Every minute row also adds to its hour.
-        let hour = |minute: i64| minute.div_euclid(3600) * 3600;
-        for (&(kind, minute, svc, k, b), t) in &self.cells {
-            hours
-                .entry((kind, hour(minute), svc, k, b))
-                .or_default()
-                .add(t);
+        let hour =
+            |(kind, minute, s, k, b): CellKey| (kind, minute.div_euclid(3600) * 3600, s, k, b);
+        let host_key = |(minute, host): (i64, u32)| (Kind::Host, minute, empty, host, empty);
+        for (&key, flat) in &self.cells {
+            hours.entry(hour(key)).or_default().add(&flat.totals());
+            let (kind, minute, svc, k, _) = key;
             if kind != Kind::Stack {
                 continue;
             }
             let leaf = self.stacks.frames(k).first().copied();
             for &f in self.stacks.distinct(k) {
                 let mut ft = Totals {
-                    samples_incl: t.samples_self,
-                    uj_incl: t.uj_self,
-                    est_uj_incl: t.est_uj_self,
+                    samples_incl: flat.samples,
+                    uj_incl: flat.uj,
+                    est_uj_incl: flat.est_uj,
                     ..Totals::default()
                 };
                 if leaf == Some(f) {
-                    ft.samples_self = t.samples_self;
-                    ft.uj_self = t.uj_self;
-                    ft.est_uj_self = t.est_uj_self;
+                    ft.samples_self = flat.samples;
+                    ft.uj_self = flat.uj;
+                    ft.est_uj_self = flat.est_uj;
                 }
                 functions
                     .entry((Kind::Function, minute, svc, f, empty))
@@ -540,11 +574,11 @@ impl Accumulator {
                     .add(&ft);
             }
         }
-        for (&(kind, minute, s, k, b), t) in functions.iter() {
-            hours
-                .entry((kind, hour(minute), s, k, b))
-                .or_default()
-                .add(t);
+        for (&key, t) in functions.iter() {
+            hours.entry(hour(key)).or_default().add(t);
+        }
+        for (&at, t) in &self.hosts {
+            hours.entry(hour(host_key(at))).or_default().add(t);
         }
         let folded: Vec<String> = (0..self.stacks.len() as u32)
             .map(|id| {
@@ -557,7 +591,7 @@ impl Accumulator {
             })
             .collect();
         let names = &self.names;
-        let row = |res: u8, (&(kind, minute, s, k, b), totals): (&CellKey, &Totals)| Row {
+        let row = |res: u8, (kind, minute, s, k, b): CellKey, totals: Totals| Row {
             kind,
             res,
             minute,
@@ -567,7 +601,7 @@ impl Accumulator {
             } else {
                 names.get(k).to_string()
             },
-            totals: *totals,
+            totals,
         };
         let sorted = |mut part: Vec<Row>| {
             part.sort_by(|a, b| {
@@ -575,20 +609,27 @@ impl Accumulator {
             });
             part
         };
-        let mut rows = sorted(
-            self.cells
-                .iter()
-                .chain(functions.iter())
-                .map(|c| row(RES_MINUTE, c))
-                .collect(),
-        );
-        rows.extend(sorted(hours.iter().map(|c| row(RES_HOUR, c)).collect()));
+        let minutes = self
+            .cells
+            .iter()
+            .map(|(&k, f)| row(RES_MINUTE, k, f.totals()))
+            .chain(functions.iter().map(|(&k, &t)| row(RES_MINUTE, k, t)))
+            .chain(
+                self.hosts
+                    .iter()
+                    .map(|(&at, &t)| row(RES_MINUTE, host_key(at), t)),
+            );
+        let mut rows = sorted(minutes.collect());
+        rows.extend(sorted(
+            hours.iter().map(|(&k, &t)| row(RES_HOUR, k, t)).collect(),
+        ));
         rows
     }
 
     /// Forgets everything merged, keeping the memory for the next window.
     pub fn clear(&mut self) {
         self.cells.clear();
+        self.hosts.clear();
         self.names.clear();
         self.stacks.clear();
         self.functions.clear();
