@@ -140,7 +140,7 @@ impl ClickHouseStore {
         tail: &str,
     ) -> Result<Vec<Keyed>, StoreError> {
         let w = window.aligned()?;
-        let mut filter = condition(kind as u8, &ranges(w, true));
+        let mut filter = condition(kind as u8, &ranges(w, true, i64::MAX));
         if let Some(s) = service {
             let _ = write!(filter, " AND service = {}", quote(s));
         }
@@ -343,7 +343,7 @@ impl Store for ClickHouseStore {
     ) -> Result<Vec<Point>, StoreError> {
         let w = window.aligned()?;
         let step = super::query_plan::check_step(step)?;
-        let filter = condition(Kind::Function as u8, &ranges(w, step % 3600 == 0));
+        let filter = condition(Kind::Function as u8, &ranges(w, step % 3600 == 0, i64::MAX));
         let sql = format!(
             "SELECT intDiv(toInt64(toUInt32(minute)) - {from}, {step}) * {step} + {from} AS bucket, \
              {sums} FROM {db}.rollup WHERE {filter} AND service = {s} AND key = {k} \

@@ -19,6 +19,7 @@ mod pipeline;
 pub mod query_plan;
 pub mod rollup;
 pub mod sqlite;
+mod sqlite_hours;
 mod sqlite_ingest;
 pub mod synthetic;
 
@@ -273,7 +274,7 @@ impl Default for Retention {
 /// What [`Store::retain`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RetentionReport {
-    /// Minute rows deleted (already summed into hour rows at ingest). ClickHouse deletes
+    /// Minute rows deleted (already summed into hour rows). ClickHouse deletes
     /// asynchronously and reports rows counted before the delete.
     pub minute_rows_deleted: u64,
     /// Rows deleted because they passed the total retention.

@@ -31,13 +31,16 @@ pub struct Range {
 }
 
 /// The non-empty ranges that together cover a minute-aligned window exactly once: whole hours
-/// from hour rows (when `hours` allows) and the edges from minute rows.
-pub fn ranges(w: Window, hours: bool) -> Vec<Range> {
+/// from hour rows (when `hours` allows, and only hours ending by `complete_before`, an hour
+/// boundary) and the rest from minute rows.
+pub fn ranges(w: Window, hours: bool, complete_before: i64) -> Vec<Range> {
     let (h0, h1) = if hours {
-        split_hours(w.from, w.to)
+        split_hours(w.from, w.to.min(complete_before))
     } else {
         (w.to, w.to)
     };
+    // Hours end where complete hour rows end; minute rows cover the rest of the window.
+    let (h0, h1) = if h0 < h1 { (h0, h1) } else { (w.to, w.to) };
     [
         Range {
             res: RES_HOUR,
@@ -131,7 +134,7 @@ mod tests {
             from: 1800,
             to: 3 * 3600 + 600,
         };
-        let r = ranges(w, true);
+        let r = ranges(w, true, i64::MAX);
         assert_eq!(r.len(), 3);
         let covered: i64 = r.iter().map(|r| r.to - r.from).sum();
         assert_eq!(covered, w.to - w.from);
@@ -141,13 +144,45 @@ mod tests {
             to: 3 * 3600
         }));
         // Inside one hour: minute rows only.
-        let r = ranges(Window { from: 60, to: 600 }, true);
+        let r = ranges(Window { from: 60, to: 600 }, true, i64::MAX);
         assert_eq!(
             r,
             vec![Range {
                 res: RES_MINUTE,
                 from: 60,
                 to: 600
+            }]
+        );
+        // Hour rows complete only before 2h: the third hour comes from minute rows.
+        let r = ranges(w, true, 2 * 3600);
+        assert_eq!(
+            r,
+            vec![
+                Range {
+                    res: RES_HOUR,
+                    from: 3600,
+                    to: 2 * 3600
+                },
+                Range {
+                    res: RES_MINUTE,
+                    from: 1800,
+                    to: 3600
+                },
+                Range {
+                    res: RES_MINUTE,
+                    from: 2 * 3600,
+                    to: 3 * 3600 + 600
+                },
+            ]
+        );
+        // None complete: minute rows only.
+        let r = ranges(w, true, 3600);
+        assert_eq!(
+            r,
+            vec![Range {
+                res: RES_MINUTE,
+                from: 1800,
+                to: 3 * 3600 + 600
             }]
         );
     }

@@ -537,20 +537,24 @@ impl Accumulator {
     }
 
     /// The rows to write, minute rows then hour rows, each sorted by (kind, minute, service,
-    /// key) so identical input produces identical writes. What was merged is unchanged:
+    /// key) so identical input produces identical writes. Hour rows sum the minute rows
+    /// before `hours_before` only (a store that adds later minutes to their hours itself
+    /// passes its watermark; see `sqlite_hours`). What was merged is unchanged:
     /// [`Accumulator::clear`] it once the rows are durable.
-    pub fn rows(&mut self) -> Vec<Row> {
+    pub fn rows(&mut self, hours_before: i64) -> Vec<Row> {
         let empty = self.names.find("").unwrap_or(0);
         let (functions, hours) = (&mut self.functions, &mut self.hours);
         functions.clear();
         hours.clear();
         // Merged cells are minute rows as they are; function rows are derived from stack
-        // cells. Every minute row also adds to its hour.
-        let hour =
-            |(kind, minute, s, k, b): CellKey| (kind, minute.div_euclid(3600) * 3600, s, k, b);
+        // cells. Every minute row before `hours_before` also adds to its hour.
+        let hour = |(kind, minute, s, k, b): CellKey| (kind, hour_of(minute), s, k, b);
         let host_key = |(minute, host): (i64, u32)| (Kind::Host, minute, empty, host, empty);
+        let to_hours = |(_, minute, ..): CellKey| minute < hours_before;
         for (&key, flat) in &self.cells {
-            hours.entry(hour(key)).or_default().add(&flat.totals());
+            if to_hours(key) {
+                hours.entry(hour(key)).or_default().add(&flat.totals());
+            }
             let (kind, minute, svc, k, _) = key;
             if kind != Kind::Stack {
                 continue;
@@ -574,11 +578,13 @@ impl Accumulator {
                     .add(&ft);
             }
         }
-        for (&key, t) in functions.iter() {
+        for (&key, t) in functions.iter().filter(|(k, _)| to_hours(**k)) {
             hours.entry(hour(key)).or_default().add(t);
         }
         for (&at, t) in &self.hosts {
-            hours.entry(hour(host_key(at))).or_default().add(t);
+            if to_hours(host_key(at)) {
+                hours.entry(hour(host_key(at))).or_default().add(t);
+            }
         }
         let folded: Vec<String> = (0..self.stacks.len() as u32)
             .map(|id| {
@@ -637,12 +643,43 @@ impl Accumulator {
         self.batches = 0;
     }
 
-    /// [`Accumulator::rows`], then [`Accumulator::clear`].
+    /// [`Accumulator::rows`] with every hour row, then [`Accumulator::clear`].
     pub fn take_rows(&mut self) -> Vec<Row> {
-        let rows = self.rows();
+        let rows = self.rows(i64::MAX);
         self.clear();
         rows
     }
+}
+
+/// Start of the hour of `minute` (Unix seconds).
+pub fn hour_of(minute: i64) -> i64 {
+    minute.div_euclid(3600) * 3600
+}
+
+/// Hour rows summing the minute rows of `rows` before `before` (for a store that adds later
+/// minutes to their hours itself, given rows from [`Rollup::from_batch`]).
+pub fn hour_rows(rows: &[Row], before: i64) -> Vec<Row> {
+    let mut hours: std::collections::BTreeMap<(Kind, i64, &str, &str), Totals> = Default::default();
+    for r in rows
+        .iter()
+        .filter(|r| r.res == RES_MINUTE && r.minute < before)
+    {
+        hours
+            .entry((r.kind, hour_of(r.minute), &r.service, &r.key))
+            .or_default()
+            .add(&r.totals);
+    }
+    hours
+        .into_iter()
+        .map(|((kind, minute, service, key), totals)| Row {
+            kind,
+            res: RES_HOUR,
+            minute,
+            service: service.to_string(),
+            key: key.to_string(),
+            totals,
+        })
+        .collect()
 }
 
 /// How a minute-aligned window splits into whole hours (read from hour rows) and ragged edges
@@ -650,7 +687,7 @@ impl Accumulator {
 /// `[hour_to, to)`. When no whole hour fits, `hour_from == hour_to == to`.
 pub fn split_hours(from: i64, to: i64) -> (i64, i64) {
     let h0 = (from + 3599).div_euclid(3600) * 3600;
-    let h1 = to.div_euclid(3600) * 3600;
+    let h1 = hour_of(to);
     if h0 < h1 { (h0, h1) } else { (to, to) }
 }
 

@@ -21,8 +21,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use wattson_proto::v1::Batch;
 
 use super::query_plan::{Range, TOTALS_COLUMNS, ranges, rank_sort};
-use super::rollup::{Kind, RES_HOUR, RES_MINUTE, Rollup, Row};
-use super::sqlite_ingest::Pipeline;
+use super::rollup::{Kind, RES_MINUTE, Rollup, Row, hour_of, hour_rows};
+use super::sqlite_hours::Hours;
+use super::sqlite_ingest::{Pipeline, now_secs};
 use super::{
     Ingested, Keyed, Point, Retention, RetentionReport, Store, StoreError, StoreStats, TopQuery,
     Totals, Window,
@@ -105,6 +106,8 @@ pub struct SqliteStore {
     readers: Vec<Mutex<Connection>>,
     /// Where the next read starts looking for a free reader.
     next_reader: std::sync::atomic::AtomicUsize,
+    /// How far hour rows are complete (shared with the pipeline).
+    hours: Hours,
     /// Owns ingest; dropping it rolls up what is merged (it holds its own `writer` handle).
     pipeline: Pipeline,
 }
@@ -164,16 +167,35 @@ impl SqliteStore {
             })
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(err)?;
+        let hours = Hours::open(&writer, now_secs()).map_err(err)?;
         let writer = Arc::new(Mutex::new(writer));
-        let pipeline = Pipeline::start(&name, writer.clone())?;
+        let pipeline = Pipeline::start(&name, writer.clone(), hours.clone())?;
         tracing::info!(path = %name, "sqlite store open (WAL, synchronous=FULL)");
         Ok(SqliteStore {
             path: name,
             writer,
             readers,
             next_reader: Default::default(),
+            hours,
             pipeline,
         })
+    }
+
+    /// Adds every minute row before `through` (Unix seconds) not yet in its hour row to it
+    /// now, rather than once the minute is 2 minutes old (see `sqlite_hours`); returns how
+    /// many hour rows that wrote. Retention does this before it deletes minute rows.
+    pub fn add_minutes_to_hours(&self, through: i64) -> Result<usize, StoreError> {
+        let through = through.div_euclid(60) * 60;
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if through <= self.hours.before() {
+            return Ok(0);
+        }
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let added = (self.hours.advance(&tx, through))
+            .and_then(|added| tx.commit().map(|()| added))
+            .map_err(|e| self.err(e))?;
+        self.hours.moved(through);
+        Ok(added)
     }
 
     /// Waits until every acknowledged batch is queryable.
@@ -217,7 +239,12 @@ impl SqliteStore {
         by_key: bool,
     ) -> Result<Vec<Keyed>, StoreError> {
         let w = window.aligned()?;
-        let src = source(kind, &ranges(w, true), service.is_some(), None);
+        let src = source(
+            kind,
+            &ranges(w, true, self.hours.complete_before()),
+            service.is_some(),
+            None,
+        );
         let sql = src.replace(
             "SELECT *",
             &format!("SELECT service, key, {}", TOTALS_COLUMNS.join(", ")),
@@ -277,7 +304,7 @@ impl SqliteStore {
     }
 }
 
-fn sums() -> String {
+pub(super) fn sums() -> String {
     TOTALS_COLUMNS
         .iter()
         .map(|c| format!("sum({c})"))
@@ -342,7 +369,7 @@ pub(super) fn upsert_rows(tx: &rusqlite::Transaction<'_>, rows: &[Row]) -> rusql
             t.duration_ms as i64,
             t.dropped as i64,
         ])?;
-        if row.kind == Kind::Service && row.res == RES_HOUR {
+        if row.kind == Kind::Service && row.res == RES_MINUTE {
             svc.execute(params![row.service])?;
         }
     }
@@ -394,7 +421,14 @@ impl Store for SqliteStore {
             // Dropping the transaction rolls back; nothing was written.
             return Ok(Ingested::Duplicate);
         }
-        upsert_rows(&tx, &rollup.rows).map_err(|e| self.err(e))?;
+        // Hour rows as the pipeline writes them: only of minutes before the watermark.
+        let before = self.hours.before();
+        let minutes: Vec<Row> = (rollup.rows.iter())
+            .filter(|r| r.res == RES_MINUTE)
+            .cloned()
+            .collect();
+        upsert_rows(&tx, &minutes).map_err(|e| self.err(e))?;
+        upsert_rows(&tx, &hour_rows(&rollup.rows, before)).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(Ingested::New {
             profiles: rollup.profiles,
@@ -418,7 +452,8 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Point>, StoreError> {
         let w = window.aligned()?;
         let step = super::query_plan::check_step(step)?;
-        let src = source(Kind::Function, &ranges(w, step % 3600 == 0), true, Some(()));
+        let hours = ranges(w, step % 3600 == 0, self.hours.complete_before());
+        let src = source(Kind::Function, &hours, true, Some(()));
         let sql = format!(
             "SELECT (minute - {from}) / {step} * {step} + {from} AS bucket, {sums} FROM ({src}) \
              GROUP BY bucket ORDER BY bucket",
@@ -471,6 +506,9 @@ impl Store for SqliteStore {
         let total_cut = now - policy.total.as_secs() as i64;
         // Rows still held for roll-up would otherwise land after the cut.
         self.settle()?;
+        // Minute rows about to go are added to their hours first, up to a whole hour so
+        // queries of whole hours read them from hour rows.
+        self.add_minutes_to_hours(hour_of(raw_cut + 3599))?;
         let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let run = |sql: &str, a: i64| conn.execute(sql, params![a]).map_err(|e| self.err(e));
         let expired = run("DELETE FROM rollup WHERE minute < ?1", total_cut)?;

@@ -33,6 +33,7 @@ use wattson_proto::view::BatchView;
 use super::journal::{self, Journal};
 use super::pipeline::{self, Reply};
 use super::rollup::{Accumulator, Prepared};
+use super::sqlite_hours::Hours;
 use super::{IngestFuture, Ingested, StoreError};
 use crate::ingest_cpu::{Stage, Timer};
 
@@ -81,13 +82,15 @@ struct Shared {
     wake: Condvar,
     /// Journaled, not yet rolled up. Locked after `conn` when both are held.
     pending: Mutex<HashMap<Key, Pending>>,
+    /// How far hour rows are complete; moved by roll-ups (and retention).
+    hours: Hours,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn now_secs() -> i64 {
+pub(super) fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -113,13 +116,18 @@ impl Pipeline {
     /// Replays what the journal holds beyond the last roll-up, rolls it up, then starts the
     /// writer thread. `conn` is the store's write connection (shared with retention and direct
     /// writes).
-    pub(super) fn start(path: &str, conn: Arc<Mutex<Connection>>) -> Result<Pipeline, StoreError> {
+    pub(super) fn start(
+        path: &str,
+        conn: Arc<Mutex<Connection>>,
+        hours: Hours,
+    ) -> Result<Pipeline, StoreError> {
         let shared = Arc::new(Shared {
             path: path.to_string(),
             conn,
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
             pending: Mutex::default(),
+            hours,
         });
         let mut acc = Accumulator::default();
         let mut journal = replay(&shared, &mut acc)?;
@@ -484,11 +492,13 @@ fn fail(shared: &Shared, jobs: Vec<Job>, message: &str) {
 fn roll(shared: &Shared, acc: &mut Accumulator, journal: &mut Journal) -> Result<(), String> {
     let _rolling = Timer::start(Stage::Rollup);
     let started = Instant::now();
-    let rows = acc.rows();
     let batches = acc.batches();
     let covered = journal.generation();
+    // The watermark is read under the write lock: retention moves it too.
     let mut conn = lock(&shared.conn);
-    let written = (|| -> rusqlite::Result<()> {
+    let rows = acc.rows(shared.hours.before());
+    let hours_to = shared.hours.due(now_secs());
+    let written = (|| -> rusqlite::Result<usize> {
         let tx = conn.transaction()?;
         super::sqlite::upsert_rows(&tx, &rows)?;
         {
@@ -510,11 +520,15 @@ fn roll(shared: &Shared, acc: &mut Accumulator, journal: &mut Journal) -> Result
             "INSERT INTO meta VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             params![COVERED, covered as i64],
         )?;
+        // Minute rows that are old enough, these included, go to their hours.
+        let hour_rows = shared.hours.advance(&tx, hours_to)?;
         // Entries of the first release's journal table, replayed at open.
         tx.execute("DELETE FROM journal", [])?;
-        tx.commit()
+        tx.commit()?;
+        Ok(hour_rows)
     })();
-    written.map_err(|e| e.to_string())?;
+    let hour_rows = written.map_err(|e| e.to_string())?;
+    shared.hours.moved(hours_to);
     lock(&shared.pending).clear();
     drop(conn);
     acc.clear();
@@ -526,6 +540,7 @@ fn roll(shared: &Shared, acc: &mut Accumulator, journal: &mut Journal) -> Result
     tracing::debug!(
         batches,
         rows = rows.len(),
+        hour_rows,
         took_ms = started.elapsed().as_millis() as u64,
         "rolled up"
     );
