@@ -713,6 +713,43 @@ fn clickhouse_markers_fold_into_floors() {
     let floors = "SELECT key, seq, folded FROM wattson_test.dedup_floor";
     assert_eq!(clickhouse_sql(&server, floors).trim(), "h1\t4\t4");
     assert_eq!(s.stats().unwrap().batches, 4);
+    // As if that delete had failed: two of the markers are back, with one marker past the
+    // floor. The next pass counts only the new one, and deletes all three.
+    let marker = |seq: u64| {
+        format!(
+            "{{\"kind\":6,\"res\":0,\"minute\":{T0},\"service\":\"\",\"key\":\"{seq}@h1\",\
+             \"samples_self\":8,\"samples_incl\":1}}"
+        )
+    };
+    clickhouse_sql(
+        &server,
+        &format!(
+            "INSERT INTO wattson_test.rollup FORMAT JSONEachRow {} {} {}",
+            marker(3),
+            marker(4),
+            marker(5)
+        ),
+    );
+    assert_eq!(
+        s.stats().unwrap().batches,
+        7,
+        "before the pass: 3 markers + 4 folded"
+    );
+    s.retain(
+        &Retention::default(),
+        wattson_collector::report::now() + 9 * 86_400,
+    )
+    .unwrap();
+    assert_eq!(clickhouse_sql(&server, markers).trim(), "0");
+    assert_eq!(
+        s.stats().unwrap().batches,
+        5,
+        "leftover markers are not counted again"
+    );
+    assert_eq!(
+        s.ingest(&simple("h1", 5, T0 + 90)).unwrap(),
+        Ingested::Duplicate
+    );
 }
 
 /// Markers written before group commit (one JSONEachRow INSERT per batch: kind 6, the first

@@ -185,8 +185,8 @@ impl ClickHouseStore {
     /// Folds the markers older than [`super::DEDUP_WINDOW`] into one floor row per agent
     /// instance, once some are a day past it (so an instance gains a floor row a day, not one
     /// per hourly pass); returns the condition of the folded markers, for the caller to delete
-    /// them. (Should the delete fail, the next pass folds them again: the floor's sequence is
-    /// the same, only `stats` counts those batches twice.)
+    /// them. Markers at or below their instance's floor are not counted again: they are left
+    /// over from a pass whose delete failed, and `stats` would count their batches twice.
     fn fold_markers(&self, now: i64) -> Result<Option<String>, StoreError> {
         let db = &self.http.db;
         let markers = |cut: i64| {
@@ -206,9 +206,13 @@ impl ClickHouseStore {
         // Keys are `SEQ@HOST[/INSTANCE]`: the floor is keyed by what follows the first `@`.
         self.http.exec(
             &format!(
-                "INSERT INTO {db}.{FLOORS} SELECT substring(key, position(key, '@') + 1) AS k, \
-                 max(toUInt64OrZero(substring(key, 1, position(key, '@') - 1))), count(), \
-                 toDateTime({now}) FROM {db}.rollup WHERE {cond} GROUP BY k"
+                "INSERT INTO {db}.{FLOORS} SELECT k, max(s), count(), toDateTime({now}) FROM \
+                 (SELECT substring(key, position(key, '@') + 1) AS k, \
+                 toUInt64OrZero(substring(key, 1, position(key, '@') - 1)) AS s \
+                 FROM {db}.rollup WHERE {cond}) \
+                 ANY LEFT JOIN (SELECT key AS k, max(seq) AS floor, 1 AS known \
+                 FROM {db}.{FLOORS} GROUP BY key) USING k \
+                 WHERE known = 0 OR s > floor GROUP BY k"
             ),
             None,
         )?;
