@@ -62,16 +62,14 @@ CREATE INDEX IF NOT EXISTS rollup_fn_series ON rollup (res, service, key, minute
 CREATE TABLE IF NOT EXISTS services (service TEXT PRIMARY KEY) WITHOUT ROWID;
 ";
 
-const UPSERT: &str = "
-INSERT INTO rollup VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-ON CONFLICT (kind, res, minute, service, key) DO UPDATE SET
-    samples_self = samples_self + excluded.samples_self,
-    samples_incl = samples_incl + excluded.samples_incl,
-    uj_self = uj_self + excluded.uj_self, uj_incl = uj_incl + excluded.uj_incl,
-    est_uj_self = est_uj_self + excluded.est_uj_self,
-    est_uj_incl = est_uj_incl + excluded.est_uj_incl,
-    idle_uj = idle_uj + excluded.idle_uj, est_idle_uj = est_idle_uj + excluded.est_idle_uj,
-    duration_ms = duration_ms + excluded.duration_ms, dropped = dropped + excluded.dropped";
+/// `c = c + excluded.c` for every sum: how an upsert adds summed rows to stored ones.
+pub(super) fn add_excluded() -> String {
+    TOTALS_COLUMNS
+        .iter()
+        .map(|c| format!("{c} = {c} + excluded.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Stores of the first release recorded (host, seq) in `batches`: carried over with an empty
 /// agent instance, which is what agents of that release send.
@@ -348,7 +346,11 @@ fn totals_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Totals> {
 
 /// Adds `rows` to the rollup table (and new services to `services`) inside `tx`.
 pub(super) fn upsert_rows(tx: &rusqlite::Transaction<'_>, rows: &[Row]) -> rusqlite::Result<()> {
-    let mut up = tx.prepare_cached(UPSERT)?;
+    let mut up = tx.prepare_cached(&format!(
+        "INSERT INTO rollup VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+         ON CONFLICT (kind, res, minute, service, key) DO UPDATE SET {}",
+        add_excluded()
+    ))?;
     let mut svc = tx.prepare_cached("INSERT OR IGNORE INTO services VALUES (?1)")?;
     for row in rows {
         let t = &row.totals;

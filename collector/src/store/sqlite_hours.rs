@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::query_plan::TOTALS_COLUMNS;
 use super::rollup::{RES_HOUR, RES_MINUTE, hour_of};
 
 /// How old a minute is before its rows are added to its hour: batches of a minute arrive
@@ -92,17 +91,13 @@ impl Hours {
         if to <= from {
             return Ok(0);
         }
-        let adds: Vec<String> = TOTALS_COLUMNS
-            .iter()
-            .map(|c| format!("{c} = {c} + excluded.{c}"))
-            .collect();
         let added = tx.prepare_cached(&format!(
             "INSERT INTO rollup SELECT kind, {RES_HOUR}, minute / 3600 * 3600 AS hour, service, \
              key, {} FROM rollup WHERE kind IN (1, 2, 3, 4, 5) AND res = {RES_MINUTE} \
              AND minute >= ?1 AND minute < ?2 GROUP BY kind, hour, service, key \
              ON CONFLICT (kind, res, minute, service, key) DO UPDATE SET {}",
             super::sqlite::sums(),
-            adds.join(", ")
+            super::sqlite::add_excluded()
         ))?
         .execute(params![from, to])?;
         tx.execute(
