@@ -62,13 +62,19 @@ CREATE INDEX IF NOT EXISTS rollup_fn_series ON rollup (res, service, key, minute
 CREATE TABLE IF NOT EXISTS services (service TEXT PRIMARY KEY) WITHOUT ROWID;
 ";
 
+/// Every sum column through `f`, comma-separated.
+fn each_total(f: impl Fn(&str) -> String) -> String {
+    TOTALS_COLUMNS.map(f).join(", ")
+}
+
 /// `c = c + excluded.c` for every sum: how an upsert adds summed rows to stored ones.
 pub(super) fn add_excluded() -> String {
-    TOTALS_COLUMNS
-        .iter()
-        .map(|c| format!("{c} = {c} + excluded.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    each_total(|c| format!("{c} = {c} + excluded.{c}"))
+}
+
+/// `sum(c)` for every sum column.
+pub(super) fn sums() -> String {
+    each_total(|c| format!("sum({c})"))
 }
 
 /// Stores of the first release recorded (host, seq) in `batches`: carried over with an empty
@@ -300,14 +306,6 @@ impl SqliteStore {
         out.sort_by(|a, b| (&a.service, &a.key).cmp(&(&b.service, &b.key)));
         Ok(out)
     }
-}
-
-pub(super) fn sums() -> String {
-    TOTALS_COLUMNS
-        .iter()
-        .map(|c| format!("sum({c})"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Union of range scans (one per resolution range): SQLite plans each as a range, where one
