@@ -7,7 +7,7 @@
 //! compact table and one contiguous buffer. [`Names::clear`] and [`Stacks::clear`] keep the
 //! memory, so the next roll-up window does not fault in fresh pages.
 
-use std::hash::BuildHasher as _;
+use std::hash::{BuildHasher as _, Hash};
 
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
@@ -20,54 +20,94 @@ fn span(ends: &[usize], id: u32) -> std::ops::Range<usize> {
     start..ends[i]
 }
 
-/// Interned strings, ids dense from 0 in order of first appearance.
-#[derive(Debug, Default)]
-pub struct Names {
-    text: String,
+/// Distinct slices of `T` back to back in one buffer, ids dense from 0 in order of first
+/// appearance, found through a table of ids hashed by content. Both interners below are one.
+#[derive(Debug)]
+struct Slices<T> {
+    items: Vec<T>,
     ends: Vec<usize>,
     table: HashTable<u32>,
     hasher: RandomState,
 }
 
-impl Names {
-    /// The id of `s`, interning it if new.
-    pub fn id(&mut self, s: &str) -> u32 {
-        let (text, ends, hasher) = (&self.text, &self.ends, &self.hasher);
-        let name = |id: u32| &text[span(ends, id)];
+impl<T> Default for Slices<T> {
+    fn default() -> Self {
+        Slices {
+            items: Vec::new(),
+            ends: Vec::new(),
+            table: HashTable::new(),
+            hasher: RandomState::default(),
+        }
+    }
+}
+
+impl<T: Copy + Eq + Hash> Slices<T> {
+    /// The id of `s`, interning it if new; and whether it was new.
+    fn id(&mut self, s: &[T]) -> (u32, bool) {
+        let (items, ends, hasher) = (&self.items, &self.ends, &self.hasher);
+        let slice = |id: u32| &items[span(ends, id)];
         let entry = self.table.entry(
             hasher.hash_one(s),
-            |&id| name(id) == s,
-            |&id| hasher.hash_one(name(id)),
+            |&id| slice(id) == s,
+            |&id| hasher.hash_one(slice(id)),
         );
         match entry {
-            Entry::Occupied(e) => *e.get(),
+            Entry::Occupied(e) => (*e.get(), false),
             Entry::Vacant(v) => {
                 let id = self.ends.len() as u32;
-                self.text.push_str(s);
-                self.ends.push(self.text.len());
+                self.items.extend_from_slice(s);
+                self.ends.push(self.items.len());
                 v.insert(id);
-                id
+                (id, true)
             }
         }
     }
 
-    /// The id of `s` if interned.
-    pub fn find(&self, s: &str) -> Option<u32> {
+    fn find(&self, s: &[T]) -> Option<u32> {
         self.table
             .find(self.hasher.hash_one(s), |&id| self.get(id) == s)
             .copied()
     }
 
+    fn get(&self, id: u32) -> &[T] {
+        &self.items[span(&self.ends, id)]
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn clear(&mut self) {
+        self.items.clear();
+        self.ends.clear();
+        self.table.clear();
+    }
+}
+
+/// Interned strings, ids dense from 0 in order of first appearance.
+#[derive(Debug, Default)]
+pub struct Names(Slices<u8>);
+
+impl Names {
+    /// The id of `s`, interning it if new.
+    pub fn id(&mut self, s: &str) -> u32 {
+        self.0.id(s.as_bytes()).0
+    }
+
+    /// The id of `s` if interned.
+    pub fn find(&self, s: &str) -> Option<u32> {
+        self.0.find(s.as_bytes())
+    }
+
     /// The string of `id` (an id this interner gave out).
     pub fn get(&self, id: u32) -> &str {
-        &self.text[span(&self.ends, id)]
+        // Every slice was a whole `&str`, so this cannot fail.
+        std::str::from_utf8(self.0.get(id)).expect("interned from a str")
     }
 
     /// Forgets every string, keeping the memory.
     pub fn clear(&mut self) {
-        self.text.clear();
-        self.ends.clear();
-        self.table.clear();
+        self.0.clear();
     }
 }
 
@@ -75,56 +115,40 @@ impl Names {
 /// function counts once inclusive).
 #[derive(Debug, Default)]
 pub struct Stacks {
-    frames: Vec<u32>,
-    ends: Vec<usize>,
+    frames: Slices<u32>,
     distinct: Vec<u32>,
     distinct_ends: Vec<usize>,
-    table: HashTable<u32>,
-    hasher: RandomState,
 }
 
 impl Stacks {
     /// The id of `frames`, interning it if new.
     pub fn id(&mut self, frames: &[u32]) -> u32 {
-        let (all, ends, hasher) = (&self.frames, &self.ends, &self.hasher);
-        let stack = |id: u32| &all[span(ends, id)];
-        let entry = self.table.entry(
-            hasher.hash_one(frames),
-            |&id| stack(id) == frames,
-            |&id| hasher.hash_one(stack(id)),
-        );
-        match entry {
-            Entry::Occupied(e) => *e.get(),
-            Entry::Vacant(v) => {
-                let id = self.ends.len() as u32;
-                self.frames.extend_from_slice(frames);
-                self.ends.push(self.frames.len());
-                let start = self.distinct.len();
-                self.distinct.extend_from_slice(frames);
-                self.distinct[start..].sort_unstable();
-                let mut kept = start;
-                for i in start..self.distinct.len() {
-                    if kept == start || self.distinct[kept - 1] != self.distinct[i] {
-                        self.distinct[kept] = self.distinct[i];
-                        kept += 1;
-                    }
+        let (id, new) = self.frames.id(frames);
+        if new {
+            let start = self.distinct.len();
+            self.distinct.extend_from_slice(frames);
+            self.distinct[start..].sort_unstable();
+            let mut kept = start;
+            for i in start..self.distinct.len() {
+                if kept == start || self.distinct[kept - 1] != self.distinct[i] {
+                    self.distinct[kept] = self.distinct[i];
+                    kept += 1;
                 }
-                self.distinct.truncate(kept);
-                self.distinct_ends.push(kept);
-                v.insert(id);
-                id
             }
+            self.distinct.truncate(kept);
+            self.distinct_ends.push(kept);
         }
+        id
     }
 
     /// Number of stacks interned.
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.frames.len()
     }
 
     /// The frames of stack `id`, leaf first.
     pub fn frames(&self, id: u32) -> &[u32] {
-        &self.frames[span(&self.ends, id)]
+        self.frames.get(id)
     }
 
     /// The distinct name ids of stack `id`, ascending.
@@ -135,10 +159,8 @@ impl Stacks {
     /// Forgets every stack, keeping the memory.
     pub fn clear(&mut self) {
         self.frames.clear();
-        self.ends.clear();
         self.distinct.clear();
         self.distinct_ends.clear();
-        self.table.clear();
     }
 }
 
