@@ -9,8 +9,9 @@
 //! one batch per 10 s one collector on this machine sustains, counting the time the roll-up
 //! needs to catch up (a figure that excluded it would only measure the journal). SQLite adds
 //! a minute's rows to its hour rows once the minute is 2 minutes old, later than a run ends:
-//! that is timed right after each run and reported on its own row. The same is repeated with
-//! every batch's stacks unique, the worst case.
+//! that is timed right after each run and reported on its own row. Also: the pace of one agent
+//! that waits for each answer before sending its next batch (the round trip), and the hosts
+//! sustained with every batch's stacks unique, the worst case.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +41,8 @@ const INGEST_PHASE: Duration = Duration::from_secs(12);
 const RUNS: usize = 3;
 /// How long the floor, worst-case and ClickHouse runs last.
 const SIDE_PHASE: Duration = Duration::from_secs(10);
+/// How long the one-agent run lasts.
+const DRAIN_PHASE: Duration = Duration::from_secs(4);
 /// Concurrent simulated agents (each its own gRPC connection, sending as many hosts).
 const CLIENTS: usize = 32;
 /// Concurrent simulated agents of the second ClickHouse run.
@@ -287,6 +290,19 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     rows.push(row(
         format!("  derived: {cores:.0} cores / collector CPU per batch, agents elsewhere"),
         format!("{:.0} hosts", cores * per_core * HOST_INTERVAL_SECS),
+        "",
+        None,
+    ));
+    // An agent sends one batch at a time, waiting for each answer (draining its spool after
+    // an outage, too): its pace is the round trip, which a stalled answer shows here.
+    let one = ingest_phase(start, &shape, DRAIN_PHASE, Sink::Sqlite, 1)?;
+    let rate = one.batches as f64 / one.elapsed.as_secs_f64();
+    rows.push(row(
+        "  one agent, one batch at a time (a spool draining after an outage)",
+        format!(
+            "{rate:.0} batches/s ({:.2} ms per round trip, durable in SQLite)",
+            1e3 / rate
+        ),
         "",
         None,
     ));
