@@ -219,6 +219,41 @@ pub struct Snapshot {
     pub process: Process,
     /// Executable mappings.
     pub maps: Vec<Mapping>,
+    /// Which process held the tgid when captured (`None` when it had already exited).
+    pub identity: Option<Identity>,
+}
+
+/// What tells one process from another at the same tgid: its start time (a reused tgid
+/// starts later) and its comm (an `exec` renames it to the new program).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// Field 22 of `/proc/PID/stat`, clock ticks after boot.
+    pub start_ticks: u64,
+    /// Field 2 of `/proc/PID/stat`, without its parentheses.
+    pub comm: String,
+}
+
+/// The identity of the process in a `/proc/PID/stat` line, unless it has exited (a zombie
+/// runs no more code, so it counts as gone) or the line is not one.
+pub fn running_identity(stat: &str) -> Option<Identity> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1;
+    let mut fields = rest.split_ascii_whitespace();
+    if matches!(fields.next(), None | Some("Z" | "X" | "x")) {
+        return None;
+    }
+    // Fields 4..=21 precede the start time.
+    let start_ticks = fields.nth(18)?.parse().ok()?;
+    Some(Identity {
+        start_ticks,
+        comm: comm.to_owned(),
+    })
+}
+
+/// The identity of the process running as `pid` under `proc_root`, if one is.
+fn current_identity(proc_root: &Path, pid: u32) -> Option<Identity> {
+    let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    running_identity(&stat)
 }
 
 /// Reads a process from `proc_root` (normally `/proc`). `comm_hint` (from BPF) is used when
@@ -241,7 +276,7 @@ pub fn read_process(
         p.service = service_label(&p, rules);
         return Snapshot {
             process: p,
-            maps: Vec::new(),
+            ..Snapshot::default()
         };
     }
     let stat = fs::read_to_string(dir.join("stat"));
@@ -250,9 +285,10 @@ pub fn read_process(
         p.service = service_label(&p, rules);
         return Snapshot {
             process: p,
-            maps: Vec::new(),
+            ..Snapshot::default()
         };
     };
+    let identity = running_identity(&stat);
     // Field 9 (after the parenthesised comm) holds the task flags; PF_KTHREAD = 0x00200000.
     let flags = stat
         .rsplit_once(')')
@@ -283,7 +319,11 @@ pub fn read_process(
         .map(|m| parse_maps(&m))
         .unwrap_or_default();
     p.service = service_label(&p, rules);
-    Snapshot { process: p, maps }
+    Snapshot {
+        process: p,
+        maps,
+        identity,
+    }
 }
 
 /// The executable's path from the target of `/proc/PID/exe`, without the ` (deleted)` the
@@ -298,13 +338,7 @@ pub fn exe_path(link_target: &str) -> &str {
 /// Whether `pid` exists and has not exited: a zombie (exited, not yet reaped by its parent)
 /// runs no more code, so it counts as gone.
 pub fn is_running(proc_root: &Path, pid: u32) -> bool {
-    let Ok(stat) = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_ascii_whitespace().next());
-    !matches!(state, Some("Z" | "X" | "x"))
+    current_identity(proc_root, pid).is_some()
 }
 
 /// GNU build id of an ELF file, lowercase hex.
@@ -365,13 +399,18 @@ impl ProcessTable {
     }
 
     /// Forgets processes that have exited, so a long-running daemon's table stays the size of
-    /// the live process set. Returns how many were dropped. (A forgotten tgid that samples
-    /// again is snapshotted again on first sight.)
+    /// the live process set, and those whose tgid now holds another program (reused by a new
+    /// process, or the process `exec`ed), so their samples are not labelled with the old one's
+    /// service and binary. Returns how many were dropped. (A forgotten tgid that samples again
+    /// is snapshotted again on first sight.)
     pub fn forget_exited(&mut self) -> usize {
         let before = self.entries.len();
         let root = self.proc_root.clone();
-        self.entries
-            .retain(|&tgid, _| tgid == 0 || is_running(&root, tgid));
+        self.entries.retain(|&tgid, e| {
+            tgid == 0
+                || e.snapshot.identity.is_some()
+                    && current_identity(&root, tgid) == e.snapshot.identity
+        });
         before - self.entries.len()
     }
 
@@ -501,5 +540,74 @@ mod tests {
         assert!(!is_running(Path::new("/proc"), u32::MAX));
         let here = this_process_reads_back as *const () as u64;
         assert!(snap.maps.iter().any(|m| m.start <= here && here < m.end));
+    }
+
+    /// A `/proc/PID/stat` line of a running process named `comm`, started at `start` ticks.
+    fn stat_line(pid: u32, comm: &str, start: u64) -> String {
+        format!("{pid} ({comm}) S 1 {pid} {pid} 0 -1 4194560 0 0 0 0 1 2 0 0 20 0 1 0 {start} 0 0")
+    }
+
+    #[test]
+    fn identity_is_start_time_and_comm_of_a_running_process() {
+        let id = running_identity(&stat_line(7, "a) b", 123)).unwrap();
+        assert_eq!((id.start_ticks, id.comm.as_str()), (123, "a) b"));
+        let zombie = stat_line(7, "gone", 123).replace(") S ", ") Z ");
+        assert_eq!(running_identity(&zombie), None);
+        assert_eq!(running_identity("7 (short) S 1"), None);
+    }
+
+    /// Regression: a tgid reused by a new process, or a process that `exec`ed another
+    /// program, kept the first one's service and binary for as long as it ran.
+    #[test]
+    fn a_tgid_holding_another_program_is_forgotten_and_read_again() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("42");
+        fs::create_dir(&dir).unwrap();
+        let set = |comm: &str, start: u64| {
+            fs::write(dir.join("stat"), stat_line(42, comm, start)).unwrap();
+            fs::write(dir.join("comm"), format!("{comm}\n")).unwrap();
+        };
+        let mut table = ProcessTable::new(root.path(), Vec::new());
+        set("wrapper", 100);
+        assert!(table.observe(42, ""));
+        assert_eq!(table.forget_exited(), 0, "the same process stays");
+        set("server", 100); // exec: same start, new program
+        assert_eq!(table.forget_exited(), 1);
+        assert!(table.observe(42, ""));
+        assert_eq!(table.get(42).unwrap().comm, "server");
+        set("server", 900); // the tgid reused by a later process
+        assert_eq!(table.forget_exited(), 1);
+        assert!(table.observe(42, ""));
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(table.forget_exited(), 1, "an exited process goes");
+    }
+
+    /// The same on this kernel: a shell that `exec`s `sleep` is read again as `sleep`.
+    #[test]
+    fn a_real_exec_is_seen() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read _; exec sleep 30"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut table = ProcessTable::new("/proc", Vec::new());
+        table.observe(pid, "");
+        assert_eq!(table.get(pid).unwrap().comm, "sh");
+        assert_eq!(table.forget_exited(), 0);
+        drop(child.stdin.take()); // `read` returns at EOF, then the shell execs
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while current_identity(Path::new("/proc"), pid).is_some_and(|i| i.comm == "sh") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sh never exec'd sleep"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(table.forget_exited(), 1);
+        table.observe(pid, "");
+        assert_eq!(table.get(pid).unwrap().comm, "sleep");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }
