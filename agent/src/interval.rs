@@ -135,6 +135,14 @@ impl Recorder {
         self.missing_stacks += drained.missing_stacks;
         // Processes announced during the drain were sampled in it: catch them now.
         self.poll();
+        // A process captured just after a fork may have exec'd since (or its tgid been
+        // reused): its samples go to the program now running, which ran most of them.
+        let mut tgids: Vec<u32> = drained.samples.iter().map(|s| s.key.tgid).collect();
+        tgids.sort_unstable();
+        tgids.dedup();
+        for tgid in tgids {
+            self.table.refresh_changed(tgid);
+        }
         if let Err(e) = self.sampler.attach_new_cpus() {
             tracing::warn!(error = %e, "could not attach to a CPU that came online");
         }
@@ -217,7 +225,11 @@ impl Recorder {
         self.drained = extra;
         self.missing_stacks = 0;
         self.window_started += duration;
-        self.table.forget_exited();
+        let gone = self.table.forget_exited();
+        if let Err(e) = self.sampler.forget_processes(&gone) {
+            // Only timeliness is lost: a reused tgid is then read at drain time.
+            tracing::warn!(error = %e, "could not clear forgotten processes from the BPF map");
+        }
         self.symbolizer.trim(MAX_SYMBOL_CACHE);
         Ok(builder.finish())
     }

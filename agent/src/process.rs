@@ -4,12 +4,15 @@
 //! [`ProcessTable`] snapshots a process the moment the sampler first sees it (the BPF program
 //! announces new thread groups on a ring buffer), so short-lived processes keep their metadata
 //! and maps after they exit. Maps are re-read lazily when an address falls outside every known
-//! mapping (the process exec'd or mapped a library since).
+//! mapping (the process exec'd or mapped a library since). A process is read again whole when
+//! its tgid no longer holds the process captured (its start time or comm changed: an `exec`,
+//! or a reused tgid): at a drain if it was captured lately, else at its interval's end.
 
 use std::{
     collections::HashMap,
     fs,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use crate::profile::Process;
@@ -369,7 +372,14 @@ struct Entry {
     snapshot: Snapshot,
     /// Drain generation in which maps were last re-read (limits re-reads to one per drain).
     refreshed: u64,
+    /// When it was captured.
+    captured: Instant,
 }
+
+/// How long after capture [`ProcessTable::refresh_changed`] checks a process: a child caught
+/// between its fork and its `exec` is young. Older ones are checked at each interval's end by
+/// [`ProcessTable::forget_exited`], so a busy host's drains read few `/proc` files.
+const YOUNG: Duration = Duration::from_secs(5);
 
 impl ProcessTable {
     /// A table reading from `proc_root` and labelling with `rules`.
@@ -393,6 +403,7 @@ impl ProcessTable {
             Entry {
                 snapshot,
                 refreshed: 0,
+                captured: Instant::now(),
             },
         );
         true
@@ -401,17 +412,42 @@ impl ProcessTable {
     /// Forgets processes that have exited, so a long-running daemon's table stays the size of
     /// the live process set, and those whose tgid now holds another program (reused by a new
     /// process, or the process `exec`ed), so their samples are not labelled with the old one's
-    /// service and binary. Returns how many were dropped. (A forgotten tgid that samples again
-    /// is snapshotted again on first sight.)
-    pub fn forget_exited(&mut self) -> usize {
-        let before = self.entries.len();
+    /// service and binary. Returns the tgids dropped. (A forgotten tgid that samples again is
+    /// snapshotted again on first sight.)
+    pub fn forget_exited(&mut self) -> Vec<u32> {
         let root = self.proc_root.clone();
+        let mut gone = Vec::new();
         self.entries.retain(|&tgid, e| {
-            tgid == 0
+            let same = tgid == 0
                 || e.snapshot.identity.is_some()
-                    && current_identity(&root, tgid) == e.snapshot.identity
+                    && current_identity(&root, tgid) == e.snapshot.identity;
+            if !same {
+                gone.push(tgid);
+            }
+            same
         });
-        before - self.entries.len()
+        gone
+    }
+
+    /// Reads `tgid` again if it was captured lately and the process running as it is no
+    /// longer the one captured (it `exec`ed, or the tgid was reused); one that has exited
+    /// keeps what was captured while it ran. Returns true when it was read again.
+    pub fn refresh_changed(&mut self, tgid: u32) -> bool {
+        let Some(captured) = self
+            .entries
+            .get(&tgid)
+            .filter(|e| e.captured.elapsed() < YOUNG)
+            .and_then(|e| e.snapshot.identity.as_ref())
+        else {
+            return false;
+        };
+        match current_identity(&self.proc_root, tgid) {
+            Some(now) if now != *captured => {
+                self.entries.remove(&tgid);
+                self.observe(tgid, "")
+            }
+            _ => false,
+        }
     }
 
     /// Metadata of `tgid`, if observed.
@@ -570,16 +606,26 @@ mod tests {
         let mut table = ProcessTable::new(root.path(), Vec::new());
         set("wrapper", 100);
         assert!(table.observe(42, ""));
-        assert_eq!(table.forget_exited(), 0, "the same process stays");
+        assert_eq!(
+            table.forget_exited(),
+            [] as [u32; 0],
+            "the same process stays"
+        );
         set("server", 100); // exec: same start, new program
-        assert_eq!(table.forget_exited(), 1);
+        assert!(table.refresh_changed(42), "a drain reads it again");
+        assert_eq!(table.get(42).unwrap().comm, "server");
+        assert!(!table.refresh_changed(42));
+        set("server", 900); // the tgid reused by a later process
+        assert_eq!(table.forget_exited(), [42], "an interval's end forgets it");
         assert!(table.observe(42, ""));
         assert_eq!(table.get(42).unwrap().comm, "server");
-        set("server", 900); // the tgid reused by a later process
-        assert_eq!(table.forget_exited(), 1);
-        assert!(table.observe(42, ""));
         fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(table.forget_exited(), 1, "an exited process goes");
+        assert!(
+            !table.refresh_changed(42),
+            "an exited process keeps its capture"
+        );
+        assert_eq!(table.get(42).unwrap().comm, "server");
+        assert_eq!(table.forget_exited(), [42], "an exited process goes");
     }
 
     /// The same on this kernel: a shell that `exec`s `sleep` is read again as `sleep`.
@@ -594,7 +640,7 @@ mod tests {
         let mut table = ProcessTable::new("/proc", Vec::new());
         table.observe(pid, "");
         assert_eq!(table.get(pid).unwrap().comm, "sh");
-        assert_eq!(table.forget_exited(), 0);
+        assert!(table.forget_exited().is_empty());
         drop(child.stdin.take()); // `read` returns at EOF, then the shell execs
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while current_identity(Path::new("/proc"), pid).is_some_and(|i| i.comm == "sh") {
@@ -604,7 +650,7 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert_eq!(table.forget_exited(), 1);
+        assert_eq!(table.forget_exited(), [pid]);
         table.observe(pid, "");
         assert_eq!(table.get(pid).unwrap().comm, "sleep");
         child.kill().unwrap();

@@ -276,6 +276,21 @@ impl Sampler {
         out
     }
 
+    /// Lets the BPF program announce `tgids` again at their next sample: the caller forgot
+    /// them (exited, or the tgid now holds another program), so a process that reuses one is
+    /// read while it runs, and the map does not fill with the dead.
+    pub fn forget_processes(&mut self, tgids: &[u32]) -> Result<(), SamplerError> {
+        if tgids.is_empty() {
+            return Ok(());
+        }
+        let mut seen: HashMap<&mut MapData, u32, u8> = self.typed_map(shared::maps::SEEN)?;
+        for tgid in tgids {
+            // Not there (evicted, or never sampled): nothing to forget.
+            let _ = seen.remove(tgid);
+        }
+        Ok(())
+    }
+
     /// File descriptor that becomes readable when [`Self::new_processes`] has events, for
     /// callers that `poll` instead of polling on a timer.
     pub fn new_processes_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {

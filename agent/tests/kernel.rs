@@ -107,6 +107,43 @@ fn sampler_sees_a_busy_thread_on_every_kernel() {
     assert!(with_user_stack > 0, "no user stack for the busy thread");
 }
 
+/// A process the agent forgets is announced again at its next sample (its tgid may hold a
+/// new process by then, whose metadata must be read while it runs); until then, only once.
+#[test]
+fn a_forgotten_process_is_announced_again() {
+    let mut config = SamplerConfig::default();
+    config.frequency = 99;
+    let mut sampler = Sampler::load(&config).expect("load sampler (are you root?)");
+    sampler.attach(&config).expect("attach sampler");
+    let me = std::process::id();
+    let announced = |sampler: &mut Sampler, within: Duration| {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if sampler.new_processes().iter().any(|p| p.tgid == me) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        false
+    };
+    let busy = Busy::start(|stop| {
+        spin_until(stop);
+    });
+    // Generous: the VM lab's emulated clock is slow.
+    assert!(
+        announced(&mut sampler, Duration::from_secs(30)),
+        "never announced"
+    );
+    assert!(
+        !announced(&mut sampler, Duration::from_millis(500)),
+        "announced again without being forgotten"
+    );
+    sampler.forget_processes(&[me]).expect("forget");
+    let again = announced(&mut sampler, Duration::from_secs(30));
+    busy.stop();
+    assert!(again, "not announced again after being forgotten");
+}
+
 /// Recurses `depth` frames, then spins a little: every depth is a different call stack.
 #[inline(never)]
 fn descend(depth: u32) -> u64 {
