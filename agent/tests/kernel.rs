@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use wattson_agent::sampler::{Sampler, SamplerConfig};
+use wattson_agent::sampler::{ClockEvent, Sampler, SamplerConfig};
 
 fn spin_until(stop: &AtomicBool) -> u64 {
     let mut x = 0u64;
@@ -21,6 +21,15 @@ fn spin_until(stop: &AtomicBool) -> u64 {
         x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
     }
     x
+}
+
+/// A sampler at 99 Hz with `config`'s other settings, loaded and attached on every CPU, and
+/// the event it samples on.
+fn attached_at_99_hz(mut config: SamplerConfig) -> (Sampler, ClockEvent) {
+    config.frequency = 99;
+    let mut sampler = Sampler::load(&config).expect("load sampler (are you root?)");
+    let event = sampler.attach(&config).expect("attach sampler");
+    (sampler, event)
 }
 
 /// A thread of this process running `work` until stopped.
@@ -57,10 +66,7 @@ impl Busy {
 /// spinning thread among the samples.
 #[test]
 fn sampler_sees_a_busy_thread_on_every_kernel() {
-    let mut config = SamplerConfig::default();
-    config.frequency = 99;
-    let mut sampler = Sampler::load(&config).expect("load sampler (are you root?)");
-    let event = sampler.attach(&config).expect("attach sampler");
+    let (mut sampler, event) = attached_at_99_hz(SamplerConfig::default());
     eprintln!(
         "sampling with {} on {} cpus",
         event.name(),
@@ -111,10 +117,7 @@ fn sampler_sees_a_busy_thread_on_every_kernel() {
 /// new process by then, whose metadata must be read while it runs); until then, only once.
 #[test]
 fn a_forgotten_process_is_announced_again() {
-    let mut config = SamplerConfig::default();
-    config.frequency = 99;
-    let mut sampler = Sampler::load(&config).expect("load sampler (are you root?)");
-    sampler.attach(&config).expect("attach sampler");
+    let (mut sampler, _) = attached_at_99_hz(SamplerConfig::default());
     let me = std::process::id();
     let announced = |sampler: &mut Sampler, within: Duration| {
         let deadline = Instant::now() + within;
@@ -164,11 +167,9 @@ fn descend(depth: u32) -> u64 {
 #[test]
 fn many_distinct_stacks_all_keep_their_user_stack() {
     let mut config = SamplerConfig::default();
-    config.frequency = 99;
     config.tgid_filter = Some(std::process::id());
     config.map_entries = 512;
-    let mut sampler = Sampler::load(&config).expect("load sampler (are you root?)");
-    sampler.attach(&config).expect("attach sampler");
+    let (mut sampler, _) = attached_at_99_hz(config);
     let busy = Busy::start(|stop| {
         let mut depth = 0u32;
         while !stop.load(Ordering::Relaxed) {
@@ -217,10 +218,7 @@ fn many_distinct_stacks_all_keep_their_user_stack() {
 /// holds a sample that was never counted.
 #[test]
 fn drains_lose_nothing_between_them() {
-    let mut config = SamplerConfig::default();
-    config.frequency = 99;
-    let mut sampler = Sampler::load(&config).expect("load sampler (are you root?)");
-    sampler.attach(&config).expect("attach sampler");
+    let (mut sampler, _) = attached_at_99_hz(SamplerConfig::default());
     let busy = Busy::start(|stop| {
         spin_until(stop);
     });
@@ -294,10 +292,7 @@ fn short_lived_child_spin(stop: &AtomicBool) -> u64 {
 fn short_lived_process_is_captured_before_it_exits() {
     use wattson_agent::{interval::Recorder, process::ProcessTable, symbolize::Symbolizer};
 
-    let mut config = SamplerConfig::default();
-    config.frequency = 99;
-    let mut sampler = Sampler::load(&config).expect("load sampler (are you root?)");
-    sampler.attach(&config).expect("attach sampler");
+    let (sampler, _) = attached_at_99_hz(SamplerConfig::default());
     let mut recorder = Recorder::new(
         sampler,
         ProcessTable::new("/proc", Vec::new()),
