@@ -269,13 +269,19 @@ impl Drop for Workload {
     }
 }
 
-/// Starts `copies` instances of a shell pipeline, each in its own process group.
+/// Starts `copies` instances of a shell pipeline, each in its own process group. Each group
+/// also ends itself once this test process is gone: a killed test runs no `Drop`, and its
+/// endless workloads would otherwise hold the CPUs until someone finds them.
 fn start(script: &str, copies: usize) -> Workload {
     use std::os::unix::process::CommandExt as _;
+    let watched = format!(
+        "( {script} ) & while kill -0 {} 2>/dev/null; do sleep 1; done; kill -KILL 0",
+        std::process::id()
+    );
     let children = (0..copies)
         .map(|_| {
             Command::new("/bin/sh")
-                .args(["-c", script])
+                .args(["-c", &watched])
                 .stdout(Stdio::null())
                 .process_group(0)
                 .spawn()
