@@ -919,3 +919,26 @@ fn a_batch_in_a_request_has_one_group_level_less_in_prost() {
         assert_eq!(IngestRequest::decode(request).is_ok(), depth == 99);
     }
 }
+
+/// Regression (found by `request_batch_reads_requests_as_prost_does`): prost reads each
+/// `batch` of a request on its own. Joined, the first one's last varint, cut short, was
+/// completed by the second one's bytes, so the collector read a request that prost refuses.
+#[test]
+fn a_batch_cut_short_fails_the_request_though_the_next_completes_it() {
+    let cut = [0xe8, 0x00, 0x00, 0xad, 0x80];
+    let mut next = vec![0x09];
+    next.extend_from_slice(&6257323478286860288u64.to_le_bytes());
+    next.extend_from_slice(&[0, 0]);
+    let mut request = vec![0x0a, cut.len() as u8];
+    request.extend_from_slice(&cut);
+    request.extend_from_slice(&[0x0a, next.len() as u8]);
+    request.extend_from_slice(&next);
+    let joined: Vec<u8> = cut.iter().chain(&next).copied().collect();
+    assert!(
+        BatchView::parse(&joined).is_ok(),
+        "joined, the two read well"
+    );
+    let request = Bytes::from(request);
+    assert!(IngestRequest::decode(request.clone()).is_err());
+    assert!(BatchView::request_batch(&request).is_err());
+}

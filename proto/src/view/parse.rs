@@ -541,9 +541,16 @@ pub(super) fn request_batch(request: &Bytes) -> Result<Option<RequestBatch>, Par
     let mut first: Option<std::ops::Range<usize>> = None;
     let mut joined: Option<BytesMut> = None;
     let mut zstd = None;
-    // prost decodes a `batch` even when `batch_zstd` replaces it later, so a malformed one
-    // fails the request there; it must here too.
-    let mut superseded: Result<(), ParseError> = Ok(());
+    // prost decodes every occurrence of `batch` on its own, merging it into the one before,
+    // even when `batch_zstd` replaces them later: a malformed one fails the request, though
+    // the bytes joined may read well (a varint cut at the end of one completed by the next).
+    // So each is read here too, except a lone `batch` that is kept: the caller reads that.
+    let mut malformed: Result<(), ParseError> = Ok(());
+    let mut check = |bytes: &[u8]| {
+        if malformed.is_ok() {
+            malformed = batch(bytes).map(|_| ());
+        }
+    };
     fields(request, "batch batch_zstd", 100, |r, key| {
         if key != 0x0a && key != 0x12 {
             return Ok(false);
@@ -551,13 +558,9 @@ pub(super) fn request_batch(request: &Bytes) -> Result<Option<RequestBatch>, Par
         let b = r.bytes()?;
         let end = request.len() - r.0.len();
         if key == 0x12 {
-            let replaced = match (&joined, &first) {
-                (Some(j), _) => Some(&j[..]),
-                (None, Some(range)) => Some(&request[range.clone()]),
-                (None, None) => None,
-            };
-            if let (Some(bytes), Ok(())) = (replaced, &superseded) {
-                superseded = batch(bytes).map(|_| ());
+            // A joined batch's parts were read as they were joined.
+            if let (None, Some(range)) = (&joined, &first) {
+                check(&request[range.clone()]);
             }
             (first, joined, zstd) = (None, None, Some(end - b.len()..end));
             return Ok(true);
@@ -566,16 +569,21 @@ pub(super) fn request_batch(request: &Bytes) -> Result<Option<RequestBatch>, Par
         match (&first, &mut joined) {
             (None, _) => first = Some(end - b.len()..end),
             (Some(range), None) => {
+                check(&request[range.clone()]);
+                check(b);
                 let mut j = BytesMut::from(&request[range.clone()]);
                 j.extend_from_slice(b);
                 joined = Some(j);
             }
-            (Some(_), Some(j)) => j.extend_from_slice(b),
+            (Some(_), Some(j)) => {
+                check(b);
+                j.extend_from_slice(b);
+            }
         }
         Ok(true)
     })
     .map_err(|e| e.into_error("IngestRequest"))?;
-    superseded?;
+    malformed?;
     Ok(match (joined, first, zstd) {
         (Some(j), _, _) => Some(RequestBatch::Encoded(j.freeze())),
         (None, Some(range), _) => Some(RequestBatch::Encoded(request.slice(range))),
