@@ -8,6 +8,8 @@ const PROTOS: &[&str] = &[
     "wattson/v1/profile.proto",
     "wattson/v1/ingest.proto",
     "wattson/v1/query.proto",
+    "wattson/v1/detection.proto",
+    "wattson/v1/skills.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
