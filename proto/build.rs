@@ -24,6 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::codec::Codec")
         // A whole Batch inline would make every IngestRequest as large as one.
         .boxed(".wattson.v1.IngestRequest.payload.batch")
+        // Answers of the query, detection and skills services serialize to JSON as they are,
+        // for `--json` and MCP, so there is one shape for every consumer.
+        .type_attribute(".wattson.v1", "#[derive(serde::Serialize)]")
         .compile_fds(fds)?;
     Ok(())
 }
