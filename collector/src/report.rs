@@ -4,9 +4,11 @@
 //! ([`table`]: long names lose their middle); JSON always carries names whole.
 
 mod builds;
+mod skills;
 mod table;
 
 pub use builds::{build_diff, builds_json, builds_table};
+pub use skills::{findings_table, location, skills_table};
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

@@ -10,10 +10,14 @@ mod args;
 mod connect;
 #[path = "wattson/diff.rs"]
 mod diff;
+#[path = "wattson/mcp.rs"]
+mod mcp;
 #[path = "wattson/output.rs"]
 mod output;
 #[path = "wattson/stacks.rs"]
 mod stacks;
+#[path = "wattson/suggest.rs"]
+mod suggest;
 #[path = "wattson/tables.rs"]
 mod tables;
 
@@ -76,6 +80,14 @@ enum Command {
     Power(tables::PowerArgs),
     /// Builds (versions) each service ran in the window, for `diff --build-a/--build-b`.
     Builds(tables::BuildsArgs),
+    /// The collector's skills (encoded efficiency expertise): `skills list`.
+    Skills(suggest::SkillsArgs),
+    /// Findings of the skills, best first: what to fix, where (file:line), what it saves, and
+    /// with --source-root a patch. --regression ID explains a regression instead.
+    Suggest(suggest::SuggestArgs),
+    /// Serve the collector's tools and skills to LLM agents over MCP (stdio); see the README
+    /// for a client configuration.
+    Mcp,
 }
 
 fn main() -> std::process::ExitCode {
@@ -95,8 +107,10 @@ fn try_main() -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = output::Output::new(cli.json, cli.width);
     let tls = connect::Tls::from_flags(cli.tls_ca, cli.tls_cert, cli.tls_key)?;
-    let mut client = connect::client(&cli.collector, tls.as_ref(), cli.token.as_deref()).await?;
-    let c = &mut client;
+    // `mcp` connects on its first call, so it starts (and stays up) while the collector is down.
+    let lazy = matches!(cli.command, Command::Mcp);
+    let conn = connect::connect(&cli.collector, tls.as_ref(), cli.token.as_deref(), lazy).await?;
+    let c = &mut conn.query();
     match cli.command {
         Command::Top(a) => tables::top(c, a, &out).await,
         Command::Series(a) => tables::series(c, a, &out).await,
@@ -105,6 +119,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Diff(a) => diff::diff(c, a, &out).await,
         Command::Power(a) => tables::power(c, a, &out).await,
         Command::Builds(a) => tables::builds(c, a, &out).await,
+        Command::Skills(a) => suggest::skills(&mut conn.skills(), a, &out).await,
+        Command::Suggest(a) => suggest::suggest(&mut conn.skills(), a, &out).await,
+        Command::Mcp => mcp::serve(&conn, &cli.collector).await,
     }
 }
 

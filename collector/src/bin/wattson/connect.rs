@@ -1,7 +1,8 @@
 //! How `wattson` reaches a collector: plain `http://`, or mutual TLS with the flags and PEM
 //! files the collector's `serve` and the agent's `run` take (`--tls-ca`, `--tls-cert`,
 //! `--tls-key`: all three or none). Every failure names the flag and file at fault. Also the
-//! query client every command uses (bearer token, answer size cap) and how its errors read.
+//! clients the commands use (query, skills, detection: bearer token, answer size cap) over one
+//! connection, and how their errors read.
 
 use std::path::{Path, PathBuf};
 
@@ -10,13 +11,19 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use wattson_proto::v1::detection_service_client::DetectionServiceClient;
 use wattson_proto::v1::query_service_client::QueryServiceClient;
+use wattson_proto::v1::skills_service_client::SkillsServiceClient;
 
 /// Largest answer accepted from the collector.
 const MAX_RESPONSE_BYTES: usize = 512 << 20;
 
 /// The query client the commands share.
 pub type Client = QueryServiceClient<InterceptedService<Channel, Auth>>;
+/// The skills client (`skills`, `suggest`, `mcp`).
+pub type Skills = SkillsServiceClient<InterceptedService<Channel, Auth>>;
+/// The detection client (`mcp`'s regressions and changes).
+pub type Detection = DetectionServiceClient<InterceptedService<Channel, Auth>>;
 
 /// Puts `authorization: Bearer TOKEN` on every call when `--token` is given.
 #[derive(Clone)]
@@ -102,8 +109,9 @@ fn url(collector: &str, tls: bool) -> anyhow::Result<String> {
     }
 }
 
-/// Connects to the collector (plain or mutual TLS).
-pub async fn channel(collector: &str, tls: Option<&Tls>) -> anyhow::Result<Channel> {
+/// Connects to the collector (plain or mutual TLS). A `lazy` channel connects on its first
+/// call (and again after a failure), so a long-lived `wattson mcp` outlives collector restarts.
+pub async fn channel(collector: &str, tls: Option<&Tls>, lazy: bool) -> anyhow::Result<Channel> {
     let url = url(collector, tls.is_some())?;
     let mut endpoint = Endpoint::from_shared(url.clone())
         .with_context(|| format!("--collector {collector}: not a valid URL"))?;
@@ -121,6 +129,9 @@ pub async fn channel(collector: &str, tls: Option<&Tls>) -> anyhow::Result<Chann
             .tls_config(config)
             .context("TLS configuration (--tls-ca, --tls-cert, --tls-key)")?;
     }
+    if lazy {
+        return Ok(endpoint.connect_lazy());
+    }
     endpoint.connect().await.with_context(|| {
         let hint = if tls.is_some() {
             " over mutual TLS: is it serving TLS, does its certificate chain to --tls-ca and \
@@ -132,13 +143,42 @@ pub async fn channel(collector: &str, tls: Option<&Tls>) -> anyhow::Result<Chann
     })
 }
 
-/// Connects (see [`channel`]) and wraps the channel in the query client, with `token`.
-pub async fn client(
+/// One connection to the collector and the token its clients put on every call.
+#[derive(Clone)]
+pub struct Conn {
+    channel: Channel,
+    auth: Auth,
+}
+
+impl Conn {
+    /// The query client.
+    pub fn query(&self) -> Client {
+        // Merged stacks of a busy fleet run to tens of MB; tonic's default cap is 4 MB.
+        QueryServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
+    /// The skills client.
+    pub fn skills(&self) -> Skills {
+        SkillsServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
+    /// The detection client.
+    pub fn detection(&self) -> Detection {
+        DetectionServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+}
+
+/// Connects (see [`channel`]) with `token` for every call.
+pub async fn connect(
     collector: &str,
     tls: Option<&Tls>,
     token: Option<&str>,
-) -> anyhow::Result<Client> {
-    let channel = channel(collector, tls).await?;
+    lazy: bool,
+) -> anyhow::Result<Conn> {
+    let channel = channel(collector, tls, lazy).await?;
     let header = match token {
         Some(t) => Some(
             format!("Bearer {t}")
@@ -147,9 +187,10 @@ pub async fn client(
         ),
         None => None,
     };
-    // Merged stacks of a busy fleet run to tens of MB; tonic's default cap is 4 MB.
-    Ok(QueryServiceClient::with_interceptor(channel, Auth(header))
-        .max_decoding_message_size(MAX_RESPONSE_BYTES))
+    Ok(Conn {
+        channel,
+        auth: Auth(header),
+    })
 }
 
 /// A failed call as one line: the collector's message and the gRPC code.
