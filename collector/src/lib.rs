@@ -1,6 +1,7 @@
 //! Wattson's collector as a library: ingest, storage, fleet attribution and queries. The
 //! `wattson-collector` and `wattson` binaries are thin edges over it.
 
+pub mod analysis;
 pub mod attribute;
 pub mod flame;
 pub mod ingest_cpu;
@@ -13,5 +14,6 @@ pub mod query_service;
 pub mod report;
 pub mod retention;
 pub mod server;
+pub mod skills;
 pub mod store;
 pub mod validate;

@@ -188,6 +188,9 @@ impl Store for Counted {
     fn stack_rows(&self, w: Window, s: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
         self.inner.stack_rows(w, s)
     }
+    fn lines(&self, w: Window, s: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
+        self.inner.lines(w, s)
+    }
     fn known_services(&self) -> Result<Vec<String>, StoreError> {
         self.inner.known_services()
     }

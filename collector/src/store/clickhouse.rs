@@ -390,6 +390,10 @@ impl Store for ClickHouseStore {
         self.keyed(Kind::Stack, window, service, true, "")
     }
 
+    fn lines(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
+        self.keyed(Kind::Line, window, service, true, "")
+    }
+
     fn known_services(&self) -> Result<Vec<String>, StoreError> {
         Ok(self
             .query(&format!(

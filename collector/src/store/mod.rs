@@ -375,6 +375,14 @@ pub trait Store: Send + Sync {
     /// [`Store::stacks`] and [`Store::build_stacks`] fold.
     fn stack_rows(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError>;
 
+    /// Source line rows ([`Kind::Line`], keyed by [`rollup::line_key`]) per service over the
+    /// window; `samples_self` counts the samples at the line. Empty from a store that keeps
+    /// none (a benchmark sink).
+    fn lines(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
+        let _ = (window, service);
+        Ok(Vec::new())
+    }
+
     /// Every service the store has ever seen, sorted.
     fn known_services(&self) -> Result<Vec<String>, StoreError>;
 

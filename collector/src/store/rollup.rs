@@ -31,6 +31,10 @@ pub enum Kind {
     Build = 4,
     /// key = folded stack, root first, `;`-separated.
     Stack = 5,
+    /// key = [`line_key`]: a function, the function it called there ("" for its own
+    /// samples), file and line; samples of the frames at that line. (6 is ClickHouse's dedup
+    /// marker.)
+    Line = 7,
 }
 
 impl Kind {
@@ -42,6 +46,7 @@ impl Kind {
             3 => Kind::Host,
             4 => Kind::Build,
             5 => Kind::Stack,
+            7 => Kind::Line,
             _ => return None,
         })
     }
@@ -115,6 +120,19 @@ pub fn stack_key(build: &str, folded: &str) -> String {
 /// Splits a [`stack_key`] into (build id, folded stack).
 pub fn split_stack_key(key: &str) -> (&str, &str) {
     key.split_once('\t').unwrap_or(("", key))
+}
+
+/// The key of a line row: `FUNCTION \t CALLEE \t FILE \t LINE` (frame names never hold a tab
+/// once sanitized, and file names are sanitized the same way).
+pub fn line_key(function: &str, callee: &str, file: &str, line: u32) -> String {
+    format!("{function}\t{callee}\t{file}\t{line}")
+}
+
+/// Splits a [`line_key`] into (function, callee, file, line); `None` for a malformed key.
+pub fn split_line_key(key: &str) -> Option<(&str, &str, &str, u32)> {
+    let mut parts = key.splitn(4, '\t');
+    let (f, c, file, line) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    Some((f, c, file, line.parse().ok()?))
 }
 
 /// Phase one of a rollup: everything that can fail, done without touching shared state. The

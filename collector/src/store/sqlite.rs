@@ -493,6 +493,10 @@ impl Store for SqliteStore {
         self.keyed(Kind::Stack, window, service, true)
     }
 
+    fn lines(&self, window: Window, service: Option<&str>) -> Result<Vec<Keyed>, StoreError> {
+        self.keyed(Kind::Line, window, service, true)
+    }
+
     fn known_services(&self) -> Result<Vec<String>, StoreError> {
         self.read(|c| {
             let mut st = c.prepare_cached("SELECT service FROM services ORDER BY service")?;

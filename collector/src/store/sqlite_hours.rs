@@ -50,7 +50,7 @@ impl Hours {
             None => {
                 let latest: Option<i64> = conn.query_row(
                     &format!(
-                        "SELECT max(minute) FROM rollup WHERE kind IN (1, 2, 3, 4, 5) \
+                        "SELECT max(minute) FROM rollup WHERE kind IN (1, 2, 3, 4, 5, 7) \
                          AND res = {RES_MINUTE}"
                     ),
                     [],
@@ -93,7 +93,7 @@ impl Hours {
         }
         let added = tx.prepare_cached(&format!(
             "INSERT INTO rollup SELECT kind, {RES_HOUR}, minute / 3600 * 3600 AS hour, service, \
-             key, {} FROM rollup WHERE kind IN (1, 2, 3, 4, 5) AND res = {RES_MINUTE} \
+             key, {} FROM rollup WHERE kind IN (1, 2, 3, 4, 5, 7) AND res = {RES_MINUTE} \
              AND minute >= ?1 AND minute < ?2 GROUP BY kind, hour, service, key \
              ON CONFLICT (kind, res, minute, service, key) DO UPDATE SET {}",
             super::sqlite::sums(),
