@@ -15,5 +15,6 @@ pub mod report;
 pub mod retention;
 pub mod server;
 pub mod skills;
+pub mod skills_service;
 pub mod store;
 pub mod validate;

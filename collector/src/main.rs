@@ -62,6 +62,10 @@ struct ServeArgs {
     /// Serve Prometheus `GET /metrics` here (ingest counters, store size, per-service watts).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// User skills (TOML) added to the built-in catalogue, served by the skills service
+    /// (`wattson skills list`, `wattson suggest`); a bad file stops the start, naming its line.
+    #[arg(long, value_name = "FILE")]
+    skills: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -78,6 +82,11 @@ fn try_main() -> anyhow::Result<()> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let tls = TlsFiles::from_flags(args.tls_cert, args.tls_key, args.tls_ca)?;
+    let skills = wattson_collector::skills_service::SkillSet::load(args.skills.as_deref())
+        .context("--skills")?;
+    if let Some(p) = &args.skills {
+        tracing::info!(file = %p.display(), skills = ?skills, "skills loaded");
+    }
     let store = wattson_collector::store::open(&args.store)
         .with_context(|| format!("opening --store {}", args.store))?;
     let counted = Arc::new(wattson_collector::metrics::Counted::new(Arc::from(store)));
@@ -108,6 +117,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_message_bytes: args.max_message_bytes,
         limits: Limits::default(),
         rejections: counted.rejections(),
+        skills,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {

@@ -1,5 +1,5 @@
-//! The collector's gRPC server: the `wattson.v1.IngestService` over a [`Store`], plus
-//! `grpc.health.v1` and server reflection, with optional mutual TLS and bearer token.
+//! The collector's gRPC server: the `wattson.v1.IngestService` over a [`Store`], the query and
+//! skills services, plus `grpc.health.v1` and server reflection, with optional mutual TLS and bearer token.
 //!
 //! Ingest reads a batch in place ([`BatchView`]), validates it ([`crate::validate`]), then
 //! hands it to [`Store::queue`] (or [`Store::ingest`]), which
@@ -133,6 +133,8 @@ pub struct ServeConfig {
     pub fleet: crate::attribute::FleetConfig,
     /// Where ingest counts the requests it refuses (shared with `/metrics`).
     pub rejections: Arc<Rejections>,
+    /// The skills the skills service runs (default: the built-in catalogue).
+    pub skills: crate::skills_service::SkillSet,
 }
 
 /// The ingest service over a store.
@@ -405,16 +407,20 @@ pub async fn serve(
     };
     let query = crate::query_service::Query::server(Arc::new(crate::query::QueryEngine::new(
         store.clone(),
-        config.fleet,
+        config.fleet.clone(),
     )));
+    // Skills read through the same tool interface MCP and gRPC expose.
+    let tools = Arc::new(crate::analysis::Tools::new(store.clone(), config.fleet));
+    let skills = crate::skills_service::Skills::server(tools, config.skills.0);
     let ingest = crate::ingest_endpoint::IngestEndpoint::new(
         Ingest::new(store, config.limits, max, config.rejections),
         max,
     );
-    // One token guards both services: profiles are as sensitive to read as to write.
+    // One token guards every service: profiles are as sensitive to read as to write.
     let auth = BearerAuth(config.token.map(Arc::from));
     let ingest = tonic::service::interceptor::InterceptedService::new(ingest, auth.clone());
-    let query = tonic::service::interceptor::InterceptedService::new(query, auth);
+    let query = tonic::service::interceptor::InterceptedService::new(query, auth.clone());
+    let skills = tonic::service::interceptor::InterceptedService::new(skills, auth);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -422,6 +428,9 @@ pub async fn serve(
         .await;
     health
         .set_serving::<wattson_proto::v1::query_service_server::QueryServiceServer<crate::query_service::Query>>()
+        .await;
+    health
+        .set_serving::<wattson_proto::v1::skills_service_server::SkillsServiceServer<crate::skills_service::Skills>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(wattson_proto::FILE_DESCRIPTOR_SET)
@@ -438,13 +447,14 @@ pub async fn serve(
         listen = ?local,
         tls = config.tls.is_some(),
         max_message_bytes = max,
-        "collector serving wattson.v1.IngestService, QueryService, grpc.health.v1, reflection"
+        "collector serving wattson.v1.IngestService, QueryService, SkillsService, grpc.health.v1, reflection"
     );
     builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ingest)
         .add_service(query)
+        .add_service(skills)
         .serve_with_incoming_shutdown(accepted(listener), shutdown)
         .await?;
     tracing::info!("collector stopped; in-flight batches finished");

@@ -19,15 +19,14 @@ use rmcp::{ErrorData, ServiceExt as _, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tonic::Code;
+use wattson_collector::skills::REGRESSION_SOLVER;
 use wattson_proto::v1::{
-    BuildsRequest, ListChangesRequest, ListRegressionsRequest, ListSkillsRequest, PowerRequest,
-    RankBy, RunSkillRequest, SeriesRequest, StacksRequest, TimeWindow, TopRequest,
+    BuildsRequest, DiffRequest, ListChangesRequest, ListRegressionsRequest, ListSkillsRequest,
+    PowerRequest, RankBy, RunSkillRequest, SeriesRequest, SourceRequest, StacksRequest,
+    TimeWindow, TopRequest,
 };
 
 use crate::connect::Conn;
-
-/// The skill `suggest` runs for a regression.
-const REGRESSION_SOLVER: &str = "regression-solver";
 /// Stacks the `stacks` tool returns unless asked otherwise: an agent's context is small.
 const DEFAULT_STACKS: usize = 100;
 
@@ -131,6 +130,55 @@ pub struct WindowParams {
     pub window: Window,
 }
 
+/// What `diff` compares.
+#[derive(Debug, Default, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Weight {
+    /// Watts (attributed energy).
+    #[default]
+    Energy,
+    /// CPU samples.
+    Samples,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct DiffParams {
+    /// The window: the "after" side of a window diff, or where both builds are compared.
+    #[serde(flatten)]
+    pub window: Window,
+    /// Start of the baseline window (a window diff), same syntax as `from`.
+    #[serde(default)]
+    pub baseline_from: Option<String>,
+    /// End of the baseline window (a window diff).
+    #[serde(default)]
+    pub baseline_to: Option<String>,
+    /// Old build id (a build diff, with build_b; `builds` lists them).
+    #[serde(default)]
+    pub build_a: Option<String>,
+    /// New build id (a build diff).
+    #[serde(default)]
+    pub build_b: Option<String>,
+    /// Only this service (default: every service).
+    #[serde(default)]
+    pub service: Option<String>,
+    /// What to compare (default energy).
+    #[serde(default)]
+    pub weight: Weight,
+    /// Rows of each table (default 20).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SourceParams {
+    #[serde(flatten)]
+    pub window: Window,
+    /// Service of the function.
+    pub service: String,
+    /// Function name, as `top` returns it.
+    pub function: String,
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct RegressionsParams {
     #[serde(flatten)]
@@ -230,12 +278,9 @@ impl Wattson {
             Code::InvalidArgument | Code::NotFound | Code::OutOfRange | Code::FailedPrecondition => {
                 ErrorData::invalid_params(format!("{what}: {}", s.message()), None)
             }
+            // An older collector without the service, or a part (detection) not running there.
             Code::Unimplemented => ErrorData::internal_error(
-                format!(
-                    "{what} is not available: the collector at {url} does not serve it \
-                     ({}; an older collector, or detection not enabled there)",
-                    s.message()
-                ),
+                format!("{what} is not available at {url}: {}", s.message()),
                 None,
             ),
             Code::Unauthenticated => ErrorData::internal_error(
@@ -355,6 +400,58 @@ impl Wattson {
         };
         let resp = self.conn.query().power(r).await;
         answer(&resp.map_err(|s| self.error("power", s))?.into_inner())
+    }
+
+    #[tool(
+        description = "Compares two windows (baseline_from/baseline_to against from/to, by \
+        rate) or two builds of a service (build_a against build_b over from/to, by share of \
+        each build): the functions and the stacks that changed most. Returns \
+        wattson.v1.DiffResponse as JSON."
+    )]
+    async fn diff(&self, Parameters(p): Parameters<DiffParams>) -> Result<CallToolResult, ErrorData> {
+        let baseline = match (&p.baseline_from, &p.baseline_to) {
+            (None, None) => None,
+            (from, to) => Some(
+                Window {
+                    from: from.clone(),
+                    to: to.clone(),
+                }
+                .wire("-2h")?,
+            ),
+        };
+        let r = DiffRequest {
+            window: Some(p.window.wire("-1h")?),
+            baseline,
+            build_a: given(&p.build_a),
+            build_b: given(&p.build_b),
+            service: given(&p.service),
+            weight: match p.weight {
+                Weight::Energy => "energy",
+                Weight::Samples => "samples",
+            }
+            .into(),
+            limit: p.limit.unwrap_or(0),
+        };
+        let resp = self.conn.skills().diff(r).await;
+        answer(&resp.map_err(|s| self.error("diff", s))?.into_inner())
+    }
+
+    #[tool(
+        description = "Where a function spends its samples in its source: file:line of its own \
+        samples and of the calls to each callee, from the frames' DWARF data, most samples \
+        first. Returns wattson.v1.SourceResponse as JSON (empty without debug info)."
+    )]
+    async fn source(
+        &self,
+        Parameters(p): Parameters<SourceParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let r = SourceRequest {
+            window: Some(p.window.wire("-1h")?),
+            service: p.service,
+            function: p.function,
+        };
+        let resp = self.conn.skills().source(r).await;
+        answer(&resp.map_err(|s| self.error("source", s))?.into_inner())
     }
 
     #[tool(

@@ -9,14 +9,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use wattson_collector::report;
+use wattson_collector::skills::REGRESSION_SOLVER;
 use wattson_proto::v1::{Finding, ListSkillsRequest, RunSkillRequest};
 
 use crate::args::WindowArgs;
 use crate::connect::{Skills, status};
 use crate::output::Output;
-
-/// The skill `--regression` runs.
-const REGRESSION_SOLVER: &str = "regression-solver";
 
 #[derive(clap::Subcommand, Debug)]
 pub enum SkillsCommand {
