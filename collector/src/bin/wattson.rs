@@ -12,6 +12,8 @@ mod connect;
 mod diff;
 #[path = "wattson/mcp.rs"]
 mod mcp;
+#[path = "wattson/mcp_params.rs"]
+mod mcp_params;
 #[path = "wattson/output.rs"]
 mod output;
 #[path = "wattson/stacks.rs"]

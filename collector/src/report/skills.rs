@@ -28,7 +28,10 @@ pub fn skills_table(r: &ListSkillsResponse, width: usize) -> String {
     );
     out.push('\n');
     for s in &r.skills {
-        out.push_str(&table::wrap(&format!("{}: {}", s.name, s.description), width));
+        out.push_str(&table::wrap(
+            &format!("{}: {}", s.name, s.description),
+            width,
+        ));
     }
     out
 }
@@ -164,8 +167,14 @@ mod tests {
         let t = findings_table(&r, 160);
         let row = t.lines().find(|l| l.starts_with("#1")).unwrap();
         assert!(row.contains("regex-per-call"), "{row}");
-        assert!(row.contains("2.500 W est") && row.contains("2.50 kW est"), "{row}");
-        assert!(row.contains("80%") && row.ends_with("src/parse.rs:42"), "{row}");
+        assert!(
+            row.contains("2.500 W est") && row.contains("2.50 kW est"),
+            "{row}"
+        );
+        assert!(
+            row.contains("80%") && row.ends_with("src/parse.rs:42"),
+            "{row}"
+        );
         assert!(t.contains("advice: compile the regex once"), "{t}");
         assert!(t.contains("- 31% of api's samples"), "{t}");
         assert!(t.contains("notes:\n  no source root: no patches"), "{t}");

@@ -4,10 +4,10 @@
 //! takes JSON arguments with a schema (the parameter structs below) and returns the wire type
 //! of its gRPC answer serialized as it is (structured content, and the same JSON as text).
 //!
-//! Errors are MCP errors, never a crash: a bad argument (unreadable time, unknown service,
-//! refused request) is "invalid params"; an unreachable or failing collector, or a service it
-//! does not serve, is "internal error" with the collector's message. stdout carries only the
-//! protocol; logs go to stderr.
+//! A failed call is a tool error naming what to fix, never a crash (see [`Failure`]): a bad
+//! argument (unreadable time, unknown service or skill) is "invalid params"; an unreachable
+//! or failing collector, or a service it does not serve (detection), is "internal" with the
+//! collector's message. stdout carries only the protocol; logs go to stderr.
 
 use std::sync::Arc;
 
@@ -15,215 +15,23 @@ use anyhow::Context as _;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::CallToolResult;
-use rmcp::{ErrorData, ServiceExt as _, tool, tool_handler, tool_router};
-use schemars::JsonSchema;
-use serde::Deserialize;
+use rmcp::{ServiceExt as _, tool, tool_handler, tool_router};
 use tonic::Code;
 use wattson_collector::skills::REGRESSION_SOLVER;
 use wattson_proto::v1::{
     BuildsRequest, DiffRequest, ListChangesRequest, ListRegressionsRequest, ListSkillsRequest,
-    PowerRequest, RankBy, RunSkillRequest, SeriesRequest, SourceRequest, StacksRequest,
-    TimeWindow, TopRequest,
+    PowerRequest, RankBy, RunSkillRequest, SeriesRequest, SourceRequest, StacksRequest, TopRequest,
 };
 
 use crate::connect::Conn;
+use crate::mcp_params::{
+    DiffParams, Failure, Rank, RegressionsParams, RunSkillParams, SeriesParams,
+    ServiceWindowParams, SourceParams, StacksParams, SuggestParams, TopParams, Weight, Window,
+    WindowParams,
+};
+
 /// Stacks the `stacks` tool returns unless asked otherwise: an agent's context is small.
 const DEFAULT_STACKS: usize = 100;
-
-/// A time window; times are "now", "-2h" (ago), Unix seconds or RFC 3339.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-pub struct Window {
-    /// Start of the window: "now", "-2h" (2 hours ago), Unix seconds, or RFC 3339
-    /// ("2026-11-25T18:00:00Z"). Default: one hour ago (a day ago for regressions and changes).
-    #[serde(default)]
-    pub from: Option<String>,
-    /// End of the window, same syntax. Default: "now".
-    #[serde(default)]
-    pub to: Option<String>,
-}
-
-impl Window {
-    /// The window, `default_from` when `from` is not given; a bad time is invalid params.
-    fn wire(&self, default_from: &str) -> Result<TimeWindow, ErrorData> {
-        let now = wattson_collector::report::now();
-        let parse = |name: &str, v: &str| {
-            wattson_collector::report::parse_time(v, now)
-                .map_err(|e| ErrorData::invalid_params(format!("{name}: {e}"), None))
-        };
-        Ok(TimeWindow {
-            from_unix_seconds: parse("from", self.from.as_deref().unwrap_or(default_from))?,
-            to_unix_seconds: parse("to", self.to.as_deref().unwrap_or("now"))?,
-        })
-    }
-}
-
-/// What `top` ranks by.
-#[derive(Debug, Default, Clone, Copy, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Rank {
-    /// Watts spent in the function itself.
-    #[default]
-    EnergySelf,
-    /// Watts spent in the function and its callees.
-    EnergyInclusive,
-    /// CPU samples in the function itself.
-    SamplesSelf,
-    /// CPU samples in the function and its callees.
-    SamplesInclusive,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct TopParams {
-    #[serde(flatten)]
-    pub window: Window,
-    /// Only this service (default: every service).
-    #[serde(default)]
-    pub service: Option<String>,
-    /// What to rank by (default energy_self).
-    #[serde(default)]
-    pub rank: Rank,
-    /// Rows to return (default 20).
-    #[serde(default)]
-    pub limit: Option<u32>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct SeriesParams {
-    #[serde(flatten)]
-    pub window: Window,
-    /// Service of the function.
-    pub service: String,
-    /// Function name, as `top` returns it.
-    pub function: String,
-    /// Bucket length in seconds, a multiple of 60 (default: picked from the window).
-    #[serde(default)]
-    pub step_seconds: Option<u32>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct StacksParams {
-    #[serde(flatten)]
-    pub window: Window,
-    /// Only this service (default: every service).
-    #[serde(default)]
-    pub service: Option<String>,
-    /// Only processes running this build id (`builds` lists them).
-    #[serde(default)]
-    pub build_id: Option<String>,
-    /// Stacks to return, most samples first (default 100).
-    #[serde(default)]
-    pub limit: Option<usize>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct ServiceWindowParams {
-    #[serde(flatten)]
-    pub window: Window,
-    /// Only this service (default: every service).
-    #[serde(default)]
-    pub service: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct WindowParams {
-    #[serde(flatten)]
-    pub window: Window,
-}
-
-/// What `diff` compares.
-#[derive(Debug, Default, Clone, Copy, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Weight {
-    /// Watts (attributed energy).
-    #[default]
-    Energy,
-    /// CPU samples.
-    Samples,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct DiffParams {
-    /// The window: the "after" side of a window diff, or where both builds are compared.
-    #[serde(flatten)]
-    pub window: Window,
-    /// Start of the baseline window (a window diff), same syntax as `from`.
-    #[serde(default)]
-    pub baseline_from: Option<String>,
-    /// End of the baseline window (a window diff).
-    #[serde(default)]
-    pub baseline_to: Option<String>,
-    /// Old build id (a build diff, with build_b; `builds` lists them).
-    #[serde(default)]
-    pub build_a: Option<String>,
-    /// New build id (a build diff).
-    #[serde(default)]
-    pub build_b: Option<String>,
-    /// Only this service (default: every service).
-    #[serde(default)]
-    pub service: Option<String>,
-    /// What to compare (default energy).
-    #[serde(default)]
-    pub weight: Weight,
-    /// Rows of each table (default 20).
-    #[serde(default)]
-    pub limit: Option<u32>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct SourceParams {
-    #[serde(flatten)]
-    pub window: Window,
-    /// Service of the function.
-    pub service: String,
-    /// Function name, as `top` returns it.
-    pub function: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct RegressionsParams {
-    #[serde(flatten)]
-    pub window: Window,
-    /// Only this service (default: every service).
-    #[serde(default)]
-    pub service: Option<String>,
-    /// Also improvements and the candidates a filter removed, with the funnel.
-    #[serde(default)]
-    pub all: bool,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct SuggestParams {
-    #[serde(flatten)]
-    pub window: Window,
-    /// Only this service (default: every service).
-    #[serde(default)]
-    pub service: Option<String>,
-    /// Explain this regression (an id from `regressions`) with the regression solver; "all"
-    /// explains every open one. Default: find opportunities (every pattern skill, ranked by
-    /// fleet watts saved).
-    #[serde(default)]
-    pub regression_id: Option<String>,
-    /// Source tree ON THE COLLECTOR'S HOST (absolute path) to write patches against.
-    #[serde(default)]
-    pub source_root: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct RunSkillParams {
-    #[serde(flatten)]
-    pub window: Window,
-    /// Skill name, as `list_skills` returns it.
-    pub skill: String,
-    /// Only this service (default: every service).
-    #[serde(default)]
-    pub service: Option<String>,
-    /// For the regression solver: the regression to explain (default: every open one).
-    #[serde(default)]
-    pub regression_id: Option<String>,
-    /// Source tree ON THE COLLECTOR'S HOST (absolute path) to write patches against.
-    #[serde(default)]
-    pub source_root: Option<String>,
-}
 
 /// The MCP server: clients of one collector connection.
 #[derive(Clone)]
@@ -235,9 +43,9 @@ pub struct Wattson {
 }
 
 /// A serialized wire answer as the tool's result.
-fn answer<T: serde::Serialize>(r: &T) -> Result<CallToolResult, ErrorData> {
+fn answer<T: serde::Serialize>(r: &T) -> Result<CallToolResult, Failure> {
     let v = serde_json::to_value(r)
-        .map_err(|e| ErrorData::internal_error(format!("serializing the answer: {e}"), None))?;
+        .map_err(|e| Failure::internal(format!("serializing the answer: {e}")))?;
     Ok(CallToolResult::structured(v))
 }
 
@@ -247,16 +55,13 @@ fn given(s: &Option<String>) -> String {
 }
 
 /// Checks a source root is absolute: the collector resolves it, not this process.
-fn source_root(s: &Option<String>) -> Result<String, ErrorData> {
+fn source_root(s: &Option<String>) -> Result<String, Failure> {
     let s = given(s);
     if !s.is_empty() && !std::path::Path::new(&s).is_absolute() {
-        return Err(ErrorData::invalid_params(
-            format!(
-                "source_root {s:?} must be an absolute path on the collector's host \
-                 (the collector reads it)"
-            ),
-            None,
-        ));
+        return Err(Failure::invalid(format!(
+            "source_root {s:?} must be an absolute path on the collector's host \
+             (the collector reads it)"
+        )));
     }
     Ok(s)
 }
@@ -270,36 +75,39 @@ impl Wattson {
         }
     }
 
-    /// A failed gRPC call as an MCP error: the caller's fault is invalid params, anything
-    /// else internal, each with the collector's message and what to do.
-    fn error(&self, what: &str, s: tonic::Status) -> ErrorData {
+    /// A failed gRPC call: the caller's fault is invalid params, anything else internal,
+    /// each with the collector's message and what to do.
+    fn error(&self, what: &str, s: tonic::Status) -> Failure {
         let url = &self.collector;
+        let message = s.message();
         match s.code() {
-            Code::InvalidArgument | Code::NotFound | Code::OutOfRange | Code::FailedPrecondition => {
-                ErrorData::invalid_params(format!("{what}: {}", s.message()), None)
+            Code::InvalidArgument
+            | Code::NotFound
+            | Code::OutOfRange
+            | Code::FailedPrecondition => Failure::invalid(format!("{what}: {message}")),
+            // A part the collector does not run (detection), or an older collector without
+            // the service at all (tonic then says nothing).
+            Code::Unimplemented if message.is_empty() => Failure::internal(format!(
+                "{what} is not available: the collector at {url} does not serve it \
+                 (an older collector, or one without detection)"
+            )),
+            Code::Unimplemented => {
+                Failure::internal(format!("{what} is not available at {url}: {message}"))
             }
-            // An older collector without the service, or a part (detection) not running there.
-            Code::Unimplemented => ErrorData::internal_error(
-                format!("{what} is not available at {url}: {}", s.message()),
-                None,
-            ),
-            Code::Unauthenticated => ErrorData::internal_error(
-                format!(
-                    "{what}: the collector at {url} refused the token ({}): start \
-                     `wattson mcp` with --token or WATTSON_TOKEN",
-                    s.message()
-                ),
-                None,
-            ),
-            code => ErrorData::internal_error(
-                format!("{what}: collector {url}: {} ({code:?})", s.message()),
-                None,
-            ),
+            Code::Unauthenticated => Failure::internal(format!(
+                "{what}: the collector at {url} refused the token ({message}): start \
+                 `wattson mcp` with --token or WATTSON_TOKEN"
+            )),
+            code => Failure::internal(format!("{what}: collector {url}: {message} ({code:?})")),
         }
     }
 
-    async fn run_skill_request(&self, r: RunSkillRequest) -> Result<CallToolResult, ErrorData> {
-        let name = if r.skill.is_empty() { "suggest" } else { "run_skill" };
+    async fn run_skill_request(&self, r: RunSkillRequest) -> Result<CallToolResult, Failure> {
+        let name = if r.skill.is_empty() {
+            "suggest"
+        } else {
+            "run_skill"
+        };
         let resp = self.conn.skills().run_skill(r).await;
         answer(&resp.map_err(|s| self.error(name, s))?.into_inner())
     }
@@ -313,7 +121,7 @@ impl Wattson {
         fleet) or CPU samples, self or inclusive. Returns wattson.v1.TopResponse as JSON; \
         `estimated: true` marks watts from a utilization model rather than RAPL."
     )]
-    async fn top(&self, Parameters(p): Parameters<TopParams>) -> Result<CallToolResult, ErrorData> {
+    async fn top(&self, Parameters(p): Parameters<TopParams>) -> Result<CallToolResult, Failure> {
         let rank = match p.rank {
             Rank::EnergySelf => RankBy::EnergySelf,
             Rank::EnergyInclusive => RankBy::EnergyInclusive,
@@ -337,7 +145,7 @@ impl Wattson {
     async fn series(
         &self,
         Parameters(p): Parameters<SeriesParams>,
-    ) -> Result<CallToolResult, ErrorData> {
+    ) -> Result<CallToolResult, Failure> {
         let r = SeriesRequest {
             window: Some(p.window.wire("-1h")?),
             service: p.service,
@@ -356,7 +164,7 @@ impl Wattson {
     async fn stacks(
         &self,
         Parameters(p): Parameters<StacksParams>,
-    ) -> Result<CallToolResult, ErrorData> {
+    ) -> Result<CallToolResult, Failure> {
         let r = StacksRequest {
             window: Some(p.window.wire("-1h")?),
             service: given(&p.service),
@@ -364,8 +172,11 @@ impl Wattson {
         };
         let resp = self.conn.query().stacks(r).await;
         let mut resp = resp.map_err(|s| self.error("stacks", s))?.into_inner();
-        resp.stacks
-            .sort_by(|a, b| b.samples.cmp(&a.samples).then_with(|| a.folded.cmp(&b.folded)));
+        resp.stacks.sort_by(|a, b| {
+            b.samples
+                .cmp(&a.samples)
+                .then_with(|| a.folded.cmp(&b.folded))
+        });
         resp.stacks.truncate(p.limit.unwrap_or(DEFAULT_STACKS));
         answer(&resp)
     }
@@ -377,7 +188,7 @@ impl Wattson {
     async fn builds(
         &self,
         Parameters(p): Parameters<ServiceWindowParams>,
-    ) -> Result<CallToolResult, ErrorData> {
+    ) -> Result<CallToolResult, Failure> {
         let r = BuildsRequest {
             window: Some(p.window.wire("-1h")?),
             service: given(&p.service),
@@ -394,7 +205,7 @@ impl Wattson {
     async fn power(
         &self,
         Parameters(p): Parameters<WindowParams>,
-    ) -> Result<CallToolResult, ErrorData> {
+    ) -> Result<CallToolResult, Failure> {
         let r = PowerRequest {
             window: Some(p.window.wire("-1h")?),
         };
@@ -408,7 +219,7 @@ impl Wattson {
         each build): the functions and the stacks that changed most. Returns \
         wattson.v1.DiffResponse as JSON."
     )]
-    async fn diff(&self, Parameters(p): Parameters<DiffParams>) -> Result<CallToolResult, ErrorData> {
+    async fn diff(&self, Parameters(p): Parameters<DiffParams>) -> Result<CallToolResult, Failure> {
         let baseline = match (&p.baseline_from, &p.baseline_to) {
             (None, None) => None,
             (from, to) => Some(
@@ -444,7 +255,7 @@ impl Wattson {
     async fn source(
         &self,
         Parameters(p): Parameters<SourceParams>,
-    ) -> Result<CallToolResult, ErrorData> {
+    ) -> Result<CallToolResult, Failure> {
         let r = SourceRequest {
             window: Some(p.window.wire("-1h")?),
             service: p.service,
@@ -463,14 +274,18 @@ impl Wattson {
     async fn regressions(
         &self,
         Parameters(p): Parameters<RegressionsParams>,
-    ) -> Result<CallToolResult, ErrorData> {
+    ) -> Result<CallToolResult, Failure> {
         let r = ListRegressionsRequest {
             window: Some(p.window.wire("-24h")?),
             service: given(&p.service),
             all: p.all,
         };
         let resp = self.conn.detection().list_regressions(r).await;
-        answer(&resp.map_err(|s| self.error("detection (regressions)", s))?.into_inner())
+        answer(
+            &resp
+                .map_err(|s| self.error("detection (regressions)", s))?
+                .into_inner(),
+        )
     }
 
     #[tool(
@@ -481,13 +296,17 @@ impl Wattson {
     async fn changes(
         &self,
         Parameters(p): Parameters<ServiceWindowParams>,
-    ) -> Result<CallToolResult, ErrorData> {
+    ) -> Result<CallToolResult, Failure> {
         let r = ListChangesRequest {
             window: Some(p.window.wire("-24h")?),
             service: given(&p.service),
         };
         let resp = self.conn.detection().list_changes(r).await;
-        answer(&resp.map_err(|s| self.error("detection (changes)", s))?.into_inner())
+        answer(
+            &resp
+                .map_err(|s| self.error("detection (changes)", s))?
+                .into_inner(),
+        )
     }
 
     #[tool(
@@ -495,7 +314,7 @@ impl Wattson {
         does, what it reads, and whether built in or from the collector's skills file. Returns \
         wattson.v1.ListSkillsResponse as JSON."
     )]
-    async fn list_skills(&self) -> Result<CallToolResult, ErrorData> {
+    async fn list_skills(&self) -> Result<CallToolResult, Failure> {
         let resp = self.conn.skills().list_skills(ListSkillsRequest {}).await;
         answer(&resp.map_err(|s| self.error("list_skills", s))?.into_inner())
     }
@@ -511,7 +330,7 @@ impl Wattson {
     async fn suggest(
         &self,
         Parameters(p): Parameters<SuggestParams>,
-    ) -> Result<CallToolResult, ErrorData> {
+    ) -> Result<CallToolResult, Failure> {
         let (skill, regression_id) = match p.regression_id.as_deref() {
             None | Some("") => (String::new(), String::new()),
             Some("all") => (REGRESSION_SOLVER.to_string(), String::new()),
@@ -534,11 +353,10 @@ impl Wattson {
     async fn run_skill(
         &self,
         Parameters(p): Parameters<RunSkillParams>,
-    ) -> Result<CallToolResult, ErrorData> {
+    ) -> Result<CallToolResult, Failure> {
         if p.skill.is_empty() {
-            return Err(ErrorData::invalid_params(
+            return Err(Failure::invalid(
                 "skill is empty: give a name from list_skills, or call suggest",
-                None,
             ));
         }
         self.run_skill_request(RunSkillRequest {
@@ -571,24 +389,4 @@ pub async fn serve(conn: &Conn, collector: &str) -> anyhow::Result<()> {
     let reason = running.waiting().await.context("MCP session")?;
     tracing::info!(?reason, "wattson mcp: client closed the session");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn windows_default_and_bad_times_are_invalid_params() {
-        let w = Window::default().wire("-24h").unwrap();
-        assert_eq!(w.to_unix_seconds - w.from_unix_seconds, 86_400);
-        let bad = Window {
-            from: Some("yesterday-ish".into()),
-            to: None,
-        };
-        let e = bad.wire("-1h").unwrap_err();
-        assert_eq!(e.code, rmcp::model::ErrorCode::INVALID_PARAMS);
-        assert!(e.message.starts_with("from: cannot read time"), "{}", e.message);
-        assert!(source_root(&Some("rel/dir".into())).is_err());
-        assert_eq!(source_root(&Some("/src".into())).unwrap(), "/src");
-    }
 }

@@ -108,7 +108,12 @@ pub async fn suggest(client: &mut Skills, a: SuggestArgs, out: &Output) -> anyho
         // JSON carries the patches already; a table reader gets them after the table.
         (None, Some(_)) if !out.json() => {
             for (i, f) in &patched {
-                println!("\n# patch for #{} ({}, {})", i + 1, f.skill, report::location(f));
+                println!(
+                    "\n# patch for #{} ({}, {})",
+                    i + 1,
+                    f.skill,
+                    report::location(f)
+                );
                 print!("{}", f.patch);
             }
             if patched.is_empty() {
@@ -132,7 +137,13 @@ fn write_patches(dir: &Path, patched: &[(usize, &Finding)]) -> anyhow::Result<()
         let name: String = f
             .skill
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let path = dir.join(format!("{:02}-{name}.patch", i + 1));
         if path.exists() {
@@ -142,9 +153,12 @@ fn write_patches(dir: &Path, patched: &[(usize, &Finding)]) -> anyhow::Result<()
                 path.display()
             );
         }
-        std::fs::write(&path, &f.patch)
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {} (apply with `git apply {}`)", path.display(), path.display());
+        std::fs::write(&path, &f.patch).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "wrote {} (apply with `git apply {}`)",
+            path.display(),
+            path.display()
+        );
     }
     Ok(())
 }
@@ -169,10 +183,16 @@ mod tests {
     #[test]
     fn regression_runs_the_solver_and_roots_are_absolute() {
         let r = request(&parse(&["--regression", "r-1", "--source-root", "src"])).unwrap();
-        assert_eq!((r.skill.as_str(), r.regression_id.as_str()), (REGRESSION_SOLVER, "r-1"));
+        assert_eq!(
+            (r.skill.as_str(), r.regression_id.as_str()),
+            (REGRESSION_SOLVER, "r-1")
+        );
         assert!(Path::new(&r.source_root).is_absolute(), "{}", r.source_root);
         let r = request(&parse(&["--regression", "all"])).unwrap();
-        assert_eq!((r.skill.as_str(), r.regression_id.as_str()), (REGRESSION_SOLVER, ""));
+        assert_eq!(
+            (r.skill.as_str(), r.regression_id.as_str()),
+            (REGRESSION_SOLVER, "")
+        );
         let r = request(&parse(&["--service", "api"])).unwrap();
         assert_eq!((r.skill.as_str(), r.service.as_str()), ("", "api"));
         assert!(r.source_root.is_empty());
