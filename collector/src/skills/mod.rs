@@ -10,6 +10,8 @@ pub mod patch;
 pub mod pattern;
 pub mod profile;
 mod solver;
+#[cfg(test)]
+mod tests;
 pub mod user;
 
 use std::cell::{Ref, RefCell};
