@@ -11,6 +11,8 @@ pub mod pattern;
 pub mod profile;
 mod solver;
 #[cfg(test)]
+mod solver_tests;
+#[cfg(test)]
 mod tests;
 pub mod user;
 

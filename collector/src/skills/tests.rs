@@ -23,8 +23,11 @@ pub fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
     (dir, s)
 }
 
+/// One batch: its start and its (service, folded stack, samples).
+pub type TestBatch<'a> = (i64, Vec<(&'a str, String, u64)>);
+
 /// Tools over a store holding one batch per `(at, samples)` list: (service, folded, count).
-pub fn tools_with(batches: &[(i64, Vec<(&str, String, u64)>)]) -> (tempfile::TempDir, Tools) {
+pub fn tools_with(batches: &[TestBatch<'_>]) -> (tempfile::TempDir, Tools) {
     let (dir, s) = sqlite();
     for (seq, (at, samples)) in batches.iter().enumerate() {
         let rows: Vec<(&str, &str, &str, u64, f64)> = samples
