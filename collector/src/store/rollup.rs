@@ -922,6 +922,46 @@ mod tests {
     }
 
     #[test]
+    fn line_rows_keep_the_hottest_of_a_batch() {
+        // MAX_LINE_KEYS + 10 located leaves, leaf i with i + 1 samples: the 10 coldest go.
+        let stacks: Vec<String> = (0..MAX_LINE_KEYS + 10)
+            .map(|i| format!("main;f{i}@x.rs:{}", i + 1))
+            .collect();
+        let samples: Vec<(&str, &str, &str, u64, f64)> = stacks
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ("svc", "", s.as_str(), i as u64 + 1, 0.0))
+            .collect();
+        let b = BatchBuilder::new("h", 1)
+            .interval(600, 10, false, 0.0, &samples)
+            .build();
+        let dropped = LINE_KEYS_DROPPED.load(std::sync::atomic::Ordering::Relaxed);
+        let r = Rollup::from_batch(&b).unwrap();
+        let lines: Vec<(&str, u64)> = r
+            .rows
+            .iter()
+            .filter(|r| r.kind == Kind::Line && r.res == RES_MINUTE)
+            .map(|r| (split_line_key(&r.key).unwrap().0, r.totals.samples_self))
+            .collect();
+        assert_eq!(lines.len(), MAX_LINE_KEYS);
+        assert!(
+            lines.iter().all(|&(_, n)| n > 10),
+            "the coldest were dropped"
+        );
+        assert!(lines.contains(&("f10", 11)));
+        assert!(
+            LINE_KEYS_DROPPED.load(std::sync::atomic::Ordering::Relaxed) >= dropped + 10,
+            "drops are counted"
+        );
+        // Functions and stacks keep every sample.
+        let stacks = r
+            .rows
+            .iter()
+            .filter(|r| r.kind == Kind::Stack && r.res == RES_MINUTE);
+        assert_eq!(stacks.count(), MAX_LINE_KEYS + 10);
+    }
+
+    #[test]
     fn made_up_frame_names_are_bounded() {
         // 1,100 symbol-less frames of one 64 KiB module: 70 MB of `[module+offset]` names.
         let mut b = BatchBuilder::new("h", 1)
