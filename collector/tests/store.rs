@@ -60,6 +60,7 @@ suite!(
     stacks_of_one_build,
     queued_ingest_stores_each_batch_once,
     old_dedup_records_fold_and_resends_stay_duplicates,
+    source_lines_per_call_site,
 );
 
 fn day() -> Window {
@@ -449,6 +450,72 @@ fn stacks_of_one_build(s: &dyn Store) {
     assert_eq!(all.len(), 2, "{all:#?}");
     assert_eq!(find(&all, "api", "main;work;hash").totals.samples_self, 7);
     assert!(s.build_stacks(day(), None, "v3").unwrap().is_empty());
+}
+
+/// Frames with DWARF file:line become line rows: per (function, callee, file, line) the
+/// samples there, the caller's line being the call site; a line repeated by recursion counts
+/// once per sample; hour and minute rows sum alike.
+fn source_lines_per_call_site(s: &dyn Store) {
+    let regex = "main@src/main.rs:10;handle@src/lib.rs:42;regex::Regex::new@regex/src/lib.rs:100";
+    let batch = |seq: u64, at: i64| {
+        BatchBuilder::new("h1", seq)
+            .interval(
+                at,
+                10,
+                false,
+                0.0,
+                &[
+                    ("api", "v1", regex, 5, 50.0),
+                    (
+                        "api",
+                        "v1",
+                        "main@src/main.rs:10;handle@src/lib.rs:44",
+                        3,
+                        30.0,
+                    ),
+                    (
+                        "api",
+                        "v1",
+                        "main@m.rs:1;f@f.rs:5;g@g.rs:7;f@f.rs:5;g@g.rs:7",
+                        2,
+                        20.0,
+                    ),
+                    (
+                        "db",
+                        "v1",
+                        "main@src/main.rs:10;handle@src/lib.rs:42",
+                        4,
+                        40.0,
+                    ),
+                    ("db", "v1", "main;nolines", 4, 40.0),
+                ],
+            )
+            .build()
+    };
+    s.ingest(&batch(1, T0 + 5)).unwrap();
+    s.ingest(&batch(2, T0 + 2 * 3600 + 5)).unwrap();
+    let rows = s.lines(day(), Some("api")).unwrap();
+    let n = |key: &str| find(&rows, "api", key).totals.samples_self;
+    assert_eq!(n("main\thandle\tsrc/main.rs\t10"), 16);
+    assert_eq!(n("handle\tregex::Regex::new\tsrc/lib.rs\t42"), 10);
+    assert_eq!(n("regex::Regex::new\t\tregex/src/lib.rs\t100"), 10);
+    assert_eq!(n("handle\t\tsrc/lib.rs\t44"), 6);
+    assert_eq!(n("f\tg\tf.rs\t5"), 4, "recursion counts once");
+    assert_eq!(n("g\t\tg.rs\t7"), 4);
+    assert_eq!(n("g\tf\tg.rs\t7"), 4);
+    assert!(rows.iter().all(|r| r.service == "api"), "{rows:#?}");
+    let db = s.lines(day(), Some("db")).unwrap();
+    assert_eq!(db.len(), 2, "frames without lines make no rows: {db:#?}");
+    let all = s.lines(day(), None).unwrap();
+    assert_eq!(all.len(), rows.len() + 2);
+    // Functions and stacks are unchanged by locations.
+    let stacks = s.stacks(day(), Some("api")).unwrap();
+    assert_eq!(
+        find(&stacks, "api", "main;handle;regex::Regex::new")
+            .totals
+            .samples_self,
+        10
+    );
 }
 
 /// The first releases journaled acknowledged batches in a `journal` table (now files: see

@@ -5,6 +5,8 @@
 
 mod diff;
 mod source;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 

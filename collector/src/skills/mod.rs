@@ -10,6 +10,10 @@ pub mod patch;
 pub mod pattern;
 pub mod profile;
 mod solver;
+#[cfg(test)]
+mod solver_tests;
+#[cfg(test)]
+mod tests;
 pub mod user;
 
 use std::cell::{Ref, RefCell};

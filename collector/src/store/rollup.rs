@@ -125,7 +125,17 @@ pub fn split_stack_key(key: &str) -> (&str, &str) {
 /// The key of a line row: `FUNCTION \t CALLEE \t FILE \t LINE` (frame names never hold a tab
 /// once sanitized, and file names are sanitized the same way).
 pub fn line_key(function: &str, callee: &str, file: &str, line: u32) -> String {
-    format!("{function}\t{callee}\t{file}\t{line}")
+    let mut key = format!("{function}\t{callee}\t{file}\t{line}");
+    if key.matches('\t').count() != 3 || key.contains(['\n', '\r']) {
+        let clean = |s: &str| s.replace(['\t', '\n', '\r'], " ");
+        key = format!(
+            "{}\t{}\t{}\t{line}",
+            clean(function),
+            clean(callee),
+            clean(file)
+        );
+    }
+    key
 }
 
 /// Splits a [`line_key`] into (function, callee, file, line); `None` for a malformed key.
@@ -257,6 +267,10 @@ impl Prepared {
             Vec::with_capacity(batch.frames.len() + 2 * batch.processes.len() + 2);
         let mut stack_ends = Vec::with_capacity(batch.stacks.len());
         let mut stack_frames = Vec::with_capacity(batch.stack_frames.len());
+        // Per stack, its located frames (name, callee name or NO_CALLEE, file, line), ending at
+        // `line_ends`: empty, and free, for batches without debug info.
+        let mut stack_lines: Vec<(u32, u32, u32, u32)> = Vec::new();
+        let mut line_ends: Vec<u32> = Vec::with_capacity(batch.stacks.len());
         let mut built = 0usize;
         let mut procs = Vec::with_capacity(batch.processes.len());
         // (minute, process) per stack and minute per process: dense chains, not hash maps,
@@ -288,6 +302,8 @@ impl Prepared {
                     .ok_or_else(|| at("stack_index"))?;
                 if *stack_slot == UNSEEN {
                     let st = batch.stack(s.stack_index as usize);
+                    let first_line = stack_lines.len();
+                    let mut callee = NO_CALLEE;
                     for &fi in st {
                         let slot = frame_at.get_mut(fi as usize).ok_or_else(|| {
                             bad(format!(
@@ -309,9 +325,22 @@ impl Prepared {
                             names.push(name);
                         }
                         stack_frames.push(*slot);
+                        // Where this frame was: its function's file and line (a caller's is
+                        // the call site). Validated by `frame_name` above but the file.
+                        let f = &batch.frames[fi as usize];
+                        if f.line > 0 {
+                            let file = batch.functions[f.function_index as usize].file_index;
+                            string(file, "function file")?;
+                            let at = (*slot, callee, file, f.line);
+                            if file != 0 && !stack_lines[first_line..].contains(&at) {
+                                stack_lines.push(at);
+                            }
+                        }
+                        callee = *slot;
                     }
                     *stack_slot = stack_ends.len() as u32;
                     stack_ends.push(stack_frames.len() as u32);
+                    line_ends.push(stack_lines.len() as u32);
                 }
                 let stack = *stack_slot;
                 let proc_slot = proc_at
@@ -365,8 +394,9 @@ impl Prepared {
             .into_iter()
             .map(|(s, b)| (intern(Cow::Borrowed(s)), intern(b)))
             .collect();
-        // Keys are distinct without a map: every process has its own service and build name
-        // ids (names are not deduplicated here), and each chain holds a (minute, id) once.
+        // Stack, service and build keys are distinct without a map: every process has its own
+        // service and build name ids (names are not deduplicated here), and each chain holds
+        // a (minute, id) once. Line keys repeat across stacks; the accumulator sums them.
         let mut local: Vec<(CellKey, Flat)> =
             Vec::with_capacity(cells.cells.len() + 2 * by_proc.cells.len());
         // Function rows are not expanded here: the accumulator derives them from its summed
@@ -379,6 +409,28 @@ impl Prepared {
             let (svc, build) = procs[proc_i as usize];
             local.push(((Kind::Service, minute, svc, host_id, empty), flat));
             local.push(((Kind::Build, minute, svc, build, empty), flat));
+        }
+        if !stack_lines.is_empty() {
+            let keys = line_keys(batch, &names, &stack_lines, &line_ends, &cells.cells);
+            let first = names.len() as u32;
+            for key in keys.names {
+                built += key.len();
+                names.push(Cow::Owned(key));
+            }
+            if built > MAX_BUILT_NAME_BYTES {
+                return Err(bad(format!(
+                    "frame and line names built exceed {MAX_BUILT_NAME_BYTES} bytes"
+                )));
+            }
+            for &(stack_i, minute, proc_i, flat) in &cells.cells {
+                let svc = procs[proc_i as usize].0;
+                let r = range_at(&line_ends, stack_i as usize);
+                for &id in &keys.of_line[r] {
+                    if id != NO_KEY {
+                        local.push(((Kind::Line, minute, svc, first + id, empty), flat));
+                    }
+                }
+            }
         }
         Ok(Prepared {
             name_ends: names
@@ -402,6 +454,89 @@ impl Prepared {
             profiles: batch.profiles.len() as u32,
             samples: samples_total,
         })
+    }
+}
+
+/// No callee: the frame is the leaf, its samples ran on the line itself.
+const NO_CALLEE: u32 = u32::MAX;
+/// A located frame whose line row was dropped (past [`MAX_LINE_KEYS`]).
+const NO_KEY: u32 = u32::MAX;
+/// Most distinct line rows one batch keeps, those with most samples: a source location is
+/// for naming a file:line, and a batch's hottest few thousand lines are where that is.
+pub const MAX_LINE_KEYS: usize = 4096;
+/// Line rows (distinct (function, callee, file, line) of a batch) dropped past
+/// [`MAX_LINE_KEYS`], since start.
+pub static LINE_KEYS_DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The line keys of a batch: one name per distinct located frame kept, and for each entry
+/// of the stacks' lines the index of its name (or [`NO_KEY`]).
+struct LineKeys {
+    names: Vec<String>,
+    of_line: Vec<u32>,
+}
+
+/// The `[start, end)` entries of part `i` of a vector whose parts end at `ends`.
+fn range_at(ends: &[u32], i: usize) -> std::ops::Range<usize> {
+    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+    start..ends[i] as usize
+}
+
+/// Deduplicates the batch's located frames, keeps the [`MAX_LINE_KEYS`] with most samples
+/// and builds their [`line_key`]s.
+fn line_keys(
+    batch: &BatchView<'_>,
+    names: &[Cow<'_, str>],
+    stack_lines: &[(u32, u32, u32, u32)],
+    line_ends: &[u32],
+    cells: &[(u32, i64, u32, Flat)],
+) -> LineKeys {
+    let mut ids: HashMap<(u32, u32, u32, u32), u32> = HashMap::default();
+    let mut distinct: Vec<(u32, u32, u32, u32)> = Vec::new();
+    let of_line: Vec<u32> = stack_lines
+        .iter()
+        .map(|&at| {
+            *ids.entry(at).or_insert_with(|| {
+                distinct.push(at);
+                distinct.len() as u32 - 1
+            })
+        })
+        .collect();
+    let mut keep: Vec<u32> = (0..distinct.len() as u32).collect();
+    if distinct.len() > MAX_LINE_KEYS {
+        let mut samples = vec![0u64; distinct.len()];
+        for &(stack_i, _, _, flat) in cells {
+            for &id in &of_line[range_at(line_ends, stack_i as usize)] {
+                samples[id as usize] += flat.samples;
+            }
+        }
+        keep.select_nth_unstable_by(MAX_LINE_KEYS - 1, |a, b| {
+            samples[*b as usize]
+                .cmp(&samples[*a as usize])
+                .then(a.cmp(b))
+        });
+        keep.truncate(MAX_LINE_KEYS);
+        LINE_KEYS_DROPPED.fetch_add(
+            (distinct.len() - MAX_LINE_KEYS) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+    // Old id -> index of its name among the kept.
+    let mut new_id = vec![NO_KEY; distinct.len()];
+    let mut out = Vec::with_capacity(keep.len());
+    for &id in &keep {
+        let (name, callee, file, line) = distinct[id as usize];
+        new_id[id as usize] = out.len() as u32;
+        let callee = if callee == NO_CALLEE {
+            ""
+        } else {
+            &names[callee as usize]
+        };
+        let file = batch.strings[file as usize];
+        out.push(line_key(&names[name as usize], callee, file, line));
+    }
+    LineKeys {
+        names: out,
+        of_line: of_line.into_iter().map(|id| new_id[id as usize]).collect(),
     }
 }
 
@@ -784,6 +919,46 @@ mod tests {
         assert_eq!(got(Kind::Host, 600, "", "h"), Some((6, 60)));
         assert_eq!(got(Kind::Host, 660, "", "h"), Some((12, 120)));
         assert_eq!(r.samples, 18);
+    }
+
+    #[test]
+    fn line_rows_keep_the_hottest_of_a_batch() {
+        // MAX_LINE_KEYS + 10 located leaves, leaf i with i + 1 samples: the 10 coldest go.
+        let stacks: Vec<String> = (0..MAX_LINE_KEYS + 10)
+            .map(|i| format!("main;f{i}@x.rs:{}", i + 1))
+            .collect();
+        let samples: Vec<(&str, &str, &str, u64, f64)> = stacks
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ("svc", "", s.as_str(), i as u64 + 1, 0.0))
+            .collect();
+        let b = BatchBuilder::new("h", 1)
+            .interval(600, 10, false, 0.0, &samples)
+            .build();
+        let dropped = LINE_KEYS_DROPPED.load(std::sync::atomic::Ordering::Relaxed);
+        let r = Rollup::from_batch(&b).unwrap();
+        let lines: Vec<(&str, u64)> = r
+            .rows
+            .iter()
+            .filter(|r| r.kind == Kind::Line && r.res == RES_MINUTE)
+            .map(|r| (split_line_key(&r.key).unwrap().0, r.totals.samples_self))
+            .collect();
+        assert_eq!(lines.len(), MAX_LINE_KEYS);
+        assert!(
+            lines.iter().all(|&(_, n)| n > 10),
+            "the coldest were dropped"
+        );
+        assert!(lines.contains(&("f10", 11)));
+        assert!(
+            LINE_KEYS_DROPPED.load(std::sync::atomic::Ordering::Relaxed) >= dropped + 10,
+            "drops are counted"
+        );
+        // Functions and stacks keep every sample.
+        let stacks = r
+            .rows
+            .iter()
+            .filter(|r| r.kind == Kind::Stack && r.res == RES_MINUTE);
+        assert_eq!(stacks.count(), MAX_LINE_KEYS + 10);
     }
 
     #[test]

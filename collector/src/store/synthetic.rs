@@ -48,31 +48,43 @@ impl BatchBuilder {
         i
     }
 
-    fn frame(&mut self, name: &str) -> u32 {
-        if let Some(&i) = self.frames.get(name) {
+    /// A frame `name`, or `name@file:line` for one with a source location (as an agent
+    /// sends it from DWARF data).
+    fn frame(&mut self, spec: &str) -> u32 {
+        if let Some(&i) = self.frames.get(spec) {
             return i;
         }
+        let (name, file, line) = match spec.rsplit_once('@').and_then(|(n, at)| {
+            let (file, line) = at.rsplit_once(':')?;
+            Some((n, file, line.parse::<u32>().ok()?))
+        }) {
+            Some(located) => located,
+            None => (spec, "", 0),
+        };
         let (func, kind) = match name.strip_suffix("_[k]") {
             Some(k) => (k, FrameKind::Kernel),
             None => (name, FrameKind::User),
         };
         let name_index = self.string(func);
+        let file_index = self.string(file);
         let fi = self.batch.functions.len() as u32;
         self.batch.functions.push(Function {
             name_index,
-            file_index: 0,
+            file_index,
         });
         let i = self.batch.frames.len() as u32;
         self.batch.frames.push(Frame {
             function_index: fi,
+            line,
             kind: kind as i32,
             ..Frame::default()
         });
-        self.frames.insert(name.into(), i);
+        self.frames.insert(spec.into(), i);
         i
     }
 
-    /// Index of the stack `folded` (root first, `;`-separated; `_[k]` marks kernel frames).
+    /// Index of the stack `folded` (root first, `;`-separated; `_[k]` marks kernel frames;
+    /// `name@file:line` gives a frame its source location).
     fn stack(&mut self, folded: &str) -> u32 {
         let mut ids: Vec<u32> = folded.split(';').map(|f| self.frame(f)).collect();
         ids.reverse(); // wire stacks are leaf first
