@@ -39,6 +39,10 @@ const HASH_STACK: &str =
 const HASH: (u64, f64) = (40, 4_000_000.0);
 const PARSE: (u64, f64) = (60, 6_000_000.0);
 const QUERY: (u64, f64) = (10, 600_000.0);
+/// `ids` compiles a regex per call at src/ids.rs:5 (DWARF file:line on the frame), and
+/// `IDS_RS` is that source.
+const REGEX_STACK: &str = "main@src/main.rs:3;ids::check@src/ids.rs:5;regex::regex::string::Regex::new;regex_automata::meta::regex::Builder::build";
+const IDS_RS: &str = "use regex::Regex;\n\npub fn check(ids: &[String]) -> usize {\n    ids.iter()\n        .filter(|id| Regex::new(r\"^[a-z]+-\\d+$\").unwrap().is_match(id))\n        .count()\n}\n";
 
 /// A user skill matching `api`'s parse stack, and one the loader refuses on line 5.
 const USER_SKILLS: &str = r#"[[skill]]
@@ -120,6 +124,8 @@ impl Collector {
                         ("api", "b1", HASH_STACK, HASH.0, HASH.1),
                         ("api", "b1", "main;api::serve;api::parse", PARSE.0, PARSE.1),
                         ("db", "b9", "main;db::query", QUERY.0, QUERY.1),
+                        ("ids", "b5", REGEX_STACK, 30, 3_000_000.0),
+                        ("ids", "b5", "main;ids::load", 30, 3_000_000.0),
                     ],
                 )
                 .build();
@@ -363,6 +369,24 @@ async fn diff_and_source_reads_for_mcp() {
         .unwrap()
         .into_inner();
     assert!(src.lines.is_empty(), "{src:?}");
+    // ids::check's frames carry their file:line: the call into the regex crate is there.
+    let src = s
+        .source(SourceRequest {
+            window: window(),
+            service: "ids".into(),
+            function: "ids::check".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let call = src.lines.first().unwrap_or_else(|| panic!("{src:?}"));
+    assert_eq!(
+        (call.file.as_str(), call.line),
+        ("src/ids.rs", 5),
+        "{src:?}"
+    );
+    assert_eq!(call.callee, "regex::regex::string::Regex::new");
+    assert_eq!(call.samples, 30 * MINUTES as u64);
     let e = s
         .source(SourceRequest {
             window: window(),
@@ -485,6 +509,73 @@ async fn cli_skills_list_and_suggest() {
     assert!(!ok);
     assert!(
         err.contains("unknown skill \"nope\"") && err.contains("InvalidArgument"),
+        "{err}"
+    );
+    col.stop().await;
+}
+
+/// `--source-root` is read by the collector: the patch it makes lands in `--patch-dir` and
+/// applies to the tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_suggest_writes_patches_the_collector_made() {
+    let col = Collector::start(None).await;
+    let (from, to) = (T0.to_string(), (T0 + MINUTES * 60).to_string());
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir(src.path().join("src")).unwrap();
+    std::fs::write(src.path().join("src/ids.rs"), IDS_RS).unwrap();
+    let git = |args: &[&str]| {
+        let ok = Command::new("git")
+            .args(args)
+            .current_dir(src.path())
+            .output()
+            .unwrap()
+            .status
+            .success();
+        assert!(ok, "git {args:?}");
+    };
+    git(&["init", "-q"]);
+    let patches = src.path().join("patches");
+    let root = src.path().display().to_string();
+    let args = [
+        "suggest",
+        "--service",
+        "ids",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--source-root",
+        &root,
+        "--patch-dir",
+    ];
+    let (ok, out, err) = wattson(
+        &col.addr,
+        &[&args[..], &[patches.to_str().unwrap()]].concat(),
+    );
+    assert!(ok, "{err}");
+    let row = out
+        .lines()
+        .find(|l| l.contains("regex-compile-per-call"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        row.contains("ids::check") && row.ends_with("src/ids.rs:5"),
+        "{row}"
+    );
+    let patch = patches.join("01-regex-compile-per-call.patch");
+    assert!(err.contains(&format!("wrote {}", patch.display())), "{err}");
+    git(&["apply", patch.to_str().unwrap()]);
+    let after = std::fs::read_to_string(src.path().join("src/ids.rs")).unwrap();
+    assert!(
+        after.contains("LazyLock<Regex>") && after != IDS_RS,
+        "{after}"
+    );
+    // A second run refuses to overwrite what the first wrote.
+    let (ok, _, err) = wattson(
+        &col.addr,
+        &[&args[..], &[patches.to_str().unwrap()]].concat(),
+    );
+    assert!(
+        !ok && err.contains("exists; give an empty directory"),
         "{err}"
     );
     col.stop().await;
@@ -647,42 +738,62 @@ async fn mcp_serves_the_tools_to_a_real_client() {
                 "{v}"
             );
         }
-        Err(e) => {
-            let e = mcp_error(Err(e));
-            assert_eq!(e.code, ErrorCode::INTERNAL_ERROR, "{e:?}");
-            assert!(e.message.contains("not available"), "{e:?}");
+        Err((code, text)) => {
+            assert_eq!(code, INTERNAL, "{text}");
+            assert!(text.contains("regressions) is not available"), "{text}");
         }
     }
 
-    // Bad arguments are MCP invalid-params errors, and the server lives on.
-    let e = mcp_error(call(&c, "top", json!({"from": "yesterday-ish"})).await);
-    assert_eq!(e.code, ErrorCode::INVALID_PARAMS);
-    assert!(e.message.contains("from: cannot read time"), "{e:?}");
-    let e = mcp_error(call(&c, "top", json!({"limit": "ten"})).await);
-    assert_eq!(e.code, ErrorCode::INVALID_PARAMS, "{e:?}");
-    let e = mcp_error(
-        call(
-            &c,
-            "series",
-            json!({"from": from, "to": to, "service": "nosuch", "function": "f"}),
-        )
-        .await,
+    // Bad arguments are tool errors saying what to fix, and the server lives on.
+    let (code, text) = call(&c, "top", json!({"from": "yesterday-ish"}))
+        .await
+        .unwrap_err();
+    assert_eq!(code, INVALID);
+    assert!(
+        text.starts_with("invalid params: from: cannot read time"),
+        "{text}"
     );
-    assert_eq!(e.code, ErrorCode::INVALID_PARAMS);
-    assert!(e.message.contains("unknown service \"nosuch\""), "{e:?}");
-    let e = mcp_error(call(&c, "run_skill", json!({"skill": "nope"})).await);
-    assert_eq!(e.code, ErrorCode::INVALID_PARAMS);
-    assert!(e.message.contains("unknown skill"), "{e:?}");
+    let (code, text) = call(&c, "top", json!({"limit": "ten"})).await.unwrap_err();
+    assert_eq!(code, INVALID);
+    assert!(text.contains("invalid type: string \"ten\""), "{text}");
+    let args = json!({"from": from, "to": to, "service": "nosuch", "function": "f"});
+    let (code, text) = call(&c, "series", args).await.unwrap_err();
+    assert_eq!(code, INVALID);
+    assert!(text.contains("unknown service \"nosuch\""), "{text}");
+    let (code, text) = call(&c, "run_skill", json!({"skill": "nope"}))
+        .await
+        .unwrap_err();
+    assert_eq!(code, INVALID);
+    assert!(text.contains("unknown skill \"nope\""), "{text}");
+    let (code, text) = call(&c, "suggest", json!({"source_root": "src"}))
+        .await
+        .unwrap_err();
+    assert_eq!(code, INVALID);
+    assert!(
+        text.contains("absolute path on the collector's host"),
+        "{text}"
+    );
+    // An unknown tool is not a tool call: a protocol error.
+    let e = c
+        .call_tool(CallToolRequestParams::new("no_such_tool"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ServiceError::McpError(e) if e.code == ErrorCode::INVALID_PARAMS),
+        "{e:?}"
+    );
     let v = call(&c, "list_skills", json!({})).await.unwrap();
     assert!(v["skills"].as_array().unwrap().len() > 12, "{v}");
 
     // A collector gone away is an internal error naming it, not a crash.
     col.stop().await;
-    let e = mcp_error(call(&c, "power", json!({"from": from, "to": to})).await);
-    assert_eq!(e.code, ErrorCode::INTERNAL_ERROR, "{e:?}");
+    let (code, text) = call(&c, "power", json!({"from": from, "to": to}))
+        .await
+        .unwrap_err();
+    assert_eq!(code, INTERNAL);
     assert!(
-        e.message.contains("power: collector http://127.0.0.1:"),
-        "{e:?}"
+        text.contains("power: collector http://127.0.0.1:"),
+        "{text}"
     );
     c.cancel().await.unwrap();
 }
