@@ -36,6 +36,14 @@ pub fn skills_table(r: &ListSkillsResponse, width: usize) -> String {
     out
 }
 
+/// `text` wrapped to `width` with every line indented by two spaces.
+fn indented(text: &str, width: usize) -> String {
+    table::wrap(text, width.saturating_sub(2).max(20))
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect()
+}
+
 /// `file:line` of a finding, or "-" when the frames carried no line.
 pub fn location(f: &Finding) -> String {
     match &f.location {
@@ -100,15 +108,15 @@ pub fn findings_table(r: &RunSkillResponse, width: usize) -> String {
                 let _ = write!(head, ", culprit change {}", f.change_id);
             }
             out.push_str(&table::wrap(&head, width));
-            out.push_str(&table::wrap(&format!("  advice: {}", f.advice), width));
+            out.push_str(&indented(&format!("advice: {}", f.advice), width));
             if !f.savings_model.is_empty() {
-                out.push_str(&table::wrap(
-                    &format!("  savings model: {}", f.savings_model),
+                out.push_str(&indented(
+                    &format!("savings model: {}", f.savings_model),
                     width,
                 ));
             }
             for e in &f.evidence {
-                out.push_str(&table::wrap(&format!("  - {e}"), width));
+                out.push_str(&indented(&format!("- {e}"), width));
             }
             if !f.patch.is_empty() {
                 out.push_str("  patch: yes (--patch-dir writes it, --json carries it)\n");
@@ -125,7 +133,7 @@ pub fn findings_table(r: &RunSkillResponse, width: usize) -> String {
     if !r.notes.is_empty() {
         out.push_str("\nnotes:\n");
         for n in &r.notes {
-            out.push_str(&table::wrap(&format!("  {n}"), width));
+            out.push_str(&indented(n, width));
         }
     }
     out
@@ -175,12 +183,15 @@ mod tests {
             row.contains("80%") && row.ends_with("src/parse.rs:42"),
             "{row}"
         );
-        assert!(t.contains("advice: compile the regex once"), "{t}");
-        assert!(t.contains("- 31% of api's samples"), "{t}");
+        assert!(t.contains("\n  advice: compile the regex once"), "{t}");
+        assert!(t.contains("\n  - 31% of api's samples"), "{t}");
         assert!(t.contains("notes:\n  no source root: no patches"), "{t}");
-        for l in findings_table(&r, 80).lines() {
-            assert!(l.chars().count() <= 80, "{l:?}");
+        // The default width: names shrink, advice and evidence wrap, indented.
+        let t = findings_table(&r, 100);
+        for l in t.lines() {
+            assert!(l.chars().count() <= 100, "{l:?}");
         }
+        assert!(t.contains("\n  advice: compile the regex once"), "{t}");
     }
 
     #[test]
