@@ -102,14 +102,39 @@ impl Wattson {
         }
     }
 
-    async fn run_skill_request(&self, r: RunSkillRequest) -> Result<CallToolResult, Failure> {
-        let name = if r.skill.is_empty() {
+    /// The answer of a gRPC call as the tool's result (its failure as [`Self::error`]).
+    async fn reply<T: serde::Serialize>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<CallToolResult, Failure> {
+        answer(&call.await.map_err(|s| self.error(what, s))?.into_inner())
+    }
+
+    /// Runs `skill` ("" for the opportunity finder) with `p`'s window, service, regression
+    /// ("all" meaning every open one) and source root.
+    async fn run_skill_request(
+        &self,
+        skill: String,
+        p: SuggestParams,
+    ) -> Result<CallToolResult, Failure> {
+        let name = if skill.is_empty() {
             "suggest"
         } else {
             "run_skill"
         };
-        let resp = self.conn.skills().run_skill(r).await;
-        answer(&resp.map_err(|s| self.error(name, s))?.into_inner())
+        let regression_id = match p.regression_id.as_deref() {
+            None | Some("all") => String::new(),
+            Some(id) => id.to_string(),
+        };
+        let r = RunSkillRequest {
+            skill,
+            window: Some(p.window.wire("-1h")?),
+            service: given(&p.service),
+            regression_id,
+            source_root: source_root(&p.source_root)?,
+        };
+        self.reply(name, self.conn.skills().run_skill(r)).await
     }
 }
 
@@ -134,8 +159,7 @@ impl Wattson {
             rank: rank as i32,
             limit: p.limit.unwrap_or(0),
         };
-        let resp = self.conn.query().top(r).await;
-        answer(&resp.map_err(|s| self.error("top", s))?.into_inner())
+        self.reply("top", self.conn.query().top(r)).await
     }
 
     #[tool(
@@ -152,8 +176,7 @@ impl Wattson {
             function: p.function,
             step_seconds: p.step_seconds.unwrap_or(0),
         };
-        let resp = self.conn.query().series(r).await;
-        answer(&resp.map_err(|s| self.error("series", s))?.into_inner())
+        self.reply("series", self.conn.query().series(r)).await
     }
 
     #[tool(
@@ -193,8 +216,7 @@ impl Wattson {
             window: Some(p.window.wire("-1h")?),
             service: given(&p.service),
         };
-        let resp = self.conn.query().builds(r).await;
-        answer(&resp.map_err(|s| self.error("builds", s))?.into_inner())
+        self.reply("builds", self.conn.query().builds(r)).await
     }
 
     #[tool(
@@ -209,8 +231,7 @@ impl Wattson {
         let r = PowerRequest {
             window: Some(p.window.wire("-1h")?),
         };
-        let resp = self.conn.query().power(r).await;
-        answer(&resp.map_err(|s| self.error("power", s))?.into_inner())
+        self.reply("power", self.conn.query().power(r)).await
     }
 
     #[tool(
@@ -243,8 +264,7 @@ impl Wattson {
             .into(),
             limit: p.limit.unwrap_or(0),
         };
-        let resp = self.conn.skills().diff(r).await;
-        answer(&resp.map_err(|s| self.error("diff", s))?.into_inner())
+        self.reply("diff", self.conn.skills().diff(r)).await
     }
 
     #[tool(
@@ -261,8 +281,7 @@ impl Wattson {
             service: p.service,
             function: p.function,
         };
-        let resp = self.conn.skills().source(r).await;
-        answer(&resp.map_err(|s| self.error("source", s))?.into_inner())
+        self.reply("source", self.conn.skills().source(r)).await
     }
 
     #[tool(
@@ -280,12 +299,9 @@ impl Wattson {
             service: given(&p.service),
             all: p.all,
         };
-        let resp = self.conn.detection().list_regressions(r).await;
-        answer(
-            &resp
-                .map_err(|s| self.error("detection (regressions)", s))?
-                .into_inner(),
-        )
+        let what = "detection (regressions)";
+        self.reply(what, self.conn.detection().list_regressions(r))
+            .await
     }
 
     #[tool(
@@ -301,12 +317,9 @@ impl Wattson {
             window: Some(p.window.wire("-24h")?),
             service: given(&p.service),
         };
-        let resp = self.conn.detection().list_changes(r).await;
-        answer(
-            &resp
-                .map_err(|s| self.error("detection (changes)", s))?
-                .into_inner(),
-        )
+        let what = "detection (changes)";
+        self.reply(what, self.conn.detection().list_changes(r))
+            .await
     }
 
     #[tool(
@@ -315,8 +328,11 @@ impl Wattson {
         wattson.v1.ListSkillsResponse as JSON."
     )]
     async fn list_skills(&self) -> Result<CallToolResult, Failure> {
-        let resp = self.conn.skills().list_skills(ListSkillsRequest {}).await;
-        answer(&resp.map_err(|s| self.error("list_skills", s))?.into_inner())
+        self.reply(
+            "list_skills",
+            self.conn.skills().list_skills(ListSkillsRequest {}),
+        )
+        .await
     }
 
     #[tool(
@@ -331,19 +347,11 @@ impl Wattson {
         &self,
         Parameters(p): Parameters<SuggestParams>,
     ) -> Result<CallToolResult, Failure> {
-        let (skill, regression_id) = match p.regression_id.as_deref() {
-            None | Some("") => (String::new(), String::new()),
-            Some("all") => (REGRESSION_SOLVER.to_string(), String::new()),
-            Some(id) => (REGRESSION_SOLVER.to_string(), id.to_string()),
+        let skill = match p.regression_id.as_deref() {
+            None | Some("") => String::new(),
+            Some(_) => REGRESSION_SOLVER.to_string(),
         };
-        self.run_skill_request(RunSkillRequest {
-            skill,
-            window: Some(p.window.wire("-1h")?),
-            service: given(&p.service),
-            regression_id,
-            source_root: source_root(&p.source_root)?,
-        })
-        .await
+        self.run_skill_request(skill, p).await
     }
 
     #[tool(
@@ -359,14 +367,7 @@ impl Wattson {
                 "skill is empty: give a name from list_skills, or call suggest",
             ));
         }
-        self.run_skill_request(RunSkillRequest {
-            skill: p.skill,
-            window: Some(p.window.wire("-1h")?),
-            service: given(&p.service),
-            regression_id: given(&p.regression_id),
-            source_root: source_root(&p.source_root)?,
-        })
-        .await
+        self.run_skill_request(p.skill, p.run).await
     }
 }
 

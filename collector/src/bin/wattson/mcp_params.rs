@@ -230,9 +230,8 @@ pub struct SuggestParams {
     /// Only this service (default: every service).
     #[serde(default)]
     pub service: Option<String>,
-    /// Explain this regression (an id from `regressions`) with the regression solver; "all"
-    /// explains every open one. Default: find opportunities (every pattern skill, ranked by
-    /// fleet watts saved).
+    /// A regression to explain (an id from `regressions`; "all": every open one). With
+    /// `suggest` it runs the regression solver instead of the opportunity finder.
     #[serde(default)]
     pub regression_id: Option<String>,
     /// Source tree ON THE COLLECTOR'S HOST (absolute path) to write patches against.
@@ -242,19 +241,10 @@ pub struct SuggestParams {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct RunSkillParams {
-    #[serde(flatten)]
-    pub window: Window,
     /// Skill name, as `list_skills` returns it.
     pub skill: String,
-    /// Only this service (default: every service).
-    #[serde(default)]
-    pub service: Option<String>,
-    /// For the regression solver: the regression to explain (default: every open one).
-    #[serde(default)]
-    pub regression_id: Option<String>,
-    /// Source tree ON THE COLLECTOR'S HOST (absolute path) to write patches against.
-    #[serde(default)]
-    pub source_root: Option<String>,
+    #[serde(flatten)]
+    pub run: SuggestParams,
 }
 
 #[cfg(test)]
