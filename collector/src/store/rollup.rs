@@ -480,11 +480,13 @@ impl Prepared {
 }
 
 /// True for source files of the Rust standard library (`/rustc/HASH/library/...`), of crates
-/// from a registry or git checkout, and of system headers: code a project calls, not its own.
+/// from a registry or git checkout (std's vendored ones under `/rust/deps/`), and of system
+/// headers: code a project calls, not its own.
 pub fn is_library_path(path: &str) -> bool {
     path.starts_with("/rustc/")
         || path.contains("/.cargo/registry/")
         || path.contains("/.cargo/git/")
+        || path.starts_with("/rust/deps/")
         || path.contains("/rustlib/src/")
         || path.starts_with("/usr/include/")
         || path.starts_with("/usr/lib/")
