@@ -29,7 +29,7 @@ fn tools() -> (tempfile::TempDir, Tools) {
                     (
                         "api",
                         build,
-                        "main@src/main.rs:4;work@src/work.rs:9;hash@src/hash.rs:30",
+                        "main@src/main.rs:4;work@src/work.rs:9;hash@/rustc/abc/library/core/src/hash/sip.rs:30",
                         hash,
                         hash as f64 * 1e6,
                     ),

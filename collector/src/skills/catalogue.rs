@@ -269,6 +269,11 @@ pub fn patterns() -> Vec<Pattern> {
                 name: "unbuffered-writes",
                 description: "A write(2) system call per small record (syscall storm)",
                 frames: vec![
+                    // libc's wrapper: samples in its user half have no kernel frames.
+                    exact("write"),
+                    exact("__write"),
+                    prefix("__GI___libc_write"),
+                    prefix("__libc_write"),
                     exact("__x64_sys_write_[k]"),
                     exact("ksys_write_[k]"),
                     exact("__x64_sys_writev_[k]"),

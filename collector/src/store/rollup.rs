@@ -271,6 +271,10 @@ impl Prepared {
         // `line_ends`: empty, and free, for batches without debug info.
         let mut stack_lines: Vec<(u32, u32, u32, u32)> = Vec::new();
         let mut line_ends: Vec<u32> = Vec::with_capacity(batch.stacks.len());
+        // Per string index: is that file the project's own (1) or not (0); allocated at the
+        // first located frame.
+        const UNCLASSIFIED: u8 = 2;
+        let mut file_class: Vec<u8> = Vec::new();
         let mut built = 0usize;
         let mut procs = Vec::with_capacity(batch.processes.len());
         // (minute, process) per stack and minute per process: dense chains, not hash maps,
@@ -303,7 +307,10 @@ impl Prepared {
                 if *stack_slot == UNSEEN {
                     let st = batch.stack(s.stack_index as usize);
                     let first_line = stack_lines.len();
+                    // The frame below (the one called), and whether it is the project's own
+                    // code (located in a file that is not a library's).
                     let mut callee = NO_CALLEE;
+                    let mut callee_own = false;
                     for &fi in st {
                         let slot = frame_at.get_mut(fi as usize).ok_or_else(|| {
                             bad(format!(
@@ -325,18 +332,33 @@ impl Prepared {
                             names.push(name);
                         }
                         stack_frames.push(*slot);
-                        // Where this frame was: its function's file and line (a caller's is
-                        // the call site). Validated by `frame_name` above but the file.
+                        // Where this frame was, kept only at the boundary where the project's
+                        // own code calls a library, libc or the kernel (the call site a patch
+                        // edits) or runs itself (a leaf): a few per stack, not one per frame.
                         let f = &batch.frames[fi as usize];
+                        let mut own = false;
                         if f.line > 0 {
                             let file = batch.functions[f.function_index as usize].file_index;
-                            string(file, "function file")?;
+                            let class = match file_class.get(file as usize) {
+                                Some(&c) if c != UNCLASSIFIED => c,
+                                _ => {
+                                    let path = string(file, "function file")?;
+                                    if file_class.is_empty() {
+                                        file_class = vec![UNCLASSIFIED; batch.strings.len()];
+                                    }
+                                    let c = u8::from(file != 0 && !is_library_path(path));
+                                    file_class[file as usize] = c;
+                                    c
+                                }
+                            };
+                            own = class == 1;
                             let at = (*slot, callee, file, f.line);
-                            if file != 0 && !stack_lines[first_line..].contains(&at) {
+                            if own && !callee_own && !stack_lines[first_line..].contains(&at) {
                                 stack_lines.push(at);
                             }
                         }
                         callee = *slot;
+                        callee_own = own;
                     }
                     *stack_slot = stack_ends.len() as u32;
                     stack_ends.push(stack_frames.len() as u32);
@@ -457,13 +479,27 @@ impl Prepared {
     }
 }
 
+/// True for source files of the Rust standard library (`/rustc/HASH/library/...`), of crates
+/// from a registry or git checkout (std's vendored ones under `/rust/deps/`), and of system
+/// headers: code a project calls, not its own.
+pub fn is_library_path(path: &str) -> bool {
+    path.starts_with("/rustc/")
+        || path.contains("/.cargo/registry/")
+        || path.contains("/.cargo/git/")
+        || path.starts_with("/rust/deps/")
+        || path.contains("/rustlib/src/")
+        || path.starts_with("/usr/include/")
+        || path.starts_with("/usr/lib/")
+        || path.starts_with("/usr/src/")
+}
+
 /// No callee: the frame is the leaf, its samples ran on the line itself.
 const NO_CALLEE: u32 = u32::MAX;
 /// A located frame whose line row was dropped (past [`MAX_LINE_KEYS`]).
 const NO_KEY: u32 = u32::MAX;
 /// Most distinct line rows one batch keeps, those with most samples: a source location is
 /// for naming a file:line, and a batch's hottest few thousand lines are where that is.
-pub const MAX_LINE_KEYS: usize = 4096;
+pub const MAX_LINE_KEYS: usize = 512;
 /// Line rows (distinct (function, callee, file, line) of a batch) dropped past
 /// [`MAX_LINE_KEYS`], since start.
 pub static LINE_KEYS_DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -990,5 +1026,69 @@ mod tests {
         b.stacks[0].frame_indices.truncate(10);
         let p = Prepared::from_batch(&b).unwrap();
         assert_eq!(p.samples, 1);
+    }
+}
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+    use wattson_proto::synthetic::{self, Shape};
+
+    /// Rough cost of line rows: the bench's batches rolled up with and without their lines.
+    /// `cargo test -p wattson-collector --release --lib line_row_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn line_row_cost() {
+        let shape = Shape {
+            stack_pool: 3000,
+            ..Shape::default()
+        };
+        let with: Vec<Batch> = (0..64)
+            .map(|i| {
+                synthetic::batch(
+                    &format!("h{i}"),
+                    1,
+                    1_800_000_000_000_000_000,
+                    &shape,
+                    i + 1,
+                )
+            })
+            .collect();
+        let without: Vec<Batch> = with
+            .iter()
+            .cloned()
+            .map(|mut b| {
+                b.frames.iter_mut().for_each(|f| f.line = 0);
+                b
+            })
+            .collect();
+        for (name, batches) in [
+            ("without lines", &without),
+            ("with lines", &with),
+            ("without lines", &without),
+            ("with lines", &with),
+        ] {
+            let t = std::time::Instant::now();
+            let mut prepare = std::time::Duration::ZERO;
+            let mut rows = 0;
+            for _ in 0..5 {
+                let mut acc = Accumulator::default();
+                let p0 = std::time::Instant::now();
+                let prepared: Vec<Prepared> = batches
+                    .iter()
+                    .map(|b| Prepared::from_batch(b).unwrap())
+                    .collect();
+                prepare += p0.elapsed();
+                for p in &prepared {
+                    acc.merge(p);
+                }
+                rows = acc.take_rows().len();
+            }
+            eprintln!(
+                "{name}: {:?} total, {:?} preparing, {rows} rows",
+                t.elapsed(),
+                prepare
+            );
+        }
     }
 }
