@@ -318,6 +318,51 @@ async fn list_and_run_skills_over_grpc() {
     col.stop().await;
 }
 
+/// `grpcurl`'s view: health says SERVING and reflection lists the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skills_service_has_health_and_reflection() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let col = Collector::start(None).await;
+    let channel = tonic::transport::Endpoint::from_shared(col.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut h = HealthClient::new(channel.clone());
+    let r = h
+        .check(HealthCheckRequest {
+            service: "wattson.v1.SkillsService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status, ServingStatus::Serving as i32);
+    let mut refl = ServerReflectionClient::new(channel);
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = refl
+        .server_reflection_info(tokio_stream::iter([ask]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a service list")
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"wattson.v1.SkillsService"), "{names:?}");
+    col.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diff_and_source_reads_for_mcp() {
     let col = Collector::start(None).await;
