@@ -1,5 +1,5 @@
 //! User skills: patterns declared in a TOML file and loaded without recompiling
-//! (`wattson-collector serve --skills FILE`). A file that cannot be used is refused whole, with
+//! ([`super::Registry::with_user_file`]). A file that cannot be used is refused whole, with
 //! its path, the line at fault and what is wrong:
 //!
 //! ```toml
