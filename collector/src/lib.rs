@@ -3,6 +3,8 @@
 
 pub mod attribute;
 pub mod changes;
+pub mod detect;
+pub mod detection;
 pub mod flame;
 pub mod ingest_cpu;
 pub mod ingest_endpoint;
