@@ -1,4 +1,4 @@
-//! Wattson's collector as a library: ingest, storage, fleet attribution and queries. The
+//! Wattson's collector as a library: ingest, storage, fleet attribution, queries, regression detection and change events. The
 //! `wattson-collector` and `wattson` binaries are thin edges over it.
 
 pub mod attribute;
