@@ -183,10 +183,7 @@ async fn record(client: &mut Detection, a: RecordArgs) -> anyhow::Result<()> {
             change: Some(change),
         })
         .await
-        .map_err(|e| {
-            status(e)
-                .context("recording the change (fields are the flags: change.title is --title...)")
-        })?
+        .map_err(|e| anyhow::anyhow!("{} ({:?})", flag_names(e.message()), e.code()))?
         .into_inner();
     println!("{}", r.id);
     if r.merged {
