@@ -356,3 +356,44 @@ pub async fn run(detector: Arc<Detector>, every: Duration) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<DetectConfig, DetectionError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("collector.toml");
+        std::fs::write(&p, text).unwrap();
+        load_config(&p)
+    }
+
+    #[test]
+    fn config_file_sets_detect_and_per_service_keys_and_names_bad_ones() {
+        let c = load(
+            "[detect]\nstep = \"10m\"\nalpha = 0.001\n[detect.services.\"api\"]\nmin_rel_change = 0.02\n",
+        )
+        .unwrap();
+        assert_eq!((c.step, c.alpha), (600, 0.001));
+        assert_eq!(c.for_service("api").min_rel_change, 0.02);
+        assert_eq!(c.for_service("db").min_rel_change, c.min_rel_change);
+        assert_eq!(load("").unwrap(), DetectConfig::default());
+        for (text, names) in [
+            ("[detect]\nalpha = 1.5\n", "detect.alpha"),
+            ("[detect]\nalpah = 0.1\n", "alpah"),
+            ("[detekt]\n", "detekt"),
+            (
+                "[detect.services.\"api\"]\nalpha = -1.0\n",
+                "detect.services.\"api\"",
+            ),
+        ] {
+            let e = load(text).unwrap_err().to_string();
+            assert!(
+                e.contains(names) && e.contains("collector.toml"),
+                "{text}: {e}"
+            );
+        }
+        let missing = load_config(Path::new("/nonexistent/collector.toml")).unwrap_err();
+        assert!(missing.to_string().contains("/nonexistent/collector.toml"));
+    }
+}

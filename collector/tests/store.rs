@@ -954,6 +954,25 @@ fn changes_are_stored_replaced_and_listed_by_window(s: &dyn Store) {
         ..merged
     };
     s.put_change(&retitled, None).unwrap();
-    assert_eq!(s.changes(day(), Some("api")).unwrap(), [retitled]);
+    assert_eq!(s.changes(day(), Some("api")).unwrap(), [retitled.clone()]);
     assert_eq!(s.changes(day(), Some("nope")).unwrap(), []);
+    // Retention forgets changes older than the total retention.
+    let policy = Retention {
+        raw: Duration::from_secs(86_400),
+        total: Duration::from_secs(86_400),
+    };
+    s.retain(&policy, T0 + 86_400 + 150).unwrap();
+    let left: Vec<String> = s
+        .changes(
+            Window {
+                from: 0,
+                to: i64::MAX,
+            },
+            None,
+        )
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(left, ["c1", "c3"]);
 }

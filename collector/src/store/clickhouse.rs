@@ -469,6 +469,9 @@ impl Store for ClickHouseStore {
             )?;
             self.wait_mutations()?;
         }
+        if detection::expire_changes(&self.http, total_cut)? {
+            self.wait_mutations()?;
+        }
         let db = &self.http.db;
         let old = format!("updated < toDateTime({total_cut})");
         if self

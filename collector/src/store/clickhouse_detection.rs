@@ -154,8 +154,11 @@ pub(super) fn put_change(
     };
     let mut rows = Vec::new();
     if let Some(old) = replaces.filter(|o| *o != c.id) {
+        // Dated last, so retention (which goes by each id's latest date) never drops the
+        // deletion before what it deletes.
         let gone = Change {
             id: old.to_string(),
+            at_unix_seconds: i64::MAX,
             ..Change::default()
         };
         rows.push(row(&gone, 1));
@@ -204,4 +207,27 @@ pub(super) fn changes(
             })
         })
         .collect()
+}
+
+/// Deletes changes dated before `cut` (retention), when there are any; true when it started a
+/// mutation to wait for.
+pub(super) fn expire_changes(http: &Http, cut: i64) -> Result<bool, StoreError> {
+    // Every version of an id whose latest is old: deleting old versions alone could bring an
+    // earlier version of a change moved in time back.
+    let old = format!(
+        "id IN (SELECT id FROM {}.changes GROUP BY id HAVING argMax(at, version) < {cut})",
+        http.db
+    );
+    let n = http.query(&format!(
+        "SELECT count() FROM {}.changes WHERE {old}",
+        http.db
+    ))?;
+    if n.trim() != "0" {
+        http.exec(
+            &format!("ALTER TABLE {}.changes DELETE WHERE {old}", http.db),
+            None,
+        )?;
+        return Ok(true);
+    }
+    Ok(false)
 }

@@ -573,6 +573,7 @@ impl Store for SqliteStore {
             now - DEDUP_WINDOW,
         )?;
         run("DELETE FROM received_floor WHERE updated < ?1", total_cut)?;
+        run("DELETE FROM changes WHERE at < ?1", total_cut)?;
         // Forget services with no rows left, so `known_services` stays truthful.
         conn.execute(
             &format!(
