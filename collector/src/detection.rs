@@ -397,3 +397,28 @@ mod tests {
         assert!(missing.to_string().contains("/nonexistent/collector.toml"));
     }
 }
+
+#[cfg(test)]
+mod readme {
+    /// The README's example config file loads, and its defaults are the real ones.
+    #[test]
+    fn readme_config_example_loads_with_the_defaults_it_shows() {
+        let readme = include_str!("../../README.md");
+        let at = readme
+            .find("```toml\n[detect]")
+            .expect("README shows a [detect] example");
+        let body = &readme[at + 8..];
+        let toml_text = &body[..body.find("```").unwrap()];
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("collector.toml");
+        std::fs::write(&p, toml_text).unwrap();
+        let cfg = super::load_config(&p).unwrap();
+        let mut defaults = super::DetectConfig::default();
+        defaults.services = cfg.services.clone();
+        assert_eq!(
+            cfg, defaults,
+            "the README's [detect] values are not the defaults"
+        );
+        assert_eq!(cfg.for_service("api").min_rel_change, 0.02);
+    }
+}
