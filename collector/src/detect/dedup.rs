@@ -53,9 +53,7 @@ pub fn callers_and_leaves(
 ) -> Vec<Candidate> {
     let name = |c: &Candidate| s.functions[c.func].function.as_str();
     let related = |a: &Candidate, b: &Candidate| {
-        a.func != b.func
-            && a.sign() == b.sign()
-            && a.overlaps(b, SAME_CHANGE)
+        a.func != b.func && a.sign() == b.sign() && a.overlaps(b, SAME_CHANGE)
     };
     // Flow of `c` (through `upper` first when given), in `c`'s direction.
     let flow_of = |c: &Candidate, upper: Option<&Candidate>| -> Option<f64> {

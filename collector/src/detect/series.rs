@@ -98,7 +98,16 @@ pub fn analyze(
             sigma,
             y.len(),
         );
-        let c = candidate(func, metric, &idx, &y, (at, scan.splits[r.last].at), b, a, p);
+        let c = candidate(
+            func,
+            metric,
+            &idx,
+            &y,
+            (at, scan.splits[r.last].at),
+            b,
+            a,
+            p,
+        );
         let lasted = (idx[idx.len() - 1] + 1 - idx[at]) as i64 * grid.step;
         let (tlo, thi) = seg.range(r.first);
         let transient = (idx[thi - 1] + 1 - idx[tlo]) as i64 * grid.step;

@@ -173,7 +173,11 @@ pub fn went_away(
 
 /// A duration in words: "2h", "40m", "24h", "3d 4h" (days from two on).
 pub fn span(seconds: i64) -> String {
-    let days = if seconds >= 2 * 86_400 { seconds / 86_400 } else { 0 };
+    let days = if seconds >= 2 * 86_400 {
+        seconds / 86_400
+    } else {
+        0
+    };
     let (d, h, m) = (days, (seconds - days * 86_400) / 3600, seconds % 3600 / 60);
     match (d, h, m) {
         (0, 0, m) => format!("{m}m"),
