@@ -50,6 +50,9 @@ pub struct Candidate {
     pub kind: Kind,
     /// First bucket after the change point.
     pub start: usize,
+    /// First bucket after the last change point of the run (`start` for a step; a creep's
+    /// change spans start..end).
+    pub end: usize,
     /// Level (share) before and after.
     pub before: f64,
     pub after: f64,
@@ -67,6 +70,12 @@ pub struct Candidate {
 impl Candidate {
     pub fn delta(&self) -> f64 {
         self.after - self.before
+    }
+
+    /// True when the two changes happened at about the same time: their spans, widened by
+    /// `tolerance` buckets, overlap.
+    pub fn overlaps(&self, other: &Candidate, tolerance: usize) -> bool {
+        self.start <= other.end + tolerance && other.start <= self.end + tolerance
     }
 
     /// +1 for a growth (regression), -1 for a drop (improvement).

@@ -89,7 +89,7 @@ impl Default for DetectConfig {
             min_abs_change: 0.00005,
             min_rel_change: 0.005,
             seasonal_min_acf: 0.3,
-            creep_gap: 12 * HOUR,
+            creep_gap: 24 * HOUR,
             dedup_flow: 0.8,
             shift_tolerance: 0.3,
             cause_window: 6 * HOUR,

@@ -23,7 +23,7 @@ pub fn merge_metrics(funnel: &mut Funnel, mut cands: Vec<Candidate>) -> Vec<Cand
             k.func == c.func
                 && k.metric != c.metric
                 && k.sign() == c.sign()
-                && k.start.abs_diff(c.start) <= SAME_CHANGE
+                && k.overlaps(&c, SAME_CHANGE)
         });
         match twin {
             Some(k) => {
@@ -53,9 +53,7 @@ pub fn callers_and_leaves(
 ) -> Vec<Candidate> {
     let name = |c: &Candidate| s.functions[c.func].function.as_str();
     let related = |a: &Candidate, b: &Candidate| {
-        a.func != b.func
-            && a.sign() == b.sign()
-            && a.start.abs_diff(b.start) <= SAME_CHANGE.max(1) * 2
+        a.func != b.func && a.sign() == b.sign() && a.overlaps(b, SAME_CHANGE)
     };
     // Flow of `c` (through `upper` first when given), in `c`'s direction.
     let flow_of = |c: &Candidate, upper: Option<&Candidate>| -> Option<f64> {

@@ -304,7 +304,7 @@ fn span_mean(x: &[f64], (lo, hi): (usize, usize)) -> f64 {
 /// Stacks around each group of candidates that changed at about the same time (one query pair
 /// per group, not per candidate).
 pub(crate) struct Around {
-    /// Per candidate start bucket, the window of its group.
+    /// Per candidate start bucket, the window of its group (candidates whose spans overlap).
     of: HashMap<usize, usize>,
     windows: Vec<Window>,
     note: String,
@@ -321,11 +321,14 @@ impl Around {
         starts.sort_by_key(|c| c.start);
         let tol = grid.cfg.cause_tolerance_steps.max(2) as usize;
         let day = grid.cfg.buckets(86_400);
-        let mut groups: Vec<Vec<&Candidate>> = Vec::new();
+        let mut groups: Vec<(usize, Vec<&Candidate>)> = Vec::new();
         for c in starts {
             match groups.last_mut() {
-                Some(g) if c.start - g[0].start <= tol => g.push(c),
-                _ => groups.push(vec![c]),
+                Some((end, g)) if c.start <= *end + tol => {
+                    *end = (*end).max(c.end);
+                    g.push(c);
+                }
+                _ => groups.push((c.end, vec![c])),
             }
         }
         let mut around = Around {
@@ -334,9 +337,8 @@ impl Around {
             note: String::new(),
         };
         let time = |b: usize| s.start + b as i64 * s.step;
-        for g in groups {
+        for (t1, g) in groups {
             let t0 = g[0].start;
-            let t1 = g[g.len() - 1].start;
             let w = g
                 .iter()
                 .map(|c| (c.before_span.1 - c.before_span.0).min(c.after_span.1 - c.after_span.0))

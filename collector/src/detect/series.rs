@@ -67,7 +67,7 @@ pub fn analyze(
                 continue;
             }
             let (b, a) = (seg.range(j), seg.range(j + 1));
-            let c = candidate(func, metric, &idx, &raw, s.at, b, a, s.p);
+            let c = candidate(func, metric, &idx, &raw, (s.at, s.at), b, a, s.p);
             let why = format!(
                 "daily cycle (autocorrelation {day:.2} at one day, {half:.2} at half a day): \
                  no change point once the daily profile is removed"
@@ -98,7 +98,16 @@ pub fn analyze(
             sigma,
             y.len(),
         );
-        let c = candidate(func, metric, &idx, &y, at, b, a, p);
+        let c = candidate(
+            func,
+            metric,
+            &idx,
+            &y,
+            (at, scan.splits[r.last].at),
+            b,
+            a,
+            p,
+        );
         let lasted = (idx[idx.len() - 1] + 1 - idx[at]) as i64 * grid.step;
         let (tlo, thi) = seg.range(r.first);
         let transient = (idx[thi - 1] + 1 - idx[tlo]) as i64 * grid.step;
@@ -173,7 +182,7 @@ fn too_small(c: &Candidate, cfg: &DetectConfig) -> Option<String> {
     None
 }
 
-/// A candidate changing at compressed index `at`, with levels measured on compressed ranges
+/// A candidate changing from compressed index `at` to `end`, with levels measured on compressed ranges
 /// `b` and `a` of `y`.
 #[expect(
     clippy::too_many_arguments,
@@ -184,7 +193,7 @@ fn candidate(
     metric: Metric,
     idx: &[usize],
     y: &[f64],
-    at: usize,
+    (at, end): (usize, usize),
     b: (usize, usize),
     a: (usize, usize),
     p: f64,
@@ -195,6 +204,7 @@ fn candidate(
         metric,
         kind: super::candidate::Kind::Step,
         start: idx[at],
+        end: idx[end],
         before: mean(&y[b.0..b.1]),
         after: mean(&y[a.0..a.1]),
         before_span: buckets(b),

@@ -51,10 +51,12 @@ pub fn median_in_place(v: &mut [f64]) -> f64 {
 
 /// Robust standard deviation of i.i.d. noise around a level that may step: the MAD of first
 /// differences, scaled to a normal sd and divided by sqrt(2) (a difference has twice the
-/// variance). A step moves one difference, so it barely touches the estimate.
+/// variance). A step moves one difference, so it barely touches the estimate. Long series use
+/// an evenly strided subset of about a thousand differences (the estimate's error stays ~3%).
 pub fn noise_sd(x: &[f64], scratch: &mut Vec<f64>) -> f64 {
+    let stride = (x.len() / 1024).max(1);
     scratch.clear();
-    scratch.extend(x.windows(2).map(|w| w[1] - w[0]));
+    scratch.extend(x.windows(2).step_by(stride).map(|w| w[1] - w[0]));
     let m = median_in_place(scratch);
     for d in scratch.iter_mut() {
         *d = (*d - m).abs();

@@ -171,13 +171,14 @@ pub fn went_away(
     None
 }
 
-/// A duration in words: "2h", "40m", "1d 3h".
+/// A duration in words: "2h", "40m", "24h", "3d 4h" (days from two on).
 pub fn span(seconds: i64) -> String {
-    let (d, h, m) = (
-        seconds / 86_400,
-        seconds % 86_400 / 3600,
-        seconds % 3600 / 60,
-    );
+    let days = if seconds >= 2 * 86_400 {
+        seconds / 86_400
+    } else {
+        0
+    };
+    let (d, h, m) = (days, (seconds - days * 86_400) / 3600, seconds % 3600 / 60);
     match (d, h, m) {
         (0, 0, m) => format!("{m}m"),
         (0, h, 0) => format!("{h}h"),
