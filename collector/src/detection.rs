@@ -413,8 +413,10 @@ mod readme {
         let p = dir.path().join("collector.toml");
         std::fs::write(&p, toml_text).unwrap();
         let cfg = super::load_config(&p).unwrap();
-        let mut defaults = super::DetectConfig::default();
-        defaults.services = cfg.services.clone();
+        let defaults = super::DetectConfig {
+            services: cfg.services.clone(),
+            ..super::DetectConfig::default()
+        };
         assert_eq!(
             cfg, defaults,
             "the README's [detect] values are not the defaults"
