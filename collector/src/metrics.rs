@@ -17,8 +17,8 @@ use crate::detection::Detector;
 use crate::ingest_cpu;
 use crate::query::QueryEngine;
 use crate::store::{
-    Buckets, FirstSeen, IngestFuture, Ingested, Keyed, Point, Retention, RetentionReport, Rollup,
-    Store, StoreError, StoreStats, TopQuery, Window,
+    Buckets, FirstSeen, IngestFuture, Ingested, Keyed, Of, Point, Retention, RetentionReport,
+    Rollup, Store, StoreError, StoreStats, TopQuery, Window,
 };
 
 pub use wattson_proto::exposition::{BindError, bind};
@@ -192,11 +192,8 @@ impl Store for Counted {
     fn known_services(&self) -> Result<Vec<String>, StoreError> {
         self.inner.known_services()
     }
-    fn function_buckets(&self, w: Window, s: &str, step: i64) -> Result<Buckets, StoreError> {
-        self.inner.function_buckets(w, s, step)
-    }
-    fn service_buckets(&self, w: Window, s: &str, step: i64) -> Result<Buckets, StoreError> {
-        self.inner.service_buckets(w, s, step)
+    fn buckets(&self, of: Of, w: Window, s: &str, step: i64) -> Result<Buckets, StoreError> {
+        self.inner.buckets(of, w, s, step)
     }
     fn first_builds(&self, w: Window) -> Result<Vec<FirstSeen>, StoreError> {
         self.inner.first_builds(w)

@@ -118,6 +118,16 @@ fn change(id: &str, at: i64, title: &str) -> Change {
     }
 }
 
+async fn record(
+    d: &mut DetectionServiceClient<tonic::transport::Channel>,
+    change: Change,
+) -> Result<tonic::Response<wattson_proto::v1::RecordChangeResponse>, tonic::Status> {
+    d.record_change(RecordChangeRequest {
+        change: Some(change),
+    })
+    .await
+}
+
 fn all_time() -> ListChangesRequest {
     ListChangesRequest::default()
 }
@@ -157,10 +167,7 @@ async fn changes_are_recorded_validated_listed_and_merged_with_deploys() {
             "change.touched",
         ),
     ] {
-        let e = d
-            .record_change(RecordChangeRequest { change: Some(bad) })
-            .await
-            .unwrap_err();
+        let e = record(&mut d, bad).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e}");
         assert!(e.message().starts_with(field), "{field}: {}", e.message());
     }
@@ -171,18 +178,12 @@ async fn changes_are_recorded_validated_listed_and_merged_with_deploys() {
     assert_eq!(e.code(), Code::InvalidArgument);
 
     // A valid change gets the id given, or a drawn one.
-    let r = d
-        .record_change(RecordChangeRequest {
-            change: Some(change("PR-1", t + 60, "bigger cache")),
-        })
+    let r = record(&mut d, change("PR-1", t + 60, "bigger cache"))
         .await
         .unwrap()
         .into_inner();
     assert_eq!((r.id.as_str(), r.merged), ("PR-1", false));
-    let drawn = d
-        .record_change(RecordChangeRequest {
-            change: Some(change("", t + 120, "flag on")),
-        })
+    let drawn = record(&mut d, change("", t + 120, "flag on"))
         .await
         .unwrap()
         .into_inner();
@@ -221,13 +222,7 @@ async fn changes_are_recorded_validated_listed_and_merged_with_deploys() {
         touched: vec!["hash".into()],
         ..change("PR-2", t + 590, "faster hash")
     };
-    let r = d
-        .record_change(RecordChangeRequest {
-            change: Some(shipped.clone()),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = record(&mut d, shipped.clone()).await.unwrap().into_inner();
     assert_eq!((r.id.as_str(), r.merged), ("PR-2", true));
     let listed = d
         .list_changes(all_time())

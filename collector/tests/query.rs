@@ -702,23 +702,15 @@ impl Store for Counting {
     fn known_services(&self) -> Result<Vec<String>, store::StoreError> {
         self.inner.known_services()
     }
-    fn function_buckets(
+    fn buckets(
         &self,
+        of: store::Of,
         w: store::Window,
         service: &str,
         step: i64,
     ) -> Result<store::Buckets, store::StoreError> {
-        self.count("function_buckets");
-        self.inner.function_buckets(w, service, step)
-    }
-    fn service_buckets(
-        &self,
-        w: store::Window,
-        service: &str,
-        step: i64,
-    ) -> Result<store::Buckets, store::StoreError> {
-        self.count("service_buckets");
-        self.inner.service_buckets(w, service, step)
+        self.count("buckets");
+        self.inner.buckets(of, w, service, step)
     }
     fn first_builds(&self, w: store::Window) -> Result<Vec<store::FirstSeen>, store::StoreError> {
         self.inner.first_builds(w)

@@ -7,7 +7,7 @@ use std::time::Duration;
 use wattson_collector::store::clickhouse_server::ClickHouseServer;
 use wattson_collector::store::synthetic::BatchBuilder;
 use wattson_collector::store::{
-    self, Ingested, Keyed, Rank, Retention, Store, StoreError, TopQuery, Window,
+    self, Ingested, Keyed, Of, Rank, Retention, Store, StoreError, TopQuery, Window,
 };
 use wattson_proto::v1::Change;
 use wattson_proto::view::BatchView;
@@ -840,7 +840,7 @@ fn every_function_of_a_service_per_bucket_in_one_read(s: &dyn Store) {
         from: T0,
         to: T0 + 4 * 3600,
     };
-    let b = s.function_buckets(w, "api", 300).unwrap();
+    let b = s.buckets(Of::Functions, w, "api", 300).unwrap();
     assert_eq!((b.start, b.step, b.len), (T0, 300, 48));
     let keys: Vec<&str> = b.series.iter().map(|x| x.key.as_str()).collect();
     assert_eq!(keys, ["leaf", "main", "other"]);
@@ -857,22 +857,22 @@ fn every_function_of_a_service_per_bucket_in_one_read(s: &dyn Store) {
     assert_eq!(b.series[2].est_uj[0], 20);
     assert!(b.series[2].estimated());
     // Hour steps read hour rows and give the same sums.
-    let hourly = s.function_buckets(w, "api", 3600).unwrap();
+    let hourly = s.buckets(Of::Functions, w, "api", 3600).unwrap();
     assert_eq!(hourly.series[0].samples[1], expected(60, 120));
     // Totals: every sample of the service, all hosts, one series "".
-    let t = s.service_buckets(w, "api", 300).unwrap();
+    let t = s.buckets(Of::Totals, w, "api", 300).unwrap();
     assert_eq!(t.series.len(), 1);
     assert_eq!(t.series[0].key, "");
     assert_eq!(t.series[0].samples[0], expected(0, 5) + 2);
     assert_eq!(t.series[0].samples[3], expected(15, 20));
     assert!(
-        s.function_buckets(w, "nope", 300)
+        s.buckets(Of::Functions, w, "nope", 300)
             .unwrap()
             .series
             .is_empty()
     );
     assert!(matches!(
-        s.function_buckets(w, "api", 90),
+        s.buckets(Of::Functions, w, "api", 90),
         Err(StoreError::BadQuery(_))
     ));
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use crate::attribute::FleetConfig;
 use crate::detect::{DetectConfig, DetectError, FunctionSeries, ServiceSeries, StackSource};
-use crate::store::{BucketSeries, Store, StoreError, Window};
+use crate::store::{BucketSeries, Of, Store, StoreError, Window};
 
 /// Hosts reporting a service over this long before `now` set its fleet scale.
 const SCALE_WINDOW: i64 = 86_400;
@@ -26,8 +26,8 @@ pub fn read(
         from: to - cfg.history.div_euclid(step).max(1) * step,
         to,
     };
-    let totals = store.service_buckets(window, service, step)?;
-    let functions = store.function_buckets(window, service, step)?;
+    let totals = store.buckets(Of::Totals, window, service, step)?;
+    let functions = store.buckets(Of::Functions, window, service, step)?;
     let total = totals.series.first();
     let len = totals.len;
     let f64s = |v: &[u64]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();

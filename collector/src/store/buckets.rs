@@ -8,6 +8,15 @@ use std::collections::HashMap;
 
 use super::{StoreError, Window};
 
+/// What a bucket read sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Of {
+    /// Every function of the service, inclusive sums, one series per function.
+    Functions,
+    /// The service's rows (one per host), all its samples, summed into one series "".
+    Totals,
+}
+
 /// One key's sums per bucket (all vectors [`Buckets::len`] long; a bucket without rows is 0).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketSeries {

@@ -23,8 +23,8 @@ use wattson_proto::v1::{Batch, Change};
 use super::query_plan::{Range, TOTALS_COLUMNS, ranges, rank_expr};
 use super::rollup::{Kind, RES_MINUTE, Rollup};
 use super::{
-    Buckets, FirstSeen, IngestFuture, Ingested, Keyed, Point, Retention, RetentionReport, Store,
-    StoreError, StoreStats, TopQuery, Totals, Window,
+    Buckets, FirstSeen, IngestFuture, Ingested, Keyed, Of, Point, Retention, RetentionReport,
+    Store, StoreError, StoreStats, TopQuery, Totals, Window,
 };
 
 /// Kind code of batch marker rows (dedup records); never returned by queries.
@@ -405,24 +405,14 @@ impl Store for ClickHouseStore {
             .collect())
     }
 
-    fn function_buckets(
+    fn buckets(
         &self,
+        of: Of,
         window: Window,
         service: &str,
         step: i64,
     ) -> Result<Buckets, StoreError> {
-        let b = Buckets::new(window, step)?;
-        detection::buckets(&self.http, detection::Read::Functions, service, b)
-    }
-
-    fn service_buckets(
-        &self,
-        window: Window,
-        service: &str,
-        step: i64,
-    ) -> Result<Buckets, StoreError> {
-        let b = Buckets::new(window, step)?;
-        detection::buckets(&self.http, detection::Read::Totals, service, b)
+        detection::buckets(&self.http, of, service, Buckets::new(window, step)?)
     }
 
     fn first_builds(&self, window: Window) -> Result<Vec<FirstSeen>, StoreError> {

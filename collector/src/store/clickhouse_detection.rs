@@ -14,7 +14,7 @@ use wattson_proto::v1::Change;
 use super::{Http, condition, quote, unescape};
 use crate::store::query_plan::ranges;
 use crate::store::rollup::{Kind, RES_MINUTE};
-use crate::store::{Buckets, FirstSeen, StoreError, Window};
+use crate::store::{Buckets, FirstSeen, Of, StoreError, Window};
 
 /// Creates the changes table when missing.
 pub(super) fn create(http: &Http) -> Result<(), StoreError> {
@@ -31,29 +31,20 @@ pub(super) fn create(http: &Http) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Which rows a bucket read sums (see the SQLite twin).
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Read {
-    /// Every function of the service, inclusive sums, by function.
-    Functions,
-    /// The service's rows (one per host), all its samples, summed into one series "".
-    Totals,
-}
-
-/// Fills `b` with the rows of `service` the read names, summed per (key, bucket) by the server.
+/// Fills `b` with the rows of `service` that `of` names, summed per (key, bucket) by the server.
 pub(super) fn buckets(
     http: &Http,
-    read: Read,
+    of: Of,
     service: &str,
     mut b: Buckets,
 ) -> Result<Buckets, StoreError> {
-    let (kind, key, cols) = match read {
-        Read::Functions => (
+    let (kind, key, cols) = match of {
+        Of::Functions => (
             Kind::Function,
             "key",
             "sum(samples_incl), sum(uj_incl), sum(est_uj_incl)",
         ),
-        Read::Totals => (
+        Of::Totals => (
             Kind::Service,
             "''",
             "sum(samples_self), sum(uj_self), sum(est_uj_self)",

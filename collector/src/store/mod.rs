@@ -30,7 +30,7 @@ use std::time::Duration;
 use wattson_proto::v1::{Batch, Change};
 use wattson_proto::view::BatchView;
 
-pub use buckets::{BucketSeries, Buckets, FirstSeen};
+pub use buckets::{BucketSeries, Buckets, FirstSeen, Of};
 pub use rollup::{Accumulator, Kind, Prepared, Rollup, Row};
 
 /// Errors of the storage layer.
@@ -381,19 +381,13 @@ pub trait Store: Send + Sync {
     /// Every service the store has ever seen, sorted.
     fn known_services(&self) -> Result<Vec<String>, StoreError>;
 
-    /// Every function of `service` on a fixed `step` (a multiple of 60 s) over the window, in
-    /// one read: inclusive samples, measured and estimated µJ per bucket (detection's input).
-    fn function_buckets(
+    /// Detection's input, in one read per service: on a fixed `step` (a multiple of 60 s)
+    /// over the window, every function's inclusive samples, measured and estimated µJ per
+    /// bucket ([`Of::Functions`]), or the service's totals over every host as one series keyed
+    /// "" ([`Of::Totals`]).
+    fn buckets(
         &self,
-        window: Window,
-        service: &str,
-        step: i64,
-    ) -> Result<Buckets, StoreError>;
-
-    /// The service's totals (all its samples and µJ, every host) on a fixed `step`: one series
-    /// keyed "".
-    fn service_buckets(
-        &self,
+        of: Of,
         window: Window,
         service: &str,
         step: i64,

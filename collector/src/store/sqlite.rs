@@ -26,7 +26,7 @@ use super::sqlite_detection as detection;
 use super::sqlite_hours::Hours;
 use super::sqlite_ingest::{Pipeline, now_secs};
 use super::{
-    Buckets, FirstSeen, Ingested, Keyed, Point, Retention, RetentionReport, Store, StoreError,
+    Buckets, FirstSeen, Ingested, Keyed, Of, Point, Retention, RetentionReport, Store, StoreError,
     StoreStats, TopQuery, Totals, Window,
 };
 
@@ -505,26 +505,16 @@ impl Store for SqliteStore {
         })
     }
 
-    fn function_buckets(
+    fn buckets(
         &self,
+        of: Of,
         window: Window,
         service: &str,
         step: i64,
     ) -> Result<Buckets, StoreError> {
         let b = Buckets::new(window, step)?;
         let complete = self.hours.complete_before();
-        self.read(|c| detection::buckets(c, detection::Read::Functions, service, b, complete))
-    }
-
-    fn service_buckets(
-        &self,
-        window: Window,
-        service: &str,
-        step: i64,
-    ) -> Result<Buckets, StoreError> {
-        let b = Buckets::new(window, step)?;
-        let complete = self.hours.complete_before();
-        self.read(|c| detection::buckets(c, detection::Read::Totals, service, b, complete))
+        self.read(|c| detection::buckets(c, of, service, b, complete))
     }
 
     fn first_builds(&self, window: Window) -> Result<Vec<FirstSeen>, StoreError> {

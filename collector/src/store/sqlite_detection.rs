@@ -10,7 +10,7 @@ use wattson_proto::v1::Change;
 
 use super::query_plan::ranges;
 use super::rollup::{Kind, RES_MINUTE};
-use super::{Buckets, FirstSeen, Window};
+use super::{Buckets, FirstSeen, Of, Window};
 
 /// The changes table; `touched` holds the functions one per line (validation refuses line
 /// breaks in a function name).
@@ -22,31 +22,22 @@ CREATE TABLE IF NOT EXISTS changes (
 CREATE INDEX IF NOT EXISTS changes_at ON changes (at);
 ";
 
-/// Which rows a bucket read sums: the kind, and its (samples, measured, estimated) columns.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Read {
-    /// Every function of the service, inclusive sums, by function.
-    Functions,
-    /// The service's rows (one per host), all its samples, summed into one series "".
-    Totals,
-}
-
-/// Fills `b` with the rows of `service` the read names, over `b`'s window. Whole hours come
+/// Fills `b` with the rows of `service` that `of` names, over `b`'s window. Whole hours come
 /// from hour rows when the step is a multiple of an hour, as `series` does.
 pub(super) fn buckets(
     conn: &Connection,
-    read: Read,
+    of: Of,
     service: &str,
     mut b: Buckets,
     complete_before: i64,
 ) -> rusqlite::Result<Buckets> {
-    let (kind, cols, index) = match read {
-        Read::Functions => (
+    let (kind, cols, index) = match of {
+        Of::Functions => (
             Kind::Function,
             "key, minute, samples_incl, uj_incl, est_uj_incl",
             " INDEXED BY rollup_fn_series",
         ),
-        Read::Totals => (
+        Of::Totals => (
             Kind::Service,
             "'', minute, samples_self, uj_self, est_uj_self",
             "",

@@ -5,8 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use wattson_collector::store::{
-    Buckets, FirstSeen, IngestFuture, Ingested, Keyed, Point, Retention, RetentionReport, Rollup,
-    Store, StoreError, StoreStats, TopQuery, Window,
+    Buckets, FirstSeen, IngestFuture, Ingested, Keyed, Of, Point, Retention, RetentionReport,
+    Rollup, Store, StoreError, StoreStats, TopQuery, Window,
 };
 use wattson_proto::v1::Change;
 use wattson_proto::view::BatchView;
@@ -66,11 +66,7 @@ impl Store for Discard {
         Ok(Vec::new())
     }
 
-    fn function_buckets(&self, w: Window, _: &str, step: i64) -> Result<Buckets, StoreError> {
-        Buckets::new(w, step)
-    }
-
-    fn service_buckets(&self, w: Window, _: &str, step: i64) -> Result<Buckets, StoreError> {
+    fn buckets(&self, _: Of, w: Window, _: &str, step: i64) -> Result<Buckets, StoreError> {
         Buckets::new(w, step)
     }
 
