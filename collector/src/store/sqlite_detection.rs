@@ -2,8 +2,9 @@
 //! recorded and automatic deploys) and the bulk per-step reads ([`Buckets`]) of a service's
 //! functions and totals, plus the first minute each build was seen.
 //!
-//! A service's functions come from the `rollup_fn_series` index (res, service, key, minute):
-//! one range per resolution, whatever the number of functions or other services.
+//! A service's functions come from the `rollup_fn_incl` index (res, service, key, minute and
+//! the inclusive sums): one range per resolution, whatever the number of functions or other
+//! services, and no table lookup per row.
 
 use rusqlite::{Connection, params};
 use wattson_proto::v1::Change;
@@ -35,7 +36,7 @@ pub(super) fn buckets(
         Of::Functions => (
             Kind::Function,
             "key, minute, samples_incl, uj_incl, est_uj_incl",
-            " INDEXED BY rollup_fn_series",
+            " INDEXED BY rollup_fn_incl",
         ),
         Of::Totals => (
             Kind::Service,
