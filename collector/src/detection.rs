@@ -327,11 +327,7 @@ fn answer(reports: &BTreeMap<String, Report>, w: Window, all: bool) -> ListRegre
     let note = if reports.is_empty() {
         "no profiles stored yet: nothing to detect".to_string()
     } else {
-        (reports.iter())
-            .filter(|(_, r)| !r.note.is_empty())
-            .map(|(s, r)| format!("{s}: {}", r.note))
-            .collect::<Vec<_>>()
-            .join("; ")
+        notes(reports)
     };
     ListRegressionsResponse {
         regressions,
@@ -339,6 +335,30 @@ fn answer(reports: &BTreeMap<String, Report>, w: Window, all: bool) -> ListRegre
         series,
         note,
     }
+}
+
+/// The services' notes, one line per distinct note (services' names are taken out of it):
+/// `api: history too short: ...`, or `24 services (a, b, c, d, e, ...): ...`.
+fn notes(reports: &BTreeMap<String, Report>) -> String {
+    let mut by_note: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for (s, r) in reports.iter().filter(|(_, r)| !r.note.is_empty()) {
+        by_note
+            .entry(r.note.replace(s.as_str(), "SERVICE"))
+            .or_default()
+            .push(s);
+    }
+    const NAMES: usize = 5;
+    (by_note.into_iter())
+        .map(|(note, services)| match services.as_slice() {
+            [one] => format!("{one}: {}", note.replace("SERVICE", one)),
+            many => {
+                let more = if many.len() > NAMES { ", ..." } else { "" };
+                let names = many[..many.len().min(NAMES)].join(", ");
+                format!("{} services ({names}{more}): {note}", many.len())
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Runs a pass every `every` while batches arrive, until the task is dropped.

@@ -86,6 +86,15 @@ fn try_main() -> anyhow::Result<()> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let tls = TlsFiles::from_flags(args.tls_cert, args.tls_key, args.tls_ca)?;
+    // Flags and files first: a mistake there must not wait for (or touch) the store.
+    let detect = match &args.config {
+        Some(p) => wattson_collector::detection::load_config(p)
+            .with_context(|| format!("--config {}", p.display()))?,
+        None => wattson_collector::detect::DetectConfig::default(),
+    };
+    if args.detect_every.is_zero() {
+        anyhow::bail!("--detect-every must be longer than 0s (e.g. 1m)");
+    }
     let store = wattson_collector::store::open(&args.store)
         .with_context(|| format!("opening --store {}", args.store))?;
     let counted = Arc::new(wattson_collector::metrics::Counted::new(Arc::from(store)));
@@ -105,14 +114,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         raw: *args.retain_raw,
         total: *args.retain_total,
     };
-    let detect = match &args.config {
-        Some(p) => wattson_collector::detection::load_config(p)
-            .with_context(|| format!("--config {}", p.display()))?,
-        None => wattson_collector::detect::DetectConfig::default(),
-    };
-    if args.detect_every.is_zero() {
-        anyhow::bail!("--detect-every must be longer than 0s (e.g. 1m)");
-    }
     let detector = Arc::new(wattson_collector::detection::Detector::new(
         store.clone(),
         fleet.clone(),

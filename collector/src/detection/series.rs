@@ -12,7 +12,9 @@ use crate::store::{BucketSeries, Of, Store, StoreError, Window};
 const SCALE_WINDOW: i64 = 86_400;
 
 /// The series of `service` over `cfg.history` before `now`, on `cfg.step` buckets aligned to
-/// the step (the last bucket is the one holding `now`).
+/// the step (the last bucket is the one holding `now`), starting at the first bucket with
+/// samples: a young service costs its own age, not the whole history. Functions are not read
+/// when the history is shorter than `cfg.min_history` (detection only says so).
 pub fn read(
     store: &dyn Store,
     service: &str,
@@ -27,29 +29,38 @@ pub fn read(
         to,
     };
     let totals = store.buckets(Of::Totals, window, service, step)?;
-    let functions = store.buckets(Of::Functions, window, service, step)?;
     let total = totals.series.first();
-    let len = totals.len;
+    let first = total.and_then(|t| t.samples.iter().position(|&n| n > 0));
+    let from = first.map_or(totals.len, |i| i);
+    let start = totals.start + from as i64 * step;
+    let functions = match first {
+        Some(_) if to - start >= cfg.min_history => {
+            store
+                .buckets(Of::Functions, Window { from: start, to }, service, step)?
+                .series
+        }
+        _ => Vec::new(),
+    };
     let f64s = |v: &[u64]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
-    let energy = |s: &BucketSeries| -> Vec<f64> {
-        (s.uj.iter().zip(&s.est_uj))
+    let energy = |s: &BucketSeries, from: usize| -> Vec<f64> {
+        (s.uj[from..].iter().zip(&s.est_uj[from..]))
             .map(|(&m, &e)| (m + e) as f64)
             .collect()
     };
     Ok(ServiceSeries {
         service: service.to_string(),
-        start: totals.start,
+        start,
         step,
-        samples: total.map_or_else(|| vec![0.0; len], |t| f64s(&t.samples)),
-        energy_uj: total.map_or_else(|| vec![0.0; len], energy),
+        samples: total.map_or_else(Vec::new, |t| f64s(&t.samples[from..])),
+        energy_uj: total.map_or_else(Vec::new, |t| energy(t, from)),
         estimated: total.is_some_and(BucketSeries::estimated)
-            || functions.series.iter().any(BucketSeries::estimated),
+            || functions.iter().any(BucketSeries::estimated),
         fleet_scale,
-        functions: (functions.series.iter())
+        functions: (functions.iter())
             .map(|f| FunctionSeries {
                 function: f.key.clone(),
                 samples_incl: f64s(&f.samples),
-                energy_incl_uj: energy(f),
+                energy_incl_uj: energy(f, 0),
             })
             .collect(),
     })

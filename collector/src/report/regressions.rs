@@ -129,7 +129,8 @@ fn change_row(c: &Change) -> Vec<String> {
         time(c.at_unix_seconds),
         kind,
         c.title.clone(),
-        c.build_id.clone(),
+        // The whole id is in --json; its head tells builds apart.
+        c.build_id.chars().take(12).collect(),
         c.touched.join(", "),
         c.author.clone(),
     ]
