@@ -223,9 +223,17 @@ impl Detector {
     }
 
     /// Regressions whose change point is in the request's window (the analysis window up to
-    /// now without one); a pass runs first when data arrived since the last one. A window
-    /// ending before the cached pass's analysis window is detected as of its end, uncached.
+    /// now without one); a pass runs first when data arrived since the last one.
     pub fn regressions(
+        &self,
+        r: &ListRegressionsRequest,
+    ) -> Result<ListRegressionsResponse, DetectionError> {
+        self.regressions_at(r, crate::report::now())
+    }
+
+    /// [`Detector::regressions`] as of `now`. A window ending before the cached pass's
+    /// analysis window is detected as of its end, uncached.
+    pub fn regressions_at(
         &self,
         r: &ListRegressionsRequest,
         now: i64,

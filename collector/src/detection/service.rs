@@ -88,7 +88,7 @@ impl DetectionService for Detection {
         &self,
         r: Request<ListRegressionsRequest>,
     ) -> Result<Response<ListRegressionsResponse>, Status> {
-        self.run(r, "ListRegressions", |d, r, now| d.regressions(&r, now))
+        self.run(r, "ListRegressions", |d, r, now| d.regressions_at(&r, now))
             .await
     }
 }
