@@ -30,7 +30,7 @@ pub fn rank(
     w: Option<&Window>,
     cfg: &DetectConfig,
 ) -> Vec<v1::Cause> {
-    let tol = cfg.cause_tolerance_steps * step;
+    let tol = cfg.cause_tolerance_steps.max(c.loc_err as i64) * step;
     let mut out: Vec<(v1::Cause, i64)> = Vec::new();
     for ch in changes {
         if ch.service != service

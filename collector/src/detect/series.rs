@@ -108,6 +108,12 @@ pub fn analyze(
             a,
             p,
         );
+        // The argmax of a step of snr d sits within ~20/d^2 points of the truth nearly always.
+        let snr = c.delta().abs() / sigma;
+        let c = Candidate {
+            loc_err: ((20.0 / (snr * snr)).ceil() as usize).min(cfg.buckets(cfg.cause_window)),
+            ..c
+        };
         let lasted = (idx[idx.len() - 1] + 1 - idx[at]) as i64 * grid.step;
         let (tlo, thi) = seg.range(r.first);
         let transient = (idx[thi - 1] + 1 - idx[tlo]) as i64 * grid.step;
@@ -163,7 +169,7 @@ fn noise(y: &[f64], samples: f64, scratch: &mut Vec<f64>) -> f64 {
 
 /// Why a change is below the configured minimum, or None.
 fn too_small(c: &Candidate, cfg: &DetectConfig) -> Option<String> {
-    let d = c.delta().abs();
+    let d = c.cost_delta().abs();
     let rel = d / c.before.abs().max(1e-12);
     if d < cfg.min_abs_change {
         return Some(format!(
@@ -174,7 +180,7 @@ fn too_small(c: &Candidate, cfg: &DetectConfig) -> Option<String> {
     }
     if rel < cfg.min_rel_change {
         return Some(format!(
-            "change {:.2}% of the function's share is below min_rel_change {:.2}%",
+            "change {:.3}% of the function's cost is below min_rel_change {:.3}%",
             rel * 100.0,
             cfg.min_rel_change * 100.0
         ));
@@ -211,6 +217,7 @@ fn candidate(
         after_span: buckets(a),
         p,
         other_delta: 0.0,
+        loc_err: 0,
         verdict: None,
     }
 }

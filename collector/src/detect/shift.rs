@@ -36,7 +36,8 @@ pub fn normalization(
 }
 
 /// Removes candidates whose caller (or its caller) kept its total while they moved: the
-/// domain's own change is under `tolerance` of the candidate's change inside it.
+/// domain's own change is under `tolerance` of the candidate's change inside it, and measured
+/// precisely enough to tell (three standard errors under that change).
 pub fn cost_shift(
     funnel: &mut Funnel,
     cands: Vec<Candidate>,
@@ -58,6 +59,10 @@ pub fn cost_shift(
             };
             let inside = w.flow(c.metric, Some(&domain), f, dscale);
             let total = w.flow(c.metric, None, &domain, dscale);
+            // "Unchanged" must be measurable: a growth the size of `inside` would stand out.
+            if 3.0 * w.flow_noise(c.metric, &domain) >= inside.abs() {
+                continue;
+            }
             if inside * c.sign() > 0.0
                 && inside.abs() >= own.abs() / 2.0
                 && total.abs() < tolerance * inside.abs()
