@@ -66,7 +66,7 @@ fn seeded(x: &[f64], sigma: f64, min_segment: usize, alpha: f64) -> Scan {
     let m = min_segment.max(1);
     let n = x.len();
     let mut scan = Scan::default();
-    if n < 2 * m || !(sigma > 0.0) {
+    if n < 2 * m || sigma.is_nan() || sigma <= 0.0 {
         return scan;
     }
     let mut prefix = Vec::with_capacity(n + 1);

@@ -57,7 +57,7 @@ pub fn build(ctx: &Context<'_>, c: &Candidate, w: Option<&Window>) -> v1::Regres
         })
         .unwrap_or_default();
     let causes = if c.verdict.is_none() {
-        cause::rank(c, f, &s.service, started, s.step, ctx.changes, w, ctx.cfg)
+        cause::rank(ctx, c, f, started, w)
     } else {
         Vec::new()
     };

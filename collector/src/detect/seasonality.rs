@@ -43,7 +43,7 @@ pub fn daily_acf(x: &[f64], step: i64) -> Option<(f64, f64)> {
         .map(|v| (v - mu).powi(2))
         .sum::<f64>()
         / n.max(1) as f64;
-    if !(var > 0.0) {
+    if var.is_nan() || var <= 0.0 {
         return None;
     }
     let acf = |lag: usize| {

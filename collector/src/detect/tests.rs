@@ -173,7 +173,7 @@ fn a_spike_that_ends_is_not_a_regression_a_lasting_step_is() {
     let s = service(7, |b| if (AT..AT + 36).contains(&b) { 1.3 } else { 1.0 });
     let r = run(&s, 3, &[]);
     assert!(with_status(&r, "open").is_empty(), "{}", summary(&r));
-    let away = filtered_by(&r, "went_away", "hash").expect(&summary(&r));
+    let away = filtered_by(&r, "went_away", "hash").unwrap_or_else(|| panic!("{}", summary(&r)));
     assert!(
         away.filtered_by
             .as_ref()
