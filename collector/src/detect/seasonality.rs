@@ -120,7 +120,7 @@ pub fn remove_daily_profile(x: &mut [f64], start: i64, step: i64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::testdata::Rng;
+    use crate::detect::testdata::{Rng, noisy};
 
     fn daily(days: usize, step_up: Option<usize>, seed: u64) -> Vec<f64> {
         let mut rng = Rng::new(seed);
@@ -137,10 +137,7 @@ mod tests {
     #[test]
     fn daily_cycle_is_seasonal_a_step_is_not() {
         assert!(is_seasonal(daily_acf(&daily(7, None, 1), 300), 0.3));
-        let mut rng = Rng::new(2);
-        let step: Vec<f64> = (0..7 * 288)
-            .map(|i| rng.normal() + if i > 1000 { 5.0 } else { 0.0 })
-            .collect();
+        let step = noisy(7 * 288, 2, |i| if i > 1000 { 5.0 } else { 0.0 });
         let acf = daily_acf(&step, 300);
         assert!(acf.unwrap().0 > 0.3 && !is_seasonal(acf, 0.3), "{acf:?}");
     }

@@ -33,6 +33,12 @@ impl Rng {
     }
 }
 
+/// `n` points of `shape(i)` plus standard normal noise drawn with `seed`.
+pub fn noisy(n: usize, seed: u64, shape: impl Fn(usize) -> f64) -> Vec<f64> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|i| shape(i) + rng.normal()).collect()
+}
+
 /// Weight of a stack at a bucket.
 pub type Weight = Box<dyn Fn(usize) -> f64>;
 

@@ -52,6 +52,14 @@ fn filtered_with<'a>(
     })
 }
 
+fn assert_filtered(r: &Report, filter: &str, function: &str) {
+    assert!(
+        filtered_by(r, filter, function).is_some(),
+        "{filter} {function}\n{}",
+        summary(r)
+    );
+}
+
 fn summary(r: &Report) -> String {
     let mut s = format!("note {:?}\n", r.note);
     for f in &r.funnel {
@@ -161,11 +169,7 @@ fn dedup_picks_the_leaf_when_the_leaf_carries_all_of_it() {
     let open = with_status(&r, "open");
     assert_eq!(open.len(), 1, "{}", summary(&r));
     assert_eq!(open[0].function, "sha256", "{}", summary(&r));
-    assert!(
-        filtered_by(&r, "dedup", "hash").is_some(),
-        "{}",
-        summary(&r)
-    );
+    assert_filtered(&r, "dedup", "hash");
 }
 
 #[test]
@@ -249,11 +253,7 @@ fn a_cost_shift_is_not_a_regression_real_growth_is() {
     };
     let r = run(&shift(0.02, 0.0), 6, &[]);
     assert!(with_status(&r, "open").is_empty(), "{}", summary(&r));
-    assert!(
-        filtered_by(&r, "cost_shift", "validate").is_some(),
-        "{}",
-        summary(&r)
-    );
+    assert_filtered(&r, "cost_shift", "validate");
 
     let r = run(&shift(0.0, 0.02), 6, &[]);
     let open = with_status(&r, "open");
@@ -270,11 +270,7 @@ fn an_improvement_is_not_a_regression() {
     assert_eq!(better[0].function, "hash");
     assert!(better[0].delta_share < 0.0 && better[0].delta_watts < 0.0);
     // io's share rose 1% only because hash shrank: normalization removed it.
-    assert!(
-        filtered_by(&r, "normalization", "io").is_some(),
-        "{}",
-        summary(&r)
-    );
+    assert_filtered(&r, "normalization", "io");
 }
 
 #[test]

@@ -192,7 +192,7 @@ pub fn span(seconds: i64) -> String {
 mod tests {
     use super::*;
     use crate::detect::changepoint::segment;
-    use crate::detect::testdata::Rng;
+    use crate::detect::testdata::noisy;
 
     fn runs_of(x: &[f64]) -> (Vec<Split>, Vec<Run>) {
         let s = segment(x, 1.0, 12, 0.01);
@@ -203,11 +203,10 @@ mod tests {
 
     #[test]
     fn a_slow_creep_is_one_creep() {
-        let mut rng = Rng::new(11);
-        // Flat for two days, then +3 sd spread over one day, then flat.
-        let x: Vec<f64> = (0..864)
-            .map(|i| rng.normal() + ((i as f64 - 576.0) / 288.0).clamp(0.0, 1.0) * 3.0)
-            .collect();
+        // Flat for two days, then +3 sd spread over one day.
+        let x = noisy(864, 11, |i| {
+            ((i as f64 - 576.0) / 288.0).clamp(0.0, 1.0) * 3.0
+        });
         let (s, r) = runs_of(&x);
         assert_eq!(r.len(), 1, "{r:?}");
         assert_eq!(r[0].kind, Kind::Creep, "{s:?}");
@@ -215,69 +214,33 @@ mod tests {
 
     #[test]
     fn a_step_is_not_a_creep() {
-        let mut rng = Rng::new(12);
-        let x: Vec<f64> = (0..864)
-            .map(|i| rng.normal() + if i >= 600 { 1.0 } else { 0.0 })
-            .collect();
+        let x = noisy(864, 12, |i| if i >= 600 { 1.0 } else { 0.0 });
         let (_, r) = runs_of(&x);
         assert_eq!(r.len(), 1, "{r:?}");
         assert_eq!(r[0].kind, Kind::Step);
     }
 
+    /// The went-away verdict of run `r` with the levels of its own segments.
+    fn verdict(seg: &Segments<'_>, r: &Run, lasted: i64, transient: i64, min: i64) -> String {
+        let (before, after) = (seg.mean(r.first), seg.mean(r.last + 1));
+        went_away(seg, r, before, after, lasted, transient, min).unwrap_or_default()
+    }
+
     #[test]
     fn went_away_fires_on_a_spike_not_on_a_lasting_step() {
-        let mut rng = Rng::new(13);
-        let spike: Vec<f64> = (0..864)
-            .map(|i| rng.normal() + if (300..360).contains(&i) { 2.0 } else { 0.0 })
-            .collect();
+        let spike = noisy(864, 13, |i| if (300..360).contains(&i) { 2.0 } else { 0.0 });
         let (splits, r) = runs_of(&spike);
         let seg = Segments::new(&spike, &splits);
-        let up = r[0];
-        let why = went_away(
-            &seg,
-            &up,
-            seg.mean(up.first),
-            seg.mean(up.last + 1),
-            86_400,
-            86_400,
-            10_800,
-        );
-        assert!(
-            why.as_deref().is_some_and(|w| w.starts_with("went away")),
-            "{why:?}"
-        );
-        let down = r[1];
-        let why = went_away(
-            &seg,
-            &down,
-            seg.mean(down.first),
-            seg.mean(down.last + 1),
-            86_400,
-            5 * 3600,
-            6 * 3600,
-        );
-        assert!(
-            why.as_deref()
-                .is_some_and(|w| w.starts_with("ends a transient")),
-            "{why:?}"
-        );
+        let why = verdict(&seg, &r[0], 86_400, 86_400, 10_800);
+        assert!(why.starts_with("went away"), "{why}");
+        let why = verdict(&seg, &r[1], 86_400, 5 * 3600, 6 * 3600);
+        assert!(why.starts_with("ends a transient"), "{why}");
 
-        let step: Vec<f64> = (0..864)
-            .map(|i| rng.normal() + if i >= 300 { 2.0 } else { 0.0 })
-            .collect();
+        let step = noisy(864, 14, |i| if i >= 300 { 2.0 } else { 0.0 });
         let (splits, r) = runs_of(&step);
         let seg = Segments::new(&step, &splits);
-        let why = went_away(
-            &seg,
-            &r[0],
-            seg.mean(0),
-            seg.mean(1),
-            86_400,
-            86_400,
-            10_800,
-        );
-        assert_eq!(why, None);
-        let why = went_away(&seg, &r[0], seg.mean(0), seg.mean(1), 3600, 86_400, 10_800);
-        assert!(why.is_some_and(|w| w.contains("not lasting yet: 1h of the 3h")));
+        assert_eq!(verdict(&seg, &r[0], 86_400, 86_400, 10_800), "");
+        let why = verdict(&seg, &r[0], 3600, 86_400, 10_800);
+        assert!(why.contains("not lasting yet: 1h of the 3h"), "{why}");
     }
 }
