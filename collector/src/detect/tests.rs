@@ -173,6 +173,29 @@ fn dedup_picks_the_leaf_when_the_leaf_carries_all_of_it() {
 }
 
 #[test]
+fn an_energy_only_regression_is_reported_in_the_energy_view() {
+    // hash's samples stay, its µJ per sample rise 30% (e.g. wider vector units).
+    let s = service(7, |_| 1.0).energy_fn("main;serve;handle;hash;sha256", |b| {
+        if b >= AT { 1.3 } else { 1.0 }
+    });
+    let r = run(&s, 11, &[]);
+    let open = with_status(&r, "open");
+    assert_eq!(open.len(), 1, "{}", summary(&r));
+    let g = open[0];
+    assert_eq!(
+        (g.function.as_str(), g.metric.as_str()),
+        ("sha256", "energy"),
+        "{}",
+        summary(&r)
+    );
+    assert!(
+        g.energy_delta_share.abs() < 0.1 * g.delta_share,
+        "cpu view {}",
+        g.energy_delta_share
+    );
+}
+
+#[test]
 fn a_spike_that_ends_is_not_a_regression_a_lasting_step_is() {
     let s = service(7, |b| if (AT..AT + 36).contains(&b) { 1.3 } else { 1.0 });
     let r = run(&s, 3, &[]);
