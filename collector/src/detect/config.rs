@@ -48,9 +48,9 @@ pub struct DetectConfig {
     /// Smallest reported change of a function's own cost, relative to its share before
     /// (0.0005 = 0.05%: 0.005% of the service in a function holding 10% of it).
     pub min_rel_change: f64,
-    /// Autocorrelation at one day (above that at half a day by as much) that makes a series
-    /// seasonal, so its daily profile is removed before testing.
-    pub seasonal_min_acf: f64,
+    /// Share of a series' variance within days that its daily profile must explain for the
+    /// series to be seasonal (its profile is then removed before testing).
+    pub seasonal_min_share: f64,
     /// Same-direction change points closer than this are one change (a creep or a staged
     /// rollout), seconds.
     #[serde(deserialize_with = "seconds")]
@@ -89,7 +89,7 @@ impl Default for DetectConfig {
             min_lasting: 3 * HOUR,
             min_abs_change: 0.00005,
             min_rel_change: 0.0005,
-            seasonal_min_acf: 0.3,
+            seasonal_min_share: 0.3,
             creep_gap: 24 * HOUR,
             dedup_flow: 0.8,
             shift_tolerance: 0.3,
@@ -198,7 +198,7 @@ impl DetectConfig {
             ("dedup_flow", self.dedup_flow, true),
             ("shift_tolerance", self.shift_tolerance, true),
             ("cause_min_score", self.cause_min_score, true),
-            ("seasonal_min_acf", self.seasonal_min_acf, true),
+            ("seasonal_min_share", self.seasonal_min_share, true),
         ];
         for (key, v, closed) in fractions {
             let ok = v.is_finite() && v > 0.0 && (v < 1.0 || (closed && v <= 1.0));

@@ -343,10 +343,12 @@ impl Around {
         for (_, g) in groups {
             let t0 = g[0].start;
             let t1 = g.iter().map(|c| c.end).max().unwrap_or(t0);
+            // As long as the best-measured member allows, up to a whole day (so a daily
+            // cycle in some stacks cancels between before and after).
             let w = g
                 .iter()
                 .map(|c| (c.before_span.1 - c.before_span.0).min(c.after_span.1 - c.after_span.0))
-                .min()
+                .max()
                 .unwrap_or(1)
                 .clamp(1, day);
             let before = (time(t0.saturating_sub(w)), time(t0));

@@ -92,6 +92,11 @@ impl Window {
         self.rows.iter().any(|r| r.through(func))
     }
 
+    /// True when both functions appear in the stacks and no stack passes through both.
+    pub fn disjoint(&self, f: &str, g: &str) -> bool {
+        self.has(f) && self.has(g) && !self.rows.iter().any(|r| r.through(f) && r.through(g))
+    }
+
     /// Before share of the stacks through `func`.
     pub fn before(&self, metric: Metric, func: &str) -> f64 {
         let k = m(metric);

@@ -42,6 +42,13 @@ impl<'a> Segments<'a> {
     }
 }
 
+/// A segment is part of a creep when its trend adds at least this share of the run's change.
+const CREEP_RISE: f64 = 0.25;
+
+/// A change back to the level before a shorter excursion than this ends a transient (a spike,
+/// or a change rolled back within a day), not a change of its own.
+const TRANSIENT: i64 = 86_400;
+
 /// Consecutive splits `first..=last` that are one change.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Run {
@@ -80,6 +87,7 @@ pub fn runs(
     }
     for r in &mut out {
         let sign = seg.sign(r.first);
+        let rise = CREEP_RISE * (seg.mean(r.last + 1) - seg.mean(r.first)).abs();
         // Inside the run, and after it while it is still going (the last segment).
         let end = if r.last + 2 == seg.count() {
             r.last + 1
@@ -87,7 +95,7 @@ pub fn runs(
             r.last
         };
         let creep = r.last - r.first >= 2
-            || (r.first + 1..=end).any(|j| trending(range(seg, j), block, sign, alpha));
+            || (r.first + 1..=end).any(|j| trending(range(seg, j), block, sign, alpha, rise));
         if creep {
             r.kind = Kind::Creep;
         }
@@ -101,13 +109,15 @@ fn range<'a>(seg: &Segments<'a>, j: usize) -> &'a [f64] {
 }
 
 /// A significant Mann-Kendall trend in direction `sign` over `block`-point means.
-fn trending(data: &[f64], block: usize, sign: f64, alpha: f64) -> bool {
+/// The rise over the data must also be material: at least `min_rise` (a share of the run's
+/// change), so residual wiggles of a long, flat segment are not a creep.
+fn trending(data: &[f64], block: usize, sign: f64, alpha: f64, min_rise: f64) -> bool {
     let blocks = block_means(data, block);
     if blocks.len() < 6 {
         return false;
     }
     let (s, p) = mann_kendall(&blocks);
-    p < alpha && s * sign > 0.0 && theil_sen(&blocks) * sign > 0.0
+    p < alpha && s * sign > 0.0 && theil_sen(&blocks) * sign * blocks.len() as f64 >= min_rise
 }
 
 /// Levels a run is judged on: before its first split, and after its last (for a creep, the
@@ -142,7 +152,7 @@ pub fn went_away(
             span(min_lasting)
         ));
     }
-    if r.first >= 1 && transient < min_lasting {
+    if r.first >= 1 && transient < TRANSIENT.max(min_lasting) {
         let earlier = seg.mean(r.first - 1);
         if (after - earlier).abs() < 0.5 * delta.abs() {
             return Some(format!(
