@@ -215,6 +215,23 @@ fn a_spike_that_ends_is_not_a_regression_a_lasting_step_is() {
 }
 
 #[test]
+fn a_change_rolled_back_within_a_day_is_neither_regression_nor_improvement() {
+    let s = service(7, |b| if (AT..AT + 96).contains(&b) { 1.2 } else { 1.0 });
+    let r = run(&s, 12, &[]);
+    let reported: Vec<_> = r
+        .regressions
+        .iter()
+        .filter(|g| g.status != "filtered")
+        .collect();
+    assert!(reported.is_empty(), "{}", summary(&r));
+    assert!(
+        filtered_with(&r, "went_away", "hash", "ends a transient of 8h").is_some(),
+        "{}",
+        summary(&r)
+    );
+}
+
+#[test]
 fn a_slow_creep_is_reported_as_a_creep() {
     // hash grows 10% over two days, linearly.
     let s = service(7, |b| {
