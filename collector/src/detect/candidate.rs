@@ -61,6 +61,9 @@ pub struct Candidate {
     pub after_span: (usize, usize),
     /// Bonferroni p-value of the likelihood-ratio test of the change.
     pub p: f64,
+    /// How far off (buckets) the change point's location may be: a small change against the
+    /// noise is located loosely (within ~20/snr^2), and root cause allows for it.
+    pub loc_err: usize,
     /// The same change in the other metric's view (0 when unknown).
     pub other_delta: f64,
     /// The filter that removed it, and its figures.
@@ -73,9 +76,21 @@ impl Candidate {
     }
 
     /// True when the two changes happened at about the same time: their spans, widened by
-    /// `tolerance` buckets, overlap.
+    /// `tolerance` buckets or by how loosely either is located, overlap.
     pub fn overlaps(&self, other: &Candidate, tolerance: usize) -> bool {
-        self.start <= other.end + tolerance && other.start <= self.end + tolerance
+        let slack = tolerance.max(self.loc_err).max(other.loc_err);
+        self.start <= other.end + slack && other.start <= self.end + slack
+    }
+
+    /// The change of the function's own cost as a fraction of the service after it, assuming
+    /// the rest of the service kept its cost: a share p that grows by d of the service moves
+    /// only by d (1 - p), so the share delta is scaled back by 1 / (1 - before).
+    pub fn cost_delta(&self) -> f64 {
+        if self.before < 0.999 {
+            self.delta() / (1.0 - self.before)
+        } else {
+            self.delta()
+        }
     }
 
     /// +1 for a growth (regression), -1 for a drop (improvement).

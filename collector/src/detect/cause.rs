@@ -6,8 +6,8 @@
 
 use wattson_proto::v1;
 
-use super::DetectConfig;
 use super::candidate::Candidate;
+use super::regression::Context;
 use super::stacks::Window;
 use super::trend::span;
 
@@ -21,18 +21,16 @@ const OTHER_ONLY: f64 = 0.4;
 
 /// The causes of candidate `c` (function `func`, started at `started`), best first.
 pub fn rank(
+    ctx: &Context<'_>,
     c: &Candidate,
     func: &str,
-    service: &str,
     started: i64,
-    step: i64,
-    changes: &[v1::Change],
     w: Option<&Window>,
-    cfg: &DetectConfig,
 ) -> Vec<v1::Cause> {
-    let tol = cfg.cause_tolerance_steps * step;
+    let (service, step, cfg) = (ctx.series.service.as_str(), ctx.series.step, ctx.cfg);
+    let tol = cfg.cause_tolerance_steps.max(c.loc_err as i64) * step;
     let mut out: Vec<(v1::Cause, i64)> = Vec::new();
-    for ch in changes {
+    for ch in ctx.changes {
         if ch.service != service
             || ch.at_unix_seconds > started + tol
             || ch.at_unix_seconds < started - tol - cfg.cause_window

@@ -66,7 +66,7 @@ fn seeded(x: &[f64], sigma: f64, min_segment: usize, alpha: f64) -> Scan {
     let m = min_segment.max(1);
     let n = x.len();
     let mut scan = Scan::default();
-    if n < 2 * m || !(sigma > 0.0) {
+    if n < 2 * m || sigma.is_nan() || sigma <= 0.0 {
         return scan;
     }
     let mut prefix = Vec::with_capacity(n + 1);
@@ -159,14 +159,13 @@ pub fn test_levels(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::testdata::Rng;
+    use crate::detect::testdata::noisy;
 
     #[test]
     fn noise_alone_has_no_change_point() {
         let mut false_alarms = 0;
         for seed in 0..50 {
-            let mut rng = Rng::new(seed);
-            let x: Vec<f64> = (0..2000).map(|_| 10.0 + rng.normal()).collect();
+            let x = noisy(2000, seed, |_| 10.0);
             false_alarms += segment(&x, 1.0, 12, 0.01).splits.len();
         }
         // 50 scans at alpha = 0.01 (Bonferroni: conservative) expect at most a few.
@@ -178,10 +177,7 @@ mod tests {
 
     #[test]
     fn a_step_is_found_where_it_is() {
-        let mut rng = Rng::new(7);
-        let x: Vec<f64> = (0..2000)
-            .map(|i| 10.0 + rng.normal() + if i >= 1500 { 1.0 } else { 0.0 })
-            .collect();
+        let x = noisy(2000, 7, |i| if i >= 1500 { 11.0 } else { 10.0 });
         let s = segment(&x, 1.0, 12, 0.01);
         assert_eq!(s.splits.len(), 1, "{:?}", s.splits);
         assert!((s.splits[0].at as i64 - 1500).abs() <= 10, "{:?}", s.splits);
@@ -190,10 +186,7 @@ mod tests {
 
     #[test]
     fn a_spike_gives_two_change_points() {
-        let mut rng = Rng::new(3);
-        let x: Vec<f64> = (0..1000)
-            .map(|i| rng.normal() + if (400..440).contains(&i) { 3.0 } else { 0.0 })
-            .collect();
+        let x = noisy(1000, 3, |i| if (400..440).contains(&i) { 3.0 } else { 0.0 });
         let s = segment(&x, 1.0, 12, 0.01);
         let at: Vec<usize> = s.splits.iter().map(|s| s.at).collect();
         assert_eq!(at.len(), 2, "{at:?}");

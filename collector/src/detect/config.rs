@@ -45,11 +45,12 @@ pub struct DetectConfig {
     pub min_lasting: i64,
     /// Smallest reported change of a share, as a fraction of the service (0.00005 = 0.005%).
     pub min_abs_change: f64,
-    /// Smallest reported change relative to the share before (0.005 = 0.5%).
+    /// Smallest reported change of a function's own cost, relative to its share before
+    /// (0.0005 = 0.05%: 0.005% of the service in a function holding 10% of it).
     pub min_rel_change: f64,
-    /// Autocorrelation at one day (above that at half a day by as much) that makes a series
-    /// seasonal, so its daily profile is removed before testing.
-    pub seasonal_min_acf: f64,
+    /// Share of a series' variance within days that its daily profile must explain for the
+    /// series to be seasonal (its profile is then removed before testing).
+    pub seasonal_min_share: f64,
     /// Same-direction change points closer than this are one change (a creep or a staged
     /// rollout), seconds.
     #[serde(deserialize_with = "seconds")]
@@ -87,8 +88,8 @@ impl Default for DetectConfig {
             min_segment: HOUR,
             min_lasting: 3 * HOUR,
             min_abs_change: 0.00005,
-            min_rel_change: 0.005,
-            seasonal_min_acf: 0.3,
+            min_rel_change: 0.0005,
+            seasonal_min_share: 0.3,
             creep_gap: 24 * HOUR,
             dedup_flow: 0.8,
             shift_tolerance: 0.3,
@@ -197,7 +198,7 @@ impl DetectConfig {
             ("dedup_flow", self.dedup_flow, true),
             ("shift_tolerance", self.shift_tolerance, true),
             ("cause_min_score", self.cause_min_score, true),
-            ("seasonal_min_acf", self.seasonal_min_acf, true),
+            ("seasonal_min_share", self.seasonal_min_share, true),
         ];
         for (key, v, closed) in fractions {
             let ok = v.is_finite() && v > 0.0 && (v < 1.0 || (closed && v <= 1.0));
@@ -296,6 +297,6 @@ mod tests {
         assert_eq!((api.step, api.min_rel_change, api.alpha), (60, 0.1, 0.02));
         assert!(api.services.is_empty());
         let web = c.for_service("web");
-        assert_eq!((web.step, web.min_rel_change), (300, 0.005));
+        assert_eq!((web.step, web.min_rel_change), (300, 0.0005));
     }
 }

@@ -42,8 +42,8 @@ pub fn merge_metrics(funnel: &mut Funnel, mut cands: Vec<Candidate>) -> Vec<Cand
     kept
 }
 
-/// Removes callers of a candidate that carries at least `flow` of their added cost, then
-/// candidates below a kept one that carry less than that.
+/// Removes callers of a candidate that carries at least `flow` of their added cost (or all
+/// but what the caller's noise could hide), then candidates below a kept one that carry less.
 pub fn callers_and_leaves(
     funnel: &mut Funnel,
     cands: Vec<Candidate>,
@@ -52,8 +52,12 @@ pub fn callers_and_leaves(
     flow: f64,
 ) -> Vec<Candidate> {
     let name = |c: &Candidate| s.functions[c.func].function.as_str();
+    // `b` changed the same way within the stacks measured around `a` (a change point located
+    // loosely, as a small one is, still falls inside).
     let related = |a: &Candidate, b: &Candidate| {
-        a.func != b.func && a.sign() == b.sign() && a.overlaps(b, SAME_CHANGE)
+        a.func != b.func
+            && a.sign() == b.sign()
+            && (a.overlaps(b, SAME_CHANGE) || around.covers(a, b))
     };
     // Flow of `c` (through `upper` first when given), in `c`'s direction.
     let flow_of = |c: &Candidate, upper: Option<&Candidate>| -> Option<f64> {
@@ -67,11 +71,17 @@ pub fn callers_and_leaves(
         let Some(total) = flow_of(a, None).filter(|t| *t > 0.0) else {
             continue;
         };
+        // What a callee leaves unexplained must be small, or, for a caller holding most of the
+        // service (measured against little else), within its noise.
+        let noise = around
+            .window(a)
+            .filter(|w| w.before(a.metric, name(a)) >= 0.5)
+            .map_or(0.0, |w| 3.0 * w.flow_noise(a.metric, name(a)));
         let best = cands
             .iter()
             .filter(|b| related(a, b))
             .filter_map(|b| flow_of(b, Some(a)).map(|f| (b, f)))
-            .filter(|(_, f)| *f >= flow * total)
+            .filter(|(_, f)| *f > 0.0 && (*f >= flow * total || total - f <= noise))
             .max_by(|x, y| x.1.total_cmp(&y.1));
         if let Some((b, f)) = best {
             callers[i] = Some(format!(

@@ -306,7 +306,8 @@ fn span_mean(x: &[f64], (lo, hi): (usize, usize)) -> f64 {
 pub(crate) struct Around {
     /// Per candidate start bucket, the window of its group (candidates whose spans overlap).
     of: HashMap<usize, usize>,
-    windows: Vec<Window>,
+    /// Per group, its stacks and the buckets they cover (before start, after end).
+    windows: Vec<(Window, (usize, usize))>,
     note: String,
 }
 
@@ -321,14 +322,16 @@ impl Around {
         starts.sort_by_key(|c| c.start);
         let tol = grid.cfg.cause_tolerance_steps.max(2) as usize;
         let day = grid.cfg.buckets(86_400);
+        // Each group: how far its spans reach (end plus location slack), and its members.
         let mut groups: Vec<(usize, Vec<&Candidate>)> = Vec::new();
         for c in starts {
+            let reach = c.end + tol.max(c.loc_err);
             match groups.last_mut() {
-                Some((end, g)) if c.start <= *end + tol => {
-                    *end = (*end).max(c.end);
+                Some((r, g)) if c.start.saturating_sub(c.loc_err) <= *r => {
+                    *r = (*r).max(reach);
                     g.push(c);
                 }
-                _ => groups.push((c.end, vec![c])),
+                _ => groups.push((reach, vec![c])),
             }
         }
         let mut around = Around {
@@ -337,12 +340,15 @@ impl Around {
             note: String::new(),
         };
         let time = |b: usize| s.start + b as i64 * s.step;
-        for (t1, g) in groups {
+        for (_, g) in groups {
             let t0 = g[0].start;
+            let t1 = g.iter().map(|c| c.end).max().unwrap_or(t0);
+            // As long as the best-measured member allows, up to a whole day (so a daily
+            // cycle in some stacks cancels between before and after).
             let w = g
                 .iter()
                 .map(|c| (c.before_span.1 - c.before_span.0).min(c.after_span.1 - c.after_span.0))
-                .min()
+                .max()
                 .unwrap_or(1)
                 .clamp(1, day);
             let before = (time(t0.saturating_sub(w)), time(t0));
@@ -352,7 +358,9 @@ impl Around {
             for c in &g {
                 around.of.insert(c.start, around.windows.len());
             }
-            around.windows.push(window);
+            around
+                .windows
+                .push((window, (t0.saturating_sub(w), t1 + skip + w)));
         }
         Ok(around)
     }
@@ -361,8 +369,16 @@ impl Around {
     pub fn window(&self, c: &Candidate) -> Option<&Window> {
         self.of
             .get(&c.start)
-            .map(|i| &self.windows[*i])
+            .map(|i| &self.windows[*i].0)
             .filter(|w| !w.rows.is_empty())
+    }
+
+    /// True when `other` changed inside the buckets the stacks around `c` cover: what flows
+    /// through it there is part of what was measured for `c`.
+    pub fn covers(&self, c: &Candidate, other: &Candidate) -> bool {
+        self.of
+            .get(&c.start)
+            .is_some_and(|i| (self.windows[*i].1.0..self.windows[*i].1.1).contains(&other.start))
     }
 
     fn missing_note(&mut self, cands: &[Candidate]) {

@@ -30,7 +30,8 @@ pub fn build(ctx: &Context<'_>, c: &Candidate, w: Option<&Window>) -> v1::Regres
     let hi = hi.min(s.energy_uj.len());
     let uj = s.energy_uj[lo..hi].iter().sum::<f64>() / (hi - lo).max(1) as f64;
     let watts = uj / s.step as f64 / 1e6;
-    let delta_watts = c.delta() * watts;
+    // Added watts: the function's own cost change (not its share's, which the rest dilutes).
+    let delta_watts = c.cost_delta() * watts;
     let fleet = delta_watts * s.fleet_scale;
     let status = match (&c.verdict, c.sign() > 0.0) {
         (Some(_), _) => "filtered",
@@ -56,7 +57,7 @@ pub fn build(ctx: &Context<'_>, c: &Candidate, w: Option<&Window>) -> v1::Regres
         })
         .unwrap_or_default();
     let causes = if c.verdict.is_none() {
-        cause::rank(c, f, &s.service, started, s.step, ctx.changes, w, ctx.cfg)
+        cause::rank(ctx, c, f, started, w)
     } else {
         Vec::new()
     };

@@ -1,6 +1,6 @@
-//! Daily seasonality: whether a series repeats every day (its autocorrelation at one day is
-//! high, and well above that at half a day, which a mere step would not give), and the
-//! per-time-of-day profile that is removed before testing, learned robustly from the history
+//! Daily seasonality: whether a series repeats every day (its daily profile explains much of
+//! its variance within days, which a step, a spike or a ramp on a day or two would not), and
+//! the per-time-of-day profile that is removed before testing, learned robustly from the history
 //! (median over days of each bucket's deviation from its day's median, so a step or a spike on
 //! one day barely moves it).
 
@@ -8,20 +8,20 @@ use super::stats::median_in_place;
 
 const DAY: i64 = 86_400;
 
-/// Autocorrelations at one day and at half a day, or None with less than two days of data.
-/// `x` is on a fixed `step` grid, NaN where there is no data. Computed on hourly means (a
-/// twelfth of the work at a 5-minute step; a daily cycle lives at that scale).
-pub fn daily_acf(x: &[f64], step: i64) -> Option<(f64, f64)> {
+/// How much of a series' hourly variance within days its daily profile explains, corrected
+/// for what the profile of pure noise would explain (about 0 without a cycle, up to 1), or
+/// None with under three days of data. `x` is on a fixed `step` grid, NaN where there is no
+/// data. Hourly means (a twelfth of the work at a 5-minute step; a daily cycle lives at that
+/// scale), each day less its median (a step between days touches one day), the profile the
+/// median over days of each hour (a ramp or a spike on one or two days barely moves it).
+pub fn daily_strength(x: &[f64], step: i64) -> Option<f64> {
     let block = if 3600 % step == 0 {
         (3600 / step) as usize
     } else {
         1
     };
     let period = (DAY / step) as usize / block;
-    if x.len() < 2 * period * block {
-        return None;
-    }
-    let hourly: Vec<f64> = x
+    let mut hourly: Vec<f64> = x
         .chunks(block)
         .map(|c| {
             let (s, n) = c
@@ -31,38 +31,54 @@ pub fn daily_acf(x: &[f64], step: i64) -> Option<(f64, f64)> {
             if n == 0 { f64::NAN } else { s / n as f64 }
         })
         .collect();
-    let (mut sum, mut n) = (0.0, 0usize);
-    for v in hourly.iter().filter(|v| v.is_finite()) {
-        sum += v;
-        n += 1;
+    let mut scratch = Vec::with_capacity(period);
+    let mut days = 0;
+    for day in hourly.chunks_mut(period) {
+        scratch.clear();
+        scratch.extend(day.iter().copied().filter(|v| v.is_finite()));
+        if day.len() < period || scratch.len() < period / 2 {
+            day.iter_mut().for_each(|v| *v = f64::NAN);
+            continue;
+        }
+        days += 1;
+        let m = median_in_place(&mut scratch);
+        day.iter_mut().for_each(|v| *v -= m);
     }
-    let mu = sum / n.max(1) as f64;
-    let var = hourly
-        .iter()
-        .filter(|v| v.is_finite())
-        .map(|v| (v - mu).powi(2))
-        .sum::<f64>()
-        / n.max(1) as f64;
-    if !(var > 0.0) {
+    if days < 3 {
         return None;
     }
-    let acf = |lag: usize| {
-        let (mut s, mut k) = (0.0, 0usize);
-        for (a, b) in hourly.iter().zip(&hourly[lag..]) {
-            if a.is_finite() && b.is_finite() {
-                s += (a - mu) * (b - mu);
-                k += 1;
-            }
+    let mut total = (0.0, 0usize);
+    let mut profile = 0.0;
+    for h in 0..period {
+        scratch.clear();
+        scratch.extend(
+            hourly
+                .iter()
+                .skip(h)
+                .step_by(period)
+                .copied()
+                .filter(|v| v.is_finite()),
+        );
+        for v in &scratch {
+            total = (total.0 + v * v, total.1 + 1);
         }
-        if k == 0 { 0.0 } else { s / k as f64 / var }
-    };
-    Some((acf(period), acf(period / 2)))
+        let m = median_in_place(&mut scratch);
+        if m.is_finite() {
+            profile += m * m;
+        }
+    }
+    let var = total.0 / total.1.max(1) as f64;
+    if var.is_nan() || var <= 0.0 {
+        return None;
+    }
+    // The median of n normal values has variance pi/2 sigma^2 / n.
+    let noise = std::f64::consts::FRAC_PI_2 * var / days as f64;
+    Some((profile / period as f64 - noise) / var)
 }
 
-/// True when the daily cycle is significant: one-day autocorrelation at least `min_acf` and
-/// above the half-day one by as much.
-pub fn is_seasonal(acf: Option<(f64, f64)>, min_acf: f64) -> bool {
-    acf.is_some_and(|(day, half)| day >= min_acf && day - half >= min_acf)
+/// True when the daily profile explains at least `min_share` of the variance.
+pub fn is_seasonal(strength: Option<f64>, min_share: f64) -> bool {
+    strength.is_some_and(|s| s >= min_share)
 }
 
 /// Subtracts the per-time-of-day profile from `x` in place (buckets start at `start`, Unix
@@ -120,7 +136,7 @@ pub fn remove_daily_profile(x: &mut [f64], start: i64, step: i64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::testdata::Rng;
+    use crate::detect::testdata::{Rng, noisy};
 
     fn daily(days: usize, step_up: Option<usize>, seed: u64) -> Vec<f64> {
         let mut rng = Rng::new(seed);
@@ -135,14 +151,19 @@ mod tests {
     }
 
     #[test]
-    fn daily_cycle_is_seasonal_a_step_is_not() {
-        assert!(is_seasonal(daily_acf(&daily(7, None, 1), 300), 0.3));
-        let mut rng = Rng::new(2);
-        let step: Vec<f64> = (0..7 * 288)
-            .map(|i| rng.normal() + if i > 1000 { 5.0 } else { 0.0 })
-            .collect();
-        let acf = daily_acf(&step, 300);
-        assert!(acf.unwrap().0 > 0.3 && !is_seasonal(acf, 0.3), "{acf:?}");
+    fn daily_cycle_is_seasonal_a_step_or_a_ramp_is_not() {
+        let strength = daily_strength(&daily(7, None, 1), 300);
+        assert!(is_seasonal(strength, 0.3), "{strength:?}");
+        let step = noisy(7 * 288, 2, |i| if i > 1000 { 5.0 } else { 0.0 });
+        let strength = daily_strength(&step, 300);
+        assert!(!is_seasonal(strength, 0.3), "{strength:?}");
+        let ramp = noisy(7 * 288, 3, |i| {
+            ((i as f64 - 864.0) / 576.0).clamp(0.0, 1.0) * 5.0
+        });
+        let strength = daily_strength(&ramp, 300);
+        assert!(!is_seasonal(strength, 0.3), "{strength:?}");
+        let noise = noisy(3 * 288, 4, |_| 0.0);
+        assert!(daily_strength(&noise, 300).unwrap().abs() < 0.2);
     }
 
     #[test]

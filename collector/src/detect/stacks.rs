@@ -31,6 +31,8 @@ impl Row {
 #[derive(Debug, Default)]
 pub struct Window {
     pub rows: Vec<Row>,
+    /// Samples before and after: how precise the shares are.
+    samples: (f64, f64),
 }
 
 fn m(metric: Metric) -> usize {
@@ -78,12 +80,21 @@ impl Window {
         }
         let mut rows: Vec<Row> = rows.into_values().collect();
         rows.sort_by(|x, y| x.folded.cmp(&y.folded));
-        Ok(Window { rows })
+        let samples = |l: &[(String, u64, f64)]| l.iter().map(|r| r.1 as f64).sum::<f64>();
+        Ok(Window {
+            rows,
+            samples: (samples(&b), samples(&a)),
+        })
     }
 
     /// True when some stack passes through `func`.
     pub fn has(&self, func: &str) -> bool {
         self.rows.iter().any(|r| r.through(func))
+    }
+
+    /// True when both functions appear in the stacks and no stack passes through both.
+    pub fn disjoint(&self, f: &str, g: &str) -> bool {
+        self.has(f) && self.has(g) && !self.rows.iter().any(|r| r.through(f) && r.through(g))
     }
 
     /// Before share of the stacks through `func`.
@@ -130,6 +141,20 @@ impl Window {
             }
         }
         ratios.last().map(|r| r.0)
+    }
+
+    /// Standard error of the excess of stacks through `func` (share `p` of the service) when
+    /// the scale is measured on the stacks not through `func`: the scale's sampling error
+    /// times `p`, plus the stacks' own.
+    pub fn flow_noise(&self, metric: Metric, func: &str) -> f64 {
+        let (nb, na) = self.samples;
+        if nb <= 0.0 || na <= 0.0 {
+            return f64::INFINITY;
+        }
+        let p = self.before(metric, func).clamp(0.0, 1.0);
+        let rest = (1.0 - p).max(1e-9);
+        let scale_rel = (1.0 / (rest * nb) + 1.0 / (rest * na)).sqrt();
+        p * scale_rel + (p * (1.0 - p) * (1.0 / nb + 1.0 / na)).sqrt()
     }
 
     /// Excess (own change, the rest's `scale` taken out) of the stacks through `upper` and then

@@ -127,10 +127,7 @@ mod tests {
         assert_eq!(median_in_place(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median_in_place(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
         // A big step barely moves the noise estimate.
-        let mut rng = crate::detect::testdata::Rng::new(5);
-        let x: Vec<f64> = (0..2000)
-            .map(|i| rng.normal() + if i > 1000 { 50.0 } else { 0.0 })
-            .collect();
+        let x = crate::detect::testdata::noisy(2000, 5, |i| if i > 1000 { 50.0 } else { 0.0 });
         let sd = noise_sd(&x, &mut Vec::new());
         assert!((sd - 1.0).abs() < 0.08, "{sd}");
     }

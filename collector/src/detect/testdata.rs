@@ -33,6 +33,12 @@ impl Rng {
     }
 }
 
+/// `n` points of `shape(i)` plus standard normal noise drawn with `seed`.
+pub fn noisy(n: usize, seed: u64, shape: impl Fn(usize) -> f64) -> Vec<f64> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|i| shape(i) + rng.normal()).collect()
+}
+
 /// Weight of a stack at a bucket.
 pub type Weight = Box<dyn Fn(usize) -> f64>;
 
@@ -45,7 +51,7 @@ pub struct Synth {
     pub buckets: usize,
     pub samples: f64,
     pub uj_per_sample: f64,
-    pub stacks: Vec<(String, f64, Weight)>,
+    pub stacks: Vec<(String, Weight, Weight)>,
 }
 
 pub const STEP: i64 = 300;
@@ -69,13 +75,25 @@ impl Synth {
     /// Adds a stack of constant weight.
     pub fn stack(mut self, folded: &str, weight: f64) -> Synth {
         self.stacks
-            .push((folded.into(), 1.0, Box::new(move |_| weight)));
+            .push((folded.into(), Box::new(|_| 1.0), Box::new(move |_| weight)));
         self
     }
 
     /// Adds a stack whose weight is a function of the bucket.
     pub fn stack_fn(mut self, folded: &str, weight: impl Fn(usize) -> f64 + 'static) -> Synth {
-        self.stacks.push((folded.into(), 1.0, Box::new(weight)));
+        self.stacks
+            .push((folded.into(), Box::new(|_| 1.0), Box::new(weight)));
+        self
+    }
+
+    /// Sets the µJ per sample of stack `folded`, relative to the others, per bucket.
+    pub fn energy_fn(mut self, folded: &str, factor: impl Fn(usize) -> f64 + 'static) -> Synth {
+        let s = self
+            .stacks
+            .iter_mut()
+            .find(|s| s.0 == folded)
+            .expect("a stack added before");
+        s.1 = Box::new(factor);
         self
     }
 
@@ -99,7 +117,16 @@ impl Synth {
                 *c = draw.round().max(0.0) as u64;
             }
         }
-        let uj = |s: usize, n: u64| n as f64 * self.uj_per_sample * self.stacks[s].1;
+        let uj: Vec<Vec<f64>> = counts
+            .iter()
+            .enumerate()
+            .map(|(b, r)| {
+                r.iter()
+                    .enumerate()
+                    .map(|(s, n)| *n as f64 * self.uj_per_sample * self.stacks[s].1(b))
+                    .collect()
+            })
+            .collect();
         let mut series = ServiceSeries {
             service: self.service.clone(),
             start: self.start,
@@ -108,10 +135,7 @@ impl Synth {
                 .iter()
                 .map(|r| r.iter().sum::<u64>() as f64)
                 .collect(),
-            energy_uj: counts
-                .iter()
-                .map(|r| r.iter().enumerate().map(|(s, n)| uj(s, *n)).sum())
-                .collect(),
+            energy_uj: uj.iter().map(|r| r.iter().sum()).collect(),
             estimated: false,
             fleet_scale: 10.0,
             functions: Vec::new(),
@@ -126,9 +150,9 @@ impl Synth {
                     .iter()
                     .map(|r| through.iter().map(|s| r[*s]).sum::<u64>() as f64)
                     .collect(),
-                energy_incl_uj: counts
+                energy_incl_uj: uj
                     .iter()
-                    .map(|r| through.iter().map(|s| uj(*s, r[*s])).sum())
+                    .map(|r| through.iter().map(|s| r[*s]).sum())
                     .collect(),
             });
         }
@@ -136,12 +160,8 @@ impl Synth {
             start: self.start,
             step: self.step,
             names: self.stacks.iter().map(|s| s.0.clone()).collect(),
-            energy: self
-                .stacks
-                .iter()
-                .map(|s| self.uj_per_sample * s.1)
-                .collect(),
             counts,
+            uj,
         };
         (series, stacks)
     }
@@ -152,8 +172,8 @@ pub struct MemStacks {
     start: i64,
     step: i64,
     names: Vec<String>,
-    energy: Vec<f64>,
     counts: Vec<Vec<u64>>,
+    uj: Vec<Vec<f64>>,
 }
 
 impl StackSource for MemStacks {
@@ -161,19 +181,22 @@ impl StackSource for MemStacks {
         let b = |t: i64| {
             ((t - self.start).div_euclid(self.step)).clamp(0, self.counts.len() as i64) as usize
         };
-        let mut sums = vec![0u64; self.names.len()];
-        for row in &self.counts[b(from)..b(to)] {
-            for (s, n) in sums.iter_mut().zip(row) {
-                *s += n;
+        let mut sums = vec![(0u64, 0.0f64); self.names.len()];
+        for (row, uj) in self.counts[b(from)..b(to)]
+            .iter()
+            .zip(&self.uj[b(from)..b(to)])
+        {
+            for ((s, n), e) in sums.iter_mut().zip(row).zip(uj) {
+                s.0 += n;
+                s.1 += e;
             }
         }
         Ok(self
             .names
             .iter()
             .zip(sums)
-            .zip(&self.energy)
-            .filter(|((_, n), _)| *n > 0)
-            .map(|((name, n), e)| (name.clone(), n, n as f64 * e))
+            .filter(|(_, (n, _))| *n > 0)
+            .map(|(name, (n, e))| (name.clone(), n, e))
             .collect())
     }
 }

@@ -52,6 +52,14 @@ fn filtered_with<'a>(
     })
 }
 
+fn assert_filtered(r: &Report, filter: &str, function: &str) {
+    assert!(
+        filtered_by(r, filter, function).is_some(),
+        "{filter} {function}\n{}",
+        summary(r)
+    );
+}
+
 fn summary(r: &Report) -> String {
     let mut s = format!("note {:?}\n", r.note);
     for f in &r.funnel {
@@ -161,10 +169,29 @@ fn dedup_picks_the_leaf_when_the_leaf_carries_all_of_it() {
     let open = with_status(&r, "open");
     assert_eq!(open.len(), 1, "{}", summary(&r));
     assert_eq!(open[0].function, "sha256", "{}", summary(&r));
-    assert!(
-        filtered_by(&r, "dedup", "hash").is_some(),
+    assert_filtered(&r, "dedup", "hash");
+}
+
+#[test]
+fn an_energy_only_regression_is_reported_in_the_energy_view() {
+    // hash's samples stay, its µJ per sample rise 30% (e.g. wider vector units).
+    let s = service(7, |_| 1.0).energy_fn("main;serve;handle;hash;sha256", |b| {
+        if b >= AT { 1.3 } else { 1.0 }
+    });
+    let r = run(&s, 11, &[]);
+    let open = with_status(&r, "open");
+    assert_eq!(open.len(), 1, "{}", summary(&r));
+    let g = open[0];
+    assert_eq!(
+        (g.function.as_str(), g.metric.as_str()),
+        ("sha256", "energy"),
         "{}",
         summary(&r)
+    );
+    assert!(
+        g.energy_delta_share.abs() < 0.1 * g.delta_share,
+        "cpu view {}",
+        g.energy_delta_share
     );
 }
 
@@ -173,7 +200,7 @@ fn a_spike_that_ends_is_not_a_regression_a_lasting_step_is() {
     let s = service(7, |b| if (AT..AT + 36).contains(&b) { 1.3 } else { 1.0 });
     let r = run(&s, 3, &[]);
     assert!(with_status(&r, "open").is_empty(), "{}", summary(&r));
-    let away = filtered_by(&r, "went_away", "hash").expect(&summary(&r));
+    let away = filtered_by(&r, "went_away", "hash").unwrap_or_else(|| panic!("{}", summary(&r)));
     assert!(
         away.filtered_by
             .as_ref()
@@ -185,6 +212,23 @@ fn a_spike_that_ends_is_not_a_regression_a_lasting_step_is() {
     let s = service(7, |b| if b >= AT { 1.3 } else { 1.0 });
     let r = run(&s, 3, &[]);
     assert_eq!(with_status(&r, "open").len(), 1, "{}", summary(&r));
+}
+
+#[test]
+fn a_change_rolled_back_within_a_day_is_neither_regression_nor_improvement() {
+    let s = service(7, |b| if (AT..AT + 96).contains(&b) { 1.2 } else { 1.0 });
+    let r = run(&s, 12, &[]);
+    let reported: Vec<_> = r
+        .regressions
+        .iter()
+        .filter(|g| g.status != "filtered")
+        .collect();
+    assert!(reported.is_empty(), "{}", summary(&r));
+    assert!(
+        filtered_with(&r, "went_away", "hash", "ends a transient of 8h").is_some(),
+        "{}",
+        summary(&r)
+    );
 }
 
 #[test]
@@ -249,11 +293,7 @@ fn a_cost_shift_is_not_a_regression_real_growth_is() {
     };
     let r = run(&shift(0.02, 0.0), 6, &[]);
     assert!(with_status(&r, "open").is_empty(), "{}", summary(&r));
-    assert!(
-        filtered_by(&r, "cost_shift", "validate").is_some(),
-        "{}",
-        summary(&r)
-    );
+    assert_filtered(&r, "cost_shift", "validate");
 
     let r = run(&shift(0.0, 0.02), 6, &[]);
     let open = with_status(&r, "open");
@@ -270,11 +310,7 @@ fn an_improvement_is_not_a_regression() {
     assert_eq!(better[0].function, "hash");
     assert!(better[0].delta_share < 0.0 && better[0].delta_watts < 0.0);
     // io's share rose 1% only because hash shrank: normalization removed it.
-    assert!(
-        filtered_by(&r, "normalization", "io").is_some(),
-        "{}",
-        summary(&r)
-    );
+    assert_filtered(&r, "normalization", "io");
 }
 
 #[test]

@@ -42,6 +42,13 @@ impl<'a> Segments<'a> {
     }
 }
 
+/// A segment is part of a creep when its trend adds at least this share of the run's change.
+const CREEP_RISE: f64 = 0.25;
+
+/// A change back to the level before a shorter excursion than this ends a transient (a spike,
+/// or a change rolled back within a day), not a change of its own.
+const TRANSIENT: i64 = 86_400;
+
 /// Consecutive splits `first..=last` that are one change.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Run {
@@ -80,6 +87,7 @@ pub fn runs(
     }
     for r in &mut out {
         let sign = seg.sign(r.first);
+        let rise = CREEP_RISE * (seg.mean(r.last + 1) - seg.mean(r.first)).abs();
         // Inside the run, and after it while it is still going (the last segment).
         let end = if r.last + 2 == seg.count() {
             r.last + 1
@@ -87,7 +95,7 @@ pub fn runs(
             r.last
         };
         let creep = r.last - r.first >= 2
-            || (r.first + 1..=end).any(|j| trending(range(seg, j), block, sign, alpha));
+            || (r.first + 1..=end).any(|j| trending(range(seg, j), block, sign, alpha, rise));
         if creep {
             r.kind = Kind::Creep;
         }
@@ -101,13 +109,15 @@ fn range<'a>(seg: &Segments<'a>, j: usize) -> &'a [f64] {
 }
 
 /// A significant Mann-Kendall trend in direction `sign` over `block`-point means.
-fn trending(data: &[f64], block: usize, sign: f64, alpha: f64) -> bool {
+/// The rise over the data must also be material: at least `min_rise` (a share of the run's
+/// change), so residual wiggles of a long, flat segment are not a creep.
+fn trending(data: &[f64], block: usize, sign: f64, alpha: f64, min_rise: f64) -> bool {
     let blocks = block_means(data, block);
     if blocks.len() < 6 {
         return false;
     }
     let (s, p) = mann_kendall(&blocks);
-    p < alpha && s * sign > 0.0 && theil_sen(&blocks) * sign > 0.0
+    p < alpha && s * sign > 0.0 && theil_sen(&blocks) * sign * blocks.len() as f64 >= min_rise
 }
 
 /// Levels a run is judged on: before its first split, and after its last (for a creep, the
@@ -142,7 +152,7 @@ pub fn went_away(
             span(min_lasting)
         ));
     }
-    if r.first >= 1 && transient < min_lasting {
+    if r.first >= 1 && transient < TRANSIENT.max(min_lasting) {
         let earlier = seg.mean(r.first - 1);
         if (after - earlier).abs() < 0.5 * delta.abs() {
             return Some(format!(
@@ -192,7 +202,7 @@ pub fn span(seconds: i64) -> String {
 mod tests {
     use super::*;
     use crate::detect::changepoint::segment;
-    use crate::detect::testdata::Rng;
+    use crate::detect::testdata::noisy;
 
     fn runs_of(x: &[f64]) -> (Vec<Split>, Vec<Run>) {
         let s = segment(x, 1.0, 12, 0.01);
@@ -203,11 +213,10 @@ mod tests {
 
     #[test]
     fn a_slow_creep_is_one_creep() {
-        let mut rng = Rng::new(11);
-        // Flat for two days, then +3 sd spread over one day, then flat.
-        let x: Vec<f64> = (0..864)
-            .map(|i| rng.normal() + ((i as f64 - 576.0) / 288.0).clamp(0.0, 1.0) * 3.0)
-            .collect();
+        // Flat for two days, then +3 sd spread over one day.
+        let x = noisy(864, 11, |i| {
+            ((i as f64 - 576.0) / 288.0).clamp(0.0, 1.0) * 3.0
+        });
         let (s, r) = runs_of(&x);
         assert_eq!(r.len(), 1, "{r:?}");
         assert_eq!(r[0].kind, Kind::Creep, "{s:?}");
@@ -215,69 +224,33 @@ mod tests {
 
     #[test]
     fn a_step_is_not_a_creep() {
-        let mut rng = Rng::new(12);
-        let x: Vec<f64> = (0..864)
-            .map(|i| rng.normal() + if i >= 600 { 1.0 } else { 0.0 })
-            .collect();
+        let x = noisy(864, 12, |i| if i >= 600 { 1.0 } else { 0.0 });
         let (_, r) = runs_of(&x);
         assert_eq!(r.len(), 1, "{r:?}");
         assert_eq!(r[0].kind, Kind::Step);
     }
 
+    /// The went-away verdict of run `r` with the levels of its own segments.
+    fn verdict(seg: &Segments<'_>, r: &Run, lasted: i64, transient: i64, min: i64) -> String {
+        let (before, after) = (seg.mean(r.first), seg.mean(r.last + 1));
+        went_away(seg, r, before, after, lasted, transient, min).unwrap_or_default()
+    }
+
     #[test]
     fn went_away_fires_on_a_spike_not_on_a_lasting_step() {
-        let mut rng = Rng::new(13);
-        let spike: Vec<f64> = (0..864)
-            .map(|i| rng.normal() + if (300..360).contains(&i) { 2.0 } else { 0.0 })
-            .collect();
+        let spike = noisy(864, 13, |i| if (300..360).contains(&i) { 2.0 } else { 0.0 });
         let (splits, r) = runs_of(&spike);
         let seg = Segments::new(&spike, &splits);
-        let up = r[0];
-        let why = went_away(
-            &seg,
-            &up,
-            seg.mean(up.first),
-            seg.mean(up.last + 1),
-            86_400,
-            86_400,
-            10_800,
-        );
-        assert!(
-            why.as_deref().is_some_and(|w| w.starts_with("went away")),
-            "{why:?}"
-        );
-        let down = r[1];
-        let why = went_away(
-            &seg,
-            &down,
-            seg.mean(down.first),
-            seg.mean(down.last + 1),
-            86_400,
-            5 * 3600,
-            6 * 3600,
-        );
-        assert!(
-            why.as_deref()
-                .is_some_and(|w| w.starts_with("ends a transient")),
-            "{why:?}"
-        );
+        let why = verdict(&seg, &r[0], 86_400, 86_400, 10_800);
+        assert!(why.starts_with("went away"), "{why}");
+        let why = verdict(&seg, &r[1], 86_400, 5 * 3600, 6 * 3600);
+        assert!(why.starts_with("ends a transient"), "{why}");
 
-        let step: Vec<f64> = (0..864)
-            .map(|i| rng.normal() + if i >= 300 { 2.0 } else { 0.0 })
-            .collect();
+        let step = noisy(864, 14, |i| if i >= 300 { 2.0 } else { 0.0 });
         let (splits, r) = runs_of(&step);
         let seg = Segments::new(&step, &splits);
-        let why = went_away(
-            &seg,
-            &r[0],
-            seg.mean(0),
-            seg.mean(1),
-            86_400,
-            86_400,
-            10_800,
-        );
-        assert_eq!(why, None);
-        let why = went_away(&seg, &r[0], seg.mean(0), seg.mean(1), 3600, 86_400, 10_800);
-        assert!(why.is_some_and(|w| w.contains("not lasting yet: 1h of the 3h")));
+        assert_eq!(verdict(&seg, &r[0], 86_400, 86_400, 10_800), "");
+        let why = verdict(&seg, &r[0], 3600, 86_400, 10_800);
+        assert!(why.contains("not lasting yet: 1h of the 3h"), "{why}");
     }
 }
