@@ -449,6 +449,11 @@ mod readme {
             cfg, defaults,
             "the README's [detect] values are not the defaults"
         );
-        assert_eq!(cfg.for_service("api").min_rel_change, 0.02);
+        assert!(
+            !cfg.services.is_empty(),
+            "the example shows a per-service override"
+        );
+        let (name, _) = cfg.services.iter().next().unwrap();
+        assert_ne!(cfg.for_service(name), cfg.for_service("no such service"));
     }
 }
