@@ -314,6 +314,24 @@ async fn changes_are_recorded_validated_listed_and_merged_with_deploys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_or_short_history_gives_the_note_not_regressions() {
     let col = Collector::start(None).await;
+    // Health answers for the detection service, as for the others.
+    let channel = tonic::transport::Endpoint::from_shared(col.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let h = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "wattson.v1.DetectionService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        h.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
     let mut d = col.detection().await;
     let r = d
         .list_regressions(ListRegressionsRequest::default())
