@@ -64,6 +64,9 @@ pub struct Candidate {
     /// How far off (buckets) the change point's location may be: a small change against the
     /// noise is located loosely (within ~20/snr^2), and root cause allows for it.
     pub loc_err: usize,
+    /// Seconds it had to last before it could be reported (longer on a seasonal series; 0
+    /// when it never got that far).
+    pub lasting: i64,
     /// The same change in the other metric's view (0 when unknown).
     pub other_delta: f64,
     /// The filter that removed it, and its figures.

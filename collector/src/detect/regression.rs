@@ -69,7 +69,9 @@ pub fn build(ctx: &Context<'_>, c: &Candidate, w: Option<&Window>) -> v1::Regres
         kind: c.kind.name().to_string(),
         started_unix_seconds: started,
         // The earliest time the change had lasted long enough to be reported.
-        detected_unix_seconds: (started + ctx.cfg.min_lasting).min(last_end).min(ctx.now),
+        detected_unix_seconds: (started + c.lasting.max(ctx.cfg.min_lasting))
+            .min(last_end)
+            .min(ctx.now),
         before_share: c.before,
         after_share: c.after,
         delta_share: c.delta(),

@@ -123,6 +123,7 @@ pub fn analyze(
         let snr = c.delta().abs() / sigma;
         let c = Candidate {
             loc_err: ((20.0 / (snr * snr)).ceil() as usize).min(cfg.buckets(cfg.cause_window)),
+            lasting: min_lasting,
             ..c
         };
         let lasted = (idx[idx.len() - 1] + 1 - idx[at]) as i64 * grid.step;
@@ -221,6 +222,7 @@ fn candidate(
         p,
         other_delta: 0.0,
         loc_err: 0,
+        lasting: 0,
         verdict: None,
     }
 }

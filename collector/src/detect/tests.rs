@@ -373,6 +373,37 @@ fn root_cause_names_the_change_whose_touched_functions_carry_it() {
 }
 
 #[test]
+fn a_deploy_with_no_touched_functions_is_named_on_timing_only_when_it_fits() {
+    let s = service(7, |b| if b >= AT { 1.05 } else { 1.0 });
+    let t = s.at(AT);
+    let deploy = |id: &str, dt: i64| Change {
+        build_id: format!("build-{id}"),
+        ..change(id, t + dt, "deploy", &[])
+    };
+    let r = run(
+        &s,
+        13,
+        &[
+            deploy("at-the-step", -120),
+            deploy("hours-before", -5 * 3600),
+        ],
+    );
+    let open = with_status(&r, "open");
+    assert_eq!(open.len(), 1, "{}", summary(&r));
+    let ids: Vec<&str> = open[0]
+        .causes
+        .iter()
+        .map(|c| c.change_id.as_str())
+        .collect();
+    assert_eq!(ids, ["at-the-step"], "{:?}", open[0].causes);
+    assert!(
+        open[0].causes[0].why.contains("timing only"),
+        "{}",
+        open[0].causes[0].why
+    );
+}
+
+#[test]
 fn without_stacks_the_series_stages_still_run_and_the_note_says_so() {
     let s = service(7, |b| if b >= AT { 1.05 } else { 1.0 });
     let (series, _) = s.build(10);
