@@ -114,6 +114,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         raw: *args.retain_raw,
         total: *args.retain_total,
     };
+    // Steps under an hour read minute rows, which live --retain-raw only.
+    if detect.step % 3600 != 0 && detect.history > args.retain_raw.as_secs() as i64 {
+        tracing::warn!(
+            history_s = detect.history,
+            retain_raw_s = args.retain_raw.as_secs(),
+            "detection history is longer than --retain-raw: series start where minute rows \
+             end; raise --retain-raw to the history (14d by default) to judge against all of it"
+        );
+    }
     let detector = Arc::new(wattson_collector::detection::Detector::new(
         store.clone(),
         fleet.clone(),
