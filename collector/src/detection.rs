@@ -33,6 +33,11 @@ pub enum DetectionError {
     /// The request is invalid (maps to INVALID_ARGUMENT).
     #[error("{0}")]
     Bad(String),
+    /// The service asked for was never profiled (maps to NOT_FOUND, as in the query service).
+    #[error(
+        "service: unknown service {0:?} (no profile of it was ever stored; see `wattson power`)"
+    )]
+    UnknownService(String),
     /// The store failed (maps to UNAVAILABLE).
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -258,10 +263,7 @@ impl Detector {
         let only = |s: &String| r.service.is_empty() || *s == r.service;
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if !r.service.is_empty() && !cache.reports.contains_key(&r.service) {
-            return Err(DetectionError::Bad(format!(
-                "service: unknown service {:?} (no profile of it was ever stored)",
-                r.service
-            )));
+            return Err(DetectionError::UnknownService(r.service.clone()));
         }
         let past = window.to < cache.now - self.cfg.analysis_window;
         let reports = if past {

@@ -360,7 +360,10 @@ async fn an_empty_or_short_history_gives_the_note_not_regressions() {
     assert!(ok);
     assert_eq!(out.trim(), "[]");
     let (ok, _, err) = wattson(&col.addr, &["regressions", "--service", "nope"]);
-    assert!(!ok && err.contains("unknown service"), "{err}");
+    assert!(
+        !ok && err.contains("unknown service") && err.contains("NotFound"),
+        "{err}"
+    );
     col.stop().await;
 }
 

@@ -1,7 +1,7 @@
 //! The gRPC `wattson.v1.DetectionService` over a [`Detector`]: each call runs on a blocking
 //! thread (the store is synchronous, a pass may run) and refusals map to status codes:
-//! INVALID_ARGUMENT naming the field for a bad change or window, UNAVAILABLE when the store
-//! fails, INTERNAL when detection refuses its own input.
+//! INVALID_ARGUMENT naming the field for a bad change or window, NOT_FOUND for a service never
+//! profiled, UNAVAILABLE when the store fails, INTERNAL when detection refuses its own input.
 
 use std::sync::Arc;
 
@@ -53,6 +53,7 @@ impl Detection {
 pub fn status(e: DetectionError) -> Status {
     match e {
         DetectionError::Bad(m) => Status::invalid_argument(m),
+        e @ DetectionError::UnknownService(_) => Status::not_found(e.to_string()),
         DetectionError::Changes(ChangeError::Invalid { .. }) => {
             Status::invalid_argument(e.to_string())
         }
