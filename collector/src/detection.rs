@@ -154,17 +154,19 @@ impl Detector {
         &self.changes
     }
 
-    /// True when batches were stored since the last pass (or there was none).
-    fn stale(&self) -> bool {
+    /// True when batches were stored here since the last pass (or there was none), or a step
+    /// has passed since it: collectors in front of one ClickHouse see only their own batches
+    /// arrive, and a new bucket may complete a change.
+    fn stale(&self, now: i64) -> bool {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.arrivals != Some(self.arrivals.count())
+        cache.arrivals != Some(self.arrivals.count()) || now - cache.now >= self.cfg.step
     }
 
-    /// Runs a pass as of `now` unless no batch was stored since the last one. Returns whether
-    /// it ran.
+    /// Runs a pass as of `now` unless no batch was stored here since the last one and it is
+    /// less than a step old. Returns whether it ran.
     pub fn refresh(&self, now: i64) -> Result<bool, DetectionError> {
         let _one = self.passing.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.stale() {
+        if !self.stale(now) {
             return Ok(false);
         }
         let arrivals = self.arrivals.count();
