@@ -59,13 +59,21 @@ struct ServeArgs {
     /// Delete everything older than this.
     #[arg(long, default_value = "395d")]
     retain_total: humantime::Duration,
-    /// Serve Prometheus `GET /metrics` here (ingest counters, store size, per-service watts).
+    /// Serve Prometheus `GET /metrics` here (ingest counters, store size, per-service watts,
+    /// open regressions).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
     /// User skills (TOML) added to the built-in catalogue, served by the skills service
     /// (`wattson skills list`, `wattson suggest`); a bad file stops the start, naming its line.
     #[arg(long, value_name = "FILE")]
     skills: Option<PathBuf>,
+    /// Collector config file (TOML): regression detection settings in `[detect]`, per-service
+    /// overrides in `[detect.services."NAME"]` (see README). Defaults apply without it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// How often regression detection looks for newly stored data and runs a pass.
+    #[arg(long, default_value = "5m")]
+    detect_every: humantime::Duration,
 }
 
 fn main() -> std::process::ExitCode {
@@ -87,6 +95,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(p) = &args.skills {
         tracing::info!(file = %p.display(), skills = ?skills, "skills loaded");
     }
+    // Flags and files first: a mistake there must not wait for (or touch) the store.
+    let detect = match &args.config {
+        Some(p) => wattson_collector::detection::load_config(p)
+            .with_context(|| format!("--config {}", p.display()))?,
+        None => wattson_collector::detect::DetectConfig::default(),
+    };
+    if args.detect_every.is_zero() {
+        anyhow::bail!("--detect-every must be longer than 0s (e.g. 1m)");
+    }
     let store = wattson_collector::store::open(&args.store)
         .with_context(|| format!("opening --store {}", args.store))?;
     let counted = Arc::new(wattson_collector::metrics::Counted::new(Arc::from(store)));
@@ -106,6 +123,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         raw: *args.retain_raw,
         total: *args.retain_total,
     };
+    // Steps under an hour read minute rows, which live --retain-raw only.
+    if detect.step % 3600 != 0 && detect.history > args.retain_raw.as_secs() as i64 {
+        tracing::warn!(
+            history_s = detect.history,
+            retain_raw_s = args.retain_raw.as_secs(),
+            "detection history is longer than --retain-raw: series start where minute rows \
+             end; raise --retain-raw to the history (14d by default) to judge against all of it"
+        );
+    }
+    let detector = Arc::new(wattson_collector::detection::Detector::new(
+        store.clone(),
+        fleet.clone(),
+        detect,
+    )?);
     let engine = Arc::new(wattson_collector::query::QueryEngine::new(
         store.clone(),
         fleet.clone(),
@@ -118,6 +149,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         limits: Limits::default(),
         rejections: counted.rejections(),
         skills,
+        detector: Some(detector.clone()),
+        detect_every: *args.detect_every,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {
@@ -139,7 +172,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 let l = wattson_collector::metrics::bind(addr).await?;
                 tracing::info!(addr = %l.local_addr()?, "serving Prometheus /metrics");
                 Some(tokio::spawn(wattson_collector::metrics::serve(
-                    l, counted, engine,
+                    l, counted, engine, detector,
                 )))
             }
             None => None,

@@ -11,13 +11,14 @@ use std::time::Instant;
 
 use tokio::net::TcpListener;
 use wattson_proto::exposition::{self, Kind, Text};
-use wattson_proto::v1::{PowerRequest, TimeWindow};
+use wattson_proto::v1::{Change, PowerRequest, TimeWindow};
 
+use crate::detection::Detector;
 use crate::ingest_cpu;
 use crate::query::QueryEngine;
 use crate::store::{
-    IngestFuture, Ingested, Keyed, Point, Retention, RetentionReport, Rollup, Store, StoreError,
-    StoreStats, TopQuery, Window,
+    Buckets, FirstSeen, IngestFuture, Ingested, Keyed, Of, Point, Retention, RetentionReport,
+    Rollup, Store, StoreError, StoreStats, TopQuery, Window,
 };
 
 pub use wattson_proto::exposition::{BindError, bind};
@@ -194,6 +195,18 @@ impl Store for Counted {
     fn known_services(&self) -> Result<Vec<String>, StoreError> {
         self.inner.known_services()
     }
+    fn buckets(&self, of: Of, w: Window, s: &str, step: i64) -> Result<Buckets, StoreError> {
+        self.inner.buckets(of, w, s, step)
+    }
+    fn first_builds(&self, w: Window) -> Result<Vec<FirstSeen>, StoreError> {
+        self.inner.first_builds(w)
+    }
+    fn put_change(&self, c: &Change, replaces: Option<&str>) -> Result<(), StoreError> {
+        self.inner.put_change(c, replaces)
+    }
+    fn changes(&self, w: Window, s: Option<&str>) -> Result<Vec<Change>, StoreError> {
+        self.inner.changes(w, s)
+    }
     fn retain(&self, p: &Retention, now: i64) -> Result<RetentionReport, StoreError> {
         self.inner.retain(p, now)
     }
@@ -203,7 +216,12 @@ impl Store for Counted {
 }
 
 /// Renders the exposition text.
-pub fn render(counted: &Counted, engine: &QueryEngine, now: i64) -> String {
+pub fn render(
+    counted: &Counted,
+    engine: &QueryEngine,
+    detector: Option<&Detector>,
+    now: i64,
+) -> String {
     let mut t = Text::new();
     let c = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
     t.family(
@@ -312,14 +330,29 @@ pub fn render(counted: &Counted, engine: &QueryEngine, now: i64) -> String {
         }
         Err(e) => tracing::warn!(error = %e, "metrics: power query failed"),
     }
+    if let Some(d) = detector {
+        let mut open = t.family(
+            "wattson_regressions_open",
+            Kind::Gauge,
+            "Open power regressions per service found by the last detection pass.",
+        );
+        for (service, n) in d.open_by_service() {
+            open.sample(&[("service", &service)], n as f64);
+        }
+    }
     t.finish()
 }
 
 /// Serves `GET /metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, counted: Arc<Counted>, engine: Arc<QueryEngine>) {
+pub async fn serve(
+    listener: TcpListener,
+    counted: Arc<Counted>,
+    engine: Arc<QueryEngine>,
+    detector: Arc<Detector>,
+) {
     // Rendered off the async workers: the store stats and the power query read SQLite.
     exposition::serve(listener, move || {
-        render(&counted, &engine, crate::report::now())
+        render(&counted, &engine, Some(&detector), crate::report::now())
     })
     .await;
 }

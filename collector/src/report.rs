@@ -4,10 +4,12 @@
 //! ([`table`]: long names lose their middle); JSON always carries names whole.
 
 mod builds;
+mod regressions;
 mod skills;
 mod table;
 
 pub use builds::{build_diff, builds_json, builds_table};
+pub use regressions::{changes_json, changes_table, regressions_json, regressions_table};
 pub use skills::{findings_table, location, skills_table};
 
 use std::collections::HashMap;

@@ -702,6 +702,33 @@ impl Store for Counting {
     fn known_services(&self) -> Result<Vec<String>, store::StoreError> {
         self.inner.known_services()
     }
+    fn buckets(
+        &self,
+        of: store::Of,
+        w: store::Window,
+        service: &str,
+        step: i64,
+    ) -> Result<store::Buckets, store::StoreError> {
+        self.count("buckets");
+        self.inner.buckets(of, w, service, step)
+    }
+    fn first_builds(&self, w: store::Window) -> Result<Vec<store::FirstSeen>, store::StoreError> {
+        self.inner.first_builds(w)
+    }
+    fn put_change(
+        &self,
+        c: &wattson_proto::v1::Change,
+        replaces: Option<&str>,
+    ) -> Result<(), store::StoreError> {
+        self.inner.put_change(c, replaces)
+    }
+    fn changes(
+        &self,
+        w: store::Window,
+        service: Option<&str>,
+    ) -> Result<Vec<wattson_proto::v1::Change>, store::StoreError> {
+        self.inner.changes(w, service)
+    }
     fn retain(
         &self,
         policy: &store::Retention,

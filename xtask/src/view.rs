@@ -1,5 +1,6 @@
 //! The lab's live terminal view: host watts (measured, or estimated and labelled so), the top
-//! services and functions by watts with their share, and the flame graph it keeps writing.
+//! services and functions by watts with their share, open regressions once detection finds
+//! any, and the flame graph it keeps writing.
 //! Everything comes from the `wattson` CLI's `--json` output, so the view sees exactly what a
 //! user's script would.
 
@@ -68,6 +69,9 @@ impl View {
         };
         if let Ok(top) = self.query(&["top", "--from", WINDOW, "--limit", &ROWS.to_string()]) {
             screen.push_str(&render_top(&top, total));
+        }
+        if let Ok(found) = self.query(&["regressions"]) {
+            screen.push_str(&render_regressions(&found));
         }
         let flame = Command::new(&self.wattson)
             .args([
@@ -160,6 +164,32 @@ fn render_top(top: &Value, total: f64) -> String {
     s
 }
 
+/// Open regressions (the `regressions --json` array), biggest first as the collector sorts
+/// them; nothing until there is one.
+fn render_regressions(found: &Value) -> String {
+    let Some(list) = found.as_array().filter(|l| !l.is_empty()) else {
+        return String::new();
+    };
+    let mut s =
+        String::from("\nopen regressions\n    delta   fleet W  service / function (cause)\n");
+    for g in list.iter().take(ROWS) {
+        let cause = g["causes"][0]["change_id"].as_str().unwrap_or("no culprit");
+        s.push_str(&format!(
+            "{:+8.3}% {:>9.3}  {} / {} ({cause}){}\n",
+            f(g, &["delta_share"]) * 100.0,
+            f(g, &["fleet_delta_watts"]),
+            g["service"].as_str().unwrap_or(""),
+            g["function"].as_str().unwrap_or(""),
+            if g["estimated"].as_bool().unwrap_or(false) {
+                ", estimated W"
+            } else {
+                ""
+            }
+        ));
+    }
+    s
+}
+
 fn share(part: f64, total: f64) -> f64 {
     if total > 0.0 {
         100.0 * part / total
@@ -169,7 +199,7 @@ fn share(part: f64, total: f64) -> f64 {
 }
 
 /// Queries that work against the lab's data (the README lists the same ones).
-pub const QUERIES: [&str; 7] = [
+pub const QUERIES: [&str; 9] = [
     "top --from -1h",
     "top --by cpu --inclusive --from -1h",
     "power --from -1h",
@@ -177,6 +207,8 @@ pub const QUERIES: [&str; 7] = [
     "flame --from -1h --output flame.svg",
     "profile --from -1h --output profile.pb.gz",
     "diff --baseline=-2h..-1h --from -1h",
+    "regressions --all",
+    "changes list",
 ];
 
 /// `println!` that ignores a closed stdout.
@@ -215,6 +247,20 @@ pub fn where_next(url: &str, data: &Path) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn regressions_show_once_there_are_any() {
+        assert_eq!(super::render_regressions(&serde_json::json!([])), "");
+        let found = serde_json::json!([{
+            "service": "wattson-demo", "function": "hash_records", "delta_share": 0.0123,
+            "fleet_delta_watts": 1.5, "estimated": true, "causes": [{"change_id": "PR-9"}]
+        }]);
+        let s = super::render_regressions(&found);
+        assert!(
+            s.contains("+1.230%") && s.contains("hash_records (PR-9), estimated W"),
+            "{s}"
+        );
+    }
+
     /// The README promises these queries; keep the two lists the same.
     #[test]
     fn readme_lists_every_lab_query() {

@@ -8,6 +8,8 @@
 mod args;
 #[path = "wattson/connect.rs"]
 mod connect;
+#[path = "wattson/detection.rs"]
+mod detection;
 #[path = "wattson/diff.rs"]
 mod diff;
 #[path = "wattson/mcp.rs"]
@@ -90,6 +92,11 @@ enum Command {
     /// Serve the collector's tools and skills to LLM agents over MCP (stdio); see the README
     /// for a client configuration.
     Mcp,
+    /// Power regressions the collector detected (FBDetect-style), each at the function that
+    /// changed, with the change most likely behind it.
+    Regressions(detection::RegressionsArgs),
+    /// Change events (deploys, config pushes, experiments, commits): record one, or list them.
+    Changes(detection::ChangesArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -124,6 +131,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Skills(a) => suggest::skills(&mut conn.skills(), a, &out).await,
         Command::Suggest(a) => suggest::suggest(&mut conn.skills(), a, &out).await,
         Command::Mcp => mcp::serve(&conn, &cli.collector).await,
+        Command::Regressions(a) => detection::regressions(&mut conn.detection(), a, &out).await,
+        Command::Changes(a) => detection::changes(&mut conn.detection(), a, &out).await,
     }
 }
 

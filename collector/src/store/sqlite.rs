@@ -18,15 +18,16 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
-use wattson_proto::v1::Batch;
+use wattson_proto::v1::{Batch, Change};
 
 use super::query_plan::{Range, TOTALS_COLUMNS, ranges, rank_sort};
 use super::rollup::{Kind, RES_MINUTE, Rollup, Row, hour_of, hour_rows};
+use super::sqlite_detection as detection;
 use super::sqlite_hours::Hours;
 use super::sqlite_ingest::{Pipeline, now_secs};
 use super::{
-    Ingested, Keyed, Point, Retention, RetentionReport, Store, StoreError, StoreStats, TopQuery,
-    Totals, Window,
+    Buckets, FirstSeen, Ingested, Keyed, Of, Point, Retention, RetentionReport, Store, StoreError,
+    StoreStats, TopQuery, Totals, Window,
 };
 
 const SCHEMA: &str = "
@@ -57,8 +58,12 @@ CREATE TABLE IF NOT EXISTS rollup (
     duration_ms INTEGER NOT NULL, dropped INTEGER NOT NULL,
     PRIMARY KEY (kind, res, minute, service, key)) WITHOUT ROWID;
 -- Only series read by (service, function): a partial index keeps stack, host and build rows
--- (most of the writes) out of index maintenance.
-CREATE INDEX IF NOT EXISTS rollup_fn_series ON rollup (res, service, key, minute) WHERE kind = 1;
+-- (most of the writes) out of index maintenance. It covers the inclusive sums, so detection
+-- reads every function of a service without a table lookup per row (19x faster: 447,552 rows
+-- in 0.16 s instead of 3.0 s). It replaced rollup_fn_series (key columns only).
+DROP INDEX IF EXISTS rollup_fn_series;
+CREATE INDEX IF NOT EXISTS rollup_fn_incl ON rollup
+    (res, service, key, minute, samples_incl, uj_incl, est_uj_incl) WHERE kind = 1;
 CREATE TABLE IF NOT EXISTS services (service TEXT PRIMARY KEY) WITHOUT ROWID;
 ";
 
@@ -151,6 +156,9 @@ impl SqliteStore {
             .pragma_update(None, "wal_autocheckpoint", 8_192)
             .map_err(err)?;
         writer.execute_batch(SCHEMA).map_err(err)?;
+        writer
+            .execute_batch(super::sqlite_detection::SCHEMA)
+            .map_err(err)?;
         let old: i64 = writer
             .query_row(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'batches'",
@@ -313,7 +321,7 @@ impl SqliteStore {
 /// (without statistics SQLite would walk every function's rows of the window instead).
 fn source(kind: Kind, ranges: &[Range], by_service: bool, key: Option<()>) -> String {
     let index = if kind == Kind::Function && by_service && key.is_some() {
-        " INDEXED BY rollup_fn_series"
+        " INDEXED BY rollup_fn_incl"
     } else {
         ""
     };
@@ -505,6 +513,34 @@ impl Store for SqliteStore {
         })
     }
 
+    fn buckets(
+        &self,
+        of: Of,
+        window: Window,
+        service: &str,
+        step: i64,
+    ) -> Result<Buckets, StoreError> {
+        let b = Buckets::new(window, step)?;
+        let complete = self.hours.complete_before();
+        self.read(|c| detection::buckets(c, of, service, b, complete))
+    }
+
+    fn first_builds(&self, window: Window) -> Result<Vec<FirstSeen>, StoreError> {
+        let w = window.aligned()?;
+        self.read(|c| detection::first_builds(c, w))
+    }
+
+    fn put_change(&self, change: &Change, replaces: Option<&str>) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        detection::put_change(&mut conn, change, replaces).map_err(|e| self.err(e))
+    }
+
+    fn changes(&self, window: Window, service: Option<&str>) -> Result<Vec<Change>, StoreError> {
+        // Changes are written outside the ingest pipeline: no need to wait for it.
+        let conn = self.readers[0].lock().unwrap_or_else(|p| p.into_inner());
+        detection::changes(&conn, window, service).map_err(|e| self.err(e))
+    }
+
     fn retain(&self, policy: &Retention, now: i64) -> Result<RetentionReport, StoreError> {
         let raw_cut = now - policy.raw.as_secs() as i64;
         let total_cut = now - policy.total.as_secs() as i64;
@@ -535,6 +571,7 @@ impl Store for SqliteStore {
             now - DEDUP_WINDOW,
         )?;
         run("DELETE FROM received_floor WHERE updated < ?1", total_cut)?;
+        run("DELETE FROM changes WHERE at < ?1", total_cut)?;
         // Forget services with no rows left, so `known_services` stays truthful.
         conn.execute(
             &format!(

@@ -22,7 +22,7 @@ const MAX_RESPONSE_BYTES: usize = 512 << 20;
 pub type Client = QueryServiceClient<InterceptedService<Channel, Auth>>;
 /// The skills client (`skills`, `suggest`, `mcp`).
 pub type Skills = SkillsServiceClient<InterceptedService<Channel, Auth>>;
-/// The detection client (`mcp`'s regressions and changes).
+/// The detection client (`changes`, `regressions`, and `mcp`'s).
 pub type Detection = DetectionServiceClient<InterceptedService<Channel, Auth>>;
 
 /// Puts `authorization: Bearer TOKEN` on every call when `--token` is given.

@@ -1,0 +1,119 @@
+//! Two filters that read the stacks around a change: normalization (a function's share moved
+//! only because the rest of the service's cost changed: its own cost did not) and cost shift
+//! (work moved between functions of one cost domain, a caller whose total barely moved: a
+//! refactor, not a regression). A domain that is new (nothing before) is never a shift.
+
+use super::candidate::{Candidate, Funnel};
+use super::{Around, ServiceSeries};
+
+/// Removes candidates whose share moved only because the rest of the service's cost did:
+/// their own cost (excess over the rest's scale) moved under a third of their share's move,
+/// or the other way; or a larger opposite change elsewhere (in stacks they do not share)
+/// predicts their new share within a third of their move.
+pub fn normalization(
+    funnel: &mut Funnel,
+    cands: Vec<Candidate>,
+    s: &ServiceSeries,
+    around: &Around,
+) -> Vec<Candidate> {
+    let all = cands.clone();
+    funnel.apply("normalization", cands, |c| {
+        let w = around.window(c)?;
+        let f = s.functions[c.func].function.as_str();
+        if !w.has(f) {
+            return None;
+        }
+        if let Some(why) = elsewhere(c, &all, s, around) {
+            return Some(why);
+        }
+        let scale = w.scale(c.metric, f)?;
+        let own = w.flow(c.metric, None, f, scale);
+        let raw = w.raw_delta(c.metric, f);
+        let agrees = own * c.sign() > 0.0 && own.abs() >= raw.abs() / 3.0;
+        (!agrees).then(|| {
+            format!(
+                "share moved {:+.4}% but its own cost {:+.4}% of the service: the rest of the \
+                 service moved by x{scale:.4}, so other functions' cost changed",
+                raw * 100.0,
+                own * 100.0
+            )
+        })
+    })
+}
+
+/// A larger opposite change `a` in stacks `c` does not share: when everything but `a` keeps
+/// its cost, `c`'s share becomes before x (1 - a after) / (1 - a before).
+fn elsewhere(
+    c: &Candidate,
+    all: &[Candidate],
+    s: &ServiceSeries,
+    around: &Around,
+) -> Option<String> {
+    let w = around.window(c)?;
+    let f = s.functions[c.func].function.as_str();
+    all.iter()
+        .filter(|a| a.sign() != c.sign() && a.metric == c.metric)
+        .filter(|a| a.cost_delta().abs() >= c.cost_delta().abs())
+        .filter(|a| c.overlaps(a, 2) || around.covers(c, a))
+        .filter(|a| a.before < 0.999 && a.after < 0.999)
+        .filter(|a| w.disjoint(f, &s.functions[a.func].function))
+        .find_map(|a| {
+            let predicted = c.before * (1.0 - a.after) / (1.0 - a.before);
+            ((c.after - predicted).abs() <= c.delta().abs() / 3.0).then(|| {
+                format!(
+                    "moved only as {} went {:.4}% -> {:.4}% of the service: expected {:.4}% -> \
+                     {:.4}%, measured {:.4}%",
+                    s.functions[a.func].function,
+                    a.before * 100.0,
+                    a.after * 100.0,
+                    c.before * 100.0,
+                    predicted * 100.0,
+                    c.after * 100.0
+                )
+            })
+        })
+}
+
+/// Removes candidates whose caller (or its caller) kept its total while they moved: the
+/// domain's own change is under `tolerance` of the candidate's change inside it, and measured
+/// precisely enough to tell (three standard errors under that change).
+pub fn cost_shift(
+    funnel: &mut Funnel,
+    cands: Vec<Candidate>,
+    s: &ServiceSeries,
+    around: &Around,
+    tolerance: f64,
+) -> Vec<Candidate> {
+    funnel.apply("cost_shift", cands, |c| {
+        let w = around.window(c)?;
+        let f = s.functions[c.func].function.as_str();
+        let scale = w.scale(c.metric, f)?;
+        let own = w.flow(c.metric, None, f, scale);
+        for domain in w.callers(c.metric, f, 2) {
+            if w.before(c.metric, &domain) <= 0.0 {
+                continue; // a new domain is never a shift
+            }
+            let Some(dscale) = w.scale(c.metric, &domain) else {
+                continue; // the domain is (nearly) the whole service
+            };
+            let inside = w.flow(c.metric, Some(&domain), f, dscale);
+            let total = w.flow(c.metric, None, &domain, dscale);
+            // "Unchanged" must be measurable: a growth the size of `inside` would stand out.
+            if 3.0 * w.flow_noise(c.metric, &domain) >= inside.abs() {
+                continue;
+            }
+            if inside * c.sign() > 0.0
+                && inside.abs() >= own.abs() / 2.0
+                && total.abs() < tolerance * inside.abs()
+            {
+                return Some(format!(
+                    "cost shift inside {domain}: {f} moved {:+.4}% of the service while \
+                     {domain}'s total moved {:+.4}%",
+                    inside * 100.0,
+                    total * 100.0
+                ));
+            }
+        }
+        None
+    })
+}

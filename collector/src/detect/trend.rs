@@ -1,0 +1,256 @@
+//! What happens around and after a change point: runs of same-direction change points that are
+//! one change (a slow creep, tested with Mann-Kendall and Theil-Sen, or a staged rollout), and
+//! FBDetect's went-away check (a spike that ends, or a change that has not lasted yet, is not a
+//! regression).
+
+use super::candidate::Kind;
+use super::changepoint::Split;
+use super::stats::{block_means, mann_kendall, mean, theil_sen};
+
+/// The levels between change points of one (compressed) series.
+pub struct Segments<'a> {
+    pub y: &'a [f64],
+    /// 0, each split's position, then y.len(): segment j is bounds[j]..bounds[j + 1].
+    bounds: Vec<usize>,
+}
+
+impl<'a> Segments<'a> {
+    pub fn new(y: &'a [f64], splits: &[Split]) -> Segments<'a> {
+        let mut bounds = Vec::with_capacity(splits.len() + 2);
+        bounds.push(0);
+        bounds.extend(splits.iter().map(|s| s.at));
+        bounds.push(y.len());
+        Segments { y, bounds }
+    }
+
+    pub fn count(&self) -> usize {
+        self.bounds.len() - 1
+    }
+
+    pub fn range(&self, j: usize) -> (usize, usize) {
+        (self.bounds[j], self.bounds[j + 1])
+    }
+
+    pub fn mean(&self, j: usize) -> f64 {
+        let (lo, hi) = self.range(j);
+        mean(&self.y[lo..hi])
+    }
+
+    /// Direction of split j (between segments j and j + 1).
+    fn sign(&self, j: usize) -> f64 {
+        (self.mean(j + 1) - self.mean(j)).signum()
+    }
+}
+
+/// A segment is part of a creep when its trend adds at least this share of the run's change.
+const CREEP_RISE: f64 = 0.25;
+
+/// A change back to the level before a shorter excursion than this ends a transient (a spike,
+/// or a change rolled back within a day), not a change of its own.
+const TRANSIENT: i64 = 86_400;
+
+/// Consecutive splits `first..=last` that are one change.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Run {
+    pub first: usize,
+    pub last: usize,
+    pub kind: Kind,
+}
+
+/// Groups splits into runs: same direction and no more than `gap` points apart. A run of three
+/// or more is a creep, and so is one with a significant trend between its splits or after its
+/// last one when that is the latest segment (Mann-Kendall on `block`-point means at level
+/// `alpha`, Theil-Sen slope the same way).
+pub fn runs(
+    seg: &Segments<'_>,
+    splits: &[Split],
+    gap: usize,
+    block: usize,
+    alpha: f64,
+) -> Vec<Run> {
+    let mut out: Vec<Run> = Vec::new();
+    for j in 0..splits.len() {
+        let joins = out.last().is_some_and(|r| {
+            r.last + 1 == j
+                && seg.sign(j) == seg.sign(r.last)
+                && splits[j].at - splits[r.last].at <= gap
+        });
+        if joins {
+            out.last_mut().expect("a run to join").last = j;
+        } else {
+            out.push(Run {
+                first: j,
+                last: j,
+                kind: Kind::Step,
+            });
+        }
+    }
+    for r in &mut out {
+        let sign = seg.sign(r.first);
+        let rise = CREEP_RISE * (seg.mean(r.last + 1) - seg.mean(r.first)).abs();
+        // Inside the run, and after it while it is still going (the last segment).
+        let end = if r.last + 2 == seg.count() {
+            r.last + 1
+        } else {
+            r.last
+        };
+        let creep = r.last - r.first >= 2
+            || (r.first + 1..=end).any(|j| trending(range(seg, j), block, sign, alpha, rise));
+        if creep {
+            r.kind = Kind::Creep;
+        }
+    }
+    out
+}
+
+fn range<'a>(seg: &Segments<'a>, j: usize) -> &'a [f64] {
+    let (lo, hi) = seg.range(j);
+    &seg.y[lo..hi]
+}
+
+/// A significant Mann-Kendall trend in direction `sign` over `block`-point means.
+/// The rise over the data must also be material: at least `min_rise` (a share of the run's
+/// change), so residual wiggles of a long, flat segment are not a creep.
+fn trending(data: &[f64], block: usize, sign: f64, alpha: f64, min_rise: f64) -> bool {
+    let blocks = block_means(data, block);
+    if blocks.len() < 6 {
+        return false;
+    }
+    let (s, p) = mann_kendall(&blocks);
+    p < alpha && s * sign > 0.0 && theil_sen(&blocks) * sign * blocks.len() as f64 >= min_rise
+}
+
+/// Levels a run is judged on: before its first split, and after its last (for a creep, the
+/// last quarter of the final segment, where the trend has got to).
+pub fn levels(seg: &Segments<'_>, r: &Run, min_points: usize) -> ((usize, usize), (usize, usize)) {
+    let before = seg.range(r.first);
+    let (lo, hi) = seg.range(r.last + 1);
+    let after = match r.kind {
+        Kind::Step => (lo, hi),
+        Kind::Creep => (hi - ((hi - lo) / 4).max(min_points).min(hi - lo), hi),
+    };
+    (before, after)
+}
+
+/// FBDetect's went-away check for a run whose levels are `before` and `after`: why it is not a
+/// lasting change, or None. `lasted` is how long the data after the change covers and
+/// `transient` the length of the segment before the run, both seconds; `min_lasting` seconds.
+pub fn went_away(
+    seg: &Segments<'_>,
+    r: &Run,
+    before: f64,
+    after: f64,
+    lasted: i64,
+    transient: i64,
+    min_lasting: i64,
+) -> Option<String> {
+    let delta = after - before;
+    if lasted < min_lasting {
+        return Some(format!(
+            "not lasting yet: {} of the {} needed",
+            span(lasted),
+            span(min_lasting)
+        ));
+    }
+    if r.first >= 1 && transient < TRANSIENT.max(min_lasting) {
+        let earlier = seg.mean(r.first - 1);
+        if (after - earlier).abs() < 0.5 * delta.abs() {
+            return Some(format!(
+                "ends a transient of {}: back to {:.6} from {:.6} (the level before it was {:.6})",
+                span(transient),
+                after,
+                before,
+                earlier
+            ));
+        }
+    }
+    let last = seg.count() - 1;
+    if last > r.last + 1 {
+        let now = seg.mean(last);
+        let remains = (now - before) / delta;
+        if remains < 0.5 {
+            return Some(format!(
+                "went away: {:.6} -> {:.6}, now back to {:.6} ({:.0}% of the change remains)",
+                before,
+                after,
+                now,
+                remains * 100.0
+            ));
+        }
+    }
+    None
+}
+
+/// A duration in words: "2h", "40m", "24h", "3d 4h" (days from two on).
+pub fn span(seconds: i64) -> String {
+    let days = if seconds >= 2 * 86_400 {
+        seconds / 86_400
+    } else {
+        0
+    };
+    let (d, h, m) = (days, (seconds - days * 86_400) / 3600, seconds % 3600 / 60);
+    match (d, h, m) {
+        (0, 0, m) => format!("{m}m"),
+        (0, h, 0) => format!("{h}h"),
+        (0, h, m) => format!("{h}h{m:02}m"),
+        (d, 0, _) => format!("{d}d"),
+        (d, h, _) => format!("{d}d {h}h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::changepoint::segment;
+    use crate::detect::testdata::noisy;
+
+    fn runs_of(x: &[f64]) -> (Vec<Split>, Vec<Run>) {
+        let s = segment(x, 1.0, 12, 0.01);
+        let seg = Segments::new(x, &s.splits);
+        let r = runs(&seg, &s.splits, 144, 12, 0.01);
+        (s.splits, r)
+    }
+
+    #[test]
+    fn a_slow_creep_is_one_creep() {
+        // Flat for two days, then +3 sd spread over one day.
+        let x = noisy(864, 11, |i| {
+            ((i as f64 - 576.0) / 288.0).clamp(0.0, 1.0) * 3.0
+        });
+        let (s, r) = runs_of(&x);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].kind, Kind::Creep, "{s:?}");
+    }
+
+    #[test]
+    fn a_step_is_not_a_creep() {
+        let x = noisy(864, 12, |i| if i >= 600 { 1.0 } else { 0.0 });
+        let (_, r) = runs_of(&x);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].kind, Kind::Step);
+    }
+
+    /// The went-away verdict of run `r` with the levels of its own segments.
+    fn verdict(seg: &Segments<'_>, r: &Run, lasted: i64, transient: i64, min: i64) -> String {
+        let (before, after) = (seg.mean(r.first), seg.mean(r.last + 1));
+        went_away(seg, r, before, after, lasted, transient, min).unwrap_or_default()
+    }
+
+    #[test]
+    fn went_away_fires_on_a_spike_not_on_a_lasting_step() {
+        let spike = noisy(864, 13, |i| if (300..360).contains(&i) { 2.0 } else { 0.0 });
+        let (splits, r) = runs_of(&spike);
+        let seg = Segments::new(&spike, &splits);
+        let why = verdict(&seg, &r[0], 86_400, 86_400, 10_800);
+        assert!(why.starts_with("went away"), "{why}");
+        let why = verdict(&seg, &r[1], 86_400, 5 * 3600, 6 * 3600);
+        assert!(why.starts_with("ends a transient"), "{why}");
+
+        let step = noisy(864, 14, |i| if i >= 300 { 2.0 } else { 0.0 });
+        let (splits, r) = runs_of(&step);
+        let seg = Segments::new(&step, &splits);
+        assert_eq!(verdict(&seg, &r[0], 86_400, 86_400, 10_800), "");
+        let why = verdict(&seg, &r[0], 3600, 86_400, 10_800);
+        assert!(why.contains("not lasting yet: 1h of the 3h"), "{why}");
+    }
+}
