@@ -108,6 +108,10 @@ fn packages(llvm: u32) -> Vec<String> {
         "xz-utils".into(),
         // The flame graph test screenshots the SVG in headless Chromium to prove it renders.
         "chromium".into(),
+        // Skills check their patches with `git apply --check`; the skills e2e test builds its
+        // C workload with cc.
+        "git".into(),
+        "gcc".into(),
     ]
     .into();
     p.sort();
