@@ -222,6 +222,32 @@ fn no_pattern_fires_without_its_evidence() {
     assert!(run(&tools, "").is_empty());
 }
 
+/// How a Rust program's main thread and a spawned thread really unwind: every frame between
+/// the C runtime and the program's own code (`catch_unwind` on both).
+const RUST_RUNTIME_STACKS: &[&str] = &[
+    "_start;__libc_start_main;main;std::rt::lang_start_internal;std::panic::catch_unwind;std::panicking::try;std::panicking::try::do_call;std::rt::lang_start::{{closure}};std::sys::backtrace::__rust_begin_short_backtrace;app::main;app::compute@src/compute.rs:20;app::inner_loop",
+    "clone3;start_thread;std::sys::pal::unix::thread::Thread::new::thread_start;<alloc::boxed::Box<F,A> as core::ops::function::FnOnce<Args>>::call_once;std::thread::Builder::spawn_unchecked_::{{closure}};std::panic::catch_unwind;std::panicking::try;app::worker_loop@src/worker.rs:9;app::step",
+];
+
+#[test]
+fn no_pattern_fires_on_the_frames_every_rust_program_has() {
+    // Found by hand: `exceptions-as-control-flow` matched `catch_unwind` and claimed 100% of
+    // every Rust service.
+    let (_d, tools) = tools_with(&[(
+        T0 + 60,
+        RUST_RUNTIME_STACKS
+            .iter()
+            .map(|s| ("svc", s.to_string(), 50))
+            .collect(),
+    )]);
+    for &(skill, ..) in CASES {
+        assert!(
+            run(&tools, skill).is_empty(),
+            "{skill} fired on a plain Rust program's runtime frames"
+        );
+    }
+}
+
 #[test]
 fn no_pattern_fires_below_its_threshold() {
     for &(skill, stack, culprit) in CASES {
