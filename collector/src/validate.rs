@@ -49,7 +49,15 @@ pub struct Limits {
     pub max_future_skew_nanos: u64,
     /// Oldest accepted timestamp, nanoseconds since the epoch.
     pub min_unix_nanos: u64,
+    /// Most bytes the batch may expand to in the roll-up ([`check_expansion`]): frame names,
+    /// folded stacks (`root;...;leaf`) and the row keys its samples make. A few KB of batch
+    /// pointing deep stacks at one long name would otherwise fold to gigabytes.
+    pub max_expanded_bytes: usize,
 }
+
+/// Default of [`Limits::max_expanded_bytes`], and the roll-up's own ceiling: kept well under
+/// `u32::MAX` so the roll-up's 32-bit offsets into a batch's names cannot wrap.
+pub const DEFAULT_MAX_EXPANDED_BYTES: usize = 256 << 20;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -70,6 +78,7 @@ impl Default for Limits {
             max_future_skew_nanos: 24 * 3600 * 1_000_000_000,
             // 2000-01-01T00:00:00Z.
             min_unix_nanos: 946_684_800 * 1_000_000_000,
+            max_expanded_bytes: DEFAULT_MAX_EXPANDED_BYTES,
         }
     }
 }
@@ -202,6 +211,7 @@ pub fn validate_view_at(
             .checked_add(samples)
             .ok_or_else(|| Invalid(format!("profiles[{i}]: total sample count overflows u64")))?;
     }
+    check_expansion(batch, limits.max_expanded_bytes)?;
     Ok(summary)
 }
 
@@ -298,6 +308,87 @@ fn check_stack(
             "frames",
             frames,
         )?;
+    }
+    Ok(())
+}
+
+/// Upper bound of the bytes of frame `i`'s name as the roll-up builds it: the function's name,
+/// else `[module+0xOFFSET]`, else `[unknown]`, plus `_[k]` for a kernel frame. A string
+/// index out of range counts 0.
+fn frame_name_bytes(batch: &BatchView<'_>, i: usize) -> u64 {
+    let f = &batch.frames[i];
+    let text = |ix: u32| batch.strings.get(ix as usize).map_or(0, |s| s.len());
+    let name = batch
+        .functions
+        .get(f.function_index as usize)
+        .map_or(0, |func| text(func.name_index));
+    let base = match (name, text(f.module_index)) {
+        (0, 0) => "[unknown]".len(),
+        // `[` `+0x` 16 hex digits `]`.
+        (0, module) => module + 21,
+        (name, _) => name,
+    };
+    let kernel = if f.kind == wattson_proto::v1::FrameKind::Kernel as i32 {
+        "_[k]".len()
+    } else {
+        0
+    };
+    (base + kernel) as u64
+}
+
+/// Checks what the batch expands to in the roll-up against `max` bytes (see
+/// [`Limits::max_expanded_bytes`]): every frame's name, every stack folded with 4 bytes per
+/// frame id, each process's service and build id, and per sample row the row keys it can make
+/// (its stack folded, its service and build). Summed in u64 (saturating), so the sum cannot
+/// wrap; an index out of range counts 0, so this is safe on a batch not checked otherwise.
+pub fn check_expansion(batch: &BatchView<'_>, max: usize) -> Result<(), Invalid> {
+    let text = |ix: u32| batch.strings.get(ix as usize).map_or(0, |s| s.len() as u64);
+    let names: Vec<u64> = (0..batch.frames.len())
+        .map(|i| frame_name_bytes(batch, i))
+        .collect();
+    // Each name, a `;` after it, and the frame's 4-byte id.
+    let folded: Vec<u64> = (0..batch.stacks.len())
+        .map(|i| {
+            let frames = batch.stack(i);
+            frames
+                .iter()
+                .map(|&f| names.get(f as usize).copied().unwrap_or(0) + 1 + 4)
+                .sum()
+        })
+        .collect();
+    let procs: Vec<u64> = batch
+        .processes
+        .iter()
+        .map(|p| {
+            let service = match text(p.service_index) {
+                0 => text(p.comm_index),
+                n => n,
+            };
+            service + batch.build_ids(p).first().map_or(0, |&b| text(b))
+        })
+        .collect();
+    let mut total = [&names, &folded, &procs]
+        .iter()
+        .flat_map(|v| v.iter())
+        .fold(0u64, |a, &b| a.saturating_add(b));
+    for s in &batch.all_samples {
+        let at = |v: &[u64], i: u32| v.get(i as usize).copied().unwrap_or(0);
+        let row = at(&folded, s.stack_index) + at(&procs, s.process_index);
+        total = total.saturating_add(row);
+    }
+    if total > max as u64 {
+        let (largest_at, largest) = folded
+            .iter()
+            .copied()
+            .enumerate()
+            .max_by_key(|&(_, b)| b)
+            .unwrap_or_default();
+        bail!(
+            "batch expands to {total} bytes in the roll-up (frame names, folded stacks and \
+             their rows; limit {max}); the largest stack, stacks[{largest_at}], folds to \
+             {largest} bytes ({} frames)",
+            batch.stacks.get(largest_at).map_or(0, |s| s.len())
+        );
     }
     Ok(())
 }

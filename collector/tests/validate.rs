@@ -173,6 +173,79 @@ fn oversized_tables_are_rejected_by_count() {
     assert_eq!(m, "profiles has 3 entries (limit 2)");
 }
 
+/// The batch of issue 20: one 64 KiB function name and 1024 stacks of depth 1..=1024 all made
+/// of it; ~600 KB encoded, it folds to 34 GB of stack strings in the roll-up.
+fn folds_to_gigabytes() -> Batch {
+    let mut b = valid();
+    b.strings.push("f".repeat(64 << 10));
+    b.functions[0].name_index = b.strings.len() as u32 - 1;
+    b.frames[0].function_index = 0;
+    b.stacks = (1..=1024)
+        .map(|depth| wattson_proto::v1::Stack {
+            frame_indices: vec![0; depth],
+        })
+        .collect();
+    for (i, s) in b.profiles[0].samples.iter_mut().enumerate() {
+        s.stack_index = (i * 20) as u32;
+    }
+    b
+}
+
+#[test]
+fn a_batch_folding_to_gigabytes_is_refused_with_the_limit_named() {
+    let b = folds_to_gigabytes();
+    let bytes = b.encode_to_vec();
+    assert!(bytes.len() < 700 << 10, "{} bytes", bytes.len());
+    let m = decode_and_validate(&bytes).unwrap_err();
+    assert!(
+        m.starts_with("batch expands to ") && m.contains("limit 268435456)"),
+        "{m}"
+    );
+    // 1024 x (the name, `_[k]` of a kernel frame, `;`, a 4-byte id).
+    assert!(
+        m.contains("stacks[1023], folds to 67118080 bytes (1024 frames)"),
+        "{m}"
+    );
+    // Replay reads journaled batches without validation: the roll-up refuses it itself.
+    let e = wattson_collector::store::Prepared::from_batch(&b)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("batch expands to"), "{e}");
+}
+
+#[test]
+fn many_frames_of_one_long_name_cannot_wrap_the_rollup_offsets() {
+    // 65,536 frames naming one 64 KiB function: 4 GiB of names, past u32 offsets.
+    let mut b = valid();
+    b.strings.push("g".repeat(64 << 10));
+    let name_index = b.strings.len() as u32 - 1;
+    b.functions.push(wattson_proto::v1::Function {
+        name_index,
+        file_index: 0,
+    });
+    let function_index = b.functions.len() as u32 - 1;
+    let first = b.frames.len() as u32;
+    b.frames.extend((0..65_536).map(|_| wattson_proto::v1::Frame {
+        function_index,
+        ..Default::default()
+    }));
+    b.stacks = (0..64)
+        .map(|s| wattson_proto::v1::Stack {
+            frame_indices: (first + s * 1024..first + (s + 1) * 1024).collect(),
+        })
+        .collect();
+    for s in b.profiles.iter_mut().flat_map(|p| p.samples.iter_mut()) {
+        s.stack_index %= 64;
+    }
+    let m = err(&b);
+    assert!(m.starts_with("batch expands to "), "{m}");
+    // A legitimate batch is far below the limit.
+    let small = valid();
+    let mut limits = Limits::default();
+    limits.max_expanded_bytes = 1 << 20;
+    validate_at(&small, &limits, NOW).unwrap();
+}
+
 /// A random hostile edit of a valid batch, described for the failure message.
 #[derive(Debug, Clone)]
 enum Edit {

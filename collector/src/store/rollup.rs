@@ -228,6 +228,10 @@ impl Prepared {
         if batch.host_id.is_empty() {
             return Err(bad("empty host_id".into()));
         }
+        // Ingest checks this at validation; replay of a journal written before it did must
+        // not fold gigabytes either.
+        crate::validate::check_expansion(batch, crate::validate::DEFAULT_MAX_EXPANDED_BYTES)
+            .map_err(|e| bad(e.0))?;
         const UNSEEN: u32 = u32::MAX;
         // Batch index -> local index, filled on first use.
         let mut frame_at = vec![UNSEEN; batch.frames.len()];
