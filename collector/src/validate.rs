@@ -43,6 +43,8 @@ pub struct Limits {
     pub max_duration_nanos: u64,
     /// Highest sampling frequency, Hz.
     pub max_frequency_hz: u32,
+    /// Most CPUs (and packages) a host may report (Linux's NR_CPUS tops out at 8192 on x86).
+    pub max_cpus: u32,
     /// Largest energy figure of one interval, microjoules (1 GJ: a 100 kW host for 10^4 s).
     pub max_microjoules: f64,
     /// How far in the future a timestamp may be (clock skew), nanoseconds.
@@ -74,6 +76,7 @@ impl Default for Limits {
             max_domains: 256,
             max_duration_nanos: 24 * 3600 * 1_000_000_000,
             max_frequency_hz: 100_000,
+            max_cpus: 16_384,
             max_microjoules: 1e15,
             max_future_skew_nanos: 24 * 3600 * 1_000_000_000,
             // 2000-01-01T00:00:00Z.
@@ -139,6 +142,15 @@ pub fn validate_view_at(
     }
     if let Some(c) = batch.agent_instance.chars().find(|c| !c.is_ascii_graphic()) {
         bail!("agent_instance contains {c:?} (expected printable ASCII, e.g. hex)");
+    }
+    if let Some(host) = batch.host {
+        // `cpus` scales what a profile may count: unbounded, it lets one batch carry sums
+        // that overflow every later roll-up.
+        for (field, n) in [("cpus", host.cpus), ("packages", host.packages)] {
+            if n > limits.max_cpus {
+                bail!("host.{field} {n} is over the limit of {}", limits.max_cpus);
+            }
+        }
     }
     if let Some(host) = batch.host
         && !host.host_id.is_empty()
@@ -544,12 +556,17 @@ fn check_profile(
         total += u128::from(s.count);
         uj_total += s.microjoules;
     }
-    if total > max_samples {
-        bail!(
-            "profiles[{i}].samples count {total} exceeds what {cpus} CPUs at {} Hz deliver in {} ns (at most {max_samples})",
-            p.frequency_hz,
-            p.duration_nanos
-        );
+    for (what, n) in [
+        ("samples count", total),
+        ("dropped_samples", p.dropped_samples.into()),
+    ] {
+        if n > max_samples {
+            bail!(
+                "profiles[{i}].{what} {n} exceeds what {cpus} CPUs at {} Hz deliver in {} ns (at most {max_samples})",
+                p.frequency_hz,
+                p.duration_nanos
+            );
+        }
     }
     if uj_total > p.attributed_microjoules + slack + p.samples.len() as f64 {
         bail!(

@@ -225,10 +225,11 @@ fn many_frames_of_one_long_name_cannot_wrap_the_rollup_offsets() {
     });
     let function_index = b.functions.len() as u32 - 1;
     let first = b.frames.len() as u32;
-    b.frames.extend((0..65_536).map(|_| wattson_proto::v1::Frame {
-        function_index,
-        ..Default::default()
-    }));
+    b.frames
+        .extend((0..65_536).map(|_| wattson_proto::v1::Frame {
+            function_index,
+            ..Default::default()
+        }));
     b.stacks = (0..64)
         .map(|s| wattson_proto::v1::Stack {
             frame_indices: (first + s * 1024..first + (s + 1) * 1024).collect(),
@@ -244,6 +245,28 @@ fn many_frames_of_one_long_name_cannot_wrap_the_rollup_offsets() {
     let mut limits = Limits::default();
     limits.max_expanded_bytes = 1 << 20;
     validate_at(&small, &limits, NOW).unwrap();
+}
+
+#[test]
+fn absurd_cpus_and_dropped_samples_are_refused() {
+    // Both flowed unchecked into sums that overflowed later roll-ups (issue 20).
+    let mut b = valid();
+    b.host.as_mut().unwrap().cpus = u32::MAX;
+    assert_eq!(err(&b), "host.cpus 4294967295 is over the limit of 16384");
+    let mut b = valid();
+    b.host.as_mut().unwrap().packages = 1 << 20;
+    assert_eq!(err(&b), "host.packages 1048576 is over the limit of 16384");
+    let mut b = valid();
+    b.profiles[1].dropped_samples = u64::MAX;
+    let m = err(&b);
+    assert!(
+        m.starts_with("profiles[1].dropped_samples 18446744073709551615 exceeds what 8 CPUs"),
+        "{m}"
+    );
+    // What the CPUs can deliver is fine.
+    let mut b = valid();
+    b.profiles[1].dropped_samples = 100;
+    validate_at(&b, &Limits::default(), NOW).unwrap();
 }
 
 /// A random hostile edit of a valid batch, described for the failure message.

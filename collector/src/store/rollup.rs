@@ -331,7 +331,7 @@ impl Prepared {
                     uj: m,
                     est_uj: e,
                 };
-                samples_total += s.count;
+                samples_total = samples_total.saturating_add(s.count);
                 host.add(&flat.totals());
                 cells.add(stack, minute, *proc_slot, &flat);
                 by_proc.add(*proc_slot, minute, 0, &flat);
@@ -401,10 +401,11 @@ struct Flat {
 }
 
 impl Flat {
+    /// Saturating, as [`Totals::add`].
     fn add(&mut self, o: &Flat) {
-        self.samples += o.samples;
-        self.uj += o.uj;
-        self.est_uj += o.est_uj;
+        self.samples = self.samples.saturating_add(o.samples);
+        self.uj = self.uj.saturating_add(o.uj);
+        self.est_uj = self.est_uj.saturating_add(o.est_uj);
     }
 
     fn totals(&self) -> Totals {

@@ -67,14 +67,28 @@ fn each_total(f: impl Fn(&str) -> String) -> String {
     TOTALS_COLUMNS.map(f).join(", ")
 }
 
-/// `c = c + excluded.c` for every sum: how an upsert adds summed rows to stored ones.
+/// `c = c + excluded.c` for every sum, saturating at `i64::MAX`: how an upsert adds summed rows
+/// to stored ones. (SQLite's `+` turns an overflowing sum into a REAL, which reads back as an
+/// error.)
 pub(super) fn add_excluded() -> String {
-    each_total(|c| format!("{c} = {c} + excluded.{c}"))
+    each_total(|c| {
+        format!(
+            "{c} = CASE WHEN {c} > {max} - excluded.{c} THEN {max} ELSE {c} + excluded.{c} END",
+            max = i64::MAX
+        )
+    })
 }
 
-/// `sum(c)` for every sum column.
+/// The sum of every sum column, saturating at `i64::MAX`: SQLite's `sum()` fails the whole
+/// query with "integer overflow", `total()` adds in floating point (exact below 2^53) and the
+/// cast clamps.
 pub(super) fn sums() -> String {
-    each_total(|c| format!("sum({c})"))
+    each_total(|c| format!("CAST(total({c}) AS INTEGER)"))
+}
+
+/// A u64 figure as SQLite's INTEGER, clamped (a plain `as` would store it negative).
+pub(super) fn to_sql(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// Stores of the first release recorded (host, seq) in `batches`: carried over with an empty
@@ -339,7 +353,7 @@ fn source(kind: Kind, ranges: &[Range], by_service: bool, key: Option<()>) -> St
 }
 
 fn totals_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Totals> {
-    Totals::from_columns(|i| Ok(r.get::<_, Option<i64>>(at + i)?.unwrap_or(0) as u64))
+    Totals::from_columns(|i| Ok(r.get::<_, Option<i64>>(at + i)?.unwrap_or(0).max(0) as u64))
 }
 
 /// Adds `rows` to the rollup table (and new services to `services`) inside `tx`.
@@ -358,16 +372,16 @@ pub(super) fn upsert_rows(tx: &rusqlite::Transaction<'_>, rows: &[Row]) -> rusql
             row.minute,
             row.service,
             row.key,
-            t.samples_self as i64,
-            t.samples_incl as i64,
-            t.uj_self as i64,
-            t.uj_incl as i64,
-            t.est_uj_self as i64,
-            t.est_uj_incl as i64,
-            t.idle_uj as i64,
-            t.est_idle_uj as i64,
-            t.duration_ms as i64,
-            t.dropped as i64,
+            to_sql(t.samples_self),
+            to_sql(t.samples_incl),
+            to_sql(t.uj_self),
+            to_sql(t.uj_incl),
+            to_sql(t.est_uj_self),
+            to_sql(t.est_uj_incl),
+            to_sql(t.idle_uj),
+            to_sql(t.est_idle_uj),
+            to_sql(t.duration_ms),
+            to_sql(t.dropped),
         ])?;
         if row.kind == Kind::Service && row.res == RES_MINUTE {
             svc.execute(params![row.service])?;
@@ -408,7 +422,7 @@ impl Store for SqliteStore {
                     rollup.sequence as i64,
                     now,
                     rollup.profiles,
-                    rollup.samples as i64
+                    to_sql(rollup.samples)
                 ],
             )
             .map_err(|e| self.err(e))?

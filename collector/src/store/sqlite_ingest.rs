@@ -512,7 +512,7 @@ fn roll(shared: &Shared, acc: &mut Accumulator, journal: &mut Journal) -> Result
                     *seq as i64,
                     p.at,
                     p.profiles,
-                    p.samples as i64
+                    super::sqlite::to_sql(p.samples)
                 ])?;
             }
         }
