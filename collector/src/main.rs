@@ -50,6 +50,12 @@ struct ServeArgs {
     /// Largest accepted request after decompression, bytes.
     #[arg(long, default_value_t = server::DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
+    /// Longest one request may take (a stalled upload included) before it is cancelled.
+    #[arg(long, default_value = "60s")]
+    request_timeout: humantime::Duration,
+    /// Concurrent HTTP/2 streams one connection may open.
+    #[arg(long, default_value_t = 64)]
+    max_concurrent_streams: u32,
     /// Fleet sizes per service and PUE / CO2 / price factors (TOML) for fleet power figures.
     #[arg(long)]
     fleet: Option<PathBuf>,
@@ -108,6 +114,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_message_bytes: args.max_message_bytes,
         limits: Limits::default(),
         rejections: counted.rejections(),
+        transport: server::Transport {
+            request_timeout: *args.request_timeout,
+            max_concurrent_streams: args.max_concurrent_streams,
+            ..server::Transport::default()
+        },
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {

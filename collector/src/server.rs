@@ -118,6 +118,33 @@ impl TlsFiles {
     }
 }
 
+/// Connection limits: how much one client can hold of the server. Without them a client could
+/// open unbounded HTTP/2 streams, park requests that never finish, or keep dead connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Transport {
+    /// Concurrent HTTP/2 streams per connection (what a client may have in flight).
+    pub max_concurrent_streams: u32,
+    /// Requests served at once per connection; more wait (not refused: agents retry a
+    /// refusal, and a queue is cheaper than a retry).
+    pub concurrency_per_connection: usize,
+    /// Longest a request may take, from its headers to the answer (a stalled upload included);
+    /// past it the call is cancelled and the agent retries.
+    pub request_timeout: std::time::Duration,
+    /// HTTP/2 PING interval, and how long an answer may take before the connection is closed.
+    pub keepalive: std::time::Duration,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Transport {
+            max_concurrent_streams: 64,
+            concurrency_per_connection: 16,
+            request_timeout: std::time::Duration::from_secs(60),
+            keepalive: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
 /// Everything [`serve`] needs besides the store.
 #[derive(Debug, Clone, Default)]
 pub struct ServeConfig {
@@ -133,6 +160,8 @@ pub struct ServeConfig {
     pub fleet: crate::attribute::FleetConfig,
     /// Where ingest counts the requests it refuses (shared with `/metrics`).
     pub rejections: Arc<Rejections>,
+    /// Per-connection limits and timeouts.
+    pub transport: Transport,
 }
 
 /// The ingest service over a store.
@@ -199,6 +228,8 @@ impl Ingest {
 fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::InvalidBatch { .. } => Status::invalid_argument(e.to_string()),
+        // Retryable: the agent keeps the batch (RESOURCE_EXHAUSTED would make it drop it).
+        StoreError::Busy(_) => Status::unavailable(e.to_string()),
         // Anything else is the collector's problem; the agent keeps the batch and retries.
         _ => Status::unavailable(format!("store: {e}")),
     }
@@ -281,9 +312,14 @@ impl Ingest {
             status
         };
         let malformed = |e: ParseError| {
+            let what = if e.over_limit {
+                "batch too large"
+            } else {
+                "malformed message"
+            };
             refuse(
-                false,
-                Status::invalid_argument(format!("malformed message: {e}")),
+                e.over_limit,
+                Status::invalid_argument(format!("{what}: {e}")),
             )
         };
         let (encoded, arrived) = match BatchView::request_batch(&request).map_err(malformed)? {
@@ -299,7 +335,7 @@ impl Ingest {
             }
             None => return Err(refuse(false, Status::invalid_argument(NO_BATCH))),
         };
-        let batch = BatchView::parse(&encoded).map_err(malformed)?;
+        let batch = validate::parse(&encoded, &self.limits).map_err(malformed)?;
         let started = Instant::now();
         match self
             .store_batch(&batch, encoded.clone(), arrived, receiving)
@@ -429,7 +465,14 @@ pub async fn serve(
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
-    let mut builder = Server::builder();
+    let t = config.transport;
+    let mut builder = Server::builder()
+        .max_concurrent_streams(t.max_concurrent_streams)
+        .concurrency_limit_per_connection(t.concurrency_per_connection)
+        .timeout(t.request_timeout)
+        .http2_keepalive_interval(Some(t.keepalive))
+        .http2_keepalive_timeout(Some(t.keepalive))
+        .tcp_keepalive(Some(t.keepalive));
     if let Some(tls) = &config.tls {
         builder = builder.tls_config(tls.server_config()?)?;
     }
@@ -438,6 +481,8 @@ pub async fn serve(
         listen = ?local,
         tls = config.tls.is_some(),
         max_message_bytes = max,
+        max_concurrent_streams = t.max_concurrent_streams,
+        request_timeout = ?t.request_timeout,
         "collector serving wattson.v1.IngestService, QueryService, grpc.health.v1, reflection"
     );
     builder

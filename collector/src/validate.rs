@@ -11,7 +11,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use wattson_proto::v1::{Batch, EnergyDomain, Frame, Sample};
-use wattson_proto::view::{BatchView, ProcessView, ProfileView};
+use wattson_proto::view::{BatchView, CountLimits, ParseError, ProcessView, ProfileView};
 
 /// Limits a batch must respect. The defaults are generous for one host's batch of a few
 /// intervals and tight enough that a hostile batch cannot make the collector allocate or
@@ -37,6 +37,10 @@ pub struct Limits {
     pub max_profiles: usize,
     /// Samples (rows) per profile.
     pub max_samples_per_profile: usize,
+    /// Samples (rows) over all profiles of the batch.
+    pub max_samples_per_batch: usize,
+    /// Frame indexes over all stacks of the batch.
+    pub max_stack_frames: usize,
     /// Energy domains per profile.
     pub max_domains: usize,
     /// Longest interval, nanoseconds.
@@ -73,6 +77,8 @@ impl Default for Limits {
             max_stack_depth: 1024,
             max_profiles: 4096,
             max_samples_per_profile: 1 << 20,
+            max_samples_per_batch: 1 << 21,
+            max_stack_frames: 1 << 24,
             max_domains: 256,
             max_duration_nanos: 24 * 3600 * 1_000_000_000,
             max_frequency_hz: 100_000,
@@ -84,6 +90,35 @@ impl Default for Limits {
             max_expanded_bytes: DEFAULT_MAX_EXPANDED_BYTES,
         }
     }
+}
+
+impl Limits {
+    /// The counts [`BatchView::parse_limited`] holds each list to while it reads a request,
+    /// so a batch over them is refused before it is parsed whole (32 B per sample row from 2
+    /// bytes of message: 64 MiB of empty rows was over 1 GiB of parsed structs).
+    pub fn counts(&self) -> CountLimits {
+        let mut c = CountLimits::UNLIMITED;
+        c.strings = self.max_strings;
+        c.functions = self.max_table_entries;
+        c.frames = self.max_table_entries;
+        c.stacks = self.max_table_entries;
+        c.stack_frames = self.max_stack_frames;
+        c.processes = self.max_processes;
+        c.build_ids = self.max_table_entries;
+        c.profiles = self.max_profiles;
+        c.domains = self
+            .max_profiles
+            .saturating_mul(self.max_domains)
+            .min(1 << 16);
+        c.samples = self.max_samples_per_batch;
+        c
+    }
+}
+
+/// Reads a request's encoded batch as the server does: in place, each list held to
+/// [`Limits::counts`] as it is read.
+pub fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<BatchView<'a>, ParseError> {
+    BatchView::parse_limited(bytes, &limits.counts())
 }
 
 /// Why a batch was rejected: the field path and what is wrong with it.
@@ -204,6 +239,11 @@ pub fn validate_view_at(
     }
 
     check_count("stacks", batch.stacks.len(), limits.max_table_entries)?;
+    check_count(
+        "stacks' frame_indices",
+        batch.stack_frames.len(),
+        limits.max_stack_frames,
+    )?;
     for i in 0..batch.stacks.len() {
         check_stack(i, batch.stack(i), batch.frames.len(), limits)?;
     }
@@ -214,6 +254,11 @@ pub fn validate_view_at(
     }
 
     check_count("profiles", batch.profiles.len(), limits.max_profiles)?;
+    check_count(
+        "profiles' samples",
+        batch.all_samples.len(),
+        limits.max_samples_per_batch,
+    )?;
     let mut summary = Summary::default();
     for (i, p) in batch.profiles.iter().enumerate() {
         let samples = check_profile(i, p, batch, limits, latest)?;

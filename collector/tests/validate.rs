@@ -8,7 +8,6 @@ use prost::Message as _;
 use wattson_collector::validate::{Invalid, Limits, validate_at, validate_view_at};
 use wattson_proto::synthetic::{self, Shape};
 use wattson_proto::v1::Batch;
-use wattson_proto::view::BatchView;
 
 const NOW: u64 = 1_780_000_000 * 1_000_000_000;
 
@@ -27,7 +26,8 @@ fn valid() -> Batch {
 
 /// What the server does with the bytes of a request: read them in place, then validate.
 fn decode_and_validate(bytes: &[u8]) -> Result<u64, String> {
-    let batch = BatchView::parse(bytes).map_err(|e| format!("malformed message: {e}"))?;
+    let batch = wattson_collector::validate::parse(bytes, &Limits::default())
+        .map_err(|e| format!("malformed message: {e}"))?;
     validate_view_at(&batch, &Limits::default(), NOW)
         .map(|s| s.samples)
         .map_err(|Invalid(m)| m)
@@ -267,6 +267,51 @@ fn absurd_cpus_and_dropped_samples_are_refused() {
     let mut b = valid();
     b.profiles[1].dropped_samples = 100;
     validate_at(&b, &Limits::default(), NOW).unwrap();
+}
+
+/// Issue 20: a few KB of zstd frame decompressing to millions of empty sample rows (2 bytes of
+/// message, 32 bytes parsed each) was parsed whole (>1 GiB for 64 MiB) before any count limit
+/// ran. The limit now applies while parsing, at the first row past it.
+#[test]
+fn empty_submessages_are_counted_while_parsing() {
+    let mut bytes = valid().encode_to_vec();
+    let rows = 3 << 20;
+    let profile = [0x6a, 0x00].repeat(rows);
+    bytes.push(0x52); // Batch.profiles, length-delimited
+    let mut n = profile.len();
+    while n >= 0x80 {
+        bytes.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    bytes.push(n as u8);
+    bytes.extend_from_slice(&profile);
+    let frame = zstd::bulk::compress(&bytes, 3).unwrap();
+    assert!(frame.len() < 16 << 10, "{} bytes of zstd", frame.len());
+    let raw = wattson_proto::compressed::Decompressor::new()
+        .unwrap()
+        .batch(&frame, 64 << 20)
+        .unwrap();
+    // (Not `unwrap_err`: its message would print three million rows.)
+    let Err(e) = wattson_collector::validate::parse(&raw, &Limits::default()) else {
+        panic!("3 Mi empty sample rows parsed whole");
+    };
+    // valid() has 150 rows in profiles 0..=2; the limit is 2,097,152 rows per batch.
+    assert_eq!(e.path, "Batch.profiles[3].samples[2097002]");
+    assert!(
+        e.why.contains("more than 2097152 of these in the batch"),
+        "{e}"
+    );
+    assert!(e.over_limit);
+    // The owned-batch path holds the same total.
+    let mut b = valid();
+    let mut limits = Limits::default();
+    limits.max_samples_per_batch = 100;
+    assert_eq!(
+        validate_at(&b, &limits, NOW).unwrap_err().0,
+        "profiles' samples has 150 entries (limit 100)"
+    );
+    b.profiles.truncate(1);
+    validate_at(&b, &limits, NOW).unwrap();
 }
 
 /// A random hostile edit of a valid batch, described for the failure message.

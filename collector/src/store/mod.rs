@@ -81,6 +81,10 @@ pub enum StoreError {
         /// What failed.
         message: String,
     },
+    /// The ingest queue is full (the disk or the roll-up is behind): nothing was stored, and
+    /// the agent keeps the batch and retries (UNAVAILABLE).
+    #[error("store busy: {0} (the batch was not stored; retry later)")]
+    Busy(String),
     /// A local file or process operation failed (creating the database directory, starting a
     /// test server...).
     #[error("{what}: {source}")]

@@ -585,3 +585,69 @@ impl Store for SqliteStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::synthetic::BatchBuilder;
+    use prost::Message as _;
+    use wattson_proto::view::BatchView;
+
+    /// Issue 20: the ingest queue was unbounded; with the disk (here: the write connection)
+    /// stalled, every arriving batch was held in memory. Past the bound it is refused as
+    /// `Busy` (UNAVAILABLE: the agent retries), and the queue drains once the stall ends.
+    #[test]
+    fn a_full_ingest_queue_refuses_batches_as_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("w.sqlite")).unwrap();
+        let batches: Vec<Batch> = (1..=super::super::sqlite_ingest::MAX_QUEUED as u64 + 200)
+            .map(|seq| {
+                BatchBuilder::new("h1", seq)
+                    .interval(
+                        1_793_577_600,
+                        10,
+                        false,
+                        0.0,
+                        &[("api", "", "main;f", 1, 1.0)],
+                    )
+                    .build()
+            })
+            .collect();
+        let stall = store.writer.lock().unwrap();
+        let futures: Vec<_> = batches
+            .iter()
+            .map(|b| {
+                let bytes = bytes::Bytes::from(b.encode_to_vec());
+                store.queue(&BatchView::of(b), bytes).unwrap()
+            })
+            .collect();
+        drop(stall);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (mut stored, mut busy) = (0, 0);
+        for f in futures {
+            match rt.block_on(f) {
+                Ok(Ingested::New { .. }) => stored += 1,
+                Err(StoreError::Busy(m)) => {
+                    assert!(m.contains("already wait for the sqlite journal"), "{m}");
+                    busy += 1
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(busy >= 199, "{busy} refused, {stored} stored");
+        assert_eq!(stored + busy, batches.len());
+        // Nothing is left stuck: a later batch stores.
+        let next = BatchBuilder::new("h1", 1 << 20)
+            .interval(
+                1_793_577_600,
+                10,
+                false,
+                0.0,
+                &[("api", "", "main;f", 1, 1.0)],
+            )
+            .build();
+        assert!(matches!(store.ingest(&next), Ok(Ingested::New { .. })));
+    }
+}
