@@ -195,7 +195,8 @@ impl Ingest {
         }
     }
 
-    /// Counts a request tonic refused above the maximum message size (OUT_OF_RANGE).
+    /// Counts a request tonic refused above the maximum message size (OUT_OF_RANGE, or
+    /// RESOURCE_EXHAUSTED once decompressed).
     pub(crate) fn refused_too_large(&self) {
         self.rejections.too_large();
         tracing::warn!("request refused: above the maximum message size (--max-message-bytes)");
@@ -283,7 +284,8 @@ impl Ingest {
                 Some(c) => c,
                 None => ctx.insert(
                     Decompressor::new()
-                        .map_err(|e| Status::resource_exhausted(format!("zstd context: {e}")))?,
+                        // UNAVAILABLE, not RESOURCE_EXHAUSTED: agents drop a batch refused so.
+                        .map_err(|e| Status::unavailable(format!("zstd context: {e}")))?,
                 ),
             };
             Ok(ctx.batch(frame, self.max_batch_bytes).map(Bytes::from))
