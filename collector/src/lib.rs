@@ -1,7 +1,9 @@
 //! Wattson's collector as a library: ingest, storage, fleet attribution and queries. The
 //! `wattson-collector` and `wattson` binaries are thin edges over it.
 
+pub mod access;
 pub mod attribute;
+pub mod display;
 pub mod flame;
 pub mod ingest_cpu;
 pub mod ingest_endpoint;

@@ -44,9 +44,14 @@ struct ServeArgs {
     /// CA (PEM) that client certificates must be signed by.
     #[arg(long, requires_all = ["tls_cert", "tls_key"])]
     tls_ca: Option<PathBuf>,
-    /// Require `authorization: Bearer TOKEN` on every ingest and query call.
+    /// Require `authorization: Bearer TOKEN` on every call but health; this token has every
+    /// scope (ingest, read, admin).
     #[arg(long, env = "WATTSON_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Scoped tokens, one `SCOPE TOKEN` per line (SCOPE: ingest, read, admin or all; `#`
+    /// comments): agents get ingest, dashboards and the CLI read.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
     /// Largest accepted request after decompression, bytes.
     #[arg(long, default_value_t = server::DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
@@ -111,6 +116,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         fleet,
         tls,
         token: args.token,
+        token_file: args.token_file,
         max_message_bytes: args.max_message_bytes,
         limits: Limits::default(),
         rejections: counted.rejections(),

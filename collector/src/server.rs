@@ -20,13 +20,14 @@ use prost::Message as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::{Stream, StreamExt as _};
-use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 use wattson_proto::compressed::{Decompressor, FrameError, NO_BATCH};
 use wattson_proto::v1::{Batch, IngestResponse};
 use wattson_proto::view::{BatchView, ParseError, RequestBatch};
 
+use crate::access::{Scope, Tokens};
 use crate::ingest_cpu;
 use crate::metrics::Rejections;
 use crate::store::{Ingested, Store, StoreError};
@@ -64,6 +65,9 @@ pub enum ServeError {
     /// The reflection service could not load the descriptor sets (a build problem).
     #[error("server reflection: {0}")]
     Reflection(String),
+    /// The token file could not be read.
+    #[error(transparent)]
+    Tokens(#[from] crate::access::TokenFileError),
     /// The transport failed (TLS configuration rejected, accept loop error).
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -150,8 +154,10 @@ impl Default for Transport {
 pub struct ServeConfig {
     /// Mutual TLS; plain TCP when `None`.
     pub tls: Option<TlsFiles>,
-    /// Bearer token every ingest and query call must carry (`authorization: Bearer TOKEN`).
+    /// Bearer token with every scope (`--token`; `authorization: Bearer TOKEN`).
     pub token: Option<String>,
+    /// Scoped tokens, lines `SCOPE TOKEN` (`--token-file`; see [`crate::access`]).
+    pub token_file: Option<PathBuf>,
     /// Largest accepted request, bytes (0 = [`DEFAULT_MAX_MESSAGE_BYTES`]).
     pub max_message_bytes: usize,
     /// Batch validation limits.
@@ -301,6 +307,7 @@ impl Ingest {
         let receiving =
             ingest_cpu::Timer::sampled(ingest_cpu::Stage::Receive, ingest_cpu::RECEIVE_SAMPLING);
         let peer = request.remote_addr();
+        let certs = request.peer_certs();
         let request = request.into_inner();
         // Counted as too large or malformed when refused as invalid; logged either way.
         let refuse = |too_large: bool, status: Status| {
@@ -338,6 +345,12 @@ impl Ingest {
             None => return Err(refuse(false, Status::invalid_argument(NO_BATCH))),
         };
         let batch = validate::parse(&encoded, &self.limits).map_err(malformed)?;
+        if let Err(status) =
+            crate::access::check_host(certs.as_deref().map(Vec::as_slice), batch.host_id)
+        {
+            tracing::warn!(?peer, host = %crate::display::Clean(batch.host_id), "batch refused: {}", status.message());
+            return Err(status);
+        }
         let started = Instant::now();
         match self
             .store_batch(&batch, encoded.clone(), arrived, receiving)
@@ -380,35 +393,6 @@ impl Ingest {
     }
 }
 
-/// Checks `authorization: Bearer TOKEN` on every call when a token is configured.
-#[derive(Clone)]
-struct BearerAuth(Option<Arc<str>>);
-
-impl Interceptor for BearerAuth {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.0 else {
-            return Ok(request);
-        };
-        let given = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(request),
-            Some(_) => Err(Status::unauthenticated("bearer token does not match")),
-            None => Err(Status::unauthenticated(
-                "missing `authorization: Bearer TOKEN` (the collector runs with --token)",
-            )),
-        }
-    }
-}
-
-/// Compares without an early exit, so timing does not reveal how much of a token matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Binds `addr` (port 0 picks a free one); the bound address is `listener.local_addr()`.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
@@ -449,10 +433,11 @@ pub async fn serve(
         Ingest::new(store, config.limits, max, config.rejections),
         max,
     );
-    // One token guards both services: profiles are as sensitive to read as to write.
-    let auth = BearerAuth(config.token.map(Arc::from));
-    let ingest = tonic::service::interceptor::InterceptedService::new(ingest, auth.clone());
-    let query = tonic::service::interceptor::InterceptedService::new(query, auth);
+    // Ingest needs the ingest scope; queries and reflection (it lists every method) read.
+    // Health stays open, for load balancers.
+    let tokens = Tokens::new(config.token.as_deref(), config.token_file.as_deref())?;
+    let ingest = InterceptedService::new(ingest, tokens.require(Scope::Ingest));
+    let query = InterceptedService::new(query, tokens.require(Scope::Read));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -466,6 +451,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection = InterceptedService::new(reflection, tokens.require(Scope::Read));
 
     let t = config.transport;
     let mut builder = Server::builder()

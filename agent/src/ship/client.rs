@@ -170,6 +170,9 @@ impl Client {
                 .tls_config(config)
                 .map_err(|e| bad(format!("TLS configuration: {e}")))?;
         }
+        if let Some(warning) = token.and_then(|_| wattson_proto::cli::token_in_clear(&url)) {
+            tracing::warn!("{warning}");
+        }
         let token = token
             .map(|t| {
                 format!("Bearer {t}")

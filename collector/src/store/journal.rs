@@ -14,6 +14,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, IoSlice, Read, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 /// First bytes of every segment (format version 1).
@@ -56,6 +57,16 @@ pub struct Journal {
     file: Option<(File, u64)>,
 }
 
+/// Creates `dir` and its missing parents with mode 0700: journal and store hold every
+/// profiled command line. (Directories that exist keep their mode.)
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 fn segment_name(generation: u64) -> String {
     format!("{generation:020}.seg")
 }
@@ -88,7 +99,7 @@ impl Journal {
         covered: u64,
         mut replay: impl FnMut(u64, &[u8]),
     ) -> Result<(Journal, Recovered), JournalError> {
-        std::fs::create_dir_all(dir).map_err(|source| JournalError {
+        private_dir(dir).map_err(|source| JournalError {
             path: dir.to_path_buf(),
             what: "creating the directory",
             source,
@@ -226,6 +237,7 @@ fn create_segment(dir: &Path, generation: u64) -> Result<(File, u64), JournalErr
     let mut file = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&path)
         .and_then(|f| f.set_len(0).map(|()| f))
         .map_err(|e| err("creating a segment", e))?;

@@ -135,11 +135,25 @@ impl SqliteStore {
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref();
         let name = path.display().to_string();
+        // The store holds every profiled command line: private to the collector's user.
+        // (Directories created here are 0700; SQLite gives -wal and -shm the database's mode.)
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            super::journal::private_dir(dir).map_err(|source| StoreError::Io {
                 what: format!("creating directory {} for the sqlite store", dir.display()),
                 source,
             })?;
+        }
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| StoreError::Io {
+                    what: format!("creating the sqlite store {}", path.display()),
+                    source,
+                })?;
         }
         let err = |source| StoreError::Sqlite {
             path: name.clone(),

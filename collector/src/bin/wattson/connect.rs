@@ -139,6 +139,9 @@ pub async fn client(
     token: Option<&str>,
 ) -> anyhow::Result<Client> {
     let channel = channel(collector, tls).await?;
+    if let Some(warning) = token.and_then(|_| wattson_proto::cli::token_in_clear(collector)) {
+        tracing::warn!("{warning}");
+    }
     let header = match token {
         Some(t) => Some(
             format!("Bearer {t}")
