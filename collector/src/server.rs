@@ -222,7 +222,7 @@ impl Ingest {
         let before = seen.insert(batch.host_id.to_string(), l.spool_dropped_batches);
         if before.is_none_or(|b| b < l.spool_dropped_batches) {
             tracing::warn!(
-                host = %batch.host_id,
+                host = %crate::display::Clean(batch.host_id),
                 dropped_batches = l.spool_dropped_batches,
                 dropped_intervals = l.spool_dropped_intervals,
                 dropped_samples = l.spool_dropped_samples,
