@@ -83,11 +83,6 @@ mod tests {
         let e = SaysItsSource(std::io::Error::other("no such file"));
         assert_eq!(one_line(&e), "spool /x: creating: no such file");
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::token_in_clear;
 
     #[test]
     fn a_token_in_clear_is_flagged_unless_https_or_loopback() {
