@@ -614,18 +614,19 @@ mod tests {
     fn a_full_ingest_queue_refuses_batches_as_busy() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("w.sqlite")).unwrap();
+        let one = |seq| {
+            BatchBuilder::new("h1", seq)
+                .interval(
+                    1_793_577_600,
+                    10,
+                    false,
+                    0.0,
+                    &[("api", "", "main;f", 1, 1.0)],
+                )
+                .build()
+        };
         let batches: Vec<Batch> = (1..=super::super::sqlite_ingest::MAX_QUEUED as u64 + 200)
-            .map(|seq| {
-                BatchBuilder::new("h1", seq)
-                    .interval(
-                        1_793_577_600,
-                        10,
-                        false,
-                        0.0,
-                        &[("api", "", "main;f", 1, 1.0)],
-                    )
-                    .build()
-            })
+            .map(one)
             .collect();
         let stall = store.writer.lock().unwrap();
         let futures: Vec<_> = batches
@@ -653,15 +654,9 @@ mod tests {
         assert!(busy >= 199, "{busy} refused, {stored} stored");
         assert_eq!(stored + busy, batches.len());
         // Nothing is left stuck: a later batch stores.
-        let next = BatchBuilder::new("h1", 1 << 20)
-            .interval(
-                1_793_577_600,
-                10,
-                false,
-                0.0,
-                &[("api", "", "main;f", 1, 1.0)],
-            )
-            .build();
-        assert!(matches!(store.ingest(&next), Ok(Ingested::New { .. })));
+        assert!(matches!(
+            store.ingest(&one(1 << 20)),
+            Ok(Ingested::New { .. })
+        ));
     }
 }
