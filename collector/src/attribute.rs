@@ -225,15 +225,15 @@ impl Coverage {
         let mut host_secs = HashMap::with_capacity(hosts.len());
         for h in hosts {
             let t = host_seconds(h.totals.duration_ms, window_seconds);
-            out.idle_watts += (h.totals.idle_uj + h.totals.est_idle_uj) as f64 / 1e6 / t;
+            out.idle_watts += h.totals.idle_uj_all() as f64 / 1e6 / t;
             out.idle_estimated |= h.totals.est_idle_uj > 0;
-            out.dropped += h.totals.dropped;
+            out.dropped = out.dropped.saturating_add(h.totals.dropped);
             host_secs.insert(h.key.as_str(), t);
         }
         // Per service: summed joules and summed per-host watts, whose ratio is `seconds`.
         let mut watts: HashMap<&str, (f64, f64)> = HashMap::new();
         for r in service_hosts {
-            let j = (r.totals.uj_self + r.totals.est_uj_self) as f64 / 1e6;
+            let j = r.totals.uj_self_all() as f64 / 1e6;
             let t = host_secs
                 .get(r.key.as_str())
                 .copied()

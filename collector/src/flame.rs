@@ -53,7 +53,8 @@ pub fn folded(stacks: &[StackRow], weight: Weight, prefix_service: bool) -> Stri
         } else {
             s.folded.clone()
         };
-        *merged.entry(key).or_default() += w;
+        let sum = merged.entry(key).or_default();
+        *sum = sum.saturating_add(w);
     }
     let mut out = String::new();
     for (k, v) in merged {

@@ -80,9 +80,10 @@ where
                 .apply_compression_config(accept, EnabledCompressionEncodings::default())
                 .apply_max_message_size_config(Some(max), None);
             let response = grpc.unary(Unary(inner.clone()), req).await;
-            // tonic refuses a request above the size limit before the handler sees it.
-            if response.headers().get("grpc-status").map(|v| v.as_bytes()) == Some(b"11".as_slice())
-            {
+            // tonic refuses a request above the size limit before the handler sees it: as sent
+            // (OUT_OF_RANGE, 11) or once gzip is undone (RESOURCE_EXHAUSTED, 8).
+            let status = response.headers().get("grpc-status").map(|v| v.as_bytes());
+            if matches!(status, Some(b"11" | b"8")) {
                 inner.refused_too_large();
             }
             Ok(response)

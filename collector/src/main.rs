@@ -44,12 +44,23 @@ struct ServeArgs {
     /// CA (PEM) that client certificates must be signed by.
     #[arg(long, requires_all = ["tls_cert", "tls_key"])]
     tls_ca: Option<PathBuf>,
-    /// Require `authorization: Bearer TOKEN` on every ingest and query call.
+    /// Require `authorization: Bearer TOKEN` on every call but health; this token has every
+    /// scope (ingest, read, admin).
     #[arg(long, env = "WATTSON_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Scoped tokens, one `SCOPE TOKEN` per line (SCOPE: ingest, read, admin or all; `#`
+    /// comments): agents get ingest, dashboards and the CLI read.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
     /// Largest accepted request after decompression, bytes.
     #[arg(long, default_value_t = server::DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
+    /// Longest one request may take (a stalled upload included) before it is cancelled.
+    #[arg(long, default_value = "60s")]
+    request_timeout: humantime::Duration,
+    /// Concurrent HTTP/2 streams one connection may open.
+    #[arg(long, default_value_t = 64)]
+    max_concurrent_streams: u32,
     /// Fleet sizes per service and PUE / CO2 / price factors (TOML) for fleet power figures.
     #[arg(long)]
     fleet: Option<PathBuf>,
@@ -145,12 +156,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         fleet,
         tls,
         token: args.token,
+        token_file: args.token_file,
         max_message_bytes: args.max_message_bytes,
         limits: Limits::default(),
         rejections: counted.rejections(),
         skills,
         detector: Some(detector.clone()),
         detect_every: *args.detect_every,
+        transport: server::Transport {
+            request_timeout: *args.request_timeout,
+            max_concurrent_streams: args.max_concurrent_streams,
+            ..server::Transport::default()
+        },
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {

@@ -67,6 +67,8 @@ struct Counts {
     stored: AtomicU64,
     duplicates: AtomicU64,
     errors: AtomicU64,
+    /// Refused with the ingest queue full ([`StoreError::Busy`]); the agents retry them.
+    busy: AtomicU64,
     samples: AtomicU64,
     write_micros: AtomicU64,
 }
@@ -129,6 +131,9 @@ impl Counts {
             }
             Ok(Ingested::Duplicate) => {
                 self.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(StoreError::Busy(_)) => {
+                self.busy.fetch_add(1, Ordering::Relaxed);
             }
             Err(_) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
@@ -227,11 +232,13 @@ pub fn render(
     t.family(
         "wattson_collector_batches_total",
         Kind::Counter,
-        "Batches that reached the store, by result (validation rejections happen before).",
+        "Batches that reached the store, by result (validation rejections happen before); busy: \
+         refused UNAVAILABLE with the ingest queue full, retried by the agents.",
     )
     .sample(&[("result", &"stored")], c(&counted.counts.stored))
     .sample(&[("result", &"duplicate")], c(&counted.counts.duplicates))
-    .sample(&[("result", &"error")], c(&counted.counts.errors));
+    .sample(&[("result", &"error")], c(&counted.counts.errors))
+    .sample(&[("result", &"busy")], c(&counted.counts.busy));
     let r = &counted.rejections;
     t.family(
         "wattson_collector_batches_rejected_total",

@@ -21,13 +21,14 @@ use prost::Message as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::{Stream, StreamExt as _};
-use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 use wattson_proto::compressed::{Decompressor, FrameError, NO_BATCH};
 use wattson_proto::v1::{Batch, IngestResponse};
 use wattson_proto::view::{BatchView, ParseError, RequestBatch};
 
+use crate::access::{Scope, Tokens};
 use crate::detection::{Arrivals, Detector};
 use crate::ingest_cpu;
 use crate::metrics::Rejections;
@@ -69,6 +70,9 @@ pub enum ServeError {
     /// The default detection settings were refused (a build problem).
     #[error("detection: {0}")]
     Detection(String),
+    /// The token file could not be read.
+    #[error(transparent)]
+    Tokens(#[from] crate::access::TokenFileError),
     /// The transport failed (TLS configuration rejected, accept loop error).
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -123,13 +127,42 @@ impl TlsFiles {
     }
 }
 
+/// Connection limits: how much one client can hold of the server. Without them a client could
+/// open unbounded HTTP/2 streams, park requests that never finish, or keep dead connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Transport {
+    /// Concurrent HTTP/2 streams per connection (what a client may have in flight).
+    pub max_concurrent_streams: u32,
+    /// Requests served at once per connection; more wait (not refused: agents retry a
+    /// refusal, and a queue is cheaper than a retry).
+    pub concurrency_per_connection: usize,
+    /// Longest a request may take, from its headers to the answer (a stalled upload included);
+    /// past it the call is cancelled and the agent retries.
+    pub request_timeout: std::time::Duration,
+    /// HTTP/2 PING interval, and how long an answer may take before the connection is closed.
+    pub keepalive: std::time::Duration,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Transport {
+            max_concurrent_streams: 64,
+            concurrency_per_connection: 16,
+            request_timeout: std::time::Duration::from_secs(60),
+            keepalive: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
 /// Everything [`serve`] needs besides the store.
 #[derive(Debug, Clone, Default)]
 pub struct ServeConfig {
     /// Mutual TLS; plain TCP when `None`.
     pub tls: Option<TlsFiles>,
-    /// Bearer token every ingest and query call must carry (`authorization: Bearer TOKEN`).
+    /// Bearer token with every scope (`--token`; `authorization: Bearer TOKEN`).
     pub token: Option<String>,
+    /// Scoped tokens, lines `SCOPE TOKEN` (`--token-file`; see [`crate::access`]).
+    pub token_file: Option<PathBuf>,
     /// Largest accepted request, bytes (0 = [`DEFAULT_MAX_MESSAGE_BYTES`]).
     pub max_message_bytes: usize,
     /// Batch validation limits.
@@ -144,6 +177,8 @@ pub struct ServeConfig {
     pub detector: Option<Arc<Detector>>,
     /// How often detection looks for new data and runs a pass (0: every 5 minutes).
     pub detect_every: std::time::Duration,
+    /// Per-connection limits and timeouts.
+    pub transport: Transport,
 }
 
 /// Detection's pass interval when [`ServeConfig::detect_every`] is 0.
@@ -185,7 +220,8 @@ impl Ingest {
         }
     }
 
-    /// Counts a request tonic refused above the maximum message size (OUT_OF_RANGE).
+    /// Counts a request tonic refused above the maximum message size (OUT_OF_RANGE, or
+    /// RESOURCE_EXHAUSTED once decompressed).
     pub(crate) fn refused_too_large(&self) {
         self.rejections.too_large();
         tracing::warn!("request refused: above the maximum message size (--max-message-bytes)");
@@ -205,7 +241,7 @@ impl Ingest {
         let before = seen.insert(batch.host_id.to_string(), l.spool_dropped_batches);
         if before.is_none_or(|b| b < l.spool_dropped_batches) {
             tracing::warn!(
-                host = %batch.host_id,
+                host = %crate::display::Clean(batch.host_id),
                 dropped_batches = l.spool_dropped_batches,
                 dropped_intervals = l.spool_dropped_intervals,
                 dropped_samples = l.spool_dropped_samples,
@@ -218,6 +254,8 @@ impl Ingest {
 fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::InvalidBatch { .. } => Status::invalid_argument(e.to_string()),
+        // Retryable: the agent keeps the batch (RESOURCE_EXHAUSTED would make it drop it).
+        StoreError::Busy(_) => Status::unavailable(e.to_string()),
         // Anything else is the collector's problem; the agent keeps the batch and retries.
         _ => Status::unavailable(format!("store: {e}")),
     }
@@ -271,7 +309,8 @@ impl Ingest {
                 Some(c) => c,
                 None => ctx.insert(
                     Decompressor::new()
-                        .map_err(|e| Status::resource_exhausted(format!("zstd context: {e}")))?,
+                        // UNAVAILABLE, not RESOURCE_EXHAUSTED: agents drop a batch refused so.
+                        .map_err(|e| Status::unavailable(format!("zstd context: {e}")))?,
                 ),
             };
             Ok(ctx.batch(frame, self.max_batch_bytes).map(Bytes::from))
@@ -287,6 +326,7 @@ impl Ingest {
         let receiving =
             ingest_cpu::Timer::sampled(ingest_cpu::Stage::Receive, ingest_cpu::RECEIVE_SAMPLING);
         let peer = request.remote_addr();
+        let certs = request.peer_certs();
         let request = request.into_inner();
         // Counted as too large or malformed when refused as invalid; logged either way.
         let refuse = |too_large: bool, status: Status| {
@@ -300,9 +340,14 @@ impl Ingest {
             status
         };
         let malformed = |e: ParseError| {
+            let what = if e.over_limit {
+                "batch too large"
+            } else {
+                "malformed message"
+            };
             refuse(
-                false,
-                Status::invalid_argument(format!("malformed message: {e}")),
+                e.over_limit,
+                Status::invalid_argument(format!("{what}: {e}")),
             )
         };
         let (encoded, arrived) = match BatchView::request_batch(&request).map_err(malformed)? {
@@ -318,7 +363,13 @@ impl Ingest {
             }
             None => return Err(refuse(false, Status::invalid_argument(NO_BATCH))),
         };
-        let batch = BatchView::parse(&encoded).map_err(malformed)?;
+        let batch = validate::parse(&encoded, &self.limits).map_err(malformed)?;
+        if let Err(status) =
+            crate::access::check_host(certs.as_deref().map(Vec::as_slice), batch.host_id)
+        {
+            tracing::warn!(?peer, host = %crate::display::Clean(batch.host_id), "batch refused: {}", status.message());
+            return Err(status);
+        }
         let started = Instant::now();
         match self
             .store_batch(&batch, encoded.clone(), arrived, receiving)
@@ -360,35 +411,6 @@ impl Ingest {
             }
         }
     }
-}
-
-/// Checks `authorization: Bearer TOKEN` on every call when a token is configured.
-#[derive(Clone)]
-struct BearerAuth(Option<Arc<str>>);
-
-impl Interceptor for BearerAuth {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.0 else {
-            return Ok(request);
-        };
-        let given = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(request),
-            Some(_) => Err(Status::unauthenticated("bearer token does not match")),
-            None => Err(Status::unauthenticated(
-                "missing `authorization: Bearer TOKEN` (the collector runs with --token)",
-            )),
-        }
-    }
-}
-
-/// Compares without an early exit, so timing does not reveal how much of a token matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Binds `addr` (port 0 picks a free one); the bound address is `listener.local_addr()`.
@@ -458,14 +480,16 @@ pub async fn serve(
         d => d,
     };
     let passes = tokio::spawn(crate::detection::run(detector.clone(), every));
-    // One token guards every service: profiles are as sensitive to read as to write.
-    let auth = BearerAuth(config.token.map(Arc::from));
-    let ingest = tonic::service::interceptor::InterceptedService::new(ingest, auth.clone());
-    let query = tonic::service::interceptor::InterceptedService::new(query, auth.clone());
-    let skills = tonic::service::interceptor::InterceptedService::new(skills, auth.clone());
-    let detection = tonic::service::interceptor::InterceptedService::new(
-        crate::detection::service::Detection::server(detector),
-        auth,
+    // Ingest needs the ingest scope; queries and reflection (it lists every method) read.
+    // Health stays open, for load balancers.
+    let tokens = Tokens::new(config.token.as_deref(), config.token_file.as_deref())?;
+    let ingest = InterceptedService::new(ingest, tokens.require(Scope::Ingest));
+    let query = InterceptedService::new(query, tokens.require(Scope::Read));
+    let skills = InterceptedService::new(skills, tokens.require(Scope::Read));
+    // Detection reads need read; RecordChange also needs ingest, checked in the call.
+    let detection = InterceptedService::new(
+        crate::detection::service::Detection::server(detector, tokens.clone()),
+        tokens.require(Scope::Read),
     );
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -488,8 +512,16 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection = InterceptedService::new(reflection, tokens.require(Scope::Read));
 
-    let mut builder = Server::builder();
+    let t = config.transport;
+    let mut builder = Server::builder()
+        .max_concurrent_streams(t.max_concurrent_streams)
+        .concurrency_limit_per_connection(t.concurrency_per_connection)
+        .timeout(t.request_timeout)
+        .http2_keepalive_interval(Some(t.keepalive))
+        .http2_keepalive_timeout(Some(t.keepalive))
+        .tcp_keepalive(Some(t.keepalive));
     if let Some(tls) = &config.tls {
         builder = builder.tls_config(tls.server_config()?)?;
     }
@@ -498,8 +530,9 @@ pub async fn serve(
         listen = ?local,
         tls = config.tls.is_some(),
         max_message_bytes = max,
-        "collector serving wattson.v1.IngestService, QueryService, DetectionService, \
-         SkillsService, grpc.health.v1, reflection"
+        max_concurrent_streams = t.max_concurrent_streams,
+        request_timeout = ?t.request_timeout,
+        "collector serving wattson.v1.IngestService, QueryService, DetectionService, SkillsService, grpc.health.v1, reflection"
     );
     let served = builder
         .add_service(health_service)

@@ -11,7 +11,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use wattson_proto::v1::{Batch, EnergyDomain, Frame, Sample};
-use wattson_proto::view::{BatchView, ProcessView, ProfileView};
+use wattson_proto::view::{BatchView, CountLimits, ParseError, ProcessView, ProfileView};
 
 /// Limits a batch must respect. The defaults are generous for one host's batch of a few
 /// intervals and tight enough that a hostile batch cannot make the collector allocate or
@@ -37,19 +37,33 @@ pub struct Limits {
     pub max_profiles: usize,
     /// Samples (rows) per profile.
     pub max_samples_per_profile: usize,
+    /// Samples (rows) over all profiles of the batch.
+    pub max_samples_per_batch: usize,
+    /// Frame indexes over all stacks of the batch.
+    pub max_stack_frames: usize,
     /// Energy domains per profile.
     pub max_domains: usize,
     /// Longest interval, nanoseconds.
     pub max_duration_nanos: u64,
     /// Highest sampling frequency, Hz.
     pub max_frequency_hz: u32,
+    /// Most CPUs (and packages) a host may report (Linux's NR_CPUS tops out at 8192 on x86).
+    pub max_cpus: u32,
     /// Largest energy figure of one interval, microjoules (1 GJ: a 100 kW host for 10^4 s).
     pub max_microjoules: f64,
     /// How far in the future a timestamp may be (clock skew), nanoseconds.
     pub max_future_skew_nanos: u64,
     /// Oldest accepted timestamp, nanoseconds since the epoch.
     pub min_unix_nanos: u64,
+    /// Most bytes the batch may expand to in the roll-up ([`check_expansion`]): frame names,
+    /// folded stacks (`root;...;leaf`) and the row keys its samples make. A few KB of batch
+    /// pointing deep stacks at one long name would otherwise fold to gigabytes.
+    pub max_expanded_bytes: usize,
 }
+
+/// Default of [`Limits::max_expanded_bytes`], and the roll-up's own ceiling: kept well under
+/// `u32::MAX` so the roll-up's 32-bit offsets into a batch's names cannot wrap.
+pub const DEFAULT_MAX_EXPANDED_BYTES: usize = 256 << 20;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -63,15 +77,48 @@ impl Default for Limits {
             max_stack_depth: 1024,
             max_profiles: 4096,
             max_samples_per_profile: 1 << 20,
+            max_samples_per_batch: 1 << 21,
+            max_stack_frames: 1 << 24,
             max_domains: 256,
             max_duration_nanos: 24 * 3600 * 1_000_000_000,
             max_frequency_hz: 100_000,
+            max_cpus: 16_384,
             max_microjoules: 1e15,
             max_future_skew_nanos: 24 * 3600 * 1_000_000_000,
             // 2000-01-01T00:00:00Z.
             min_unix_nanos: 946_684_800 * 1_000_000_000,
+            max_expanded_bytes: DEFAULT_MAX_EXPANDED_BYTES,
         }
     }
+}
+
+impl Limits {
+    /// The counts [`BatchView::parse_limited`] holds each list to while it reads a request,
+    /// so a batch over them is refused before it is parsed whole (32 B per sample row from 2
+    /// bytes of message: 64 MiB of empty rows was over 1 GiB of parsed structs).
+    pub fn counts(&self) -> CountLimits {
+        let mut c = CountLimits::UNLIMITED;
+        c.strings = self.max_strings;
+        c.functions = self.max_table_entries;
+        c.frames = self.max_table_entries;
+        c.stacks = self.max_table_entries;
+        c.stack_frames = self.max_stack_frames;
+        c.processes = self.max_processes;
+        c.build_ids = self.max_table_entries;
+        c.profiles = self.max_profiles;
+        c.domains = self
+            .max_profiles
+            .saturating_mul(self.max_domains)
+            .min(1 << 16);
+        c.samples = self.max_samples_per_batch;
+        c
+    }
+}
+
+/// Reads a request's encoded batch as the server does: in place, each list held to
+/// [`Limits::counts`] as it is read.
+pub fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<BatchView<'a>, ParseError> {
+    BatchView::parse_limited(bytes, &limits.counts())
 }
 
 /// Why a batch was rejected: the field path and what is wrong with it.
@@ -131,6 +178,15 @@ pub fn validate_view_at(
     if let Some(c) = batch.agent_instance.chars().find(|c| !c.is_ascii_graphic()) {
         bail!("agent_instance contains {c:?} (expected printable ASCII, e.g. hex)");
     }
+    if let Some(host) = batch.host {
+        // `cpus` scales what a profile may count: unbounded, it lets one batch carry sums
+        // that overflow every later roll-up.
+        for (field, n) in [("cpus", host.cpus), ("packages", host.packages)] {
+            if n > limits.max_cpus {
+                bail!("host.{field} {n} is over the limit of {}", limits.max_cpus);
+            }
+        }
+    }
     if let Some(host) = batch.host
         && !host.host_id.is_empty()
         && host.host_id != batch.host_id
@@ -183,6 +239,11 @@ pub fn validate_view_at(
     }
 
     check_count("stacks", batch.stacks.len(), limits.max_table_entries)?;
+    check_count(
+        "stacks' frame_indices",
+        batch.stack_frames.len(),
+        limits.max_stack_frames,
+    )?;
     for i in 0..batch.stacks.len() {
         check_stack(i, batch.stack(i), batch.frames.len(), limits)?;
     }
@@ -193,6 +254,11 @@ pub fn validate_view_at(
     }
 
     check_count("profiles", batch.profiles.len(), limits.max_profiles)?;
+    check_count(
+        "profiles' samples",
+        batch.all_samples.len(),
+        limits.max_samples_per_batch,
+    )?;
     let mut summary = Summary::default();
     for (i, p) in batch.profiles.iter().enumerate() {
         let samples = check_profile(i, p, batch, limits, latest)?;
@@ -202,6 +268,7 @@ pub fn validate_view_at(
             .checked_add(samples)
             .ok_or_else(|| Invalid(format!("profiles[{i}]: total sample count overflows u64")))?;
     }
+    check_expansion(batch, limits.max_expanded_bytes)?;
     Ok(summary)
 }
 
@@ -298,6 +365,87 @@ fn check_stack(
             "frames",
             frames,
         )?;
+    }
+    Ok(())
+}
+
+/// Upper bound of the bytes of frame `i`'s name as the roll-up builds it: the function's name,
+/// else `[module+0xOFFSET]`, else `[unknown]`, plus `_[k]` for a kernel frame. A string
+/// index out of range counts 0.
+fn frame_name_bytes(batch: &BatchView<'_>, i: usize) -> u64 {
+    let f = &batch.frames[i];
+    let text = |ix: u32| batch.strings.get(ix as usize).map_or(0, |s| s.len());
+    let name = batch
+        .functions
+        .get(f.function_index as usize)
+        .map_or(0, |func| text(func.name_index));
+    let base = match (name, text(f.module_index)) {
+        (0, 0) => "[unknown]".len(),
+        // `[` `+0x` 16 hex digits `]`.
+        (0, module) => module + 21,
+        (name, _) => name,
+    };
+    let kernel = if f.kind == wattson_proto::v1::FrameKind::Kernel as i32 {
+        "_[k]".len()
+    } else {
+        0
+    };
+    (base + kernel) as u64
+}
+
+/// Checks what the batch expands to in the roll-up against `max` bytes (see
+/// [`Limits::max_expanded_bytes`]): every frame's name, every stack folded with 4 bytes per
+/// frame id, each process's service and build id, and per sample row the row keys it can make
+/// (its stack folded, its service and build). Summed in u64 (saturating), so the sum cannot
+/// wrap; an index out of range counts 0, so this is safe on a batch not checked otherwise.
+pub fn check_expansion(batch: &BatchView<'_>, max: usize) -> Result<(), Invalid> {
+    let text = |ix: u32| batch.strings.get(ix as usize).map_or(0, |s| s.len() as u64);
+    let names: Vec<u64> = (0..batch.frames.len())
+        .map(|i| frame_name_bytes(batch, i))
+        .collect();
+    // Each name, a `;` after it, and the frame's 4-byte id.
+    let folded: Vec<u64> = (0..batch.stacks.len())
+        .map(|i| {
+            let frames = batch.stack(i);
+            frames
+                .iter()
+                .map(|&f| names.get(f as usize).copied().unwrap_or(0) + 1 + 4)
+                .sum()
+        })
+        .collect();
+    let procs: Vec<u64> = batch
+        .processes
+        .iter()
+        .map(|p| {
+            let service = match text(p.service_index) {
+                0 => text(p.comm_index),
+                n => n,
+            };
+            service + batch.build_ids(p).first().map_or(0, |&b| text(b))
+        })
+        .collect();
+    let mut total = [&names, &folded, &procs]
+        .iter()
+        .flat_map(|v| v.iter())
+        .fold(0u64, |a, &b| a.saturating_add(b));
+    for s in &batch.all_samples {
+        let at = |v: &[u64], i: u32| v.get(i as usize).copied().unwrap_or(0);
+        let row = at(&folded, s.stack_index) + at(&procs, s.process_index);
+        total = total.saturating_add(row);
+    }
+    if total > max as u64 {
+        let (largest_at, largest) = folded
+            .iter()
+            .copied()
+            .enumerate()
+            .max_by_key(|&(_, b)| b)
+            .unwrap_or_default();
+        bail!(
+            "batch expands to {total} bytes in the roll-up (frame names, folded stacks and \
+             their rows; limit {max}); the largest stack, stacks[{largest_at}], folds to \
+             {largest} bytes ({} frames)",
+            batch.stacks.get(largest_at).map_or(0, |s| s.len())
+        );
     }
     Ok(())
 }
@@ -453,12 +601,17 @@ fn check_profile(
         total += u128::from(s.count);
         uj_total += s.microjoules;
     }
-    if total > max_samples {
-        bail!(
-            "profiles[{i}].samples count {total} exceeds what {cpus} CPUs at {} Hz deliver in {} ns (at most {max_samples})",
-            p.frequency_hz,
-            p.duration_nanos
-        );
+    for (what, n) in [
+        ("samples count", total),
+        ("dropped_samples", p.dropped_samples.into()),
+    ] {
+        if n > max_samples {
+            bail!(
+                "profiles[{i}].{what} {n} exceeds what {cpus} CPUs at {} Hz deliver in {} ns (at most {max_samples})",
+                p.frequency_hz,
+                p.duration_nanos
+            );
+        }
     }
     if uj_total > p.attributed_microjoules + slack + p.samples.len() as f64 {
         bail!(

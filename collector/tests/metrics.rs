@@ -181,6 +181,15 @@ async fn requests_refused_before_the_store_are_counted_by_reason() {
     let big_frame = IngestRequest::zstd(&big).unwrap();
     assert!(prost::Message::encoded_len(&big_frame) < 4096);
     c.ingest(IngestRequest::zstd(&good).unwrap()).await.unwrap();
+    // Small as sent, above the limit once gzip is undone: tonic answers RESOURCE_EXHAUSTED.
+    let mut gzip = c
+        .clone()
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let e = gzip
+        .ingest(IngestRequest::plain(big.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
     for (request, code) in [
         (
             IngestRequest::zstd(&invalid).unwrap(),
@@ -198,7 +207,7 @@ async fn requests_refused_before_the_store_are_counted_by_reason() {
     let m = metrics::render(&s.counted, &engine, None, now);
     for line in [
         "wattson_collector_batches_rejected_total{reason=\"malformed\"} 2",
-        "wattson_collector_batches_rejected_total{reason=\"too_large\"} 2",
+        "wattson_collector_batches_rejected_total{reason=\"too_large\"} 3",
         "wattson_collector_batches_rejected_total{reason=\"invalid\"} 1",
         "wattson_collector_batches_total{result=\"stored\"} 1",
     ] {

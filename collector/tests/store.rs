@@ -1050,3 +1050,56 @@ fn changes_are_stored_replaced_and_listed_by_window(s: &dyn Store) {
         .collect();
     assert_eq!(left, ["c1", "c3"]);
 }
+
+/// Issue 20: sums of request figures overflowed. A batch that got past validation (or was
+/// journaled by a collector before it checked) with absurd counts made SQLite turn a sum into
+/// a REAL or fail `sum()` with "integer overflow", and every later roll-up and query failed.
+/// Now every sum saturates at `i64::MAX` and the store keeps working.
+#[test]
+fn sqlite_sums_saturate_so_one_absurd_batch_breaks_no_later_query() {
+    let (_g, s) = sqlite();
+    let huge = |seq: u64| {
+        BatchBuilder::new("h1", seq)
+            .interval(
+                T0 + 5,
+                10,
+                false,
+                1e15,
+                &[("api", "b1", "main;hash", u64::MAX / 3, 1e15)],
+            )
+            .build()
+    };
+    // Four in one roll-up overflow u64 in memory; a second roll-up adds to the stored rows.
+    for seq in 1..=4 {
+        s.ingest(&huge(seq)).unwrap();
+    }
+    let rows = top(&*s, day(), Rank::SamplesInclusive);
+    assert_eq!(
+        find(&rows, "api", "hash").totals.samples_self,
+        i64::MAX as u64
+    );
+    s.ingest(&huge(5)).unwrap();
+    s.ingest(&simple("h1", 6, T0 + 65)).unwrap();
+    let rows = top(&*s, day(), Rank::EnergySelf);
+    assert_eq!(
+        find(&rows, "api", "hash").totals.samples_self,
+        i64::MAX as u64
+    );
+    assert_eq!(find(&rows, "api", "work").totals.samples_self, 3);
+    let series = s.series(day(), "api", "hash", 3600).unwrap();
+    assert_eq!(series[0].totals.samples_incl, i64::MAX as u64);
+    let hosts = s.hosts(day()).unwrap();
+    assert_eq!(find(&hosts, "", "h1").totals.samples_self, i64::MAX as u64);
+    assert!(!s.services(day()).unwrap().is_empty());
+    assert!(!s.stacks(day(), None).unwrap().is_empty());
+    // Hour rows (a window of whole hours reads them) saturate too.
+    let hours = Window {
+        from: T0,
+        to: T0 + 7200,
+    };
+    let rows = top(&*s, hours, Rank::SamplesSelf);
+    assert_eq!(
+        find(&rows, "api", "hash").totals.samples_self,
+        i64::MAX as u64
+    );
+}

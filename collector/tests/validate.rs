@@ -8,7 +8,6 @@ use prost::Message as _;
 use wattson_collector::validate::{Invalid, Limits, validate_at, validate_view_at};
 use wattson_proto::synthetic::{self, Shape};
 use wattson_proto::v1::Batch;
-use wattson_proto::view::BatchView;
 
 const NOW: u64 = 1_780_000_000 * 1_000_000_000;
 
@@ -27,7 +26,8 @@ fn valid() -> Batch {
 
 /// What the server does with the bytes of a request: read them in place, then validate.
 fn decode_and_validate(bytes: &[u8]) -> Result<u64, String> {
-    let batch = BatchView::parse(bytes).map_err(|e| format!("malformed message: {e}"))?;
+    let batch = wattson_collector::validate::parse(bytes, &Limits::default())
+        .map_err(|e| format!("malformed message: {e}"))?;
     validate_view_at(&batch, &Limits::default(), NOW)
         .map(|s| s.samples)
         .map_err(|Invalid(m)| m)
@@ -171,6 +171,147 @@ fn oversized_tables_are_rejected_by_count() {
     limits.max_profiles = 2;
     let m = validate_at(&valid(), &limits, NOW).unwrap_err().0;
     assert_eq!(m, "profiles has 3 entries (limit 2)");
+}
+
+/// The batch of issue 20: one 64 KiB function name and 1024 stacks of depth 1..=1024 all made
+/// of it; ~600 KB encoded, it folds to 34 GB of stack strings in the roll-up.
+fn folds_to_gigabytes() -> Batch {
+    let mut b = valid();
+    b.strings.push("f".repeat(64 << 10));
+    b.functions[0].name_index = b.strings.len() as u32 - 1;
+    b.frames[0].function_index = 0;
+    b.stacks = (1..=1024)
+        .map(|depth| wattson_proto::v1::Stack {
+            frame_indices: vec![0; depth],
+        })
+        .collect();
+    for (i, s) in b.profiles[0].samples.iter_mut().enumerate() {
+        s.stack_index = (i * 20) as u32;
+    }
+    b
+}
+
+#[test]
+fn a_batch_folding_to_gigabytes_is_refused_with_the_limit_named() {
+    let b = folds_to_gigabytes();
+    let bytes = b.encode_to_vec();
+    assert!(bytes.len() < 700 << 10, "{} bytes", bytes.len());
+    let m = decode_and_validate(&bytes).unwrap_err();
+    assert!(
+        m.starts_with("batch expands to ") && m.contains("limit 268435456)"),
+        "{m}"
+    );
+    // 1024 x (the name, `_[k]` of a kernel frame, `;`, a 4-byte id).
+    assert!(
+        m.contains("stacks[1023], folds to 67118080 bytes (1024 frames)"),
+        "{m}"
+    );
+    // Replay reads journaled batches without validation: the roll-up refuses it itself.
+    let e = wattson_collector::store::Prepared::from_batch(&b)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("batch expands to"), "{e}");
+}
+
+#[test]
+fn many_frames_of_one_long_name_cannot_wrap_the_rollup_offsets() {
+    // 65,536 frames naming one 64 KiB function: 4 GiB of names, past u32 offsets.
+    let mut b = valid();
+    b.strings.push("g".repeat(64 << 10));
+    let name_index = b.strings.len() as u32 - 1;
+    b.functions.push(wattson_proto::v1::Function {
+        name_index,
+        file_index: 0,
+    });
+    let function_index = b.functions.len() as u32 - 1;
+    let first = b.frames.len() as u32;
+    b.frames
+        .extend((0..65_536).map(|_| wattson_proto::v1::Frame {
+            function_index,
+            ..Default::default()
+        }));
+    b.stacks = (0..64)
+        .map(|s| wattson_proto::v1::Stack {
+            frame_indices: (first + s * 1024..first + (s + 1) * 1024).collect(),
+        })
+        .collect();
+    for s in b.profiles.iter_mut().flat_map(|p| p.samples.iter_mut()) {
+        s.stack_index %= 64;
+    }
+    let m = err(&b);
+    assert!(m.starts_with("batch expands to "), "{m}");
+    // A legitimate batch is far below the limit.
+    let small = valid();
+    let mut limits = Limits::default();
+    limits.max_expanded_bytes = 1 << 20;
+    validate_at(&small, &limits, NOW).unwrap();
+}
+
+#[test]
+fn absurd_cpus_and_dropped_samples_are_refused() {
+    // Both flowed unchecked into sums that overflowed later roll-ups (issue 20).
+    let mut b = valid();
+    b.host.as_mut().unwrap().cpus = u32::MAX;
+    assert_eq!(err(&b), "host.cpus 4294967295 is over the limit of 16384");
+    let mut b = valid();
+    b.host.as_mut().unwrap().packages = 1 << 20;
+    assert_eq!(err(&b), "host.packages 1048576 is over the limit of 16384");
+    let mut b = valid();
+    b.profiles[1].dropped_samples = u64::MAX;
+    let m = err(&b);
+    assert!(
+        m.starts_with("profiles[1].dropped_samples 18446744073709551615 exceeds what 8 CPUs"),
+        "{m}"
+    );
+    // What the CPUs can deliver is fine.
+    let mut b = valid();
+    b.profiles[1].dropped_samples = 100;
+    validate_at(&b, &Limits::default(), NOW).unwrap();
+}
+
+/// Issue 20: a few KB of zstd frame decompressing to millions of empty sample rows (2 bytes of
+/// message, 32 bytes parsed each) was parsed whole (>1 GiB for 64 MiB) before any count limit
+/// ran. The limit now applies while parsing, at the first row past it.
+#[test]
+fn empty_submessages_are_counted_while_parsing() {
+    let mut bytes = valid().encode_to_vec();
+    let rows = 3 << 20;
+    let profile = [0x6a, 0x00].repeat(rows);
+    bytes.push(0x52); // Batch.profiles, length-delimited
+    let mut n = profile.len();
+    while n >= 0x80 {
+        bytes.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    bytes.push(n as u8);
+    bytes.extend_from_slice(&profile);
+    let frame = zstd::bulk::compress(&bytes, 3).unwrap();
+    assert!(frame.len() < 16 << 10, "{} bytes of zstd", frame.len());
+    let raw = wattson_proto::compressed::Decompressor::new()
+        .unwrap()
+        .batch(&frame, 64 << 20)
+        .unwrap();
+    // (Not `unwrap_err`: its message would print three million rows.)
+    let Err(e) = wattson_collector::validate::parse(&raw, &Limits::default()) else {
+        panic!("3 Mi empty sample rows parsed whole");
+    };
+    // valid() has 150 rows in profiles 0..=2; the limit is 2,097,152 rows per batch.
+    assert_eq!(e.path, "Batch.profiles[3].samples[2097002]");
+    assert!(
+        e.why.contains("more than 2097152 of these in the batch"),
+        "{e}"
+    );
+    assert!(e.over_limit);
+    // The owned-batch path holds the same total.
+    let mut b = valid();
+    let mut limits = Limits::default();
+    limits.max_samples_per_batch = 100;
+    assert_eq!(
+        validate_at(&b, &limits, NOW).unwrap_err().0,
+        "profiles' samples has 150 entries (limit 100)"
+    );
+    b.profiles.truncate(1);
+    validate_at(&b, &limits, NOW).unwrap();
 }
 
 /// A random hostile edit of a valid batch, described for the failure message.

@@ -34,6 +34,7 @@ pub fn ensure(check: bool, kernels: bool) -> anyhow::Result<()> {
         apt_packages(llvm, check, &mut missing)?;
         rust_src(check, &mut missing)?;
         bpf_linker(llvm, check, &mut missing)?;
+        cargo_fuzz(check, &mut missing)?;
     }
     if kernels {
         if check {
@@ -189,6 +190,21 @@ fn cargo_home() -> PathBuf {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
         .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+/// `cargo fuzz` (libFuzzer on nightly) for the fuzz step of `cargo xtask test`.
+fn cargo_fuzz(check: bool, missing: &mut Vec<String>) -> anyhow::Result<()> {
+    if cargo_home().join("bin/cargo-fuzz").exists() {
+        eprintln!("setup: cargo-fuzz present");
+        return Ok(());
+    }
+    if check {
+        missing.push("cargo-fuzz (cargo install cargo-fuzz --locked)".into());
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-fuzz");
+    cmd::run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+        .context("installing cargo-fuzz failed (cargo install cargo-fuzz --locked)")
 }
 
 /// The `llvm-N` feature bpf-linker was installed with, from cargo's install records.

@@ -31,6 +31,9 @@ pub struct Args {
     /// step instead of hanging CI).
     #[arg(long, default_value_t = 2400)]
     pub test_timeout: u64,
+    /// Seconds the `cargo fuzz` step fuzzes batch decode + validate + roll-up.
+    #[arg(long, default_value_t = 60)]
+    pub fuzz_seconds: u64,
 }
 
 struct Step {
@@ -85,27 +88,28 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         counts.0 += p;
         counts.1 += f;
         Ok(format!("{p} passed, {f} failed"))
-    }) && (args.no_vm
-        || step("vm lab", &mut || {
-            let outcomes = vm::run_lab(&vm::Args {
-                kernel: "all".into(),
-                timeout: args.vm_timeout,
-            })?;
-            let mut notes = Vec::new();
-            for o in &outcomes {
-                counts.0 += o.tests.0;
-                counts.1 += o.tests.1;
-                notes.push(format!(
-                    "{} {}",
-                    o.kernel,
-                    if o.passed { "pass" } else { "FAIL" }
-                ));
-            }
-            if outcomes.iter().any(|o| !o.passed) {
-                bail!("{}", notes.join(", "));
-            }
-            Ok(notes.join(", "))
-        }));
+    }) && step("fuzz", &mut || fuzz(args.fuzz_seconds))
+        && (args.no_vm
+            || step("vm lab", &mut || {
+                let outcomes = vm::run_lab(&vm::Args {
+                    kernel: "all".into(),
+                    timeout: args.vm_timeout,
+                })?;
+                let mut notes = Vec::new();
+                for o in &outcomes {
+                    counts.0 += o.tests.0;
+                    counts.1 += o.tests.1;
+                    notes.push(format!(
+                        "{} {}",
+                        o.kernel,
+                        if o.passed { "pass" } else { "FAIL" }
+                    ));
+                }
+                if outcomes.iter().any(|o| !o.passed) {
+                    bail!("{}", notes.join(", "));
+                }
+                Ok(notes.join(", "))
+            }));
 
     eprintln!("\nsummary ({:.0}s):", started.elapsed().as_secs_f64());
     for s in &steps {
@@ -120,6 +124,24 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         None if counts.0 == 0 => bail!("no test ran"),
         None => Ok(()),
     }
+}
+
+/// Runs the `batch` fuzz target (fuzz/) for `seconds` from its committed seed corpus; new
+/// inputs go to a scratch directory, so the committed corpus stays as reviewed.
+fn fuzz(seconds: u64) -> anyhow::Result<String> {
+    let scratch = tempfile::tempdir().context("creating a scratch corpus directory")?;
+    let seeds = cmd::root().join("fuzz/corpus/batch");
+    cmd::run(
+        Command::new("cargo")
+            .current_dir(cmd::root())
+            .args(["+nightly", "fuzz", "run", "batch"])
+            .arg(scratch.path())
+            .arg(&seeds)
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}")),
+    )
+    .context("the batch fuzz target failed (its crash input is under fuzz/artifacts/batch/)")?;
+    Ok(format!("batch: {seconds} s, no crash"))
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {

@@ -79,11 +79,15 @@ impl From<Status> for SendError {
     fn from(s: Status) -> Self {
         let message = s.message().to_owned();
         match s.code() {
-            // OUT_OF_RANGE is tonic's answer to a message above the collector's size limit.
-            Code::InvalidArgument | Code::OutOfRange => SendError::Rejected {
-                code: s.code(),
-                message,
-            },
+            // OUT_OF_RANGE is tonic's answer to a message above the collector's size limit,
+            // RESOURCE_EXHAUSTED to one above it once decompressed (and other gRPC servers'
+            // to any message too large): the same batch would be refused forever.
+            Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => {
+                SendError::Rejected {
+                    code: s.code(),
+                    message,
+                }
+            }
             // Unauthenticated / PermissionDenied are configuration problems an operator fixes
             // on either side; keeping the data until then is what they want.
             code => SendError::Retry { code, message },
@@ -166,6 +170,9 @@ impl Client {
                 .tls_config(config)
                 .map_err(|e| bad(format!("TLS configuration: {e}")))?;
         }
+        if let Some(warning) = token.and_then(|_| wattson_proto::cli::token_in_clear(&url)) {
+            tracing::warn!("{warning}");
+        }
         let token = token
             .map(|t| {
                 format!("Bearer {t}")
@@ -238,9 +245,10 @@ mod tests {
     use super::*;
 
     /// A collector that stores batches sent as messages and refuses zstd frames with
-    /// `answer`: "batch is missing" is what one from before `batch_zstd` says.
+    /// `answer` (as `code`): "batch is missing" is what one from before `batch_zstd` says.
     struct Collector {
         answer: &'static str,
+        code: Code,
         stored: Mutex<Vec<u64>>,
         refused: Mutex<u32>,
     }
@@ -261,7 +269,7 @@ mod tests {
                 }
                 _ => {
                     *self.refused.lock().unwrap() += 1;
-                    Err(Status::invalid_argument(self.answer))
+                    Err(Status::new(self.code, self.answer))
                 }
             }
         }
@@ -269,8 +277,13 @@ mod tests {
 
     /// Serves a [`Collector`] answering `answer` on 127.0.0.1; a client of it.
     async fn serve(answer: &'static str) -> (Arc<Collector>, Client) {
+        serve_code(answer, Code::InvalidArgument).await
+    }
+
+    async fn serve_code(answer: &'static str, code: Code) -> (Arc<Collector>, Client) {
         let c = Arc::new(Collector {
             answer,
+            code,
             stored: Mutex::default(),
             refused: Mutex::default(),
         });
@@ -303,6 +316,28 @@ mod tests {
         // Refused once as a frame, then every batch (the first again) as a message.
         assert_eq!(*old.stored.lock().unwrap(), [1, 2, 3]);
         assert_eq!(*old.refused.lock().unwrap(), 1);
+    }
+
+    /// Issue 20: a batch above the collector's limit once decompressed was retried forever.
+    #[tokio::test]
+    async fn resource_exhausted_is_a_rejection_not_a_retry() {
+        let (c, mut client) = serve_code(
+            "size limit exceeded while decompressing",
+            Code::ResourceExhausted,
+        )
+        .await;
+        let e = client.send(batch(1)).await.unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                SendError::Rejected {
+                    code: Code::ResourceExhausted,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(*c.refused.lock().unwrap(), 1);
     }
 
     #[tokio::test]

@@ -13,18 +13,21 @@ use wattson_proto::v1::{
 };
 
 use super::{DetectionError, Detector};
+use crate::access::{Scope, Tokens};
 use crate::changes::ChangeError;
 
 /// The detection service.
 #[derive(Clone)]
 pub struct Detection {
     detector: Arc<Detector>,
+    /// Recording a change writes: it needs the ingest scope on top of the service's read.
+    tokens: Tokens,
 }
 
 impl Detection {
-    /// A tonic server for `detector`.
-    pub fn server(detector: Arc<Detector>) -> DetectionServiceServer<Detection> {
-        DetectionServiceServer::new(Detection { detector })
+    /// A tonic server for `detector`; `tokens` decide who may record changes.
+    pub fn server(detector: Arc<Detector>, tokens: Tokens) -> DetectionServiceServer<Detection> {
+        DetectionServiceServer::new(Detection { detector, tokens })
     }
 
     async fn run<Req, Resp>(
@@ -72,6 +75,7 @@ impl DetectionService for Detection {
         &self,
         r: Request<RecordChangeRequest>,
     ) -> Result<Response<RecordChangeResponse>, Status> {
+        self.tokens.check(r.metadata(), Scope::Ingest)?;
         self.run(r, "RecordChange", |d, r, now| {
             Ok(d.change_log().record(r.change, now)?)
         })

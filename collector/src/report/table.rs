@@ -69,11 +69,17 @@ fn fit(natural: &[usize], align: &[Align], width: usize) -> Vec<usize> {
     w
 }
 
-/// A table with a header row, laid out to `width` characters (`usize::MAX`: no limit).
+/// A table with a header row, laid out to `width` characters (`usize::MAX`: no limit). Cells
+/// come from requests (comm, function names, labels): their control characters are escaped
+/// ([`crate::display::clean`]), so a name cannot drive the terminal or break the layout.
 pub fn render(head: &[&str], align: &[Align], rows: &[Vec<String>], width: usize) -> String {
     debug_assert_eq!(head.len(), align.len());
+    let rows: Vec<Vec<std::borrow::Cow<'_, str>>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| crate::display::clean(c)).collect())
+        .collect();
     let mut natural: Vec<usize> = head.iter().map(|h| chars(h)).collect();
-    for r in rows {
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
             natural[i] = natural[i].max(chars(c));
         }
@@ -95,8 +101,8 @@ pub fn render(head: &[&str], align: &[Align], rows: &[Vec<String>], width: usize
         out.push('\n');
     };
     line(&mut head.iter().copied());
-    for r in rows {
-        line(&mut r.iter().map(String::as_str));
+    for r in &rows {
+        line(&mut r.iter().map(|c| &**c));
     }
     out
 }
@@ -106,6 +112,7 @@ pub fn render(head: &[&str], align: &[Align], rows: &[Vec<String>], width: usize
 pub fn wrap(text: &str, width: usize) -> String {
     let mut out = String::new();
     for para in text.lines() {
+        let para = crate::display::clean(para);
         let mut len = 0;
         for word in para.split(' ').filter(|w| !w.is_empty()) {
             let n = chars(word);
@@ -131,6 +138,20 @@ mod tests {
 
     const GENERIC: &str = "<alloc::vec::Vec<T> as alloc::vec::spec_from_iter::SpecFromIter<T,\
         core::iter::adapters::map::Map<core::slice::iter::Iter<u8>,F>>>::from_iter";
+
+    /// Issue 20: control characters in comm, function names and labels reached terminals.
+    #[test]
+    fn control_characters_in_names_are_escaped() {
+        let rows = vec![vec!["evil\u{1b}[2J\rname\n".to_string(), "1".to_string()]];
+        let t = render(&["FUNCTION", "N"], &[Align::Name, Align::Number], &rows, 80);
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
+        assert_eq!(t.lines().count(), 2, "{t:?}");
+        assert!(t.contains("evil\\u{1b}[2J\\rname\\n"), "{t:?}");
+        assert_eq!(
+            wrap("a \u{1b}]0;title\u{7} b", 80),
+            "a \\u{1b}]0;title\\u{7} b\n"
+        );
+    }
 
     #[test]
     fn elision_keeps_head_and_tail_in_exactly_the_width() {

@@ -14,6 +14,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, IoSlice, Read, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 /// First bytes of every segment (format version 1).
@@ -56,6 +57,16 @@ pub struct Journal {
     file: Option<(File, u64)>,
 }
 
+/// Creates `dir` and its missing parents with mode 0700: journal and store hold every
+/// profiled command line. (Directories that exist keep their mode.)
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 fn segment_name(generation: u64) -> String {
     format!("{generation:020}.seg")
 }
@@ -88,7 +99,7 @@ impl Journal {
         covered: u64,
         mut replay: impl FnMut(u64, &[u8]),
     ) -> Result<(Journal, Recovered), JournalError> {
-        std::fs::create_dir_all(dir).map_err(|source| JournalError {
+        private_dir(dir).map_err(|source| JournalError {
             path: dir.to_path_buf(),
             what: "creating the directory",
             source,
@@ -121,7 +132,9 @@ impl Journal {
 
     /// Appends one record per payload and makes them durable (one `fdatasync`). On failure the
     /// segment is cut back to where it was, or a new segment is started, so a later append never
-    /// follows a half-written record.
+    /// follows a half-written record. Segments are open in append mode: after the cut, the next
+    /// write lands at the new end, not at the failed write's file position (which left a hole
+    /// of zeros that replay read as empty records, then lost the records after it).
     pub fn append<'a>(
         &mut self,
         payloads: impl IntoIterator<Item = &'a [u8]>,
@@ -220,11 +233,13 @@ fn create_segment(dir: &Path, generation: u64) -> Result<(File, u64), JournalErr
         what,
         source,
     };
+    // Append mode (see `Journal::append`); `truncate` does not combine with it, `set_len` does.
     let mut file = OpenOptions::new()
         .create(true)
-        .write(true)
-        .truncate(true)
+        .append(true)
+        .mode(0o600)
         .open(&path)
+        .and_then(|f| f.set_len(0).map(|()| f))
         .map_err(|e| err("creating a segment", e))?;
     file.write_all(MAGIC)
         .and_then(|()| file.sync_all())
@@ -368,6 +383,58 @@ mod tests {
         let (got, rec, _) = records(dir.path(), 0);
         assert_eq!(got, vec![(1, b"kept".to_vec())]);
         assert_eq!(rec.torn, 2);
+    }
+
+    /// Issue 20: a failed append (disk full) cut the segment back but left the file position
+    /// after the partial write, so the next append left a hole of zeros. A child process
+    /// appends under `RLIMIT_FSIZE` (a real EFBIG from the kernel, as on a full disk), then
+    /// lifts it and appends again; the parent reopens the journal as a restart does.
+    #[test]
+    fn an_append_after_a_full_disk_replays_without_a_hole() {
+        const CHILD: &str = "WATTSON_JOURNAL_FULL_DISK_DIR";
+        if let Some(dir) = std::env::var_os(CHILD) {
+            return full_disk_child(Path::new(&dir));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::journal::tests::an_append_after_a_full_disk_replays_without_a_hole",
+                "--test-threads=1",
+            ])
+            .env(CHILD, dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "child: {status}");
+        let (got, rec, _) = records(dir.path(), 0);
+        let got: Vec<Vec<u8>> = got.into_iter().map(|(_, p)| p).collect();
+        assert_eq!(
+            got,
+            vec![b"before".to_vec(), b"after the disk filled".to_vec()]
+        );
+        assert_eq!((rec.records, rec.torn), (2, 0));
+    }
+
+    fn full_disk_child(dir: &Path) {
+        let limit = |bytes: u64| {
+            let r = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // SAFETY: plain syscall on a valid struct.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &r) }, 0);
+        };
+        // SAFETY: ignoring SIGXFSZ makes a write past the limit fail with EFBIG instead.
+        unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+        let (_, _, mut j) = records(dir, 0);
+        j.append([&b"before"[..]]).unwrap();
+        let size = std::fs::metadata(dir.join(segment_name(1))).unwrap().len();
+        // Room for part of the next record only.
+        limit(size + 20);
+        let e = j.append([&[7u8; 100][..]]).unwrap_err();
+        assert_eq!(e.source.raw_os_error(), Some(libc::EFBIG), "{e}");
+        limit(libc::RLIM_INFINITY);
+        j.append([&b"after the disk filled"[..]]).unwrap();
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub enum StoreError {
         /// What failed.
         message: String,
     },
+    /// The ingest queue is full (the disk or the roll-up is behind): nothing was stored, and
+    /// the agent keeps the batch and retries (UNAVAILABLE).
+    #[error("store busy: {0} (the batch was not stored; retry later)")]
+    Busy(String),
     /// A local file or process operation failed (creating the database directory, starting a
     /// test server...).
     #[error("{what}: {source}")]
@@ -204,18 +208,38 @@ impl Totals {
         })
     }
 
-    /// Adds another set of sums to this one.
+    /// Adds another set of sums to this one, saturating: figures come from requests, and one
+    /// absurd batch must not make every later roll-up or query fail (or wrap).
     pub fn add(&mut self, o: &Totals) {
-        self.samples_self += o.samples_self;
-        self.samples_incl += o.samples_incl;
-        self.uj_self += o.uj_self;
-        self.uj_incl += o.uj_incl;
-        self.est_uj_self += o.est_uj_self;
-        self.est_uj_incl += o.est_uj_incl;
-        self.idle_uj += o.idle_uj;
-        self.est_idle_uj += o.est_idle_uj;
-        self.duration_ms += o.duration_ms;
-        self.dropped += o.dropped;
+        for (a, b) in [
+            (&mut self.samples_self, o.samples_self),
+            (&mut self.samples_incl, o.samples_incl),
+            (&mut self.uj_self, o.uj_self),
+            (&mut self.uj_incl, o.uj_incl),
+            (&mut self.est_uj_self, o.est_uj_self),
+            (&mut self.est_uj_incl, o.est_uj_incl),
+            (&mut self.idle_uj, o.idle_uj),
+            (&mut self.est_idle_uj, o.est_idle_uj),
+            (&mut self.duration_ms, o.duration_ms),
+            (&mut self.dropped, o.dropped),
+        ] {
+            *a = a.saturating_add(b);
+        }
+    }
+
+    /// Self microjoules, measured and estimated (saturating).
+    pub fn uj_self_all(&self) -> u64 {
+        self.uj_self.saturating_add(self.est_uj_self)
+    }
+
+    /// Inclusive microjoules, measured and estimated (saturating).
+    pub fn uj_incl_all(&self) -> u64 {
+        self.uj_incl.saturating_add(self.est_uj_incl)
+    }
+
+    /// Idle microjoules, measured and estimated (saturating).
+    pub fn idle_uj_all(&self) -> u64 {
+        self.idle_uj.saturating_add(self.est_idle_uj)
     }
 }
 

@@ -76,8 +76,8 @@ pub fn rank_expr(rank: Rank) -> &'static str {
 /// Sorts rows as `top` ranks them (descending, ties by service and key), like [`rank_expr`].
 pub fn rank_sort(rows: &mut [Keyed], rank: Rank) {
     let value = |t: &Totals| match rank {
-        Rank::EnergySelf => t.uj_self + t.est_uj_self,
-        Rank::EnergyInclusive => t.uj_incl + t.est_uj_incl,
+        Rank::EnergySelf => t.uj_self_all(),
+        Rank::EnergyInclusive => t.uj_incl_all(),
         Rank::SamplesSelf => t.samples_self,
         Rank::SamplesInclusive => t.samples_incl,
     };

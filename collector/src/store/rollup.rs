@@ -256,6 +256,10 @@ impl Prepared {
         if batch.host_id.is_empty() {
             return Err(bad("empty host_id".into()));
         }
+        // Ingest checks this at validation; replay of a journal written before it did must
+        // not fold gigabytes either.
+        crate::validate::check_expansion(batch, crate::validate::DEFAULT_MAX_EXPANDED_BYTES)
+            .map_err(|e| bad(e.0))?;
         const UNSEEN: u32 = u32::MAX;
         // Batch index -> local index, filled on first use.
         let mut frame_at = vec![UNSEEN; batch.frames.len()];
@@ -396,7 +400,7 @@ impl Prepared {
                     uj: m,
                     est_uj: e,
                 };
-                samples_total += s.count;
+                samples_total = samples_total.saturating_add(s.count);
                 host.add(&flat.totals());
                 cells.add(stack, minute, *proc_slot, &flat);
                 by_proc.add(*proc_slot, minute, 0, &flat);
@@ -586,10 +590,11 @@ struct Flat {
 }
 
 impl Flat {
+    /// Saturating, as [`Totals::add`].
     fn add(&mut self, o: &Flat) {
-        self.samples += o.samples;
-        self.uj += o.uj;
-        self.est_uj += o.est_uj;
+        self.samples = self.samples.saturating_add(o.samples);
+        self.uj = self.uj.saturating_add(o.uj);
+        self.est_uj = self.est_uj.saturating_add(o.est_uj);
     }
 
     fn totals(&self) -> Totals {

@@ -72,14 +72,28 @@ fn each_total(f: impl Fn(&str) -> String) -> String {
     TOTALS_COLUMNS.map(f).join(", ")
 }
 
-/// `c = c + excluded.c` for every sum: how an upsert adds summed rows to stored ones.
+/// `c = c + excluded.c` for every sum, saturating at `i64::MAX`: how an upsert adds summed rows
+/// to stored ones. (SQLite's `+` turns an overflowing sum into a REAL, which reads back as an
+/// error.)
 pub(super) fn add_excluded() -> String {
-    each_total(|c| format!("{c} = {c} + excluded.{c}"))
+    each_total(|c| {
+        format!(
+            "{c} = CASE WHEN {c} > {max} - excluded.{c} THEN {max} ELSE {c} + excluded.{c} END",
+            max = i64::MAX
+        )
+    })
 }
 
-/// `sum(c)` for every sum column.
+/// The sum of every sum column, saturating at `i64::MAX`: SQLite's `sum()` fails the whole
+/// query with "integer overflow", `total()` adds in floating point (exact below 2^53) and the
+/// cast clamps.
 pub(super) fn sums() -> String {
-    each_total(|c| format!("sum({c})"))
+    each_total(|c| format!("CAST(total({c}) AS INTEGER)"))
+}
+
+/// A u64 figure as SQLite's INTEGER, clamped (a plain `as` would store it negative).
+pub(super) fn to_sql(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// Stores of the first release recorded (host, seq) in `batches`: carried over with an empty
@@ -126,11 +140,25 @@ impl SqliteStore {
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref();
         let name = path.display().to_string();
+        // The store holds every profiled command line: private to the collector's user.
+        // (Directories created here are 0700; SQLite gives -wal and -shm the database's mode.)
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            super::journal::private_dir(dir).map_err(|source| StoreError::Io {
                 what: format!("creating directory {} for the sqlite store", dir.display()),
                 source,
             })?;
+        }
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| StoreError::Io {
+                    what: format!("creating the sqlite store {}", path.display()),
+                    source,
+                })?;
         }
         let err = |source| StoreError::Sqlite {
             path: name.clone(),
@@ -347,7 +375,7 @@ fn source(kind: Kind, ranges: &[Range], by_service: bool, key: Option<()>) -> St
 }
 
 fn totals_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Totals> {
-    Totals::from_columns(|i| Ok(r.get::<_, Option<i64>>(at + i)?.unwrap_or(0) as u64))
+    Totals::from_columns(|i| Ok(r.get::<_, Option<i64>>(at + i)?.unwrap_or(0).max(0) as u64))
 }
 
 /// Adds `rows` to the rollup table (and new services to `services`) inside `tx`.
@@ -366,16 +394,16 @@ pub(super) fn upsert_rows(tx: &rusqlite::Transaction<'_>, rows: &[Row]) -> rusql
             row.minute,
             row.service,
             row.key,
-            t.samples_self as i64,
-            t.samples_incl as i64,
-            t.uj_self as i64,
-            t.uj_incl as i64,
-            t.est_uj_self as i64,
-            t.est_uj_incl as i64,
-            t.idle_uj as i64,
-            t.est_idle_uj as i64,
-            t.duration_ms as i64,
-            t.dropped as i64,
+            to_sql(t.samples_self),
+            to_sql(t.samples_incl),
+            to_sql(t.uj_self),
+            to_sql(t.uj_incl),
+            to_sql(t.est_uj_self),
+            to_sql(t.est_uj_incl),
+            to_sql(t.idle_uj),
+            to_sql(t.est_idle_uj),
+            to_sql(t.duration_ms),
+            to_sql(t.dropped),
         ])?;
         if row.kind == Kind::Service && row.res == RES_MINUTE {
             svc.execute(params![row.service])?;
@@ -416,7 +444,7 @@ impl Store for SqliteStore {
                     rollup.sequence as i64,
                     now,
                     rollup.profiles,
-                    rollup.samples as i64
+                    to_sql(rollup.samples)
                 ],
             )
             .map_err(|e| self.err(e))?
@@ -610,5 +638,67 @@ impl Store for SqliteStore {
             rows: rows as u64,
             bytes: (pages * page_size) as u64 + wal,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::synthetic::BatchBuilder;
+    use prost::Message as _;
+    use wattson_proto::view::BatchView;
+
+    /// Issue 20: the ingest queue was unbounded; with the disk (here: the write connection)
+    /// stalled, every arriving batch was held in memory. Past the bound it is refused as
+    /// `Busy` (UNAVAILABLE: the agent retries), and the queue drains once the stall ends.
+    #[test]
+    fn a_full_ingest_queue_refuses_batches_as_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("w.sqlite")).unwrap();
+        let one = |seq| {
+            BatchBuilder::new("h1", seq)
+                .interval(
+                    1_793_577_600,
+                    10,
+                    false,
+                    0.0,
+                    &[("api", "", "main;f", 1, 1.0)],
+                )
+                .build()
+        };
+        let batches: Vec<Batch> = (1..=2 * super::super::sqlite_ingest::MAX_QUEUED as u64)
+            .map(one)
+            .collect();
+        let stall = store.writer.lock().unwrap();
+        let futures: Vec<_> = batches
+            .iter()
+            .map(|b| {
+                let bytes = bytes::Bytes::from(b.encode_to_vec());
+                store.queue(&BatchView::of(b), bytes).unwrap()
+            })
+            .collect();
+        drop(stall);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (mut stored, mut busy) = (0, 0);
+        for f in futures {
+            match rt.block_on(f) {
+                Ok(Ingested::New { .. }) => stored += 1,
+                Err(StoreError::Busy(m)) => {
+                    assert!(m.contains("already wait for the sqlite journal"), "{m}");
+                    busy += 1
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // The writer may have taken a first group before it blocked; the rest wait or go.
+        assert!(busy > 0, "{busy} refused, {stored} stored");
+        assert_eq!(stored + busy, batches.len());
+        // Nothing is left stuck: a later batch stores.
+        assert!(matches!(
+            store.ingest(&one(1 << 20)),
+            Ok(Ingested::New { .. })
+        ));
     }
 }

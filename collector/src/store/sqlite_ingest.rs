@@ -44,6 +44,11 @@ use crate::ingest_cpu::{Stage, Timer};
 const ROLL_EVERY: Duration = Duration::from_secs(10);
 /// Roll up early once this many minute cells are held, to bound memory.
 const ROLL_MAX_CELLS: usize = 400_000;
+/// Most batches queued for the next group commit: past it (the disk or a roll-up is behind),
+/// batches are refused as [`StoreError::Busy`] rather than held in memory without bound.
+pub(super) const MAX_QUEUED: usize = 4096;
+/// Most bytes of queued batches (as they arrived).
+const MAX_QUEUED_BYTES: usize = 512 << 20;
 /// `meta` key of the last journal generation a roll-up covered.
 const COVERED: &str = "journal_covered";
 
@@ -69,6 +74,8 @@ struct Job {
 #[derive(Default)]
 struct State {
     jobs: Vec<Job>,
+    /// Bytes of the queued jobs' payloads.
+    queued_bytes: usize,
     settles: Vec<mpsc::Sender<Result<(), String>>>,
     /// Something was queued or merged and is not rolled up yet.
     dirty: bool,
@@ -191,6 +198,16 @@ impl Pipeline {
             if st.stop {
                 return Err(self.stopped());
             }
+            if st.jobs.len() >= MAX_QUEUED || st.queued_bytes + job.payload.len() > MAX_QUEUED_BYTES
+            {
+                return Err(StoreError::Busy(format!(
+                    "{} batches ({} bytes) already wait for the sqlite journal at {}",
+                    st.jobs.len(),
+                    st.queued_bytes,
+                    self.shared.path
+                )));
+            }
+            st.queued_bytes += job.payload.len();
             st.jobs.push(job);
             st.dirty = true;
         }
@@ -375,6 +392,7 @@ fn run(shared: &Shared, mut acc: Accumulator, mut journal: Journal) {
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
             }
+            st.queued_bytes = 0;
             (
                 std::mem::take(&mut st.jobs),
                 std::mem::take(&mut st.settles),
@@ -512,7 +530,7 @@ fn roll(shared: &Shared, acc: &mut Accumulator, journal: &mut Journal) -> Result
                     *seq as i64,
                     p.at,
                     p.profiles,
-                    p.samples as i64
+                    super::sqlite::to_sql(p.samples)
                 ])?;
             }
         }

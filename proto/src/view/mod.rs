@@ -16,6 +16,51 @@ use crate::v1::{AgentLosses, Batch, EnergyDomain, Frame, Function, Sample};
 
 pub use parse::ParseError;
 
+/// Most entries [`BatchView::parse_limited`] reads into each list, counted over the whole
+/// batch (all profiles' samples together, all stacks' frames together). Checked as each entry
+/// is read, so a few KB of zstd frame that decompresses to millions of empty submessages fails
+/// at the first one past the limit instead of allocating a gigabyte of parsed structs first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CountLimits {
+    /// Entries of `strings`.
+    pub strings: usize,
+    /// Entries of `functions`.
+    pub functions: usize,
+    /// Entries of `frames`.
+    pub frames: usize,
+    /// Entries of `stacks`.
+    pub stacks: usize,
+    /// Frame indexes over all stacks.
+    pub stack_frames: usize,
+    /// Entries of `processes`.
+    pub processes: usize,
+    /// Build id indexes over all processes.
+    pub build_ids: usize,
+    /// Entries of `profiles`.
+    pub profiles: usize,
+    /// Energy domains over all profiles.
+    pub domains: usize,
+    /// Sample rows over all profiles.
+    pub samples: usize,
+}
+
+impl CountLimits {
+    /// No limit: what prost reads.
+    pub const UNLIMITED: CountLimits = CountLimits {
+        strings: usize::MAX,
+        functions: usize::MAX,
+        frames: usize::MAX,
+        stacks: usize::MAX,
+        stack_frames: usize::MAX,
+        processes: usize::MAX,
+        build_ids: usize::MAX,
+        profiles: usize::MAX,
+        domains: usize::MAX,
+        samples: usize::MAX,
+    };
+}
+
 /// The payload of an `IngestRequest`, undecoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestBatch {
@@ -122,7 +167,15 @@ pub struct BatchView<'a> {
 impl<'a> BatchView<'a> {
     /// Reads an encoded `wattson.v1.Batch` in place.
     pub fn parse(bytes: &'a [u8]) -> Result<BatchView<'a>, ParseError> {
-        parse::batch(bytes)
+        parse::batch(bytes, &CountLimits::UNLIMITED)
+    }
+
+    /// [`BatchView::parse`], failing at the first entry of a list past `limits`.
+    pub fn parse_limited(
+        bytes: &'a [u8],
+        limits: &CountLimits,
+    ) -> Result<BatchView<'a>, ParseError> {
+        parse::batch(bytes, limits)
     }
 
     /// The payload of an encoded `wattson.v1.IngestRequest`, whichever of `batch` and

@@ -10,7 +10,7 @@ use std::fmt;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{BatchView, HostView, ProcessView, ProfileView, RequestBatch, Span};
+use super::{BatchView, CountLimits, HostView, ProcessView, ProfileView, RequestBatch, Span};
 use crate::v1::{AgentLosses, EnergyDomain, Frame, Function, Sample};
 
 /// Why bytes are not a `wattson.v1` message, naming the field the reader stopped at.
@@ -22,6 +22,8 @@ pub struct ParseError {
     pub path: String,
     /// What is wrong, e.g. `truncated input`.
     pub why: String,
+    /// A list passed its [`CountLimits`] entry: the batch is too large, not malformed.
+    pub over_limit: bool,
 }
 
 /// What went wrong, before the path is known (one byte, so results stay small).
@@ -37,6 +39,8 @@ enum Why {
     RecursionLimit,
     Utf8,
     TooMany,
+    /// A list passed its [`CountLimits`] entry (the limit).
+    Limit(usize),
 }
 
 impl fmt::Display for Why {
@@ -52,6 +56,10 @@ impl fmt::Display for Why {
             Why::RecursionLimit => f.write_str("recursion limit reached (groups nested too deep)"),
             Why::Utf8 => f.write_str("invalid string value: data is not UTF-8 encoded"),
             Why::TooMany => f.write_str("more than u32::MAX elements"),
+            Why::Limit(max) => write!(
+                f,
+                "more than {max} of these in the batch (the collector's limit; split the batch)"
+            ),
         }
     }
 }
@@ -84,6 +92,7 @@ impl Fail {
         ParseError {
             path: format!("{message}{path}"),
             why: why.to_string(),
+            over_limit: matches!(why, Why::Limit(_)),
         }
     }
 }
@@ -290,17 +299,34 @@ fn nested<'a, T>(
         .map_err(|e| e.at(i))
 }
 
-/// Appends a packed run (wire type 2) or one unpacked value (wire type 0) of a repeated uint32.
+/// Fails with [`Why::Limit`] when a list already holding `len` entries may not take another.
 #[inline(always)]
-fn repeated_u32(r: &mut Reader<'_>, packed: bool, out: &mut Vec<u32>) -> Result<(), Why> {
+fn room(len: usize, max: usize) -> Result<(), Why> {
+    if len >= max {
+        return Err(Why::Limit(max));
+    }
+    Ok(())
+}
+
+/// Appends a packed run (wire type 2) or one unpacked value (wire type 0) of a repeated uint32,
+/// `out` holding at most `max`.
+#[inline(always)]
+fn repeated_u32(
+    r: &mut Reader<'_>,
+    packed: bool,
+    out: &mut Vec<u32>,
+    max: usize,
+) -> Result<(), Why> {
     if packed {
         let mut run = Reader(r.bytes()?);
         // At most one value per byte.
-        out.reserve(run.0.len());
+        out.reserve(run.0.len().min(max.saturating_sub(out.len())));
         while !run.0.is_empty() {
+            room(out.len(), max)?;
             out.push(run.u32()?);
         }
     } else {
+        room(out.len(), max)?;
         out.push(r.u32()?);
     }
     Ok(())
@@ -334,9 +360,12 @@ const LOSSES: &str = "spool_dropped_batches spool_dropped_intervals spool_droppe
 // Keys below are `field << 3 | wire type` (0 varint, 1 fixed64, 2 length-delimited).
 // Messages nested in Batch skip unknown groups with budget 99, those nested twice with 98.
 
-/// Reads an encoded `wattson.v1.Batch` into a view borrowing from `bytes`.
-pub(super) fn batch(bytes: &[u8]) -> Result<BatchView<'_>, ParseError> {
+/// Reads an encoded `wattson.v1.Batch` into a view borrowing from `bytes`, each list held to
+/// `lim` as it is read.
+pub(super) fn batch<'a>(bytes: &'a [u8], lim: &CountLimits) -> Result<BatchView<'a>, ParseError> {
     let mut v = BatchView::default();
+    // The entry past a limit fails at its own path, before it (or anything after) is read.
+    let full = |len: usize, max: usize| room(len, max).map_err(|w| Fail::from(w).at(len));
     fields(bytes, BATCH, 100, |r, key| {
         match key {
             0x0a => v.host_id = r.str()?,
@@ -344,26 +373,38 @@ pub(super) fn batch(bytes: &[u8]) -> Result<BatchView<'_>, ParseError> {
             0x1a => host(r.bytes()?, v.host.get_or_insert_default())?,
             0x20 => v.created_unix_nanos = r.varint()?,
             0x2a => {
+                full(v.strings.len(), lim.strings)?;
                 let s = r.str().map_err(|w| Fail::from(w).at(v.strings.len()))?;
                 v.strings.push(s);
             }
-            0x32 => v.functions.push(nested(r, v.functions.len(), function)?),
-            0x3a => v.frames.push(nested(r, v.frames.len(), frame)?),
+            0x32 => {
+                full(v.functions.len(), lim.functions)?;
+                v.functions.push(nested(r, v.functions.len(), function)?);
+            }
+            0x3a => {
+                full(v.frames.len(), lim.frames)?;
+                v.frames.push(nested(r, v.frames.len(), frame)?);
+            }
             0x42 => {
+                full(v.stacks.len(), lim.stacks)?;
                 let flat = &mut v.stack_frames;
-                v.stacks
-                    .push(nested(r, v.stacks.len(), |b| stack(b, flat))?);
+                v.stacks.push(nested(r, v.stacks.len(), |b| {
+                    stack(b, flat, lim.stack_frames)
+                })?);
             }
             0x4a => {
+                full(v.processes.len(), lim.processes)?;
                 let flat = &mut v.process_build_ids;
-                v.processes
-                    .push(nested(r, v.processes.len(), |b| process(b, flat))?);
+                v.processes.push(nested(r, v.processes.len(), |b| {
+                    process(b, flat, lim.build_ids)
+                })?);
             }
             0x52 => {
+                full(v.profiles.len(), lim.profiles)?;
                 let (domains, samples) = (&mut v.all_domains, &mut v.all_samples);
                 let i = v.profiles.len();
                 v.profiles
-                    .push(nested(r, i, |b| profile(b, domains, samples))?);
+                    .push(nested(r, i, |b| profile(b, domains, samples, lim))?);
             }
             0x5a => losses(r.bytes()?, v.losses.get_or_insert_default())?,
             0x62 => v.agent_instance = r.str()?,
@@ -435,11 +476,11 @@ fn frame(body: &[u8]) -> Result<Frame, Fail> {
     Ok(f)
 }
 
-fn stack(body: &[u8], flat: &mut Vec<u32>) -> Result<Span, Fail> {
+fn stack(body: &[u8], flat: &mut Vec<u32>, max: usize) -> Result<Span, Fail> {
     let start = flat.len();
     fields(body, STACK, 99, |r, key| {
         match key {
-            0x08 | 0x0a => repeated_u32(r, key == 0x0a, flat)?,
+            0x08 | 0x0a => repeated_u32(r, key == 0x0a, flat, max)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -447,7 +488,7 @@ fn stack(body: &[u8], flat: &mut Vec<u32>) -> Result<Span, Fail> {
     Ok(span(start, flat.len())?)
 }
 
-fn process(body: &[u8], flat: &mut Vec<u32>) -> Result<ProcessView, Fail> {
+fn process(body: &[u8], flat: &mut Vec<u32>, max: usize) -> Result<ProcessView, Fail> {
     let mut p = ProcessView::default();
     let start = flat.len();
     fields(body, PROCESS, 99, |r, key| {
@@ -459,7 +500,7 @@ fn process(body: &[u8], flat: &mut Vec<u32>) -> Result<ProcessView, Fail> {
             0x28 => p.service_index = r.u32()?,
             0x30 => p.container_index = r.u32()?,
             0x38 => p.unit_index = r.u32()?,
-            0x40 | 0x42 => repeated_u32(r, key == 0x42, flat)?,
+            0x40 | 0x42 => repeated_u32(r, key == 0x42, flat, max)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -472,6 +513,7 @@ fn profile(
     body: &[u8],
     domains: &mut Vec<EnergyDomain>,
     samples: &mut Vec<Sample>,
+    lim: &CountLimits,
 ) -> Result<ProfileView, Fail> {
     let mut p = ProfileView::default();
     let (d0, s0) = (domains.len(), samples.len());
@@ -483,13 +525,21 @@ fn profile(
             0x20 => p.clock_event = r.i32()?,
             0x28 => p.energy_source = r.i32()?,
             0x30 => p.energy_model_index = r.u32()?,
-            0x3a => domains.push(nested(r, domains.len() - d0, domain)?),
+            0x3a => {
+                room(domains.len(), lim.domains)
+                    .map_err(|w| Fail::from(w).at(domains.len() - d0))?;
+                domains.push(nested(r, domains.len() - d0, domain)?);
+            }
             0x41 => p.interval_microjoules = r.f64()?,
             0x49 => p.idle_microjoules = r.f64()?,
             0x51 => p.attributed_microjoules = r.f64()?,
             0x58 => p.estimated = r.bool()?,
             0x60 => p.dropped_samples = r.varint()?,
-            0x6a => samples.push(nested(r, samples.len() - s0, sample)?),
+            0x6a => {
+                room(samples.len(), lim.samples)
+                    .map_err(|w| Fail::from(w).at(samples.len() - s0))?;
+                samples.push(nested(r, samples.len() - s0, sample)?);
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -548,7 +598,7 @@ pub(super) fn request_batch(request: &Bytes) -> Result<Option<RequestBatch>, Par
     let mut malformed: Result<(), ParseError> = Ok(());
     let mut check = |bytes: &[u8]| {
         if malformed.is_ok() {
-            malformed = batch(bytes).map(|_| ());
+            malformed = batch(bytes, &CountLimits::UNLIMITED).map(|_| ());
         }
     };
     fields(request, "batch batch_zstd", 100, |r, key| {

@@ -179,6 +179,9 @@ pub async fn connect(
     lazy: bool,
 ) -> anyhow::Result<Conn> {
     let channel = channel(collector, tls, lazy).await?;
+    if let Some(warning) = token.and_then(|_| wattson_proto::cli::token_in_clear(collector)) {
+        tracing::warn!("{warning}");
+    }
     let header = match token {
         Some(t) => Some(
             format!("Bearer {t}")
