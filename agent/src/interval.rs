@@ -85,6 +85,11 @@ impl Recorder {
         &self.sampler
     }
 
+    /// The sampler, e.g. to change which processes it follows.
+    pub fn sampler_mut(&mut self) -> &mut Sampler {
+        &mut self.sampler
+    }
+
     /// Processes seen so far.
     pub fn processes(&self) -> &ProcessTable {
         &self.table
