@@ -33,6 +33,7 @@ pub struct RunMetrics {
     unread: AtomicU64,
     intervals: AtomicU64,
     batches_spooled: AtomicU64,
+    strings_truncated: AtomicU64,
     measured_uj: AtomicU64,
     estimated_uj: AtomicU64,
 }
@@ -49,6 +50,7 @@ impl RunMetrics {
             unread: AtomicU64::new(0),
             intervals: AtomicU64::new(0),
             batches_spooled: AtomicU64::new(0),
+            strings_truncated: AtomicU64::new(0),
             measured_uj: AtomicU64::new(0),
             estimated_uj: AtomicU64::new(0),
         }
@@ -79,9 +81,11 @@ impl RunMetrics {
         }
     }
 
-    /// Records a batch written to the spool.
-    pub fn record_spooled(&self) {
+    /// Records a batch written to the spool, and the strings cut to fit in it.
+    pub fn record_spooled(&self, strings_truncated: u64) {
         self.batches_spooled.fetch_add(1, Ordering::Relaxed);
+        self.strings_truncated
+            .fetch_add(strings_truncated, Ordering::Relaxed);
     }
 }
 
@@ -142,6 +146,13 @@ pub fn render(s: &Sources) -> String {
         "Batches written to the on-disk spool.",
     )
     .sample(&[], get(&run.batches_spooled));
+    t.family(
+        "wattson_agent_strings_truncated_total",
+        Kind::Counter,
+        "Strings (command lines, symbols, paths) cut to 8 KiB with a \"…[truncated]\" marker so \
+         the collector accepts the batch.",
+    )
+    .sample(&[], get(&run.strings_truncated));
     t.family(
         "wattson_agent_batches_shipped_total",
         Kind::Counter,
@@ -294,7 +305,7 @@ mod tests {
         };
         run.record_interval(&profile, Some(&energy));
         run.record_interval(&profile, Some(&energy));
-        run.record_spooled();
+        run.record_spooled(0);
         let m = parse(&render(&sources));
         assert_eq!(m["wattson_agent_samples_total"], 500);
         assert_eq!(

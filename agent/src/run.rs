@@ -305,6 +305,7 @@ fn spool_batch(
     metrics: &RunMetrics,
 ) {
     let (intervals, samples) = (builder.intervals() as u64, builder.samples());
+    let truncated = builder.truncated_strings();
     let mut spool = spool.lock().unwrap_or_else(|p| p.into_inner());
     let pushed = match spool.push(intervals, samples, |seq, losses| {
         builder.finish(host, seq, losses)
@@ -322,7 +323,7 @@ fn spool_batch(
             return;
         }
     };
-    metrics.record_spooled();
+    metrics.record_spooled(truncated);
     // Tests and operators read this line: every sample the agent produced is counted here.
     tracing::info!(
         sequence = pushed.sequence,
@@ -330,6 +331,7 @@ fn spool_batch(
         samples,
         bytes = pushed.bytes,
         dropped_oldest = pushed.dropped,
+        strings_truncated = truncated,
         waiting = spool.len(),
         "batch spooled"
     );
