@@ -109,6 +109,10 @@ pub fn render(s: &Sources) -> String {
         let spool = s.spool.lock().unwrap_or_else(|p| p.into_inner());
         (spool.bytes(), spool.len() as u64, spool.losses())
     };
+    let (rejected_bytes, unreadable) = {
+        let spool = s.spool.lock().unwrap_or_else(|p| p.into_inner());
+        (spool.rejected_bytes(), spool.unreadable())
+    };
     let mut t = Text::new();
     t.family(
         "wattson_agent_samples_total",
@@ -180,6 +184,20 @@ pub fn render(s: &Sources) -> String {
         "Batches waiting in the spool.",
     )
     .sample(&[], spool_batches);
+    t.family(
+        "wattson_agent_spool_rejected_bytes",
+        Kind::Gauge,
+        "Bytes of refused batches kept in rejected/ for inspection (within --spool-max-bytes; \
+         the first to go when it is reached).",
+    )
+    .sample(&[], rejected_bytes);
+    t.family(
+        "wattson_agent_spool_unreadable_total",
+        Kind::Counter,
+        "Spooled batch files skipped because they vanished or could not be read (EIO); their \
+         batches are counted in wattson_agent_spool_lost_*.",
+    )
+    .sample(&[], unreadable);
     for (what, help, value) in [
         ("batches", "Batches", lost.spool_dropped_batches),
         ("intervals", "Intervals", lost.spool_dropped_intervals),

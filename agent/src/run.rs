@@ -61,8 +61,9 @@ pub struct RunArgs {
     /// Directory of the on-disk spool (survives restarts; holds the sequence counter).
     #[arg(long, default_value = "/var/lib/wattson/spool")]
     pub spool_dir: PathBuf,
-    /// Bound of the spool in bytes (compressed batches); when full the oldest go first and
-    /// the loss is counted and reported to the collector.
+    /// Bound of the spool in bytes (compressed batches, refused ones in rejected/ included);
+    /// when full, refused batches go first, then the oldest waiting ones, whose loss is
+    /// counted and reported to the collector.
     #[arg(long, default_value_t = 256 << 20)]
     pub spool_max_bytes: u64,
     /// Stable identity of this host; default: /etc/machine-id.
