@@ -224,6 +224,8 @@ impl Recorder {
             .filter(|f| f.function.is_none())
             .count() as u64;
 
+        profile.stats.perf_maps_cut = self.symbolizer.take_perf_maps_cut();
+
         // Samples drained after `counters` was read belong to the next window's accounting.
         let extra = self.drained.saturating_sub(accepted);
         self.counters_at_start = counters;

@@ -125,6 +125,7 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
     config.prefer_cycles = !args.cpu_clock;
     let mut sampler = Sampler::load(&config)?;
     sampler.attach(&config)?;
+    privilege::drop_after_attach_logged();
     let table = ProcessTable::new("/proc", args.services.clone());
     let mut recorder = Recorder::new(sampler, table, Symbolizer::default())?;
     if let Some(m) = meter.as_mut() {

@@ -7,7 +7,11 @@
 //! (including separate debug files found by build id or debuglink), demangled (Rust, C++).
 //! Addresses in a PLT stub, which no symbol table covers, are named `NAME@plt` after the
 //! function the stub jumps to, as perf, objdump and gdb name them.
-//! Anonymous executable memory is looked up in the JIT's perf map (`/tmp/perf-PID.map`).
+//! Anonymous executable memory is looked up in the JIT's perf map (`/tmp/perf-PID.map`), which
+//! the profiled process writes and the agent reads as root: it is opened without following
+//! symlinks, only if it is a regular file owned by root or by the process's user, and read up
+//! to [`MAX_PERF_MAP_BYTES`] (cuts are counted). The vDSO is copied into a private (0700)
+//! directory with a random name, created with O_EXCL|O_NOFOLLOW.
 //! Kernel addresses go through kallsyms. Results are cached per (build id or path, offset).
 
 use std::{
@@ -26,6 +30,9 @@ use crate::{
     process::{ProcessTable, hex},
     profile::{Frame, FrameKind},
 };
+
+/// Largest part of a JIT perf map read, bytes (complete lines only beyond it are dropped).
+pub const MAX_PERF_MAP_BYTES: u64 = 64 << 20;
 
 /// Module name of kernel text, as `perf` spells it.
 pub const KERNEL_MODULE: &str = "[kernel.kallsyms]";
@@ -57,8 +64,13 @@ pub struct Symbolizer {
     /// (build id or path) -> its PLT stubs, read on the first address no symbol covers.
     plt: HashMap<Arc<str>, Arc<PltStubs>>,
     kernel_build_id: Option<String>,
-    /// A copy of this process's vDSO on disk: every process maps the same kernel image.
-    vdso: std::sync::OnceLock<Option<String>>,
+    /// A copy of this process's vDSO on disk (every process maps the same kernel image), in a
+    /// private directory removed on drop.
+    vdso: std::sync::OnceLock<Option<(tempfile::TempDir, String)>>,
+    /// Bytes of a perf map read at most.
+    perf_map_max_bytes: u64,
+    /// Perf maps cut at `perf_map_max_bytes`, since the last [`Self::take_perf_maps_cut`].
+    perf_maps_cut: u64,
 }
 
 impl Default for Symbolizer {
@@ -80,7 +92,14 @@ impl Symbolizer {
             plt: HashMap::new(),
             kernel_build_id: kernel_build_id(Path::new("/sys/kernel/notes")),
             vdso: std::sync::OnceLock::new(),
+            perf_map_max_bytes: MAX_PERF_MAP_BYTES,
+            perf_maps_cut: 0,
         }
+    }
+
+    /// Perf maps read only up to [`MAX_PERF_MAP_BYTES`] since the last call.
+    pub fn take_perf_maps_cut(&mut self) -> u64 {
+        std::mem::take(&mut self.perf_maps_cut)
     }
 
     /// Frames for a user stack of `tgid` (instruction pointers, leaf first). Every address but
@@ -105,8 +124,8 @@ impl Symbolizer {
                 Some("[vdso]") => self
                     .vdso
                     .get_or_init(dump_own_vdso)
-                    .clone()
-                    .map(|p| (p, "[vdso]".to_owned())),
+                    .as_ref()
+                    .map(|(_, p)| (p.clone(), "[vdso]".to_owned())),
                 _ => None,
             };
             match (mapping, elf) {
@@ -288,18 +307,17 @@ impl Symbolizer {
         }
         // JITs append to the file as they compile, so re-read it on a miss.
         let path = self.perf_map_dir.join(format!("perf-{tgid}.map"));
-        let map = parse_perf_map(&fs::read_to_string(path).ok()?);
+        let (text, cut) = read_perf_map(&path, tgid, self.perf_map_max_bytes)?;
+        if cut {
+            if self.perf_maps_cut == 0 {
+                tracing::warn!(path = %path.display(), max = self.perf_map_max_bytes, "perf map larger than the bound: only its start is read");
+            }
+            self.perf_maps_cut += 1;
+        }
+        let map = parse_perf_map(&text);
         let hit = find(&map);
         self.perf_maps.insert(tgid, map);
         hit
-    }
-}
-
-impl Drop for Symbolizer {
-    fn drop(&mut self) {
-        if let Some(Some(path)) = self.vdso.get() {
-            let _ = fs::remove_file(path);
-        }
     }
 }
 
@@ -312,9 +330,41 @@ fn new_blaze() -> Blaze {
         .build()
 }
 
-/// Writes this process's vDSO image to a temporary file so it can be symbolized like any ELF
-/// (the kernel maps the same image into every process, at file offset 0).
-fn dump_own_vdso() -> Option<String> {
+/// The perf map at `path` of process `tgid`, at most `max` bytes of it (whole lines), and
+/// whether it was cut. `None` unless it is a regular file, not a symlink, owned by root or by
+/// the process's user: the agent reads it as root, and what it reads is shipped.
+fn read_perf_map(path: &Path, tgid: u32, max: u64) -> Option<(String, bool)> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let file = fs::OpenOptions::new()
+        .read(true)
+        // O_NONBLOCK: a FIFO planted there must not hang the agent (it is refused below).
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    let owner = fs::metadata(format!("/proc/{tgid}")).ok().map(|m| m.uid());
+    if !meta.is_file() || (meta.uid() != 0 && Some(meta.uid()) != owner) {
+        tracing::debug!(path = %path.display(), "perf map not a regular file of the process's user: ignored");
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(max).read_to_end(&mut bytes).ok()?;
+    let cut = meta.len() > max;
+    if cut {
+        // Drop the line the bound cut through.
+        let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        bytes.truncate(end);
+    }
+    Some((String::from_utf8_lossy(&bytes).into_owned(), cut))
+}
+
+/// Writes this process's vDSO image to a new file in a new private directory, so it can be
+/// symbolized like any ELF (the kernel maps the same image into every process, at file
+/// offset 0). The directory's random name and O_EXCL|O_NOFOLLOW leave nothing to plant.
+fn dump_own_vdso() -> Option<(tempfile::TempDir, String)> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let maps = fs::read_to_string("/proc/self/maps").ok()?;
     let m = crate::process::parse_maps(&maps)
         .into_iter()
@@ -322,9 +372,26 @@ fn dump_own_vdso() -> Option<String> {
     // SAFETY: the vDSO mapping is readable for its whole length for the life of the process.
     let image =
         unsafe { std::slice::from_raw_parts(m.start as *const u8, (m.end - m.start) as usize) };
-    let path = std::env::temp_dir().join(format!("wattson-vdso-{}.so", std::process::id()));
-    fs::write(&path, image).ok()?;
-    Some(path.to_string_lossy().into_owned())
+    let dir = tempfile::Builder::new()
+        .prefix("wattson-vdso-")
+        .tempdir()
+        .ok()?;
+    // Private before anything is written in it (its name is random already).
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .ok()?;
+    let path = dir.path().join("vdso.so");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(&path)
+        .ok()?;
+    file.write_all(image).ok()?;
+    Some((dir, path.to_string_lossy().into_owned()))
 }
 
 /// Functions at one address, leaf (innermost inlined) first.
@@ -608,6 +675,70 @@ mod tests {
             checked += 1;
         }
         eprintln!("PLT stubs agree with objdump on {checked} binaries");
+    }
+
+    /// Regression: the vDSO copy went to `/tmp/wattson-vdso-PID.so`, a predictable path in a
+    /// shared directory, written by root following symlinks and with the umask's mode.
+    #[test]
+    fn the_vdso_copy_is_in_a_private_directory() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let sym = Symbolizer::default();
+        let path = dump_own_vdso().map(|(dir, p)| (dir.path().to_owned(), p, dir));
+        let (dir, path, _guard) = path.expect("this process has a vDSO");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+        assert_eq!(mode(Path::new(&path)), 0o600, "{path}");
+        assert_ne!(
+            Path::new(&path),
+            std::env::temp_dir().join(format!("wattson-vdso-{}.so", std::process::id()))
+        );
+        // The symbolizer's own copy goes when it does.
+        let own = sym
+            .vdso
+            .get_or_init(dump_own_vdso)
+            .as_ref()
+            .unwrap()
+            .1
+            .clone();
+        assert!(Path::new(&own).exists());
+        drop(sym);
+        assert!(!Path::new(&own).exists(), "removed with the symbolizer");
+    }
+
+    /// Regression: a process's `/tmp/perf-PID.map` was read whole, as root, following
+    /// symlinks: a JIT (or anyone able to write /tmp) could make the agent read any file into
+    /// its symbol names, or fill its memory.
+    #[test]
+    fn perf_maps_are_bounded_and_never_followed_through_symlinks() {
+        let me = std::process::id();
+        let dir = tempfile::tempdir().unwrap();
+        let map = dir.path().join(format!("perf-{me}.map"));
+        let secret = dir.path().join("secret");
+        fs::write(&secret, "1000 100 root-only-secret\n").unwrap();
+        std::os::unix::fs::symlink(&secret, &map).unwrap();
+        let mut sym = Symbolizer::new(dir.path());
+        assert_eq!(sym.perf_map_lookup(me, 0x1010, 1), None, "symlink followed");
+        // A map over the bound: its complete lines under the bound are read, the cut counted.
+        fs::remove_file(&map).unwrap();
+        let lines: String = (0..1000u64)
+            .map(|i| format!("{:x} 10 jit_fn_{i}\n", 0x10_0000 + i * 0x10))
+            .collect();
+        fs::write(&map, &lines).unwrap();
+        sym.perf_map_max_bytes = 100 * 20; // about 100 of the 1000 lines
+        assert_eq!(
+            sym.perf_map_lookup(me, 0x10_0000, 1).as_deref(),
+            Some("jit_fn_0")
+        );
+        assert_eq!(sym.perf_map_lookup(me, 0x10_0000 + 999 * 0x10, 1), None);
+        assert!(sym.perf_maps.get(&me).unwrap().len() < 150);
+        assert!(sym.take_perf_maps_cut() >= 1);
+        // A FIFO would block a plain read forever: refused at once.
+        fs::remove_file(&map).unwrap();
+        let c = std::ffi::CString::new(map.to_str().unwrap()).unwrap();
+        // SAFETY: a valid path string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        sym.trim(usize::MAX); // a window's end: perf maps are read again
+        assert_eq!(sym.perf_map_lookup(me, 0x10_0000, 2), None);
     }
 
     #[test]

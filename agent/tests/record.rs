@@ -446,3 +446,86 @@ fn record_pid_of_a_shell_running_python_samples_the_interpreter() {
         direct.0
     );
 }
+
+/// The effective capabilities of every thread of `pid` (`CapEff` of /proc/PID/task/*/status).
+fn thread_caps(pid: u32) -> Vec<u64> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|s| {
+            let v = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(v.trim(), 16).ok()
+        })
+        .collect()
+}
+
+/// Regression: the agent kept every capability of root for its whole life, though after
+/// loading and attaching the sampler it only reads /proc, binaries and kallsyms and opens perf
+/// events on CPUs that come online. Checked on every thread of `record` and of the daemon,
+/// whose runtime threads must not have been started with the full set.
+#[test]
+fn capabilities_are_dropped_after_attach_on_every_thread() {
+    // CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_SYSLOG, CAP_PERFMON.
+    let kept: u64 = (1 << 2) | (1 << 19) | (1 << 34) | (1 << 38);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("caps.folded");
+    let spool = dir.path().join("spool");
+    let runs: [Vec<&str>; 2] = [
+        vec![
+            "record",
+            "--duration",
+            "30s",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        // Nothing listens on port 1: the daemon keeps its batches and runs on.
+        vec![
+            "run",
+            "--collector",
+            "http://127.0.0.1:1",
+            "--host-id",
+            "caps-test",
+            "--spool-dir",
+            spool.to_str().unwrap(),
+        ],
+    ];
+    for args in runs {
+        let mut agent = Command::new(AGENT)
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = agent.id();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Sampling has started once the capabilities of the main thread went down.
+        let caps = loop {
+            let caps = thread_caps(pid);
+            if caps
+                .first()
+                .is_some_and(|&c| c != u64::MAX && c & (1 << 39) == 0)
+            {
+                thread::sleep(Duration::from_millis(500)); // let the runtime start its threads
+                break thread_caps(pid);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{args:?}: capabilities never dropped: {caps:x?}"
+            );
+            thread::sleep(Duration::from_millis(100));
+        };
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        agent.wait().unwrap();
+        assert!(!caps.is_empty());
+        for c in &caps {
+            assert_eq!(
+                c & !kept,
+                0,
+                "{args:?}: a thread kept {c:#x} (allowed {kept:#x})"
+            );
+            assert_ne!(c & (1 << 19), 0, "{args:?}: CAP_SYS_PTRACE dropped: {c:#x}");
+        }
+    }
+}
