@@ -17,9 +17,6 @@ use crate::{
     symbolize::Symbolizer,
 };
 
-/// Symbol cache entries kept across windows before the caches are rebuilt.
-const MAX_SYMBOL_CACHE: usize = 200_000;
-
 /// Deepest stack the kernel records (`perf_event_max_stack` default); reaching it means the
 /// stack was cut.
 const MAX_STACK_DEPTH: usize = 127;
@@ -128,6 +125,7 @@ impl Recorder {
         for raw in &drained.samples {
             self.add(raw);
         }
+        self.symbolizer.release_idle();
         Ok(())
     }
 
@@ -237,7 +235,7 @@ impl Recorder {
             // Only timeliness is lost: a reused tgid is then read at drain time.
             tracing::warn!(error = %e, "could not clear forgotten processes from the BPF map");
         }
-        self.symbolizer.trim(MAX_SYMBOL_CACHE);
+        self.symbolizer.trim();
         Ok(builder.finish())
     }
 }

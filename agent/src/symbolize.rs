@@ -12,7 +12,10 @@
 //! symlinks, only if it is a regular file owned by root or by the process's user, and read up
 //! to [`MAX_PERF_MAP_BYTES`] (cuts are counted). The vDSO is copied into a private (0700)
 //! directory with a random name, created with O_EXCL|O_NOFOLLOW.
-//! Kernel addresses go through kallsyms. Results are cached per (build id or path, offset).
+//! Kernel addresses go through kallsyms. Results are cached per (build id or path, offset), in
+//! caches bounded by bytes; blazesym's parsed state for a file is released once the file has
+//! not been symbolized for [`IDLE_GENERATIONS`] drains, or is beyond the [`MAX_MODULES`] most
+//! recently used (see [`crate::symbol_cache`]).
 
 use std::{
     collections::HashMap,
@@ -29,7 +32,17 @@ use blazesym::symbolize::{
 use crate::{
     process::{ProcessTable, hex},
     profile::{Frame, FrameKind},
+    symbol_cache::{ByteLru, Modules},
 };
+
+/// Bytes of resolved user addresses cached.
+pub const USER_CACHE_BYTES: usize = 12 << 20;
+/// Bytes of resolved kernel addresses cached.
+pub const KERNEL_CACHE_BYTES: usize = 4 << 20;
+/// Drains (about a second each) after which a file no longer symbolized is released.
+pub const IDLE_GENERATIONS: u64 = 30;
+/// Files whose parsed symbols are kept at most (the most recently symbolized).
+pub const MAX_MODULES: usize = 64;
 
 /// Largest part of a JIT perf map read, bytes (complete lines only beyond it are dropped).
 pub const MAX_PERF_MAP_BYTES: u64 = 64 << 20;
@@ -57,8 +70,12 @@ pub struct Symbolizer {
     blaze: Blaze,
     perf_map_dir: PathBuf,
     /// (build id or path, lookup offset) -> functions, leaf first (empty = unknown).
-    user: HashMap<(Arc<str>, u64), Arc<[Resolved]>>,
-    kernel: HashMap<u64, (Arc<[Resolved]>, Option<String>)>,
+    user: ByteLru<(Arc<str>, u64), Arc<[Resolved]>>,
+    kernel: ByteLru<u64, (Arc<[Resolved]>, Option<String>)>,
+    /// ELF files blazesym holds parsed, by when they were last symbolized.
+    modules: Modules,
+    /// The drain generation being symbolized.
+    generation: u64,
     build_ids: HashMap<String, Option<Arc<str>>>,
     perf_maps: HashMap<u32, PerfMap>,
     /// (build id or path) -> its PLT stubs, read on the first address no symbol covers.
@@ -85,8 +102,10 @@ impl Symbolizer {
         Self {
             blaze: new_blaze(),
             perf_map_dir: perf_map_dir.into(),
-            user: HashMap::new(),
-            kernel: HashMap::new(),
+            user: ByteLru::new(USER_CACHE_BYTES),
+            kernel: ByteLru::new(KERNEL_CACHE_BYTES),
+            modules: Modules::default(),
+            generation: 0,
             build_ids: HashMap::new(),
             perf_maps: HashMap::new(),
             plt: HashMap::new(),
@@ -111,6 +130,7 @@ impl Symbolizer {
         stack: &[u64],
         generation: u64,
     ) -> Vec<Frame> {
+        self.generation = self.generation.max(generation);
         let mut out = Vec::with_capacity(stack.len());
         for (i, &addr) in stack.iter().enumerate() {
             let lookup_adj = u64::from(i > 0);
@@ -176,12 +196,11 @@ impl Symbolizer {
         let mut out = Vec::with_capacity(stack.len());
         for (i, &addr) in stack.iter().enumerate() {
             let lookup = addr.saturating_sub(u64::from(i > 0));
-            let (resolved, module) = self
-                .kernel
-                .entry(lookup)
-                .or_insert_with(|| {
+            let (resolved, module) = match self.kernel.get(&lookup) {
+                Some(hit) => hit,
+                None => {
                     let src = Source::Kernel(Kernel::default());
-                    match self
+                    let found = match self
                         .blaze
                         .symbolize_single(&src, blazesym::symbolize::Input::AbsAddr(lookup))
                     {
@@ -201,9 +220,12 @@ impl Symbolizer {
                             (resolved_from(&sym), module)
                         }
                         _ => (Arc::from(Vec::new()), None),
-                    }
-                })
-                .clone();
+                    };
+                    let bytes = resolved_bytes(&found.0) + found.1.as_ref().map_or(0, String::len);
+                    self.kernel.insert(lookup, found.clone(), bytes);
+                    found
+                }
+            };
             let module = module.unwrap_or_else(|| KERNEL_MODULE.to_owned());
             let build_id = (module == KERNEL_MODULE)
                 .then(|| self.kernel_build_id.clone())
@@ -221,23 +243,52 @@ impl Symbolizer {
         out
     }
 
-    /// Bounds memory in long-running use: JIT perf maps are re-read on demand, and once the
-    /// address caches pass `max_entries` they are dropped together with blazesym's parsed
-    /// files (which also unmaps them).
-    pub fn trim(&mut self, max_entries: usize) {
+    /// Bounds memory in long-running use, at each window's end: JIT perf maps are re-read on
+    /// demand, and files no longer sampled are released (see [`Self::release_idle`]).
+    pub fn trim(&mut self) {
         self.perf_maps.clear();
-        if self.user.len() + self.kernel.len() > max_entries {
-            tracing::debug!(
-                user = self.user.len(),
-                kernel = self.kernel.len(),
-                "symbol caches trimmed"
+        self.release_idle();
+    }
+
+    /// Releases blazesym's parsed state (mapped file, symbol tables, DWARF) of files not
+    /// symbolized for [`IDLE_GENERATIONS`] drains or beyond the [`MAX_MODULES`] most recent;
+    /// they are parsed again if sampled again. Returns how many were released.
+    pub fn release_idle(&mut self) -> usize {
+        let idle = self
+            .modules
+            .take_idle(self.generation, IDLE_GENERATIONS, MAX_MODULES);
+        for path in &idle {
+            let evict = blazesym::symbolize::evict::Evict::Elf(
+                blazesym::symbolize::evict::Elf::new(path.as_str()),
             );
-            self.user.clear();
-            self.kernel.clear();
-            self.build_ids.clear();
-            self.plt.clear();
-            self.blaze = new_blaze();
+            if let Err(e) = self.blaze.evict(&evict) {
+                tracing::debug!(path, error = %e, "could not release a file's symbols");
+            }
+            if let Some(key) = self.build_ids.remove(path.as_str()) {
+                let key = key.unwrap_or_else(|| Arc::from(path.as_str()));
+                self.plt.remove(&key);
+            }
         }
+        if !idle.is_empty() {
+            tracing::debug!(
+                released = idle.len(),
+                kept = self.modules.len(),
+                user_cache_bytes = self.user.bytes(),
+                kernel_cache_bytes = self.kernel.bytes(),
+                "released symbols of files no longer sampled"
+            );
+        }
+        idle.len()
+    }
+
+    /// Files whose symbols are held parsed.
+    pub fn modules_held(&self) -> usize {
+        self.modules.len()
+    }
+
+    /// Bytes held by the address caches (user, kernel).
+    pub fn cache_bytes(&self) -> (usize, usize) {
+        (self.user.bytes(), self.kernel.bytes())
     }
 
     fn build_id(&mut self, path: &str) -> Option<Arc<str>> {
@@ -249,8 +300,9 @@ impl Symbolizer {
 
     fn elf_lookup(&mut self, key: Arc<str>, path: &str, offset: u64) -> Arc<[Resolved]> {
         if let Some(hit) = self.user.get(&(key.clone(), offset)) {
-            return hit.clone();
+            return hit;
         }
+        self.modules.used(path, self.generation);
         let src = Source::Elf(Elf::new(path));
         let resolved = match self
             .blaze
@@ -263,7 +315,8 @@ impl Symbolizer {
                 Arc::from(Vec::new())
             }
         };
-        self.user.insert((key, offset), resolved.clone());
+        let bytes = resolved_bytes(&resolved) + key.len();
+        self.user.insert((key, offset), resolved.clone(), bytes);
         resolved
     }
 
@@ -392,6 +445,15 @@ fn dump_own_vdso() -> Option<(tempfile::TempDir, String)> {
         .ok()?;
     file.write_all(image).ok()?;
     Some((dir, path.to_string_lossy().into_owned()))
+}
+
+/// Bytes a cached resolution holds, roughly: its strings plus the entries' own size.
+fn resolved_bytes(r: &[Resolved]) -> usize {
+    let entry = std::mem::size_of::<Resolved>() + 64; // map slot and Arc header
+    r.iter()
+        .map(|f| f.function.len() + f.file.as_ref().map_or(0, String::len))
+        .sum::<usize>()
+        + entry * r.len().max(1)
 }
 
 /// Functions at one address, leaf (innermost inlined) first.
@@ -586,6 +648,35 @@ mod tests {
         assert!(outer.module.starts_with('/'));
     }
 
+    /// Regression: blazesym kept every file it ever parsed (and the address caches every
+    /// entry, until a count was passed), so an agent that saw many binaries only grew. A file
+    /// no longer sampled is now released, and symbolized again if it comes back.
+    #[test]
+    fn files_no_longer_sampled_are_released_and_come_back() {
+        let me = std::process::id();
+        let mut table = ProcessTable::new("/proc", Vec::new());
+        table.observe(me, "test");
+        let addr = marker_function_for_symbolization as *const () as u64 + 1;
+        let mut sym = Symbolizer::default();
+        let name = |frames: Vec<Frame>| frames.last().and_then(|f| f.function.clone());
+        let first = name(sym.user_frames(&mut table, me, &[addr], 1));
+        assert_eq!(sym.modules_held(), 1);
+        assert!(sym.cache_bytes().0 > 0);
+        assert_eq!(sym.release_idle(), 0, "just used");
+        // Sampled again 30 drains later (the cache answers): still held.
+        sym.user_frames(&mut table, me, &[addr + 1], IDLE_GENERATIONS);
+        assert_eq!(sym.release_idle(), 0);
+        // Idle for longer than IDLE_GENERATIONS drains: released.
+        sym.user_frames(&mut table, me, &[], 2 * IDLE_GENERATIONS + 2);
+        assert_eq!(sym.release_idle(), 1);
+        assert_eq!(sym.modules_held(), 0);
+        let again = name(sym.user_frames(&mut table, me, &[addr + 2], 2 * IDLE_GENERATIONS + 3));
+        assert!(
+            first.is_some() && again == first,
+            "{first:?} then {again:?}"
+        );
+    }
+
     #[test]
     fn kernel_addresses_name_kernel_functions() {
         let text = fs::read_to_string("/proc/kallsyms").unwrap();
@@ -737,7 +828,7 @@ mod tests {
         let c = std::ffi::CString::new(map.to_str().unwrap()).unwrap();
         // SAFETY: a valid path string.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        sym.trim(usize::MAX); // a window's end: perf maps are read again
+        sym.trim(); // a window's end: perf maps are read again
         assert_eq!(sym.perf_map_lookup(me, 0x10_0000, 2), None);
     }
 
