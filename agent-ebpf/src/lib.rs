@@ -24,11 +24,14 @@ pub mod maps {
     pub const NEW_PROCESSES: &str = "NEW_PROCESSES";
     /// LRU set of thread-group ids already announced on `NEW_PROCESSES`.
     pub const SEEN: &str = "SEEN";
+    /// Set (`HashMap<u32, u8>`) of the thread-group ids sampled while `CONFIG_TGID_FILTER` is
+    /// on: the process given to `--pid` and its descendants, kept current by user space.
+    pub const TGIDS: &str = "TGIDS";
 }
 
 /// `CONFIG` slot: index (0 or 1) of the aggregation buffer BPF currently writes.
 pub const CONFIG_ACTIVE: u32 = 0;
-/// `CONFIG` slot: only sample this thread-group id (0 = every process).
+/// `CONFIG` slot: nonzero = only sample the thread groups in `TGIDS` (0 = every process).
 pub const CONFIG_TGID_FILTER: u32 = 1;
 /// Number of `CONFIG` slots.
 pub const CONFIG_LEN: u32 = 2;
@@ -54,6 +57,8 @@ pub const COUNTER_LEN: u32 = 6;
 pub const DEFAULT_MAP_ENTRIES: u32 = 16_384;
 /// Deepest stack recorded, in frames (the kernel's default `perf_event_max_stack`).
 pub const MAX_STACK_DEPTH: usize = 127;
+/// Entries of the `TGIDS` filter set (a process tree followed by `--pid`).
+pub const TGID_FILTER_ENTRIES: u32 = 4096;
 /// Default byte size of the new-process ring buffer.
 pub const NEW_PROCESS_RING_BYTES: u32 = 256 * 1024;
 

@@ -32,7 +32,7 @@ mod sampler {
         CONFIG_ACTIVE, CONFIG_LEN, CONFIG_TGID_FILTER, COUNTER_FILTERED, COUNTER_KERNEL_STACK_ERR,
         COUNTER_LEN, COUNTER_MAP_FULL, COUNTER_RINGBUF_FULL, COUNTER_SAMPLES,
         COUNTER_USER_STACK_ERR, DEFAULT_MAP_ENTRIES, MAX_STACK_DEPTH, NEW_PROCESS_RING_BYTES,
-        NewProcess, SampleKey, Stack, stack_id,
+        NewProcess, SampleKey, Stack, TGID_FILTER_ENTRIES, stack_id,
     };
 
     const EFAULT: i64 = 14;
@@ -56,6 +56,8 @@ mod sampler {
     static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_LEN, 0);
     #[map]
     static NEW_PROCESSES: RingBuf = RingBuf::with_byte_size(NEW_PROCESS_RING_BYTES, 0);
+    #[map]
+    static TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(TGID_FILTER_ENTRIES, 0);
     #[map]
     static SEEN: LruHashMap<u32, u8> = LruHashMap::with_max_entries(DEFAULT_MAP_ENTRIES, 0);
 
@@ -82,8 +84,7 @@ mod sampler {
     fn sample(ctx: &PerfEventContext) {
         bump(COUNTER_SAMPLES);
         let tgid = ctx.tgid();
-        let filter = config(CONFIG_TGID_FILTER);
-        if filter != 0 && u64::from(tgid) != filter {
+        if config(CONFIG_TGID_FILTER) != 0 && TGIDS.get_ptr(&tgid).is_none() {
             bump(COUNTER_FILTERED);
             return;
         }

@@ -17,9 +17,6 @@ use crate::{
     symbolize::Symbolizer,
 };
 
-/// Symbol cache entries kept across windows before the caches are rebuilt.
-const MAX_SYMBOL_CACHE: usize = 200_000;
-
 /// Deepest stack the kernel records (`perf_event_max_stack` default); reaching it means the
 /// stack was cut.
 const MAX_STACK_DEPTH: usize = 127;
@@ -85,6 +82,11 @@ impl Recorder {
         &self.sampler
     }
 
+    /// The sampler, e.g. to change which processes it follows.
+    pub fn sampler_mut(&mut self) -> &mut Sampler {
+        &mut self.sampler
+    }
+
     /// Processes seen so far.
     pub fn processes(&self) -> &ProcessTable {
         &self.table
@@ -123,6 +125,7 @@ impl Recorder {
         for raw in &drained.samples {
             self.add(raw);
         }
+        self.symbolizer.release_idle();
         Ok(())
     }
 
@@ -219,6 +222,8 @@ impl Recorder {
             .filter(|f| f.function.is_none())
             .count() as u64;
 
+        profile.stats.perf_maps_cut = self.symbolizer.take_perf_maps_cut();
+
         // Samples drained after `counters` was read belong to the next window's accounting.
         let extra = self.drained.saturating_sub(accepted);
         self.counters_at_start = counters;
@@ -230,7 +235,7 @@ impl Recorder {
             // Only timeliness is lost: a reused tgid is then read at drain time.
             tracing::warn!(error = %e, "could not clear forgotten processes from the BPF map");
         }
-        self.symbolizer.trim(MAX_SYMBOL_CACHE);
+        self.symbolizer.trim();
         Ok(builder.finish())
     }
 }

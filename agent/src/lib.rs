@@ -13,4 +13,5 @@ pub mod process;
 pub mod profile;
 pub mod sampler;
 pub mod ship;
+pub mod symbol_cache;
 pub mod symbolize;

@@ -33,6 +33,7 @@ pub struct RunMetrics {
     unread: AtomicU64,
     intervals: AtomicU64,
     batches_spooled: AtomicU64,
+    strings_truncated: AtomicU64,
     measured_uj: AtomicU64,
     estimated_uj: AtomicU64,
 }
@@ -49,6 +50,7 @@ impl RunMetrics {
             unread: AtomicU64::new(0),
             intervals: AtomicU64::new(0),
             batches_spooled: AtomicU64::new(0),
+            strings_truncated: AtomicU64::new(0),
             measured_uj: AtomicU64::new(0),
             estimated_uj: AtomicU64::new(0),
         }
@@ -79,9 +81,11 @@ impl RunMetrics {
         }
     }
 
-    /// Records a batch written to the spool.
-    pub fn record_spooled(&self) {
+    /// Records a batch written to the spool, and the strings cut to fit in it.
+    pub fn record_spooled(&self, strings_truncated: u64) {
         self.batches_spooled.fetch_add(1, Ordering::Relaxed);
+        self.strings_truncated
+            .fetch_add(strings_truncated, Ordering::Relaxed);
     }
 }
 
@@ -104,6 +108,10 @@ pub fn render(s: &Sources) -> String {
     let (spool_bytes, spool_batches, lost) = {
         let spool = s.spool.lock().unwrap_or_else(|p| p.into_inner());
         (spool.bytes(), spool.len() as u64, spool.losses())
+    };
+    let (rejected_bytes, unreadable) = {
+        let spool = s.spool.lock().unwrap_or_else(|p| p.into_inner());
+        (spool.rejected_bytes(), spool.unreadable())
     };
     let mut t = Text::new();
     t.family(
@@ -143,6 +151,13 @@ pub fn render(s: &Sources) -> String {
     )
     .sample(&[], get(&run.batches_spooled));
     t.family(
+        "wattson_agent_strings_truncated_total",
+        Kind::Counter,
+        "Strings (command lines, symbols, paths) cut to 8 KiB with a \"…[truncated]\" marker so \
+         the collector accepts the batch.",
+    )
+    .sample(&[], get(&run.strings_truncated));
+    t.family(
         "wattson_agent_batches_shipped_total",
         Kind::Counter,
         "Batches that left the spool after a send, by the collector's answer: stored, \
@@ -169,6 +184,20 @@ pub fn render(s: &Sources) -> String {
         "Batches waiting in the spool.",
     )
     .sample(&[], spool_batches);
+    t.family(
+        "wattson_agent_spool_rejected_bytes",
+        Kind::Gauge,
+        "Bytes of refused batches kept in rejected/ for inspection (within --spool-max-bytes; \
+         the first to go when it is reached).",
+    )
+    .sample(&[], rejected_bytes);
+    t.family(
+        "wattson_agent_spool_unreadable_total",
+        Kind::Counter,
+        "Spooled batch files skipped because they vanished or could not be read (EIO); their \
+         batches are counted in wattson_agent_spool_lost_*.",
+    )
+    .sample(&[], unreadable);
     for (what, help, value) in [
         ("batches", "Batches", lost.spool_dropped_batches),
         ("intervals", "Intervals", lost.spool_dropped_intervals),
@@ -294,7 +323,7 @@ mod tests {
         };
         run.record_interval(&profile, Some(&energy));
         run.record_interval(&profile, Some(&energy));
-        run.record_spooled();
+        run.record_spooled(0);
         let m = parse(&render(&sources));
         assert_eq!(m["wattson_agent_samples_total"], 500);
         assert_eq!(

@@ -58,6 +58,93 @@ pub const CAPABILITIES: &[Capability] = &[
 /// CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON on kernels before 5.8.
 const CAP_SYS_ADMIN: u32 = 21;
 
+/// Capabilities kept once the sampler is loaded and attached: reading other users'
+/// `/proc/PID/maps` and executables (CAP_SYS_PTRACE), their binaries and perf maps whatever
+/// their modes (CAP_DAC_READ_SEARCH), kernel symbol addresses (CAP_SYSLOG), and opening perf
+/// events on CPUs that come online later (CAP_PERFMON).
+pub const KEPT_AFTER_ATTACH: &[(&str, u32)] = &[
+    ("CAP_DAC_READ_SEARCH", 2),
+    ("CAP_SYS_PTRACE", 19),
+    ("CAP_SYSLOG", 34),
+    ("CAP_PERFMON", 38),
+];
+
+/// Drops every capability but [`KEPT_AFTER_ATTACH`] from this thread's effective, permitted
+/// and inheritable sets and from the bounding set (so an `exec` cannot regain them), once the
+/// BPF programs are loaded and the perf events open: a bug in the symbolizer or the shipper
+/// then cannot load BPF, write anywhere, or kill. Capabilities are per thread, so call it
+/// before starting any thread. Returns the effective set before and after.
+pub fn drop_after_attach() -> std::io::Result<(u64, u64)> {
+    let before = effective();
+    let keep: u64 = KEPT_AFTER_ATTACH.iter().map(|(_, b)| 1u64 << b).sum();
+    let last = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(40);
+    for cap in (0..=last).filter(|c| keep & (1 << c) == 0) {
+        // SAFETY: prctl with integer arguments. Fails (EPERM) without CAP_SETPCAP, in which
+        // case only the bounding set stays wider: the sets below still shrink.
+        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
+    }
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: header and a two-element data array, as capget(2) requires for version 3.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    for (i, d) in data.iter_mut().enumerate() {
+        let keep = (keep >> (32 * i)) as u32;
+        d.permitted &= keep;
+        d.effective &= d.permitted;
+        d.inheritable = 0;
+    }
+    // SAFETY: as above; capset only ever shrinks the sets here.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((before, effective()))
+}
+
+/// Names of the kept capabilities present in `set`, for logs.
+fn kept_names(set: u64) -> Vec<&'static str> {
+    KEPT_AFTER_ATTACH
+        .iter()
+        .filter(|(_, b)| set & (1u64 << b) != 0)
+        .map(|(n, _)| *n)
+        .collect()
+}
+
+/// [`drop_after_attach`], logged; a failure is logged and sampling goes on.
+pub fn drop_after_attach_logged() {
+    match drop_after_attach() {
+        Ok((before, after)) => tracing::info!(
+            before = format!("{before:#x}"),
+            after = format!("{after:#x}"),
+            kept = ?kept_names(after),
+            "dropped the capabilities no longer needed after attaching the sampler"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not drop capabilities; running with all of them")
+        }
+    }
+}
+
 /// The effective capability set of this process (`CapEff` in `/proc/self/status`).
 pub fn effective() -> u64 {
     fs::read_to_string("/proc/self/status")

@@ -344,6 +344,37 @@ pub fn is_running(proc_root: &Path, pid: u32) -> bool {
     current_identity(proc_root, pid).is_some()
 }
 
+/// `root` and its living descendants (children of any of its threads, recursively, from
+/// `/proc/PID/task/TID/children`), at most `limit`, root first; `except` (this agent, which a
+/// test or script may have started from the followed process) and its children are left out.
+/// A shell that waits for the program it started (`sh -c 'python3 app.py'`) is the usual
+/// case: the pid a user has is the shell's, and all the work is its child's.
+pub fn tree(proc_root: &Path, root: u32, except: u32, limit: usize) -> Vec<u32> {
+    let mut out = vec![root];
+    let mut next = 0;
+    while next < out.len() && out.len() < limit {
+        let task = proc_root.join(out[next].to_string()).join("task");
+        next += 1;
+        let Ok(threads) = fs::read_dir(&task) else {
+            continue;
+        };
+        for thread in threads.flatten() {
+            let Ok(children) = fs::read_to_string(thread.path().join("children")) else {
+                continue;
+            };
+            for child in children
+                .split_ascii_whitespace()
+                .filter_map(|c| c.parse().ok())
+            {
+                if child != except && !out.contains(&child) && out.len() < limit {
+                    out.push(child);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// GNU build id of an ELF file, lowercase hex.
 pub fn build_id(path: &Path) -> Option<String> {
     let id = blazesym::helper::read_elf_build_id(path).ok()??;

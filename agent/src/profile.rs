@@ -199,6 +199,8 @@ pub struct Stats {
     pub processes_missed: u64,
     /// Frames no symbol source could name.
     pub unsymbolized_frames: u64,
+    /// JIT perf maps read only up to the symbolizer's bound (their later entries unnamed).
+    pub perf_maps_cut: u64,
 }
 
 impl Stats {

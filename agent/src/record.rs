@@ -61,7 +61,9 @@ pub struct RecordArgs {
     /// Samples per second per CPU (odd primes avoid lock-step with periodic work).
     #[arg(long, short = 'F', default_value_t = 99)]
     pub frequency: u64,
-    /// Only sample this process (thread-group id). If it exits, the partial profile is kept.
+    /// Only sample this process (thread-group id) and its descendants, so the pid of a shell
+    /// or launcher that waits for the program it started profiles the program. If the
+    /// process exits, the partial profile is kept.
     #[arg(long, short)]
     pub pid: Option<u32>,
     /// File to write. Checked for writability before sampling starts.
@@ -123,6 +125,7 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
     config.prefer_cycles = !args.cpu_clock;
     let mut sampler = Sampler::load(&config)?;
     sampler.attach(&config)?;
+    privilege::drop_after_attach_logged();
     let table = ProcessTable::new("/proc", args.services.clone());
     let mut recorder = Recorder::new(sampler, table, Symbolizer::default())?;
     if let Some(m) = meter.as_mut() {
@@ -137,6 +140,9 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
+    if let Some(pid) = args.pid {
+        follow_tree(&mut recorder, pid)?;
+    }
     tracing::info!(duration = ?args.duration, frequency = args.frequency, "recording");
     let started = Instant::now();
     let mut last_drain = started;
@@ -144,11 +150,12 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
     while started.elapsed() < args.duration && !STOP.load(Ordering::Relaxed) {
         std::thread::sleep(POLL.min(args.duration.saturating_sub(started.elapsed())));
         recorder.poll();
-        if let Some(pid) = args.pid
-            && !wattson_agent::process::is_running(Path::new("/proc"), pid)
-        {
-            pid_exited = Some(started.elapsed());
-            break;
+        if let Some(pid) = args.pid {
+            if !wattson_agent::process::is_running(Path::new("/proc"), pid) {
+                pid_exited = Some(started.elapsed());
+                break;
+            }
+            follow_tree(&mut recorder, pid)?;
         }
         // The final drain happens in finish_window; a periodic one this late would only
         // delay the end of the window by its symbolization time.
@@ -187,6 +194,18 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
             energy.as_ref()
         )
     );
+    Ok(())
+}
+
+/// Keeps the sampler's tgid filter on `pid`'s process tree (forks since the last poll).
+fn follow_tree(recorder: &mut Recorder, pid: u32) -> anyhow::Result<()> {
+    let limit = wattson_agent_ebpf::TGID_FILTER_ENTRIES as usize;
+    let tree = wattson_agent::process::tree(Path::new("/proc"), pid, std::process::id(), limit);
+    for tgid in recorder.sampler_mut().follow(&tree)? {
+        if tgid != pid {
+            tracing::info!(tgid, parent_tree = pid, "following a descendant of --pid");
+        }
+    }
     Ok(())
 }
 

@@ -61,8 +61,9 @@ pub struct RunArgs {
     /// Directory of the on-disk spool (survives restarts; holds the sequence counter).
     #[arg(long, default_value = "/var/lib/wattson/spool")]
     pub spool_dir: PathBuf,
-    /// Bound of the spool in bytes (compressed batches); when full the oldest go first and
-    /// the loss is counted and reported to the collector.
+    /// Bound of the spool in bytes (compressed batches, refused ones in rejected/ included);
+    /// when full, refused batches go first, then the oldest waiting ones, whose loss is
+    /// counted and reported to the collector.
     #[arg(long, default_value_t = 256 << 20)]
     pub spool_max_bytes: u64,
     /// Stable identity of this host; default: /etc/machine-id.
@@ -158,23 +159,32 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         }),
         _ => None,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    let client = |runtime: &tokio::runtime::Runtime| {
+        // The channel is created inside a runtime so its connection tasks have one to run on.
+        runtime.block_on(async {
+            Client::new(
+                &args.collector,
+                tls.as_ref(),
+                args.token.as_deref(),
+                args.send_timeout,
+            )
+        })
+    };
+    // Checked before the BPF work, so a bad URL or TLS file fails fast and names the flag;
+    // on a runtime without threads: none may start before capabilities are dropped.
+    let threadless = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    // The channel is created inside the runtime so its connection tasks have one to run on.
-    let client = runtime.block_on(async {
-        Client::new(
-            &args.collector,
-            tls.as_ref(),
-            args.token.as_deref(),
-            args.send_timeout,
-        )
-    })?;
+    client(&threadless)?;
+    drop(threadless);
     // Bound before the BPF work, so a busy port fails fast and names the flag.
     let metrics_listener = match args.metrics_listen {
-        Some(addr) => Some(runtime.block_on(metrics::bind(addr))?),
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|source| metrics::BindError { addr, source })?,
+        ),
         None => None,
     };
     let spool = Spool::open(&args.spool_dir, args.spool_max_bytes)?;
@@ -188,6 +198,22 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     config.prefer_cycles = !args.cpu_clock;
     let mut sampler = Sampler::load(&config)?;
     sampler.attach(&config)?;
+    // Capabilities are per thread: dropped before the runtime starts its threads.
+    privilege::drop_after_attach_logged();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let client = client(&runtime)?;
+    let metrics_listener = match metrics_listener {
+        Some(l) => Some(
+            runtime
+                .block_on(async { tokio::net::TcpListener::from_std(l) })
+                .context("registering the metrics listener")?,
+        ),
+        None => None,
+    };
     let table = ProcessTable::new("/proc", args.services.clone());
     let mut recorder = Recorder::new(sampler, table, Symbolizer::default())?;
 
@@ -305,6 +331,7 @@ fn spool_batch(
     metrics: &RunMetrics,
 ) {
     let (intervals, samples) = (builder.intervals() as u64, builder.samples());
+    let truncated = builder.truncated_strings();
     let mut spool = spool.lock().unwrap_or_else(|p| p.into_inner());
     let pushed = match spool.push(intervals, samples, |seq, losses| {
         builder.finish(host, seq, losses)
@@ -322,7 +349,7 @@ fn spool_batch(
             return;
         }
     };
-    metrics.record_spooled();
+    metrics.record_spooled(truncated);
     // Tests and operators read this line: every sample the agent produced is counted here.
     tracing::info!(
         sequence = pushed.sequence,
@@ -330,6 +357,7 @@ fn spool_batch(
         samples,
         bytes = pushed.bytes,
         dropped_oldest = pushed.dropped,
+        strings_truncated = truncated,
         waiting = spool.len(),
         "batch spooled"
     );

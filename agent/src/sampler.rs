@@ -96,7 +96,7 @@ impl ClockEvent {
 pub struct SamplerConfig {
     /// Samples per second per CPU.
     pub frequency: u64,
-    /// Only sample this process (thread-group id).
+    /// Only sample this process (thread-group id) and the ones [`Sampler::follow`] adds.
     pub tgid_filter: Option<u32>,
     /// Entries of each aggregation map and each stack map.
     pub map_entries: u32,
@@ -162,6 +162,8 @@ pub struct Sampler {
     cpus: Vec<u32>,
     frequency: u64,
     new_processes: Option<RingBuf<MapData>>,
+    /// What the `TGIDS` filter set holds (empty when every process is sampled).
+    followed: std::collections::BTreeSet<u32>,
 }
 
 impl Sampler {
@@ -200,11 +202,15 @@ impl Sampler {
             cpus: Vec::new(),
             frequency: config.frequency,
             new_processes,
+            followed: Default::default(),
         };
         sampler.set_config(shared::CONFIG_ACTIVE, 0)?;
+        if let Some(tgid) = config.tgid_filter {
+            sampler.follow(&[tgid])?;
+        }
         sampler.set_config(
             shared::CONFIG_TGID_FILTER,
-            config.tgid_filter.map_or(0, u64::from),
+            u64::from(config.tgid_filter.is_some()),
         )?;
         Ok(sampler)
     }
@@ -289,6 +295,29 @@ impl Sampler {
             let _ = seen.remove(tgid);
         }
         Ok(())
+    }
+
+    /// Makes the tgid filter (on when loaded with [`SamplerConfig::tgid_filter`]) sample
+    /// exactly `tgids`: a followed process tree changes as it forks and its children exit.
+    /// Returns the tgids added.
+    pub fn follow(&mut self, tgids: &[u32]) -> Result<Vec<u32>, SamplerError> {
+        let wanted: std::collections::BTreeSet<u32> = tgids.iter().copied().collect();
+        if wanted == self.followed {
+            return Ok(Vec::new());
+        }
+        let name = shared::maps::TGIDS;
+        let added: Vec<u32> = wanted.difference(&self.followed).copied().collect();
+        let gone: Vec<u32> = self.followed.difference(&wanted).copied().collect();
+        let mut set: HashMap<&mut MapData, u32, u8> = self.typed_map(name)?;
+        for tgid in &added {
+            set.insert(tgid, 1, 0)
+                .map_err(|source| SamplerError::Map { name, source })?;
+        }
+        for tgid in &gone {
+            let _ = set.remove(tgid);
+        }
+        self.followed = wanted;
+        Ok(added)
     }
 
     /// File descriptor that becomes readable when [`Self::new_processes`] has events, for

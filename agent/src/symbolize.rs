@@ -7,8 +7,15 @@
 //! (including separate debug files found by build id or debuglink), demangled (Rust, C++).
 //! Addresses in a PLT stub, which no symbol table covers, are named `NAME@plt` after the
 //! function the stub jumps to, as perf, objdump and gdb name them.
-//! Anonymous executable memory is looked up in the JIT's perf map (`/tmp/perf-PID.map`).
-//! Kernel addresses go through kallsyms. Results are cached per (build id or path, offset).
+//! Anonymous executable memory is looked up in the JIT's perf map (`/tmp/perf-PID.map`), which
+//! the profiled process writes and the agent reads as root: it is opened without following
+//! symlinks, only if it is a regular file owned by root or by the process's user, and read up
+//! to [`MAX_PERF_MAP_BYTES`] (cuts are counted). The vDSO is copied into a private (0700)
+//! directory with a random name, created with O_EXCL|O_NOFOLLOW.
+//! Kernel addresses go through kallsyms. Results are cached per (build id or path, offset), in
+//! caches bounded by bytes; blazesym's parsed state for a file is released once the file has
+//! not been symbolized for [`IDLE_GENERATIONS`] drains, or is beyond the [`MAX_MODULES`] most
+//! recently used (see [`crate::symbol_cache`]).
 
 use std::{
     collections::HashMap,
@@ -25,7 +32,20 @@ use blazesym::symbolize::{
 use crate::{
     process::{ProcessTable, hex},
     profile::{Frame, FrameKind},
+    symbol_cache::{ByteLru, Modules},
 };
+
+/// Bytes of resolved user addresses cached.
+pub const USER_CACHE_BYTES: usize = 12 << 20;
+/// Bytes of resolved kernel addresses cached.
+pub const KERNEL_CACHE_BYTES: usize = 4 << 20;
+/// Drains (about a second each) after which a file no longer symbolized is released.
+pub const IDLE_GENERATIONS: u64 = 30;
+/// Files whose parsed symbols are kept at most (the most recently symbolized).
+pub const MAX_MODULES: usize = 64;
+
+/// Largest part of a JIT perf map read, bytes (complete lines only beyond it are dropped).
+pub const MAX_PERF_MAP_BYTES: u64 = 64 << 20;
 
 /// Module name of kernel text, as `perf` spells it.
 pub const KERNEL_MODULE: &str = "[kernel.kallsyms]";
@@ -50,15 +70,24 @@ pub struct Symbolizer {
     blaze: Blaze,
     perf_map_dir: PathBuf,
     /// (build id or path, lookup offset) -> functions, leaf first (empty = unknown).
-    user: HashMap<(Arc<str>, u64), Arc<[Resolved]>>,
-    kernel: HashMap<u64, (Arc<[Resolved]>, Option<String>)>,
+    user: ByteLru<(Arc<str>, u64), Arc<[Resolved]>>,
+    kernel: ByteLru<u64, (Arc<[Resolved]>, Option<String>)>,
+    /// ELF files blazesym holds parsed, by when they were last symbolized.
+    modules: Modules,
+    /// The drain generation being symbolized.
+    generation: u64,
     build_ids: HashMap<String, Option<Arc<str>>>,
     perf_maps: HashMap<u32, PerfMap>,
     /// (build id or path) -> its PLT stubs, read on the first address no symbol covers.
     plt: HashMap<Arc<str>, Arc<PltStubs>>,
     kernel_build_id: Option<String>,
-    /// A copy of this process's vDSO on disk: every process maps the same kernel image.
-    vdso: std::sync::OnceLock<Option<String>>,
+    /// A copy of this process's vDSO on disk (every process maps the same kernel image), in a
+    /// private directory removed on drop.
+    vdso: std::sync::OnceLock<Option<(tempfile::TempDir, String)>>,
+    /// Bytes of a perf map read at most.
+    perf_map_max_bytes: u64,
+    /// Perf maps cut at `perf_map_max_bytes`, since the last [`Self::take_perf_maps_cut`].
+    perf_maps_cut: u64,
 }
 
 impl Default for Symbolizer {
@@ -73,14 +102,23 @@ impl Symbolizer {
         Self {
             blaze: new_blaze(),
             perf_map_dir: perf_map_dir.into(),
-            user: HashMap::new(),
-            kernel: HashMap::new(),
+            user: ByteLru::new(USER_CACHE_BYTES),
+            kernel: ByteLru::new(KERNEL_CACHE_BYTES),
+            modules: Modules::default(),
+            generation: 0,
             build_ids: HashMap::new(),
             perf_maps: HashMap::new(),
             plt: HashMap::new(),
             kernel_build_id: kernel_build_id(Path::new("/sys/kernel/notes")),
             vdso: std::sync::OnceLock::new(),
+            perf_map_max_bytes: MAX_PERF_MAP_BYTES,
+            perf_maps_cut: 0,
         }
+    }
+
+    /// Perf maps read only up to [`MAX_PERF_MAP_BYTES`] since the last call.
+    pub fn take_perf_maps_cut(&mut self) -> u64 {
+        std::mem::take(&mut self.perf_maps_cut)
     }
 
     /// Frames for a user stack of `tgid` (instruction pointers, leaf first). Every address but
@@ -92,6 +130,7 @@ impl Symbolizer {
         stack: &[u64],
         generation: u64,
     ) -> Vec<Frame> {
+        self.generation = self.generation.max(generation);
         let mut out = Vec::with_capacity(stack.len());
         for (i, &addr) in stack.iter().enumerate() {
             let lookup_adj = u64::from(i > 0);
@@ -105,8 +144,8 @@ impl Symbolizer {
                 Some("[vdso]") => self
                     .vdso
                     .get_or_init(dump_own_vdso)
-                    .clone()
-                    .map(|p| (p, "[vdso]".to_owned())),
+                    .as_ref()
+                    .map(|(_, p)| (p.clone(), "[vdso]".to_owned())),
                 _ => None,
             };
             match (mapping, elf) {
@@ -157,12 +196,11 @@ impl Symbolizer {
         let mut out = Vec::with_capacity(stack.len());
         for (i, &addr) in stack.iter().enumerate() {
             let lookup = addr.saturating_sub(u64::from(i > 0));
-            let (resolved, module) = self
-                .kernel
-                .entry(lookup)
-                .or_insert_with(|| {
+            let (resolved, module) = match self.kernel.get(&lookup) {
+                Some(hit) => hit,
+                None => {
                     let src = Source::Kernel(Kernel::default());
-                    match self
+                    let found = match self
                         .blaze
                         .symbolize_single(&src, blazesym::symbolize::Input::AbsAddr(lookup))
                     {
@@ -182,9 +220,12 @@ impl Symbolizer {
                             (resolved_from(&sym), module)
                         }
                         _ => (Arc::from(Vec::new()), None),
-                    }
-                })
-                .clone();
+                    };
+                    let bytes = resolved_bytes(&found.0) + found.1.as_ref().map_or(0, String::len);
+                    self.kernel.insert(lookup, found.clone(), bytes);
+                    found
+                }
+            };
             let module = module.unwrap_or_else(|| KERNEL_MODULE.to_owned());
             let build_id = (module == KERNEL_MODULE)
                 .then(|| self.kernel_build_id.clone())
@@ -202,23 +243,52 @@ impl Symbolizer {
         out
     }
 
-    /// Bounds memory in long-running use: JIT perf maps are re-read on demand, and once the
-    /// address caches pass `max_entries` they are dropped together with blazesym's parsed
-    /// files (which also unmaps them).
-    pub fn trim(&mut self, max_entries: usize) {
+    /// Bounds memory in long-running use, at each window's end: JIT perf maps are re-read on
+    /// demand, and files no longer sampled are released (see [`Self::release_idle`]).
+    pub fn trim(&mut self) {
         self.perf_maps.clear();
-        if self.user.len() + self.kernel.len() > max_entries {
-            tracing::debug!(
-                user = self.user.len(),
-                kernel = self.kernel.len(),
-                "symbol caches trimmed"
+        self.release_idle();
+    }
+
+    /// Releases blazesym's parsed state (mapped file, symbol tables, DWARF) of files not
+    /// symbolized for [`IDLE_GENERATIONS`] drains or beyond the [`MAX_MODULES`] most recent;
+    /// they are parsed again if sampled again. Returns how many were released.
+    pub fn release_idle(&mut self) -> usize {
+        let idle = self
+            .modules
+            .take_idle(self.generation, IDLE_GENERATIONS, MAX_MODULES);
+        for path in &idle {
+            let evict = blazesym::symbolize::evict::Evict::Elf(
+                blazesym::symbolize::evict::Elf::new(path.as_str()),
             );
-            self.user.clear();
-            self.kernel.clear();
-            self.build_ids.clear();
-            self.plt.clear();
-            self.blaze = new_blaze();
+            if let Err(e) = self.blaze.evict(&evict) {
+                tracing::debug!(path, error = %e, "could not release a file's symbols");
+            }
+            if let Some(key) = self.build_ids.remove(path.as_str()) {
+                let key = key.unwrap_or_else(|| Arc::from(path.as_str()));
+                self.plt.remove(&key);
+            }
         }
+        if !idle.is_empty() {
+            tracing::debug!(
+                released = idle.len(),
+                kept = self.modules.len(),
+                user_cache_bytes = self.user.bytes(),
+                kernel_cache_bytes = self.kernel.bytes(),
+                "released symbols of files no longer sampled"
+            );
+        }
+        idle.len()
+    }
+
+    /// Files whose symbols are held parsed.
+    pub fn modules_held(&self) -> usize {
+        self.modules.len()
+    }
+
+    /// Bytes held by the address caches (user, kernel).
+    pub fn cache_bytes(&self) -> (usize, usize) {
+        (self.user.bytes(), self.kernel.bytes())
     }
 
     fn build_id(&mut self, path: &str) -> Option<Arc<str>> {
@@ -230,8 +300,9 @@ impl Symbolizer {
 
     fn elf_lookup(&mut self, key: Arc<str>, path: &str, offset: u64) -> Arc<[Resolved]> {
         if let Some(hit) = self.user.get(&(key.clone(), offset)) {
-            return hit.clone();
+            return hit;
         }
+        self.modules.used(path, self.generation);
         let src = Source::Elf(Elf::new(path));
         let resolved = match self
             .blaze
@@ -244,7 +315,8 @@ impl Symbolizer {
                 Arc::from(Vec::new())
             }
         };
-        self.user.insert((key, offset), resolved.clone());
+        let bytes = resolved_bytes(&resolved) + key.len();
+        self.user.insert((key, offset), resolved.clone(), bytes);
         resolved
     }
 
@@ -288,18 +360,17 @@ impl Symbolizer {
         }
         // JITs append to the file as they compile, so re-read it on a miss.
         let path = self.perf_map_dir.join(format!("perf-{tgid}.map"));
-        let map = parse_perf_map(&fs::read_to_string(path).ok()?);
+        let (text, cut) = read_perf_map(&path, tgid, self.perf_map_max_bytes)?;
+        if cut {
+            if self.perf_maps_cut == 0 {
+                tracing::warn!(path = %path.display(), max = self.perf_map_max_bytes, "perf map larger than the bound: only its start is read");
+            }
+            self.perf_maps_cut += 1;
+        }
+        let map = parse_perf_map(&text);
         let hit = find(&map);
         self.perf_maps.insert(tgid, map);
         hit
-    }
-}
-
-impl Drop for Symbolizer {
-    fn drop(&mut self) {
-        if let Some(Some(path)) = self.vdso.get() {
-            let _ = fs::remove_file(path);
-        }
     }
 }
 
@@ -312,9 +383,41 @@ fn new_blaze() -> Blaze {
         .build()
 }
 
-/// Writes this process's vDSO image to a temporary file so it can be symbolized like any ELF
-/// (the kernel maps the same image into every process, at file offset 0).
-fn dump_own_vdso() -> Option<String> {
+/// The perf map at `path` of process `tgid`, at most `max` bytes of it (whole lines), and
+/// whether it was cut. `None` unless it is a regular file, not a symlink, owned by root or by
+/// the process's user: the agent reads it as root, and what it reads is shipped.
+fn read_perf_map(path: &Path, tgid: u32, max: u64) -> Option<(String, bool)> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let file = fs::OpenOptions::new()
+        .read(true)
+        // O_NONBLOCK: a FIFO planted there must not hang the agent (it is refused below).
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    let owner = fs::metadata(format!("/proc/{tgid}")).ok().map(|m| m.uid());
+    if !meta.is_file() || (meta.uid() != 0 && Some(meta.uid()) != owner) {
+        tracing::debug!(path = %path.display(), "perf map not a regular file of the process's user: ignored");
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(max).read_to_end(&mut bytes).ok()?;
+    let cut = meta.len() > max;
+    if cut {
+        // Drop the line the bound cut through.
+        let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        bytes.truncate(end);
+    }
+    Some((String::from_utf8_lossy(&bytes).into_owned(), cut))
+}
+
+/// Writes this process's vDSO image to a new file in a new private directory, so it can be
+/// symbolized like any ELF (the kernel maps the same image into every process, at file
+/// offset 0). The directory's random name and O_EXCL|O_NOFOLLOW leave nothing to plant.
+fn dump_own_vdso() -> Option<(tempfile::TempDir, String)> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let maps = fs::read_to_string("/proc/self/maps").ok()?;
     let m = crate::process::parse_maps(&maps)
         .into_iter()
@@ -322,9 +425,35 @@ fn dump_own_vdso() -> Option<String> {
     // SAFETY: the vDSO mapping is readable for its whole length for the life of the process.
     let image =
         unsafe { std::slice::from_raw_parts(m.start as *const u8, (m.end - m.start) as usize) };
-    let path = std::env::temp_dir().join(format!("wattson-vdso-{}.so", std::process::id()));
-    fs::write(&path, image).ok()?;
-    Some(path.to_string_lossy().into_owned())
+    let dir = tempfile::Builder::new()
+        .prefix("wattson-vdso-")
+        .tempdir()
+        .ok()?;
+    // Private before anything is written in it (its name is random already).
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .ok()?;
+    let path = dir.path().join("vdso.so");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(&path)
+        .ok()?;
+    file.write_all(image).ok()?;
+    Some((dir, path.to_string_lossy().into_owned()))
+}
+
+/// Bytes a cached resolution holds, roughly: its strings plus the entries' own size.
+fn resolved_bytes(r: &[Resolved]) -> usize {
+    let entry = std::mem::size_of::<Resolved>() + 64; // map slot and Arc header
+    r.iter()
+        .map(|f| f.function.len() + f.file.as_ref().map_or(0, String::len))
+        .sum::<usize>()
+        + entry * r.len().max(1)
 }
 
 /// Functions at one address, leaf (innermost inlined) first.
@@ -519,6 +648,35 @@ mod tests {
         assert!(outer.module.starts_with('/'));
     }
 
+    /// Regression: blazesym kept every file it ever parsed (and the address caches every
+    /// entry, until a count was passed), so an agent that saw many binaries only grew. A file
+    /// no longer sampled is now released, and symbolized again if it comes back.
+    #[test]
+    fn files_no_longer_sampled_are_released_and_come_back() {
+        let me = std::process::id();
+        let mut table = ProcessTable::new("/proc", Vec::new());
+        table.observe(me, "test");
+        let addr = marker_function_for_symbolization as *const () as u64 + 1;
+        let mut sym = Symbolizer::default();
+        let name = |frames: Vec<Frame>| frames.last().and_then(|f| f.function.clone());
+        let first = name(sym.user_frames(&mut table, me, &[addr], 1));
+        assert_eq!(sym.modules_held(), 1);
+        assert!(sym.cache_bytes().0 > 0);
+        assert_eq!(sym.release_idle(), 0, "just used");
+        // Sampled again 30 drains later (the cache answers): still held.
+        sym.user_frames(&mut table, me, &[addr + 1], IDLE_GENERATIONS);
+        assert_eq!(sym.release_idle(), 0);
+        // Idle for longer than IDLE_GENERATIONS drains: released.
+        sym.user_frames(&mut table, me, &[], 2 * IDLE_GENERATIONS + 2);
+        assert_eq!(sym.release_idle(), 1);
+        assert_eq!(sym.modules_held(), 0);
+        let again = name(sym.user_frames(&mut table, me, &[addr + 2], 2 * IDLE_GENERATIONS + 3));
+        assert!(
+            first.is_some() && again == first,
+            "{first:?} then {again:?}"
+        );
+    }
+
     #[test]
     fn kernel_addresses_name_kernel_functions() {
         let text = fs::read_to_string("/proc/kallsyms").unwrap();
@@ -608,6 +766,70 @@ mod tests {
             checked += 1;
         }
         eprintln!("PLT stubs agree with objdump on {checked} binaries");
+    }
+
+    /// Regression: the vDSO copy went to `/tmp/wattson-vdso-PID.so`, a predictable path in a
+    /// shared directory, written by root following symlinks and with the umask's mode.
+    #[test]
+    fn the_vdso_copy_is_in_a_private_directory() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let sym = Symbolizer::default();
+        let path = dump_own_vdso().map(|(dir, p)| (dir.path().to_owned(), p, dir));
+        let (dir, path, _guard) = path.expect("this process has a vDSO");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+        assert_eq!(mode(Path::new(&path)), 0o600, "{path}");
+        assert_ne!(
+            Path::new(&path),
+            std::env::temp_dir().join(format!("wattson-vdso-{}.so", std::process::id()))
+        );
+        // The symbolizer's own copy goes when it does.
+        let own = sym
+            .vdso
+            .get_or_init(dump_own_vdso)
+            .as_ref()
+            .unwrap()
+            .1
+            .clone();
+        assert!(Path::new(&own).exists());
+        drop(sym);
+        assert!(!Path::new(&own).exists(), "removed with the symbolizer");
+    }
+
+    /// Regression: a process's `/tmp/perf-PID.map` was read whole, as root, following
+    /// symlinks: a JIT (or anyone able to write /tmp) could make the agent read any file into
+    /// its symbol names, or fill its memory.
+    #[test]
+    fn perf_maps_are_bounded_and_never_followed_through_symlinks() {
+        let me = std::process::id();
+        let dir = tempfile::tempdir().unwrap();
+        let map = dir.path().join(format!("perf-{me}.map"));
+        let secret = dir.path().join("secret");
+        fs::write(&secret, "1000 100 root-only-secret\n").unwrap();
+        std::os::unix::fs::symlink(&secret, &map).unwrap();
+        let mut sym = Symbolizer::new(dir.path());
+        assert_eq!(sym.perf_map_lookup(me, 0x1010, 1), None, "symlink followed");
+        // A map over the bound: its complete lines under the bound are read, the cut counted.
+        fs::remove_file(&map).unwrap();
+        let lines: String = (0..1000u64)
+            .map(|i| format!("{:x} 10 jit_fn_{i}\n", 0x10_0000 + i * 0x10))
+            .collect();
+        fs::write(&map, &lines).unwrap();
+        sym.perf_map_max_bytes = 100 * 20; // about 100 of the 1000 lines
+        assert_eq!(
+            sym.perf_map_lookup(me, 0x10_0000, 1).as_deref(),
+            Some("jit_fn_0")
+        );
+        assert_eq!(sym.perf_map_lookup(me, 0x10_0000 + 999 * 0x10, 1), None);
+        assert!(sym.perf_maps.get(&me).unwrap().len() < 150);
+        assert!(sym.take_perf_maps_cut() >= 1);
+        // A FIFO would block a plain read forever: refused at once.
+        fs::remove_file(&map).unwrap();
+        let c = std::ffi::CString::new(map.to_str().unwrap()).unwrap();
+        // SAFETY: a valid path string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        sym.trim(); // a window's end: perf maps are read again
+        assert_eq!(sym.perf_map_lookup(me, 0x10_0000, 2), None);
     }
 
     #[test]

@@ -215,9 +215,24 @@ fn json_output_holds_the_profile_model() {
     assert!(
         samples
             .iter()
-            .all(|s| s["tgid"].as_u64() == Some(u64::from(std::process::id()))),
-        "--pid filters other processes out"
+            .any(|s| s["tgid"].as_u64() == Some(u64::from(std::process::id()))),
+        "no sample of the --pid process"
     );
+    // --pid follows the process's descendants: here the programs other tests of this binary
+    // run at the same time (agents, shells, python3). Nothing else gets through.
+    let agent = fs::canonicalize(AGENT).unwrap();
+    for s in samples {
+        let tgid = s["tgid"].to_string();
+        let exe = v["processes"][&tgid]["exe"].as_str().unwrap_or_default();
+        let name = exe.rsplit('/').next().unwrap_or_default();
+        assert!(
+            tgid == me
+                || Path::new(exe) == agent
+                || ["sh", "dash", "bash"].contains(&name)
+                || name.starts_with("python3"),
+            "--pid let a process outside its tree through: {tgid} {exe}"
+        );
+    }
     let p = &v["processes"][&me];
     assert!(p["exe"].as_str().unwrap().contains("record"));
     assert!(!p["service"].as_str().unwrap().is_empty());
@@ -335,4 +350,182 @@ fn pid_exiting_mid_record_keeps_the_partial_profile() {
         .sum();
     assert!(samples > 0, "partial profile is empty");
     assert_eq!(v["processes"][&pid]["comm"], "sh");
+}
+
+/// A Python loop encoding and decoding JSON, as a user would start it: from a shell.
+const PYTHON_JSON_LOOP: &str =
+    "import json\nd = {'a': [1, 2, 3] * 100}\nwhile True:\n    json.loads(json.dumps(d))\n";
+
+/// CPU seconds `pid` has used (utime + stime of `/proc/PID/stat`).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Records `--pid pid` at 199 Hz for 3 s as folded stacks; returns the samples per process
+/// name (the first field of each line) and the samples `python` should have had: its CPU
+/// time over the recording x 199 Hz (this machine is shared, so its share of a CPU varies).
+fn folded_by_comm(pid: u32, python: u32) -> (std::collections::BTreeMap<String, u64>, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("py.folded");
+    let before = cpu_secs(python);
+    let (o, _) = run_agent(&[
+        "--duration",
+        "3s",
+        "-F",
+        "199",
+        "--pid",
+        &pid.to_string(),
+        "--output",
+        out.to_str().unwrap(),
+        "--format",
+        "folded",
+    ]);
+    let expected = (cpu_secs(python) - before) * 199.0;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut by_comm = std::collections::BTreeMap::new();
+    for line in fs::read_to_string(&out).unwrap().lines() {
+        let (stack, count) = line.rsplit_once(' ').unwrap();
+        let comm = stack.split(';').next().unwrap().to_owned();
+        *by_comm.entry(comm).or_default() += count.parse::<u64>().unwrap();
+    }
+    (by_comm, expected)
+}
+/// Regression: `record -F 199 --pid PID` on a busy python3 started from a shell recorded 0
+/// samples: `sh -c 'python3 ...'` (dash) waits for python3 as its child instead of exec'ing
+/// it, so the pid the user had was the idle shell's and the filter let only it through.
+/// `--pid` now follows the process's descendants; the interpreter's pid alone still works.
+#[test]
+fn record_pid_of_a_shell_running_python_samples_the_interpreter() {
+    let script = tempfile::NamedTempFile::new().unwrap();
+    fs::write(script.path(), PYTHON_JSON_LOOP).unwrap();
+    let command = format!("python3 {}; true", script.path().display());
+    let mut shell = Command::new("/bin/sh")
+        .args(["-c", &command])
+        .process_group(0)
+        .spawn()
+        .expect("python3 is installed (cargo xtask setup)");
+    // The interpreter: the shell's child once it has started.
+    let children = format!("/proc/{0}/task/{0}/children", shell.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let python: u32 = loop {
+        let text = fs::read_to_string(&children).unwrap_or_default();
+        if let Some(pid) = text.split_whitespace().next() {
+            break pid.parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "python3 never started");
+        thread::sleep(Duration::from_millis(20));
+    };
+    thread::sleep(Duration::from_millis(300)); // past the interpreter's start-up
+    let via_shell = folded_by_comm(shell.id(), python);
+    let direct = folded_by_comm(python, python);
+    // SAFETY: signalling the process group this test created.
+    unsafe { libc::kill(-(shell.id() as i32), libc::SIGKILL) };
+    shell.wait().unwrap();
+    for (how, (by_comm, expected)) in [("the shell's pid", &via_shell), ("python3's pid", &direct)]
+    {
+        let got = by_comm.get("python3").copied().unwrap_or(0) as f64;
+        // The recording window is a little shorter than the CPU-time window around it.
+        assert!(
+            *expected >= 20.0 && got >= 0.5 * expected,
+            "--pid of {how}: {got} python3 samples at 199 Hz where its CPU time says \
+             {expected:.0}; by comm {by_comm:?}"
+        );
+    }
+    assert!(
+        !direct.0.contains_key("sh"),
+        "--pid python3 sampled its parent shell: {:?}",
+        direct.0
+    );
+}
+
+/// The effective capabilities of every thread of `pid` (`CapEff` of /proc/PID/task/*/status).
+fn thread_caps(pid: u32) -> Vec<u64> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|s| {
+            let v = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(v.trim(), 16).ok()
+        })
+        .collect()
+}
+
+/// Regression: the agent kept every capability of root for its whole life, though after
+/// loading and attaching the sampler it only reads /proc, binaries and kallsyms and opens perf
+/// events on CPUs that come online. Checked on every thread of `record` and of the daemon,
+/// whose runtime threads must not have been started with the full set.
+#[test]
+fn capabilities_are_dropped_after_attach_on_every_thread() {
+    // CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_SYSLOG, CAP_PERFMON.
+    let kept: u64 = (1 << 2) | (1 << 19) | (1 << 34) | (1 << 38);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("caps.folded");
+    let spool = dir.path().join("spool");
+    let runs: [Vec<&str>; 2] = [
+        vec![
+            "record",
+            "--duration",
+            "30s",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        // Nothing listens on port 1: the daemon keeps its batches and runs on.
+        vec![
+            "run",
+            "--collector",
+            "http://127.0.0.1:1",
+            "--host-id",
+            "caps-test",
+            "--spool-dir",
+            spool.to_str().unwrap(),
+        ],
+    ];
+    for args in runs {
+        let mut agent = Command::new(AGENT)
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = agent.id();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Sampling has started once the capabilities of the main thread went down.
+        let caps = loop {
+            let caps = thread_caps(pid);
+            if caps
+                .first()
+                .is_some_and(|&c| c != u64::MAX && c & (1 << 39) == 0)
+            {
+                thread::sleep(Duration::from_millis(500)); // let the runtime start its threads
+                break thread_caps(pid);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{args:?}: capabilities never dropped: {caps:x?}"
+            );
+            thread::sleep(Duration::from_millis(100));
+        };
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        agent.wait().unwrap();
+        assert!(!caps.is_empty());
+        for c in &caps {
+            assert_eq!(
+                c & !kept,
+                0,
+                "{args:?}: a thread kept {c:#x} (allowed {kept:#x})"
+            );
+            assert_ne!(c & (1 << 19), 0, "{args:?}: CAP_SYS_PTRACE dropped: {c:#x}");
+        }
+    }
 }

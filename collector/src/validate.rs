@@ -70,7 +70,7 @@ impl Default for Limits {
         Self {
             max_host_id_bytes: 256,
             max_strings: 1 << 20,
-            max_string_bytes: 64 << 10,
+            max_string_bytes: wattson_proto::MAX_STRING_BYTES,
             max_table_entries: 1 << 20,
             max_processes: 1 << 17,
             max_build_ids_per_process: 1024,

@@ -19,5 +19,10 @@ pub mod v1 {
     tonic::include_proto!("wattson.v1");
 }
 
+/// Longest string a batch may carry, bytes: the collector refuses a batch holding a longer one
+/// (its default `max_string_bytes`), and the agent truncates below it so one process's huge
+/// command line or symbol never costs the host its whole batch.
+pub const MAX_STRING_BYTES: usize = 64 << 10;
+
 /// Encoded `google.protobuf.FileDescriptorSet` of every `wattson.v1` file (with imports).
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("wattson_descriptor");

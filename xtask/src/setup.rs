@@ -107,6 +107,8 @@ fn packages(llvm: u32) -> Vec<String> {
         // Workloads for the accuracy tests.
         "gzip".into(),
         "xz-utils".into(),
+        // The record test profiles a real interpreter started from a shell.
+        "python3".into(),
         // The flame graph test screenshots the SVG in headless Chromium to prove it renders.
         "chromium".into(),
         // Skills check their patches with `git apply --check`; the skills e2e test builds its

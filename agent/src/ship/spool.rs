@@ -12,14 +12,18 @@
 //! - `next-sequence`: the next sequence number, always above every sequence ever used, so a
 //!   restarted agent never reuses one (the collector would drop it as a duplicate);
 //! - `losses`: cumulative `batches intervals samples` dropped from a full spool;
-//! - `rejected/`: batches the collector refused as invalid, kept for inspection.
+//! - `rejected/`: batches the collector refused as invalid, kept for inspection; they count
+//!   towards `--spool-max-bytes` and are the first to go (oldest first) when it is reached.
 //!
 //! Every file is written to a temporary name, fsynced and renamed, then the directory is
-//! fsynced: after a crash a file is either complete or absent.
+//! fsynced: after a crash a file is either complete or absent. Batches hold every command
+//! line, so files are created 0600 and directories 0700. A batch file that vanished or cannot
+//! be read (EIO) is skipped and counted as lost, so shipping never stalls on it.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use prost::Message as _;
@@ -28,6 +32,10 @@ use wattson_proto::v1::{AgentLosses, Batch};
 /// zstd level for spooled batches: fast, and protobuf tables compress well at any level.
 const ZSTD_LEVEL: i32 = 3;
 const SUFFIX: &str = ".batch.zst";
+/// Mode of every spool file: batches hold command lines.
+const FILE_MODE: u32 = 0o600;
+/// Mode of the spool directory and `rejected/`.
+const DIR_MODE: u32 = 0o700;
 
 /// Spool failures.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +106,10 @@ pub struct Spool {
     losses: AgentLosses,
     /// The batch being sent: never dropped from under the sender.
     in_flight: Option<u64>,
+    /// Files in `rejected/`, by sequence: (path, bytes).
+    rejected: BTreeMap<u64, (PathBuf, u64)>,
+    /// Batch files skipped since start because they vanished or could not be read.
+    unreadable: u64,
 }
 
 fn io(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> SpoolError {
@@ -138,10 +150,27 @@ fn instance(dir: &Path) -> Result<String, SpoolError> {
     }
 }
 
+/// Creates `dir` (and its parents) and makes it private (0700), whatever its mode was.
+fn private_dir(dir: &Path) -> Result<(), SpoolError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(io(dir, "creating the directory"))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+        .map_err(io(dir, "making the directory private (0700)"))
+}
+
 /// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
 fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
     let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp).map_err(io(&tmp, "creating"))?;
+    let _ = fs::remove_file(&tmp); // a crash's leftover, possibly with a wider mode
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(&tmp)
+        .map_err(io(&tmp, "creating"))?;
     f.write_all(bytes).map_err(io(&tmp, "writing"))?;
     f.sync_all().map_err(io(&tmp, "syncing"))?;
     fs::rename(&tmp, path).map_err(io(path, "renaming into place"))?;
@@ -163,7 +192,7 @@ impl Spool {
     /// Opens (creating if needed) the spool in `dir`, bounded to `max_bytes`.
     pub fn open(dir: impl Into<PathBuf>, max_bytes: u64) -> Result<Self, SpoolError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(io(&dir, "creating the spool directory"))?;
+        private_dir(&dir)?;
         let mut entries = BTreeMap::new();
         for item in fs::read_dir(&dir).map_err(io(&dir, "listing"))? {
             let item = item.map_err(io(&dir, "listing"))?;
@@ -224,7 +253,16 @@ impl Spool {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => AgentLosses::default(),
             Err(e) => return Err(io(&losses_path, "reading")(e)),
         };
-        let spool = Self {
+        let mut rejected = BTreeMap::new();
+        if let Ok(items) = fs::read_dir(dir.join("rejected")) {
+            for item in items.flatten() {
+                let name = item.file_name().to_string_lossy().into_owned();
+                if let (Some((sequence, _, _)), Ok(meta)) = (parse_name(&name), item.metadata()) {
+                    rejected.insert(sequence, (item.path(), meta.len()));
+                }
+            }
+        }
+        let mut spool = Self {
             dir,
             max_bytes,
             instance,
@@ -232,7 +270,11 @@ impl Spool {
             next_sequence: stored_next.max(after_files),
             losses,
             in_flight: None,
+            rejected,
+            unreadable: 0,
         };
+        // A spool from before rejected/ counted may be over its bound: prune what was refused.
+        spool.prune_rejected(0)?;
         tracing::info!(
             dir = %spool.dir.display(),
             instance = %spool.instance,
@@ -245,9 +287,41 @@ impl Spool {
         Ok(spool)
     }
 
-    /// Bytes the spool holds.
+    /// Bytes of the batches waiting to be sent.
     pub fn bytes(&self) -> u64 {
         self.entries.values().map(|e| e.bytes).sum()
+    }
+
+    /// Bytes of the refused batches kept in `rejected/` (within `--spool-max-bytes`).
+    pub fn rejected_bytes(&self) -> u64 {
+        self.rejected.values().map(|r| r.1).sum()
+    }
+
+    /// Batch files skipped since start because they vanished or could not be read (their
+    /// batches are counted in [`Self::losses`]).
+    pub fn unreadable(&self) -> u64 {
+        self.unreadable
+    }
+
+    /// Removes refused batches, oldest first, until `incoming` more bytes fit in the bound.
+    /// They were counted as lost when refused; this only frees their room.
+    fn prune_rejected(&mut self, incoming: u64) -> Result<(), SpoolError> {
+        while self.bytes() + self.rejected_bytes() + incoming > self.max_bytes {
+            let Some((sequence, (path, bytes))) = self.rejected.pop_first() else {
+                break;
+            };
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path, "removing a rejected batch")(e)),
+            }
+            tracing::info!(
+                sequence,
+                bytes,
+                "spool full: removed the oldest rejected batch"
+            );
+        }
+        Ok(())
     }
 
     /// Batches waiting.
@@ -326,6 +400,7 @@ impl Spool {
                 dropped: 1,
             });
         }
+        self.prune_rejected(entry.bytes)?;
         while self.bytes() + entry.bytes > self.max_bytes {
             let Some(victim) = self
                 .entries
@@ -386,12 +461,32 @@ impl Spool {
     }
 
     /// The oldest batch, marked in flight (so a full spool does not drop it while it is sent).
+    /// A batch file that vanished or cannot be read (EIO) is skipped, counted as lost and
+    /// logged once: retrying it would stall every batch behind it.
     pub fn take_oldest(&mut self) -> Result<Option<(Entry, Batch)>, SpoolError> {
-        let Some(entry) = self.entries.values().next().copied() else {
-            return Ok(None);
+        let (entry, compressed) = loop {
+            let Some(entry) = self.entries.values().next().copied() else {
+                return Ok(None);
+            };
+            let path = self.path_of(&entry);
+            match fs::read(&path) {
+                Ok(bytes) => break (entry, bytes),
+                Err(e) => {
+                    tracing::error!(
+                        path = %path.display(),
+                        error = %e,
+                        samples = entry.samples,
+                        "spooled batch vanished or unreadable: skipped and counted as lost"
+                    );
+                    self.entries.remove(&entry.sequence);
+                    // Best effort: an unreadable file may still be removable.
+                    let _ = fs::remove_file(&path);
+                    self.unreadable += 1;
+                    self.count_loss(&entry)?;
+                }
+            }
         };
         let path = self.path_of(&entry);
-        let compressed = fs::read(&path).map_err(io(&path, "reading"))?;
         let raw = zstd::decode_all(&compressed[..]).map_err(|e| SpoolError::BadBatch {
             path: path.clone(),
             why: format!("zstd: {e}"),
@@ -423,9 +518,10 @@ impl Spool {
         };
         let from = self.path_of(&entry);
         let dir = self.dir.join("rejected");
-        fs::create_dir_all(&dir).map_err(io(&dir, "creating"))?;
+        private_dir(&dir)?;
         let to = dir.join(from.file_name().unwrap_or_default());
         fs::rename(&from, &to).map_err(io(&from, "moving to rejected/"))?;
+        self.rejected.insert(sequence, (to, entry.bytes));
         self.count_loss(&entry)
     }
 
@@ -626,5 +722,128 @@ mod tests {
         drop(s);
         Spool::open(dir.path().join("s"), 1 << 20).unwrap();
         assert!(!dir.path().join("s").join("x.tmp").exists());
+    }
+
+    /// Bytes of every file under `dir`, subdirectories included.
+    fn disk_bytes(dir: &Path) -> u64 {
+        fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let meta = e.metadata().unwrap();
+                if meta.is_dir() {
+                    disk_bytes(&e.path())
+                } else {
+                    meta.len()
+                }
+            })
+            .sum()
+    }
+
+    /// Size of one compressed test batch with `filler` strings.
+    fn one_batch_bytes(dir: &Path, filler: usize) -> u64 {
+        let mut s = Spool::open(dir.join("probe"), 1 << 20).unwrap();
+        s.push(1, 1, |seq, l| batch(seq, l, filler)).unwrap().bytes
+    }
+
+    /// Regression: `rejected/` was never pruned nor counted in `--spool-max-bytes`, so refused
+    /// batches filled the disk. They now count, and go first (oldest first) when it is full,
+    /// before any batch still to be sent; their loss was counted once, when refused.
+    #[test]
+    fn rejected_batches_count_towards_the_bound_and_are_pruned_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = one_batch_bytes(dir.path(), 200);
+        let max = one * 4 + one / 2;
+        let path = dir.path().join("s");
+        let mut s = Spool::open(&path, max).unwrap();
+        for _ in 0..3 {
+            s.push(1, 1, |seq, l| batch(seq, l, 200)).unwrap();
+        }
+        for _ in 0..2 {
+            let (e, _) = s.take_oldest().unwrap().unwrap();
+            s.reject(e.sequence).unwrap();
+        }
+        for _ in 0..3 {
+            s.push(1, 1, |seq, l| batch(seq, l, 200)).unwrap();
+        }
+        // 4 waiting fit; of the 2 refused only what fits beside them stays.
+        assert_eq!(s.len(), 4, "no batch to send was dropped");
+        assert_eq!(s.losses().spool_dropped_batches, 2, "only the refusals");
+        let rejected: Vec<String> = fs::read_dir(path.join("rejected"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            rejected.len(),
+            0,
+            "both refused batches pruned: {rejected:?}"
+        );
+        let on_disk = disk_bytes(&path);
+        // State files (instance, next-sequence, losses) are a few dozen bytes.
+        assert!(on_disk <= max + 200, "{on_disk} bytes on disk, bound {max}");
+        // Reopened with a smaller bound, the refused batches go first.
+        let (e, _) = s.take_oldest().unwrap().unwrap();
+        s.reject(e.sequence).unwrap();
+        drop(s);
+        let s = Spool::open(&path, one * 3 + one / 2).unwrap();
+        assert_eq!(s.rejected_bytes(), 0);
+        assert_eq!(s.len(), 3);
+    }
+
+    /// Regression: a spooled file that vanished or could not be read (EIO) made `take_oldest`
+    /// fail every time, and the shipper retried it forever: nothing behind it was ever sent.
+    #[test]
+    fn vanished_and_unreadable_batch_files_are_skipped_and_counted_as_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        for _ in 0..3 {
+            s.push(1, 7, |seq, l| batch(seq, l, 10)).unwrap();
+        }
+        let file = |seq: u64| {
+            let name = format!("{seq:020}-1-7{SUFFIX}");
+            dir.path().join(name)
+        };
+        fs::remove_file(file(1)).unwrap();
+        // A directory in its place: reading it fails with an I/O error, as a bad disk would.
+        fs::remove_file(file(2)).unwrap();
+        fs::create_dir(file(2)).unwrap();
+        let (e, b) = s.take_oldest().unwrap().expect("the readable batch");
+        assert_eq!((e.sequence, b.sequence), (3, 3));
+        assert_eq!(s.unreadable(), 2);
+        assert_eq!(s.losses().spool_dropped_batches, 2);
+        assert_eq!(s.losses().spool_dropped_samples, 14);
+        s.acknowledge(3).unwrap();
+        assert!(s.take_oldest().unwrap().is_none());
+    }
+
+    /// Regression: spool files hold every command line and were created with the umask's
+    /// mode (0644 here), readable by every user.
+    #[test]
+    fn spool_files_are_0600_and_directories_0700() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        fs::create_dir(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        let mut s = Spool::open(&path, 1 << 20).unwrap();
+        s.push(1, 1, |seq, l| batch(seq, l, 10)).unwrap();
+        s.push(1, 1, |seq, l| batch(seq, l, 10)).unwrap();
+        let (e, _) = s.take_oldest().unwrap().unwrap();
+        s.reject(e.sequence).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o700, "spool directory");
+        assert_eq!(mode(&path.join("rejected")), 0o700, "rejected/");
+        let mut files = 0;
+        for d in [path.clone(), path.join("rejected")] {
+            for item in fs::read_dir(&d).unwrap().flatten() {
+                if item.metadata().unwrap().is_file() {
+                    assert_eq!(mode(&item.path()), 0o600, "{}", item.path().display());
+                    files += 1;
+                }
+            }
+        }
+        assert!(
+            files >= 5,
+            "instance, next-sequence, losses and two batches: {files}"
+        );
     }
 }

@@ -12,6 +12,28 @@ use wattson_proto::v1::{
 use crate::energy::{AttributionMode, Domain, IntervalEnergy};
 use crate::profile::{self, EnergyMeta, Profile};
 
+/// Longest string the agent puts in a batch, bytes, marker included: well under the
+/// collector's [`wattson_proto::MAX_STRING_BYTES`] (a batch holding a longer string is refused
+/// whole), and long enough for any real symbol or the telling part of a command line.
+pub const MAX_STRING_BYTES: usize = 8 << 10;
+const _: () = assert!(MAX_STRING_BYTES < wattson_proto::MAX_STRING_BYTES);
+
+/// Appended to a string cut to [`MAX_STRING_BYTES`].
+pub const TRUNCATED_MARKER: &str = "…[truncated]";
+
+/// `s` (borrowed) if it fits in `max` bytes, else (owned) its longest prefix that ends on a character boundary
+/// and leaves room for [`TRUNCATED_MARKER`], followed by the marker.
+pub fn truncate(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut end = max.saturating_sub(TRUNCATED_MARKER.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{TRUNCATED_MARKER}", &s[..end]).into()
+}
+
 /// The host a batch comes from (fields that do not change between intervals).
 #[derive(Debug, Clone, Default)]
 pub struct HostIdentity {
@@ -47,6 +69,7 @@ pub struct BatchBuilder {
     process_ids: HashMap<ProcessKey, u32>,
     profiles: Vec<IntervalProfile>,
     samples: u64,
+    truncated_strings: u64,
     hostname: String,
     kernel_release: String,
     cpus: u32,
@@ -75,10 +98,23 @@ impl BatchBuilder {
         self.samples
     }
 
+    /// Distinct strings cut to [`MAX_STRING_BYTES`] so far.
+    pub fn truncated_strings(&self) -> u64 {
+        self.truncated_strings
+    }
+
+    /// The one place strings enter the batch: each is interned once, cut to
+    /// [`MAX_STRING_BYTES`] with a marker.
     fn intern(&mut self, s: &str) -> u32 {
-        if let Some(&id) = self.string_ids.get(s) {
+        let cut = truncate(s, MAX_STRING_BYTES);
+        if let Some(&id) = self.string_ids.get(&*cut) {
             return id;
         }
+        if cut.len() < s.len() {
+            self.truncated_strings += 1;
+            tracing::debug!(bytes = s.len(), "string cut to fit a batch");
+        }
+        let s = &*cut;
         let id = self.strings.len() as u32;
         self.strings.push(s.to_owned());
         self.string_ids.insert(s.to_owned(), id);
@@ -537,6 +573,42 @@ mod tests {
                 (1000.0, 300.0)
             );
         }
+    }
+
+    /// Regression: a process with a command line or a symbol over 64 KiB got the host's whole
+    /// batch refused by the collector (its string limit); such strings are now cut, marked,
+    /// and counted, and the batch keeps every sample.
+    #[test]
+    fn huge_command_lines_and_symbols_are_cut_with_a_marker() {
+        let mut i = interval(1_700_000_000_000_000_000, 100);
+        let huge_arg = "x".repeat(100 << 10);
+        // Multi-byte characters across the cut: it must land on a character boundary.
+        let huge_name = "é".repeat(40 << 10);
+        let p = i.profile.processes.get_mut(&10).unwrap();
+        p.cmdline = vec!["/usr/bin/java".into(), "-cp".into(), huge_arg.clone()];
+        i.profile.frames[0].function = Some(huge_name.clone());
+        let mut b = BatchBuilder::new();
+        b.add(&i);
+        assert_eq!(b.truncated_strings(), 2);
+        let batch = b.finish(&HostIdentity::default(), 1, AgentLosses::default());
+        for s in &batch.strings {
+            assert!(
+                s.len() <= MAX_STRING_BYTES && s.len() <= wattson_proto::MAX_STRING_BYTES,
+                "a {} byte string reached the batch",
+                s.len()
+            );
+        }
+        let cut: Vec<&String> = batch
+            .strings
+            .iter()
+            .filter(|s| s.ends_with(TRUNCATED_MARKER))
+            .collect();
+        assert_eq!(cut.len(), 2, "both strings marked");
+        assert!(cut.iter().any(|s| s.starts_with("/usr/bin/java -cp xxx")));
+        assert!(cut.iter().any(|s| s.starts_with("ééé")));
+        let samples: u64 = batch.profiles[0].samples.iter().map(|s| s.count).sum();
+        assert_eq!(samples, 10, "no sample lost");
+        assert_eq!(truncate("short", 8), "short");
     }
 
     #[test]
