@@ -22,7 +22,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 pub use collector::Collector;
-pub use scenario::{Cause, Event, Kind};
+pub use scenario::{Event, Kind};
 
 /// Options of `cargo xtask fleet-sim`.
 #[derive(clap::Args, Debug, Clone)]
@@ -146,12 +146,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             (c.url(), Some(c))
         }
     };
-    let out = simulate(args, &url)?;
     let truth_path = args
         .truth
         .clone()
         .unwrap_or_else(|| args.data_dir.join("truth.json"));
-    write_truth(&truth_path, &out.truth)?;
+    let out = simulate(args, &url, Some(&truth_path))?;
     let t = &out.truth;
     eprintln!(
         "fleet-sim: sent {} batches ({} samples) in {:.1} s, recorded {} changes; {} events ({} regressions), truth in {}",
@@ -185,8 +184,9 @@ fn write_truth(path: &Path, truth: &Truth) -> anyhow::Result<()> {
     std::fs::write(path, json).with_context(|| format!("writing --truth {}", path.display()))
 }
 
-/// Builds the fleet of `args` and streams it to the collector at `url`; returns the truth.
-pub fn simulate(args: &Args, url: &str) -> anyhow::Result<Outcome> {
+/// Builds the fleet of `args` and streams it to the collector at `url`; returns the truth,
+/// written first to `truth_to` when given (so a failed send still leaves it to look at).
+pub fn simulate(args: &Args, url: &str, truth_to: Option<&Path>) -> anyhow::Result<Outcome> {
     anyhow::ensure!(
         args.step >= 60 && args.step % 60 == 0,
         "--step {}: must be a multiple of 60 seconds (the store's finest resolution is a minute)",
@@ -227,6 +227,9 @@ pub fn simulate(args: &Args, url: &str) -> anyhow::Result<Outcome> {
         })
         .collect();
     let truth = truth_of(args.seed, &clock, end, &sims);
+    if let Some(path) = truth_to {
+        write_truth(path, &truth)?;
+    }
     eprintln!(
         "fleet-sim: seed {}, {} services x {} functions, {} steps of {} s from {start} to {end}, {} events, sending to {url}",
         args.seed,
