@@ -2,6 +2,7 @@
 //! `wattson-collector` and `wattson` binaries are thin edges over it.
 
 pub mod attribute;
+pub mod changes;
 pub mod flame;
 pub mod ingest_cpu;
 pub mod ingest_endpoint;

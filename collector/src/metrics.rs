@@ -11,13 +11,13 @@ use std::time::Instant;
 
 use tokio::net::TcpListener;
 use wattson_proto::exposition::{self, Kind, Text};
-use wattson_proto::v1::{PowerRequest, TimeWindow};
+use wattson_proto::v1::{Change, PowerRequest, TimeWindow};
 
 use crate::ingest_cpu;
 use crate::query::QueryEngine;
 use crate::store::{
-    IngestFuture, Ingested, Keyed, Point, Retention, RetentionReport, Rollup, Store, StoreError,
-    StoreStats, TopQuery, Window,
+    Buckets, FirstSeen, IngestFuture, Ingested, Keyed, Point, Retention, RetentionReport, Rollup,
+    Store, StoreError, StoreStats, TopQuery, Window,
 };
 
 pub use wattson_proto::exposition::{BindError, bind};
@@ -190,6 +190,21 @@ impl Store for Counted {
     }
     fn known_services(&self) -> Result<Vec<String>, StoreError> {
         self.inner.known_services()
+    }
+    fn function_buckets(&self, w: Window, s: &str, step: i64) -> Result<Buckets, StoreError> {
+        self.inner.function_buckets(w, s, step)
+    }
+    fn service_buckets(&self, w: Window, s: &str, step: i64) -> Result<Buckets, StoreError> {
+        self.inner.service_buckets(w, s, step)
+    }
+    fn first_builds(&self, w: Window) -> Result<Vec<FirstSeen>, StoreError> {
+        self.inner.first_builds(w)
+    }
+    fn put_change(&self, c: &Change, replaces: Option<&str>) -> Result<(), StoreError> {
+        self.inner.put_change(c, replaces)
+    }
+    fn changes(&self, w: Window, s: Option<&str>) -> Result<Vec<Change>, StoreError> {
+        self.inner.changes(w, s)
     }
     fn retain(&self, p: &Retention, now: i64) -> Result<RetentionReport, StoreError> {
         self.inner.retain(p, now)

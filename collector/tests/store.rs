@@ -9,6 +9,7 @@ use wattson_collector::store::synthetic::BatchBuilder;
 use wattson_collector::store::{
     self, Ingested, Keyed, Rank, Retention, Store, StoreError, TopQuery, Window,
 };
+use wattson_proto::v1::Change;
 use wattson_proto::view::BatchView;
 
 /// 2026-11-02 00:00:00 UTC: a Monday at an hour (and day) boundary.
@@ -60,6 +61,9 @@ suite!(
     stacks_of_one_build,
     queued_ingest_stores_each_batch_once,
     old_dedup_records_fold_and_resends_stay_duplicates,
+    every_function_of_a_service_per_bucket_in_one_read,
+    first_minute_of_each_build,
+    changes_are_stored_replaced_and_listed_by_window,
 );
 
 fn day() -> Window {
@@ -813,4 +817,143 @@ fn queued_ingest_stores_each_batch_once(s: &dyn Store) {
     let rows = top(s, day(), Rank::SamplesInclusive);
     assert_eq!(find(&rows, "api", "main").totals.samples_incl, 4 * 8);
     assert_eq!(s.stats().unwrap().batches, 4);
+}
+
+fn every_function_of_a_service_per_bucket_in_one_read(s: &dyn Store) {
+    spread(s);
+    // Another service and a second host of api: neither leaks into api's functions, the
+    // second host adds to api's totals.
+    let other = BatchBuilder::new("h2", 1)
+        .interval(
+            T0 + 60,
+            10,
+            true,
+            0.0,
+            &[
+                ("db", "", "main;query", 7, 70.0),
+                ("api", "", "main;other", 2, 20.0),
+            ],
+        )
+        .build();
+    s.ingest(&other).unwrap();
+    let w = Window {
+        from: T0,
+        to: T0 + 4 * 3600,
+    };
+    let b = s.function_buckets(w, "api", 300).unwrap();
+    assert_eq!((b.start, b.step, b.len), (T0, 300, 48));
+    let keys: Vec<&str> = b.series.iter().map(|x| x.key.as_str()).collect();
+    assert_eq!(keys, ["leaf", "main", "other"]);
+    let leaf = &b.series[0];
+    for i in [0usize, 3, 41] {
+        let m = i as i64 * 5;
+        assert_eq!(leaf.samples[i], expected(m, m + 5), "bucket {i}");
+        assert_eq!(leaf.uj[i], 10 * (m + 5).min(210).saturating_sub(m) as u64);
+    }
+    assert_eq!(leaf.samples[42..], [0; 6]); // no data after 210 minutes
+    assert!(!leaf.estimated());
+    // Inclusive: main carries leaf's samples, and other's in bucket 0 (estimated energy).
+    assert_eq!(b.series[1].samples[0], expected(0, 5) + 2);
+    assert_eq!(b.series[2].est_uj[0], 20);
+    assert!(b.series[2].estimated());
+    // Hour steps read hour rows and give the same sums.
+    let hourly = s.function_buckets(w, "api", 3600).unwrap();
+    assert_eq!(hourly.series[0].samples[1], expected(60, 120));
+    // Totals: every sample of the service, all hosts, one series "".
+    let t = s.service_buckets(w, "api", 300).unwrap();
+    assert_eq!(t.series.len(), 1);
+    assert_eq!(t.series[0].key, "");
+    assert_eq!(t.series[0].samples[0], expected(0, 5) + 2);
+    assert_eq!(t.series[0].samples[3], expected(15, 20));
+    assert!(
+        s.function_buckets(w, "nope", 300)
+            .unwrap()
+            .series
+            .is_empty()
+    );
+    assert!(matches!(
+        s.function_buckets(w, "api", 90),
+        Err(StoreError::BadQuery(_))
+    ));
+}
+
+fn first_minute_of_each_build(s: &dyn Store) {
+    let batch = |host: &str, seq: u64, at: i64, build: &str| {
+        BatchBuilder::new(host, seq)
+            .interval(at, 10, false, 0.0, &[("api", build, "main;work", 3, 30.0)])
+            .build()
+    };
+    s.ingest(&batch("h1", 1, T0 + 600, "b1")).unwrap();
+    s.ingest(&batch("h1", 2, T0 + 7200 + 125, "b2")).unwrap();
+    s.ingest(&batch("h2", 1, T0 + 7200 + 65, "b2")).unwrap();
+    s.ingest(&batch("h2", 2, T0 + 9000, "b1")).unwrap();
+    // Unknown builds ("") are never a deploy.
+    s.ingest(&batch("h3", 1, T0, "")).unwrap();
+    let got: Vec<(String, String, i64)> = s
+        .first_builds(day())
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.service, f.build_id, f.at))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("api".to_string(), "b1".to_string(), T0 + 600),
+            ("api".to_string(), "b2".to_string(), T0 + 7260),
+        ]
+    );
+    // Within a later window, b1's first minute there.
+    let later = Window {
+        from: T0 + 3600,
+        to: T0 + 86_400,
+    };
+    let b1 = s.first_builds(later).unwrap();
+    assert_eq!((b1[0].build_id.as_str(), b1[0].at), ("b1", T0 + 9000));
+}
+
+fn changes_are_stored_replaced_and_listed_by_window(s: &dyn Store) {
+    let change = |id: &str, service: &str, at: i64| Change {
+        id: id.into(),
+        service: service.into(),
+        at_unix_seconds: at,
+        title: format!("title of {id}"),
+        kind: "deploy".into(),
+        build_id: String::new(),
+        touched: vec!["main".into(), "work it's".into()],
+        author: "ana".into(),
+        url: "https://example.invalid/1".into(),
+        automatic: false,
+    };
+    assert!(s.changes(day(), None).unwrap().is_empty());
+    let auto = Change {
+        automatic: true,
+        build_id: "b2".into(),
+        touched: vec![],
+        ..change("deploy-api-b2", "api", T0 + 300)
+    };
+    s.put_change(&auto, None).unwrap();
+    s.put_change(&change("c2", "db", T0 + 100), None).unwrap();
+    s.put_change(&change("c3", "api", T0 + 86_400), None)
+        .unwrap();
+    let all = s.changes(day(), None).unwrap();
+    let ids: Vec<&str> = all.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["c2", "deploy-api-b2"]); // oldest first; c3 is past the window's end
+    assert_eq!(all[0], change("c2", "db", T0 + 100)); // every field round-trips
+    assert_eq!(all[1], auto);
+    // A recorded change replaces the automatic deploy it merges with, in one write.
+    let merged = Change {
+        build_id: "b2".into(),
+        ..change("c1", "api", T0 + 200)
+    };
+    s.put_change(&merged, Some("deploy-api-b2")).unwrap();
+    let api = s.changes(day(), Some("api")).unwrap();
+    assert_eq!(api, [merged.clone()]);
+    // Writing an id again replaces it.
+    let retitled = Change {
+        title: "better title".into(),
+        ..merged
+    };
+    s.put_change(&retitled, None).unwrap();
+    assert_eq!(s.changes(day(), Some("api")).unwrap(), [retitled]);
+    assert_eq!(s.changes(day(), Some("nope")).unwrap(), []);
 }

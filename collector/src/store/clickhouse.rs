@@ -9,6 +9,8 @@
 //! Durability is "the HTTP insert returned": the data is in a part on the server's disk (18.16
 //! has no fsync-after-insert setting).
 
+#[path = "clickhouse_detection.rs"]
+mod detection;
 #[path = "clickhouse_ingest.rs"]
 mod ingest;
 
@@ -16,13 +18,13 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wattson_proto::v1::Batch;
+use wattson_proto::v1::{Batch, Change};
 
 use super::query_plan::{Range, TOTALS_COLUMNS, ranges, rank_expr};
 use super::rollup::{Kind, RES_MINUTE, Rollup};
 use super::{
-    IngestFuture, Ingested, Keyed, Point, Retention, RetentionReport, Store, StoreError,
-    StoreStats, TopQuery, Totals, Window,
+    Buckets, FirstSeen, IngestFuture, Ingested, Keyed, Point, Retention, RetentionReport, Store,
+    StoreError, StoreStats, TopQuery, Totals, Window,
 };
 
 /// Kind code of batch marker rows (dedup records); never returned by queries.
@@ -119,6 +121,7 @@ impl ClickHouseStore {
             ),
             None,
         )?;
+        detection::create(&http)?;
         let version = http.query("SELECT version()")?;
         tracing::info!(url, db, version = version.trim(), "clickhouse store open");
         Ok(ClickHouseStore {
@@ -400,6 +403,38 @@ impl Store for ClickHouseStore {
             .lines()
             .map(unescape)
             .collect())
+    }
+
+    fn function_buckets(
+        &self,
+        window: Window,
+        service: &str,
+        step: i64,
+    ) -> Result<Buckets, StoreError> {
+        let b = Buckets::new(window, step)?;
+        detection::buckets(&self.http, detection::Read::Functions, service, b)
+    }
+
+    fn service_buckets(
+        &self,
+        window: Window,
+        service: &str,
+        step: i64,
+    ) -> Result<Buckets, StoreError> {
+        let b = Buckets::new(window, step)?;
+        detection::buckets(&self.http, detection::Read::Totals, service, b)
+    }
+
+    fn first_builds(&self, window: Window) -> Result<Vec<FirstSeen>, StoreError> {
+        detection::first_builds(&self.http, window.aligned()?)
+    }
+
+    fn put_change(&self, change: &Change, replaces: Option<&str>) -> Result<(), StoreError> {
+        detection::put_change(&self.http, change, replaces)
+    }
+
+    fn changes(&self, window: Window, service: Option<&str>) -> Result<Vec<Change>, StoreError> {
+        detection::changes(&self.http, window, service)
     }
 
     fn retain(&self, policy: &Retention, now: i64) -> Result<RetentionReport, StoreError> {

@@ -11,6 +11,7 @@
 //!
 //! The trait is synchronous: the gRPC server calls it from `spawn_blocking`.
 
+pub mod buckets;
 pub mod clickhouse;
 pub mod clickhouse_server;
 mod intern;
@@ -19,15 +20,17 @@ mod pipeline;
 pub mod query_plan;
 pub mod rollup;
 pub mod sqlite;
+mod sqlite_detection;
 mod sqlite_hours;
 mod sqlite_ingest;
 pub mod synthetic;
 
 use std::time::Duration;
 
-use wattson_proto::v1::Batch;
+use wattson_proto::v1::{Batch, Change};
 use wattson_proto::view::BatchView;
 
+pub use buckets::{BucketSeries, Buckets, FirstSeen};
 pub use rollup::{Accumulator, Kind, Prepared, Rollup, Row};
 
 /// Errors of the storage layer.
@@ -377,6 +380,36 @@ pub trait Store: Send + Sync {
 
     /// Every service the store has ever seen, sorted.
     fn known_services(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Every function of `service` on a fixed `step` (a multiple of 60 s) over the window, in
+    /// one read: inclusive samples, measured and estimated µJ per bucket (detection's input).
+    fn function_buckets(
+        &self,
+        window: Window,
+        service: &str,
+        step: i64,
+    ) -> Result<Buckets, StoreError>;
+
+    /// The service's totals (all its samples and µJ, every host) on a fixed `step`: one series
+    /// keyed "".
+    fn service_buckets(
+        &self,
+        window: Window,
+        service: &str,
+        step: i64,
+    ) -> Result<Buckets, StoreError>;
+
+    /// Per (service, build id) with samples in the window, the first minute it was seen there,
+    /// sorted by (service, build id).
+    fn first_builds(&self, window: Window) -> Result<Vec<FirstSeen>, StoreError>;
+
+    /// Stores a change event, replacing a stored change of the same id and deleting the change
+    /// `replaces` (an automatic deploy it merged with), atomically.
+    fn put_change(&self, change: &Change, replaces: Option<&str>) -> Result<(), StoreError>;
+
+    /// Changes whose time is in `[window.from, window.to)` (not aligned), of one service when
+    /// given, oldest first (ties by id).
+    fn changes(&self, window: Window, service: Option<&str>) -> Result<Vec<Change>, StoreError>;
 
     /// Applies a retention policy relative to `now` (Unix seconds).
     fn retain(&self, policy: &Retention, now: i64) -> Result<RetentionReport, StoreError>;

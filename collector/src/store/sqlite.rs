@@ -18,15 +18,16 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
-use wattson_proto::v1::Batch;
+use wattson_proto::v1::{Batch, Change};
 
 use super::query_plan::{Range, TOTALS_COLUMNS, ranges, rank_sort};
 use super::rollup::{Kind, RES_MINUTE, Rollup, Row, hour_of, hour_rows};
+use super::sqlite_detection as detection;
 use super::sqlite_hours::Hours;
 use super::sqlite_ingest::{Pipeline, now_secs};
 use super::{
-    Ingested, Keyed, Point, Retention, RetentionReport, Store, StoreError, StoreStats, TopQuery,
-    Totals, Window,
+    Buckets, FirstSeen, Ingested, Keyed, Point, Retention, RetentionReport, Store, StoreError,
+    StoreStats, TopQuery, Totals, Window,
 };
 
 const SCHEMA: &str = "
@@ -151,6 +152,9 @@ impl SqliteStore {
             .pragma_update(None, "wal_autocheckpoint", 8_192)
             .map_err(err)?;
         writer.execute_batch(SCHEMA).map_err(err)?;
+        writer
+            .execute_batch(super::sqlite_detection::SCHEMA)
+            .map_err(err)?;
         let old: i64 = writer
             .query_row(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'batches'",
@@ -499,6 +503,44 @@ impl Store for SqliteStore {
             let rows = st.query_map([], |r| r.get(0))?;
             rows.collect()
         })
+    }
+
+    fn function_buckets(
+        &self,
+        window: Window,
+        service: &str,
+        step: i64,
+    ) -> Result<Buckets, StoreError> {
+        let b = Buckets::new(window, step)?;
+        let complete = self.hours.complete_before();
+        self.read(|c| detection::buckets(c, detection::Read::Functions, service, b, complete))
+    }
+
+    fn service_buckets(
+        &self,
+        window: Window,
+        service: &str,
+        step: i64,
+    ) -> Result<Buckets, StoreError> {
+        let b = Buckets::new(window, step)?;
+        let complete = self.hours.complete_before();
+        self.read(|c| detection::buckets(c, detection::Read::Totals, service, b, complete))
+    }
+
+    fn first_builds(&self, window: Window) -> Result<Vec<FirstSeen>, StoreError> {
+        let w = window.aligned()?;
+        self.read(|c| detection::first_builds(c, w))
+    }
+
+    fn put_change(&self, change: &Change, replaces: Option<&str>) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        detection::put_change(&mut conn, change, replaces).map_err(|e| self.err(e))
+    }
+
+    fn changes(&self, window: Window, service: Option<&str>) -> Result<Vec<Change>, StoreError> {
+        // Changes are written outside the ingest pipeline: no need to wait for it.
+        let conn = self.readers[0].lock().unwrap_or_else(|p| p.into_inner());
+        detection::changes(&conn, window, service).map_err(|e| self.err(e))
     }
 
     fn retain(&self, policy: &Retention, now: i64) -> Result<RetentionReport, StoreError> {

@@ -1,0 +1,207 @@
+//! What detection reads and keeps in the ClickHouse store: the `changes` table and the bulk
+//! per-step reads ([`Buckets`]) of a service's functions and totals, plus the first minute each
+//! build was seen. Checked against server 18.16.
+//!
+//! 18.16 has no UPDATE or DELETE but mutations, too heavy per change: `changes` is a
+//! `ReplacingMergeTree` of versions, one row per write (a deletion is a row with
+//! `deleted = 1`), and reads take each id's latest version with `argMax`, so an unmerged table
+//! answers the same as a merged one.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use wattson_proto::v1::Change;
+
+use super::{Http, condition, quote, unescape};
+use crate::store::query_plan::ranges;
+use crate::store::rollup::{Kind, RES_MINUTE};
+use crate::store::{Buckets, FirstSeen, StoreError, Window};
+
+/// Creates the changes table when missing.
+pub(super) fn create(http: &Http) -> Result<(), StoreError> {
+    http.exec(
+        &format!(
+            "CREATE TABLE IF NOT EXISTS {}.changes (id String, service String, at Int64, \
+             title String, kind String, build_id String, touched String, author String, \
+             url String, automatic UInt8, deleted UInt8, version UInt64) \
+             ENGINE = ReplacingMergeTree(version) ORDER BY id",
+            http.db
+        ),
+        None,
+    )?;
+    Ok(())
+}
+
+/// Which rows a bucket read sums (see the SQLite twin).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Read {
+    /// Every function of the service, inclusive sums, by function.
+    Functions,
+    /// The service's rows (one per host), all its samples, summed into one series "".
+    Totals,
+}
+
+/// Fills `b` with the rows of `service` the read names, summed per (key, bucket) by the server.
+pub(super) fn buckets(
+    http: &Http,
+    read: Read,
+    service: &str,
+    mut b: Buckets,
+) -> Result<Buckets, StoreError> {
+    let (kind, key, cols) = match read {
+        Read::Functions => (
+            Kind::Function,
+            "key",
+            "sum(samples_incl), sum(uj_incl), sum(est_uj_incl)",
+        ),
+        Read::Totals => (
+            Kind::Service,
+            "''",
+            "sum(samples_self), sum(uj_self), sum(est_uj_self)",
+        ),
+    };
+    let filter = condition(
+        kind as u8,
+        &ranges(b.window(), b.step % 3600 == 0, i64::MAX),
+    );
+    let sql = format!(
+        "SELECT {key} AS k, intDiv(toInt64(toUInt32(minute)) - {from}, {step}) * {step} + {from} \
+         AS bucket, {cols} FROM {db}.rollup WHERE {filter} AND service = {s} \
+         GROUP BY k, bucket ORDER BY k, bucket",
+        from = b.start,
+        step = b.step,
+        db = http.db,
+        s = quote(service)
+    );
+    for line in http.query(&sql)?.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let num = |i: usize| -> Result<u64, StoreError> {
+            f.get(i)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| http.error(format!("unexpected answer row {f:?}: column {i}")))
+        };
+        let key = unescape(f.first().copied().unwrap_or(""));
+        b.add(&key, num(1)? as i64, (num(2)?, num(3)?, num(4)?));
+    }
+    Ok(b.finish())
+}
+
+/// Per (service, build id) with rows in the window, its first minute.
+pub(super) fn first_builds(http: &Http, w: Window) -> Result<Vec<FirstSeen>, StoreError> {
+    let sql = format!(
+        "SELECT service, key, toInt64(toUInt32(if(countIf(res = {RES_MINUTE}) > 0, \
+         minIf(minute, res = {RES_MINUTE}), min(minute)))) FROM {db}.rollup \
+         WHERE kind = {kind} AND minute >= toDateTime({from}) AND minute < toDateTime({to}) \
+         AND key != '' GROUP BY service, key ORDER BY service, key",
+        db = http.db,
+        kind = Kind::Build as u8,
+        from = w.from.max(0),
+        to = w.to.clamp(0, u32::MAX as i64),
+    );
+    http.query(&sql)?
+        .lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            Ok(FirstSeen {
+                service: unescape(f.first().copied().unwrap_or("")),
+                build_id: unescape(f.get(1).copied().unwrap_or("")),
+                at: f
+                    .get(2)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| http.error(format!("unexpected answer row {f:?}: column 2")))?,
+            })
+        })
+        .collect()
+}
+
+/// Versions of change rows: strictly increasing in this process (nanoseconds since the epoch,
+/// bumped past the last one), so the latest write of an id wins.
+fn next_version() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(prev + 1);
+        match LAST.compare_exchange(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
+
+/// Writes `c` and the deletion of `replaces` in one INSERT (one part: both or neither).
+pub(super) fn put_change(
+    http: &Http,
+    c: &Change,
+    replaces: Option<&str>,
+) -> Result<(), StoreError> {
+    let row = |c: &Change, deleted: u8| {
+        format!(
+            "({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {deleted}, {})",
+            quote(&c.id),
+            quote(&c.service),
+            c.at_unix_seconds,
+            quote(&c.title),
+            quote(&c.kind),
+            quote(&c.build_id),
+            quote(&c.touched.join("\n")),
+            quote(&c.author),
+            quote(&c.url),
+            u8::from(c.automatic),
+            next_version()
+        )
+    };
+    let mut rows = Vec::new();
+    if let Some(old) = replaces.filter(|o| *o != c.id) {
+        let gone = Change {
+            id: old.to_string(),
+            ..Change::default()
+        };
+        rows.push(row(&gone, 1));
+    }
+    rows.push(row(c, 0));
+    http.exec(
+        &format!("INSERT INTO {}.changes VALUES {}", http.db, rows.join(", ")),
+        None,
+    )?;
+    Ok(())
+}
+
+/// Changes with `at` in the window (each id's latest version, unless deleted), oldest first.
+pub(super) fn changes(
+    http: &Http,
+    w: Window,
+    service: Option<&str>,
+) -> Result<Vec<Change>, StoreError> {
+    let only = service.map_or(String::new(), |s| format!(" AND s = {}", quote(s)));
+    let sql = format!(
+        "SELECT id, argMax(service, version) AS s, argMax(at, version) AS t, \
+         argMax(title, version), argMax(kind, version), argMax(build_id, version), \
+         argMax(touched, version), argMax(author, version), argMax(url, version), \
+         argMax(automatic, version), argMax(deleted, version) AS d FROM {}.changes GROUP BY id \
+         HAVING d = 0 AND t >= {} AND t < {}{only} ORDER BY t, id",
+        http.db, w.from, w.to
+    );
+    http.query(&sql)?
+        .lines()
+        .map(|line| {
+            let f: Vec<String> = line.split('\t').map(unescape).collect();
+            let get = |i: usize| f.get(i).cloned().unwrap_or_default();
+            Ok(Change {
+                id: get(0),
+                service: get(1),
+                at_unix_seconds: get(2)
+                    .parse()
+                    .map_err(|_| http.error(format!("unexpected answer row {f:?}: column 2")))?,
+                title: get(3),
+                kind: get(4),
+                build_id: get(5),
+                touched: crate::store::sqlite_detection::split_touched(&get(6)),
+                author: get(7),
+                url: get(8),
+                automatic: get(9) == "1",
+            })
+        })
+        .collect()
+}
