@@ -145,14 +145,29 @@ fn a_slower_function_is_reported_with_the_change_that_touched_it() {
     let text = wattson(
         &url,
         &[
-            "regressions", "--json", "--service", SERVICE, "--from", &from, "--to", &to,
+            "regressions",
+            "--json",
+            "--service",
+            SERVICE,
+            "--from",
+            &from,
+            "--to",
+            &to,
         ],
         &[&collector],
     );
     let all = wattson(
         &url,
         &[
-            "regressions", "--json", "--all", "--service", SERVICE, "--from", &from, "--to", &to,
+            "regressions",
+            "--json",
+            "--all",
+            "--service",
+            SERVICE,
+            "--from",
+            &from,
+            "--to",
+            &to,
         ],
         &[&collector],
     );
@@ -216,5 +231,10 @@ fn start_agent(url: &str, dir: &Path) -> Proc {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    Proc::start("agent", "wattson-agent", &args, "info,wattson_agent::ship=debug")
+    Proc::start(
+        "agent",
+        "wattson-agent",
+        &args,
+        "info,wattson_agent::ship=debug",
+    )
 }

@@ -120,10 +120,7 @@ impl Truth {
             if f.name == a {
                 return true;
             }
-            cur = f
-                .caller
-                .as_deref()
-                .and_then(|c| self.function(service, c));
+            cur = f.caller.as_deref().and_then(|c| self.function(service, c));
         }
         false
     }
@@ -217,8 +214,9 @@ pub fn simulate(args: &Args, url: &str, truth_to: Option<&Path>) -> anyhow::Resu
         .map(|i| {
             let mut r = root.fork(i as u64 + 1);
             let service = model::Service::generate(&mut r, i, args.functions, args.hosts);
-            let timeline =
-                scenario::plan(&mut r, &service, args.seed, start, end, args.step, &mut cycle);
+            let timeline = scenario::plan(
+                &mut r, &service, args.seed, start, end, args.step, &mut cycle,
+            );
             stream::Simulated {
                 service,
                 timeline,

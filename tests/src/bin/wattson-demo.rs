@@ -59,7 +59,9 @@ impl Slowdown {
             .parse()
             .ok()
             .filter(|f| (1..=1000).contains(f))
-            .ok_or(format!("--slowdown {arg}: FACTOR must be an integer in 1..=1000"))?;
+            .ok_or(format!(
+                "--slowdown {arg}: FACTOR must be an integer in 1..=1000"
+            ))?;
         let mut s = Slowdown::NONE;
         match name {
             "hash_records" => s.hash = factor,

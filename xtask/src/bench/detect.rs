@@ -135,7 +135,8 @@ impl Score {
         self.series += answer.series;
         self.pass_seconds.push(seconds);
         if !answer.note.is_empty() {
-            self.notes.push(format!("seed {}: {}", truth.seed, answer.note));
+            self.notes
+                .push(format!("seed {}: {}", truth.seed, answer.note));
         }
         for s in &answer.funnel {
             let f = self.funnel.entry(s.stage.clone()).or_default();
@@ -202,9 +203,7 @@ impl Score {
 /// Why an unmatched report is wrong, from what it sits on.
 fn fp_kind(truth: &Truth, r: &Regression) -> &'static str {
     let on = |e: &Event| e.service == r.service && near(e, r.started_unix_seconds);
-    let related = |a: &str, b: &str| {
-        truth.calls(&r.service, a, b) || truth.calls(&r.service, b, a)
-    };
+    let related = |a: &str, b: &str| truth.calls(&r.service, a, b) || truth.calls(&r.service, b, a);
     for e in truth.events.iter().filter(|e| on(e)) {
         match e.kind {
             Kind::Step | Kind::Creep if truth.calls(&r.service, &r.function, &e.function) => {
@@ -216,8 +215,7 @@ fn fp_kind(truth: &Truth, r: &Regression) -> &'static str {
             Kind::Spike if related(&r.function, &e.function) => return "spike",
             Kind::Shift
                 if related(&r.function, &e.function)
-                    || e
-                        .from_function
+                    || e.from_function
                         .as_deref()
                         .is_some_and(|f| related(&r.function, f)) =>
             {
@@ -236,7 +234,11 @@ fn fp_kind(truth: &Truth, r: &Regression) -> &'static str {
 }
 
 fn ratio(a: usize, b: usize) -> f64 {
-    if b == 0 { f64::NAN } else { a as f64 / b as f64 }
+    if b == 0 {
+        f64::NAN
+    } else {
+        a as f64 / b as f64
+    }
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -251,7 +253,10 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let mut score = Score::default();
     let quality = args(0, 8, 60);
     for &seed in SEEDS {
-        let a = fleet_sim::Args { seed, ..quality.clone() };
+        let a = fleet_sim::Args {
+            seed,
+            ..quality.clone()
+        };
         let (truth, answer, seconds) = detect(&a)?;
         score.add(&truth, &answer, seconds);
     }

@@ -40,9 +40,18 @@ impl Collector {
             "release"
         };
         cmd::run(&mut build)?;
-        let bin = cmd::root().join("target").join(profile).join("wattson-collector");
-        fs::create_dir_all(dir).with_context(|| format!("creating --data-dir {}", dir.display()))?;
-        for f in ["wattson.db", "wattson.db-wal", "wattson.db-shm", "wattson.db.journal"] {
+        let bin = cmd::root()
+            .join("target")
+            .join(profile)
+            .join("wattson-collector");
+        fs::create_dir_all(dir)
+            .with_context(|| format!("creating --data-dir {}", dir.display()))?;
+        for f in [
+            "wattson.db",
+            "wattson.db-wal",
+            "wattson.db-shm",
+            "wattson.db.journal",
+        ] {
             let p = dir.join(f);
             if p.exists() {
                 fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;

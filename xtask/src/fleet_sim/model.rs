@@ -17,8 +17,24 @@ const MODULES: &[&str] = &[
     "index", "render", "queue", "metrics",
 ];
 const VERBS: &[&str] = &[
-    "handle", "encode", "decode", "lookup", "insert", "hash", "parse", "serialize", "flush",
-    "validate", "merge", "scan", "render", "compress", "sign", "route", "fetch", "update",
+    "handle",
+    "encode",
+    "decode",
+    "lookup",
+    "insert",
+    "hash",
+    "parse",
+    "serialize",
+    "flush",
+    "validate",
+    "merge",
+    "scan",
+    "render",
+    "compress",
+    "sign",
+    "route",
+    "fetch",
+    "update",
 ];
 
 /// One function of a service's call tree.
@@ -209,7 +225,10 @@ mod tests {
         assert!((s.share(0) - 1.0).abs() < 1e-9);
         for (i, f) in s.functions.iter().enumerate().skip(1) {
             let p = f.parent.expect("non-root has a caller");
-            assert!(s.share(p) >= s.share(i), "a caller holds at least its callee");
+            assert!(
+                s.share(p) >= s.share(i),
+                "a caller holds at least its callee"
+            );
         }
     }
 }

@@ -82,15 +82,31 @@ mod tests {
             let xs: Vec<f64> = (0..n).map(|_| r.poisson(lambda) as f64).collect();
             let mean = xs.iter().sum::<f64>() / n as f64;
             let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
-            assert!((mean - lambda).abs() < 0.05 * lambda, "mean {mean} for {lambda}");
-            assert!((var - lambda).abs() < 0.1 * lambda, "variance {var} for {lambda}");
+            assert!(
+                (mean - lambda).abs() < 0.05 * lambda,
+                "mean {mean} for {lambda}"
+            );
+            assert!(
+                (var - lambda).abs() < 0.1 * lambda,
+                "variance {var} for {lambda}"
+            );
         }
     }
 
     #[test]
     fn same_seed_same_stream_and_forks_differ() {
-        let a: Vec<u64> = (0..4).map({ let mut r = Rng::new(1); move |_| r.next() }).collect();
-        let b: Vec<u64> = (0..4).map({ let mut r = Rng::new(1); move |_| r.next() }).collect();
+        let a: Vec<u64> = (0..4)
+            .map({
+                let mut r = Rng::new(1);
+                move |_| r.next()
+            })
+            .collect();
+        let b: Vec<u64> = (0..4)
+            .map({
+                let mut r = Rng::new(1);
+                move |_| r.next()
+            })
+            .collect();
         assert_eq!(a, b);
         assert_ne!(Rng::new(1).fork(1).next(), Rng::new(1).fork(2).next());
     }

@@ -14,9 +14,7 @@ use super::rng::Rng;
 
 /// Step regression sizes, fractions of a service: 0.005% to 1%, cycled over the fleet so each
 /// size appears about as often.
-pub const SIZES: &[f64] = &[
-    0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01,
-];
+pub const SIZES: &[f64] = &[0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01];
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -256,7 +254,11 @@ pub fn plan(
                     id: cid.clone(),
                     service: svc.name.clone(),
                     at,
-                    kind: if kind == Kind::Shift { "commit" } else { "config" },
+                    kind: if kind == Kind::Shift {
+                        "commit"
+                    } else {
+                        "config"
+                    },
                     title: format!("{} touching {}", kind_word(kind), event.function),
                     build_id: String::new(),
                     touched,
@@ -352,12 +354,20 @@ fn svc_index(svc: &Service, name: &str) -> usize {
 }
 
 fn build_id(rng: &mut Rng) -> String {
-    format!("{:016x}{:016x}{:08x}", rng.next(), rng.next(), rng.next() as u32)
+    format!(
+        "{:016x}{:016x}{:08x}",
+        rng.next(),
+        rng.next(),
+        rng.next() as u32
+    )
 }
 
 /// Picks the function(s) and the stacks an event of `kind` acts on; `None` when the service has
 /// no function that fits.
-#[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
 fn shape_event(
     rng: &mut Rng,
     svc: &Service,
@@ -423,8 +433,8 @@ fn shape_event(
                     (deepest(svc, f, &effect), effect)
                 }
                 None => {
-                    let f = pick(rng, &|f| svc.share(f) >= d / 2.0)
-                        .or_else(|| pick(rng, &|_| true))?;
+                    let f =
+                        pick(rng, &|f| svc.share(f) >= d / 2.0).or_else(|| pick(rng, &|_| true))?;
                     (f, own(f).into_iter().map(|(k, _)| (k, d)).collect())
                 }
             };
@@ -495,7 +505,15 @@ mod tests {
     fn a_shift_leaves_the_total_unchanged_and_a_step_adds_its_delta() {
         let mut rng = Rng::new(11);
         let mut svc = Service::generate(&mut rng, 0, 80, 1000);
-        let tl = plan(&mut rng, &svc, 11, 0, 14 * 86_400, 300, &mut Cycle::default());
+        let tl = plan(
+            &mut rng,
+            &svc,
+            11,
+            0,
+            14 * 86_400,
+            300,
+            &mut Cycle::default(),
+        );
         // Compared across one step: without the daily cycles, only the events move weights.
         svc.seasonal.clear();
         let mut w = Vec::new();
