@@ -1,8 +1,10 @@
-//! Wattson's collector as a library: ingest, storage, fleet attribution and queries. The
+//! Wattson's collector as a library: ingest, storage, fleet attribution, queries, regression detection and change events. The
 //! `wattson-collector` and `wattson` binaries are thin edges over it.
 
 pub mod attribute;
 pub mod changes;
+pub mod detect;
+pub mod detection;
 pub mod flame;
 pub mod ingest_cpu;
 pub mod ingest_endpoint;

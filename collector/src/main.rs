@@ -59,9 +59,17 @@ struct ServeArgs {
     /// Delete everything older than this.
     #[arg(long, default_value = "395d")]
     retain_total: humantime::Duration,
-    /// Serve Prometheus `GET /metrics` here (ingest counters, store size, per-service watts).
+    /// Serve Prometheus `GET /metrics` here (ingest counters, store size, per-service watts,
+    /// open regressions).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Collector config file (TOML): regression detection settings in `[detect]`, per-service
+    /// overrides in `[detect.services."NAME"]` (see README). Defaults apply without it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// How often regression detection looks for newly stored data and runs a pass.
+    #[arg(long, default_value = "5m")]
+    detect_every: humantime::Duration,
 }
 
 fn main() -> std::process::ExitCode {
@@ -97,6 +105,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         raw: *args.retain_raw,
         total: *args.retain_total,
     };
+    let detect = match &args.config {
+        Some(p) => wattson_collector::detection::load_config(p)
+            .with_context(|| format!("--config {}", p.display()))?,
+        None => wattson_collector::detect::DetectConfig::default(),
+    };
+    if args.detect_every.is_zero() {
+        anyhow::bail!("--detect-every must be longer than 0s (e.g. 1m)");
+    }
+    let detector = Arc::new(wattson_collector::detection::Detector::new(
+        store.clone(),
+        fleet.clone(),
+        detect,
+    )?);
     let engine = Arc::new(wattson_collector::query::QueryEngine::new(
         store.clone(),
         fleet.clone(),
@@ -108,6 +129,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_message_bytes: args.max_message_bytes,
         limits: Limits::default(),
         rejections: counted.rejections(),
+        detector: Some(detector.clone()),
+        detect_every: *args.detect_every,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {
@@ -129,7 +152,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 let l = wattson_collector::metrics::bind(addr).await?;
                 tracing::info!(addr = %l.local_addr()?, "serving Prometheus /metrics");
                 Some(tokio::spawn(wattson_collector::metrics::serve(
-                    l, counted, engine,
+                    l, counted, engine, detector,
                 )))
             }
             None => None,

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use wattson_proto::exposition::{self, Kind, Text};
 use wattson_proto::v1::{Change, PowerRequest, TimeWindow};
 
+use crate::detection::Detector;
 use crate::ingest_cpu;
 use crate::query::QueryEngine;
 use crate::store::{
@@ -215,7 +216,12 @@ impl Store for Counted {
 }
 
 /// Renders the exposition text.
-pub fn render(counted: &Counted, engine: &QueryEngine, now: i64) -> String {
+pub fn render(
+    counted: &Counted,
+    engine: &QueryEngine,
+    detector: Option<&Detector>,
+    now: i64,
+) -> String {
     let mut t = Text::new();
     let c = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
     t.family(
@@ -324,14 +330,29 @@ pub fn render(counted: &Counted, engine: &QueryEngine, now: i64) -> String {
         }
         Err(e) => tracing::warn!(error = %e, "metrics: power query failed"),
     }
+    if let Some(d) = detector {
+        let mut open = t.family(
+            "wattson_regressions_open",
+            Kind::Gauge,
+            "Open power regressions per service found by the last detection pass.",
+        );
+        for (service, n) in d.open_by_service() {
+            open.sample(&[("service", &service)], n as f64);
+        }
+    }
     t.finish()
 }
 
 /// Serves `GET /metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, counted: Arc<Counted>, engine: Arc<QueryEngine>) {
+pub async fn serve(
+    listener: TcpListener,
+    counted: Arc<Counted>,
+    engine: Arc<QueryEngine>,
+    detector: Arc<Detector>,
+) {
     // Rendered off the async workers: the store stats and the power query read SQLite.
     exposition::serve(listener, move || {
-        render(&counted, &engine, crate::report::now())
+        render(&counted, &engine, Some(&detector), crate::report::now())
     })
     .await;
 }

@@ -4,9 +4,11 @@
 //! ([`table`]: long names lose their middle); JSON always carries names whole.
 
 mod builds;
+mod regressions;
 mod table;
 
 pub use builds::{build_diff, builds_json, builds_table};
+pub use regressions::{changes_json, changes_table, regressions_json, regressions_table};
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

@@ -1,5 +1,6 @@
-//! The collector's gRPC server: the `wattson.v1.IngestService` over a [`Store`], plus
-//! `grpc.health.v1` and server reflection, with optional mutual TLS and bearer token.
+//! The collector's gRPC server: the `wattson.v1.IngestService` over a [`Store`], the query
+//! and detection services, plus `grpc.health.v1` and server reflection, with optional mutual
+//! TLS and bearer token. Detection's periodic pass runs alongside while serving.
 //!
 //! Ingest reads a batch in place ([`BatchView`]), validates it ([`crate::validate`]), then
 //! hands it to [`Store::queue`] (or [`Store::ingest`]), which
@@ -27,6 +28,7 @@ use wattson_proto::compressed::{Decompressor, FrameError, NO_BATCH};
 use wattson_proto::v1::{Batch, IngestResponse};
 use wattson_proto::view::{BatchView, ParseError, RequestBatch};
 
+use crate::detection::{Arrivals, Detector};
 use crate::ingest_cpu;
 use crate::metrics::Rejections;
 use crate::store::{Ingested, Store, StoreError};
@@ -64,6 +66,9 @@ pub enum ServeError {
     /// The reflection service could not load the descriptor sets (a build problem).
     #[error("server reflection: {0}")]
     Reflection(String),
+    /// The default detection settings were refused (a build problem).
+    #[error("detection: {0}")]
+    Detection(String),
     /// The transport failed (TLS configuration rejected, accept loop error).
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -133,7 +138,14 @@ pub struct ServeConfig {
     pub fleet: crate::attribute::FleetConfig,
     /// Where ingest counts the requests it refuses (shared with `/metrics`).
     pub rejections: Arc<Rejections>,
+    /// The detection runner (shared with `/metrics`); `None`: one with default settings.
+    pub detector: Option<Arc<Detector>>,
+    /// How often detection looks for new data and runs a pass (0: every 5 minutes).
+    pub detect_every: std::time::Duration,
 }
+
+/// Detection's pass interval when [`ServeConfig::detect_every`] is 0.
+pub const DEFAULT_DETECT_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The ingest service over a store.
 pub struct Ingest {
@@ -146,16 +158,20 @@ pub struct Ingest {
     /// Per host, the agent's cumulative spool losses last reported, so a new loss is logged
     /// once when it first shows up rather than with every batch.
     losses: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Bumped per stored batch, so detection knows its last pass is stale.
+    arrivals: Arrivals,
 }
 
 impl Ingest {
     /// A service writing to `store`, validating with `limits`, taking batches of at most
-    /// `max_batch_bytes` once decompressed, counting what it refuses in `rejections`.
+    /// `max_batch_bytes` once decompressed, counting what it refuses in `rejections` and
+    /// what it stores in `arrivals`.
     pub fn new(
         store: Arc<dyn Store>,
         limits: Limits,
         max_batch_bytes: usize,
         rejections: Arc<Rejections>,
+        arrivals: Arrivals,
     ) -> Self {
         Self {
             store,
@@ -163,6 +179,7 @@ impl Ingest {
             rejections,
             max_batch_bytes,
             losses: Default::default(),
+            arrivals,
         }
     }
 
@@ -316,6 +333,7 @@ impl Ingest {
                 }))
             }
             Ok(Ingested::New { profiles, samples }) => {
+                self.arrivals.stored();
                 tracing::debug!(
                     host = %batch.host_id,
                     sequence = batch.sequence,
@@ -403,18 +421,44 @@ pub async fn serve(
         0 => DEFAULT_MAX_MESSAGE_BYTES,
         n => n,
     };
+    let detector = match config.detector {
+        Some(d) => d,
+        None => Arc::new(
+            Detector::new(
+                store.clone(),
+                config.fleet.clone(),
+                crate::detect::DetectConfig::default(),
+            )
+            .map_err(|e| ServeError::Detection(e.to_string()))?,
+        ),
+    };
     let query = crate::query_service::Query::server(Arc::new(crate::query::QueryEngine::new(
         store.clone(),
         config.fleet,
     )));
     let ingest = crate::ingest_endpoint::IngestEndpoint::new(
-        Ingest::new(store, config.limits, max, config.rejections),
+        Ingest::new(
+            store,
+            config.limits,
+            max,
+            config.rejections,
+            detector.arrivals(),
+        ),
         max,
     );
-    // One token guards both services: profiles are as sensitive to read as to write.
+    let every = match config.detect_every {
+        d if d.is_zero() => DEFAULT_DETECT_EVERY,
+        d => d,
+    };
+    let passes = tokio::spawn(crate::detection::run(detector.clone(), every));
+    // One token guards every service: profiles are as sensitive to read as to write.
     let auth = BearerAuth(config.token.map(Arc::from));
     let ingest = tonic::service::interceptor::InterceptedService::new(ingest, auth.clone());
-    let query = tonic::service::interceptor::InterceptedService::new(query, auth);
+    let query = tonic::service::interceptor::InterceptedService::new(query, auth.clone());
+    let detection = tonic::service::interceptor::InterceptedService::new(
+        crate::detection::service::Detection::server(detector),
+        auth,
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -422,6 +466,11 @@ pub async fn serve(
         .await;
     health
         .set_serving::<wattson_proto::v1::query_service_server::QueryServiceServer<crate::query_service::Query>>()
+        .await;
+    health
+        .set_serving::<wattson_proto::v1::detection_service_server::DetectionServiceServer<
+            crate::detection::service::Detection,
+        >>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(wattson_proto::FILE_DESCRIPTOR_SET)
@@ -438,15 +487,19 @@ pub async fn serve(
         listen = ?local,
         tls = config.tls.is_some(),
         max_message_bytes = max,
-        "collector serving wattson.v1.IngestService, QueryService, grpc.health.v1, reflection"
+        "collector serving wattson.v1.IngestService, QueryService, DetectionService, \
+         grpc.health.v1, reflection"
     );
-    builder
+    let served = builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ingest)
         .add_service(query)
+        .add_service(detection)
         .serve_with_incoming_shutdown(accepted(listener), shutdown)
-        .await?;
+        .await;
+    passes.abort();
+    served?;
     tracing::info!("collector stopped; in-flight batches finished");
     Ok(())
 }

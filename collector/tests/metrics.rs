@@ -51,7 +51,22 @@ async fn metrics_expose_counters_size_and_service_watts() {
     let engine = Arc::new(QueryEngine::new(store.clone(), FleetConfig::default()));
     let listener = metrics::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(metrics::serve(listener, counted, engine));
+    let detector = Arc::new(
+        wattson_collector::detection::Detector::new(
+            store.clone(),
+            FleetConfig::default(),
+            wattson_collector::detect::DetectConfig::default(),
+        )
+        .unwrap(),
+    );
+    let d = detector.clone();
+    assert!(
+        tokio::task::spawn_blocking(move || d.refresh(now))
+            .await
+            .unwrap()
+            .unwrap()
+    );
+    let task = tokio::spawn(metrics::serve(listener, counted, engine, detector));
     let body = tokio::task::spawn_blocking(move || {
         let get = |path: &str| {
             let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -78,6 +93,9 @@ async fn metrics_expose_counters_size_and_service_watts() {
         "wattson_service_watts{service=\"api\",estimated=\"false\"} 3",
         "wattson_service_watts{service=\"vm\",estimated=\"true\"} 3",
         "wattson_service_hosts_reporting{service=\"api\"} 1",
+        // A minute of history: detection reports nothing, and says so per service.
+        "wattson_regressions_open{service=\"api\"} 0",
+        "wattson_regressions_open{service=\"vm\"} 0",
     ] {
         assert!(m.contains(line), "missing {line:?} in\n{m}");
     }
@@ -177,7 +195,7 @@ async fn requests_refused_before_the_store_are_counted_by_reason() {
         assert_eq!(e.code(), code, "{e}");
     }
     let engine = QueryEngine::new(s.store.clone(), FleetConfig::default());
-    let m = metrics::render(&s.counted, &engine, now);
+    let m = metrics::render(&s.counted, &engine, None, now);
     for line in [
         "wattson_collector_batches_rejected_total{reason=\"malformed\"} 2",
         "wattson_collector_batches_rejected_total{reason=\"too_large\"} 2",
@@ -228,7 +246,7 @@ async fn ingest_cpu_is_counted_by_stage_and_within_the_process_cpu() {
         cpu_after - cpu_before
     );
     let engine = QueryEngine::new(s.store.clone(), FleetConfig::default());
-    let m = metrics::render(&s.counted, &engine, now);
+    let m = metrics::render(&s.counted, &engine, None, now);
     for stage in Stage::ALL {
         let line = format!(
             "wattson_collector_ingest_cpu_seconds_total{{stage=\"{}\"}} ",

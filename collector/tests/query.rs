@@ -702,6 +702,41 @@ impl Store for Counting {
     fn known_services(&self) -> Result<Vec<String>, store::StoreError> {
         self.inner.known_services()
     }
+    fn function_buckets(
+        &self,
+        w: store::Window,
+        service: &str,
+        step: i64,
+    ) -> Result<store::Buckets, store::StoreError> {
+        self.count("function_buckets");
+        self.inner.function_buckets(w, service, step)
+    }
+    fn service_buckets(
+        &self,
+        w: store::Window,
+        service: &str,
+        step: i64,
+    ) -> Result<store::Buckets, store::StoreError> {
+        self.count("service_buckets");
+        self.inner.service_buckets(w, service, step)
+    }
+    fn first_builds(&self, w: store::Window) -> Result<Vec<store::FirstSeen>, store::StoreError> {
+        self.inner.first_builds(w)
+    }
+    fn put_change(
+        &self,
+        c: &wattson_proto::v1::Change,
+        replaces: Option<&str>,
+    ) -> Result<(), store::StoreError> {
+        self.inner.put_change(c, replaces)
+    }
+    fn changes(
+        &self,
+        w: store::Window,
+        service: Option<&str>,
+    ) -> Result<Vec<wattson_proto::v1::Change>, store::StoreError> {
+        self.inner.changes(w, service)
+    }
     fn retain(
         &self,
         policy: &store::Retention,

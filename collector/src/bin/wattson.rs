@@ -8,6 +8,8 @@
 mod args;
 #[path = "wattson/connect.rs"]
 mod connect;
+#[path = "wattson/detection.rs"]
+mod detection;
 #[path = "wattson/diff.rs"]
 mod diff;
 #[path = "wattson/output.rs"]
@@ -76,6 +78,11 @@ enum Command {
     Power(tables::PowerArgs),
     /// Builds (versions) each service ran in the window, for `diff --build-a/--build-b`.
     Builds(tables::BuildsArgs),
+    /// Power regressions the collector detected (FBDetect-style), each at the function that
+    /// changed, with the change most likely behind it.
+    Regressions(detection::RegressionsArgs),
+    /// Change events (deploys, config pushes, experiments, commits): record one, or list them.
+    Changes(detection::ChangesArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -95,7 +102,8 @@ fn try_main() -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = output::Output::new(cli.json, cli.width);
     let tls = connect::Tls::from_flags(cli.tls_ca, cli.tls_cert, cli.tls_key)?;
-    let mut client = connect::client(&cli.collector, tls.as_ref(), cli.token.as_deref()).await?;
+    let (mut client, mut detect) =
+        connect::client(&cli.collector, tls.as_ref(), cli.token.as_deref()).await?;
     let c = &mut client;
     match cli.command {
         Command::Top(a) => tables::top(c, a, &out).await,
@@ -105,6 +113,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Diff(a) => diff::diff(c, a, &out).await,
         Command::Power(a) => tables::power(c, a, &out).await,
         Command::Builds(a) => tables::builds(c, a, &out).await,
+        Command::Regressions(a) => detection::regressions(&mut detect, a, &out).await,
+        Command::Changes(a) => detection::changes(&mut detect, a, &out).await,
     }
 }
 

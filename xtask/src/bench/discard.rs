@@ -5,9 +5,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use wattson_collector::store::{
-    IngestFuture, Ingested, Keyed, Point, Retention, RetentionReport, Rollup, Store, StoreError,
-    StoreStats, TopQuery, Window,
+    Buckets, FirstSeen, IngestFuture, Ingested, Keyed, Point, Retention, RetentionReport, Rollup,
+    Store, StoreError, StoreStats, TopQuery, Window,
 };
+use wattson_proto::v1::Change;
 use wattson_proto::view::BatchView;
 
 /// Acknowledges every batch at once and stores none; counts them for the bench's check.
@@ -62,6 +63,26 @@ impl Store for Discard {
     }
 
     fn known_services(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    fn function_buckets(&self, w: Window, _: &str, step: i64) -> Result<Buckets, StoreError> {
+        Buckets::new(w, step)
+    }
+
+    fn service_buckets(&self, w: Window, _: &str, step: i64) -> Result<Buckets, StoreError> {
+        Buckets::new(w, step)
+    }
+
+    fn first_builds(&self, _: Window) -> Result<Vec<FirstSeen>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    fn put_change(&self, _: &Change, _: Option<&str>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn changes(&self, _: Window, _: Option<&str>) -> Result<Vec<Change>, StoreError> {
         Ok(Vec::new())
     }
 

@@ -10,6 +10,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use wattson_proto::v1::detection_service_client::DetectionServiceClient;
 use wattson_proto::v1::query_service_client::QueryServiceClient;
 
 /// Largest answer accepted from the collector.
@@ -17,6 +18,9 @@ const MAX_RESPONSE_BYTES: usize = 512 << 20;
 
 /// The query client the commands share.
 pub type Client = QueryServiceClient<InterceptedService<Channel, Auth>>;
+
+/// The detection client (`changes`, `regressions`), on the same connection.
+pub type Detection = DetectionServiceClient<InterceptedService<Channel, Auth>>;
 
 /// Puts `authorization: Bearer TOKEN` on every call when `--token` is given.
 #[derive(Clone)]
@@ -132,12 +136,13 @@ pub async fn channel(collector: &str, tls: Option<&Tls>) -> anyhow::Result<Chann
     })
 }
 
-/// Connects (see [`channel`]) and wraps the channel in the query client, with `token`.
+/// Connects (see [`channel`]) and wraps the channel in the query and detection clients,
+/// with `token`.
 pub async fn client(
     collector: &str,
     tls: Option<&Tls>,
     token: Option<&str>,
-) -> anyhow::Result<Client> {
+) -> anyhow::Result<(Client, Detection)> {
     let channel = channel(collector, tls).await?;
     let header = match token {
         Some(t) => Some(
@@ -147,9 +152,14 @@ pub async fn client(
         ),
         None => None,
     };
+    let auth = Auth(header);
     // Merged stacks of a busy fleet run to tens of MB; tonic's default cap is 4 MB.
-    Ok(QueryServiceClient::with_interceptor(channel, Auth(header))
-        .max_decoding_message_size(MAX_RESPONSE_BYTES))
+    Ok((
+        QueryServiceClient::with_interceptor(channel.clone(), auth.clone())
+            .max_decoding_message_size(MAX_RESPONSE_BYTES),
+        DetectionServiceClient::with_interceptor(channel, auth)
+            .max_decoding_message_size(MAX_RESPONSE_BYTES),
+    ))
 }
 
 /// A failed call as one line: the collector's message and the gRPC code.

@@ -23,6 +23,11 @@ impl Output {
         Output { json, width }
     }
 
+    /// True with `--json`.
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
     /// Prints `value` as JSON, or the table `table` lays out in the width.
     pub fn emit(&self, value: Value, table: impl FnOnce(usize) -> String) -> anyhow::Result<()> {
         if self.json {

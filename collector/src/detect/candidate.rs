@@ -1,0 +1,165 @@
+//! A candidate change (one series, one change point or merged run) as it moves through the
+//! funnel, and the funnel itself: per stage, how many candidates came in and how many it
+//! removed, plus the removed ones (up to a cap per stage) with the filter's figures, for `--all`.
+
+use wattson_proto::v1::FunnelStage;
+
+/// The view a series measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    /// Inclusive share of the service's samples (gCPU).
+    Cpu,
+    /// Inclusive share of the service's energy.
+    Energy,
+}
+
+impl Metric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Cpu => "cpu",
+            Metric::Energy => "energy",
+        }
+    }
+}
+
+/// The shape of a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// One level shift.
+    Step,
+    /// A slow, lasting trend (several same-direction shifts, or a significant Mann-Kendall
+    /// trend).
+    Creep,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Step => "step",
+            Kind::Creep => "creep",
+        }
+    }
+}
+
+/// One candidate change of one series. Bucket indices are on the service's grid.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Index of the function in `ServiceSeries::functions`.
+    pub func: usize,
+    pub metric: Metric,
+    pub kind: Kind,
+    /// First bucket after the change point.
+    pub start: usize,
+    /// Level (share) before and after.
+    pub before: f64,
+    pub after: f64,
+    /// Bucket ranges [lo, hi) the levels were measured on.
+    pub before_span: (usize, usize),
+    pub after_span: (usize, usize),
+    /// Bonferroni p-value of the likelihood-ratio test of the change.
+    pub p: f64,
+    /// The same change in the other metric's view (0 when unknown).
+    pub other_delta: f64,
+    /// The filter that removed it, and its figures.
+    pub verdict: Option<(&'static str, String)>,
+}
+
+impl Candidate {
+    pub fn delta(&self) -> f64 {
+        self.after - self.before
+    }
+
+    /// +1 for a growth (regression), -1 for a drop (improvement).
+    pub fn sign(&self) -> f64 {
+        if self.delta() >= 0.0 { 1.0 } else { -1.0 }
+    }
+}
+
+/// Stages in the order they run (cheapest first). `seasonality` counts change points of the
+/// raw values of seasonal series that the daily profile explained.
+pub const STAGES: [&str; 7] = [
+    "significance",
+    "seasonality",
+    "min_change",
+    "went_away",
+    "normalization",
+    "cost_shift",
+    "dedup",
+];
+
+/// The funnel's counts and the candidates it removed.
+#[derive(Debug)]
+pub struct Funnel {
+    counts: [(u64, u64); STAGES.len()],
+    pub filtered: Vec<Candidate>,
+    listed: [usize; STAGES.len()],
+    max_listed: usize,
+}
+
+impl Funnel {
+    pub fn new(max_listed: usize) -> Funnel {
+        Funnel {
+            counts: [(0, 0); STAGES.len()],
+            filtered: Vec::new(),
+            listed: [0; STAGES.len()],
+            max_listed,
+        }
+    }
+
+    fn index(stage: &str) -> usize {
+        STAGES
+            .iter()
+            .position(|s| *s == stage)
+            .expect("funnel stage is one of STAGES")
+    }
+
+    /// Adds `candidates_in` and `removed` to a stage's counts.
+    pub fn count(&mut self, stage: &'static str, candidates_in: u64, removed: u64) {
+        let c = &mut self.counts[Funnel::index(stage)];
+        c.0 += candidates_in;
+        c.1 += removed;
+    }
+
+    /// Runs one filter over `cands`: those for which `verdict` says why are removed (listed
+    /// up to the cap), the rest are returned.
+    pub fn apply(
+        &mut self,
+        stage: &'static str,
+        cands: Vec<Candidate>,
+        mut verdict: impl FnMut(&Candidate) -> Option<String>,
+    ) -> Vec<Candidate> {
+        let total = cands.len() as u64;
+        let mut kept = Vec::with_capacity(cands.len());
+        for c in cands {
+            match verdict(&c) {
+                Some(why) => self.remove(stage, c, why),
+                None => kept.push(c),
+            }
+        }
+        self.count(stage, total, total - kept.len() as u64);
+        kept
+    }
+
+    /// Lists one removed candidate (the count is the caller's).
+    pub fn remove(&mut self, stage: &'static str, mut c: Candidate, why: String) {
+        let i = Funnel::index(stage);
+        if self.listed[i] < self.max_listed {
+            self.listed[i] += 1;
+            c.verdict = Some((stage, why));
+            self.filtered.push(c);
+        }
+    }
+
+    /// The counts as wire stages.
+    pub fn stages(&self) -> Vec<FunnelStage> {
+        STAGES
+            .iter()
+            .zip(&self.counts)
+            .map(|(s, (i, r))| FunnelStage {
+                stage: (*s).to_string(),
+                candidates_in: *i,
+                removed: *r,
+            })
+            .collect()
+    }
+}

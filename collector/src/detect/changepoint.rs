@@ -1,0 +1,178 @@
+//! Change points of one series: seeded binary segmentation where each interval's split is the
+//! one of maximum likelihood for a shift of the mean (a CUSUM over prefix sums, O(n) per scale,
+//! O(n log n) in all), kept only when a likelihood-ratio chi-square test rejects "no change" at
+//! level `alpha`, Bonferroni-corrected for the positions tried, with at least `min_segment`
+//! points on either side.
+
+use super::stats::chi2_1_sf;
+
+/// A significant split: `at` is the index of the first point after the change.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Split {
+    pub at: usize,
+    /// Likelihood-ratio statistic (chi-square, one degree of freedom under no change).
+    pub lr: f64,
+    /// Bonferroni-corrected p-value.
+    pub p: f64,
+}
+
+/// The outcome of segmenting one series.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Significant splits, by position.
+    pub splits: Vec<Split>,
+    /// Splits located and tested (significant or not).
+    pub tried: u64,
+}
+
+/// Never more than this many change points per series: beyond it the series is not a sequence
+/// of levels, and the later filters would drown.
+const MAX_SPLITS: usize = 48;
+
+/// Segments `x` with noise standard deviation `sigma` by seeded binary segmentation: the best
+/// split of every interval of a deterministic multi-scale cover (lengths n, n/2, n/4, ... down
+/// to 3 `min_segment`, each shifted by half its length), so a short spike inside a long series
+/// is seen at its own scale. Splits are accepted greedily, most significant first, from
+/// intervals that hold no accepted split. The test is Bonferroni-corrected over every position
+/// tried.
+pub fn segment(x: &[f64], sigma: f64, min_segment: usize, alpha: f64) -> Scan {
+    let m = min_segment.max(1);
+    let n = x.len();
+    let mut scan = Scan::default();
+    if n < 2 * m || !(sigma > 0.0) {
+        return scan;
+    }
+    let mut prefix = Vec::with_capacity(n + 1);
+    let mut acc = 0.0;
+    prefix.push(0.0);
+    for v in x {
+        acc += v;
+        prefix.push(acc);
+    }
+    let var = sigma * sigma;
+    let mut found: Vec<(usize, usize, usize, f64)> = Vec::new();
+    let mut positions = 0usize;
+    let mut len = n;
+    loop {
+        let shift = (len / 2).max(1);
+        let mut lo = 0;
+        loop {
+            let hi = (lo + len).min(n);
+            if hi - lo >= 2 * m {
+                positions += hi - lo - 2 * m + 1;
+                if let Some((at, lr)) = best_split(&prefix, lo, hi, m, var) {
+                    found.push((lo, hi, at, lr));
+                }
+            }
+            if hi == n {
+                break;
+            }
+            lo += shift;
+        }
+        if len / 2 < 3 * m {
+            break;
+        }
+        len /= 2;
+    }
+    scan.tried = found.len() as u64;
+    // Cheap rejection: the threshold in LR units, so most intervals never reach the tail.
+    let factor = positions as f64;
+    found.retain(|f| factor * chi2_1_sf(f.3) < alpha);
+    found.sort_by(|a, b| b.3.total_cmp(&a.3).then(a.2.cmp(&b.2)));
+    for (lo, hi, at, lr) in found {
+        if scan.splits.len() >= MAX_SPLITS {
+            break;
+        }
+        let clear = scan
+            .splits
+            .iter()
+            .all(|s| (s.at <= lo || s.at >= hi) && s.at.abs_diff(at) >= m);
+        if clear {
+            let p = (factor * chi2_1_sf(lr)).min(1.0);
+            scan.splits.push(Split { at, lr, p });
+        }
+    }
+    scan.splits.sort_by_key(|s| s.at);
+    scan
+}
+
+/// The split of [lo, hi) maximizing k1 k2 / n (mean1 - mean2)^2 / var, and that statistic.
+fn best_split(prefix: &[f64], lo: usize, hi: usize, m: usize, var: f64) -> Option<(usize, f64)> {
+    let n = (hi - lo) as f64;
+    let total = prefix[hi] - prefix[lo];
+    let mut best: Option<(usize, f64)> = None;
+    for k in lo + m..=hi - m {
+        let k1 = (k - lo) as f64;
+        let k2 = n - k1;
+        let s1 = prefix[k] - prefix[lo];
+        let d = s1 / k1 - (total - s1) / k2;
+        let lr = k1 * k2 / n * d * d / var;
+        if best.is_none_or(|(_, b)| lr > b) {
+            best = Some((k, lr));
+        }
+    }
+    best
+}
+
+/// Likelihood ratio and Bonferroni p-value of a change between two adjacent ranges with
+/// means `a` and `b`, `na` and `nb` points, over `positions` positions tried.
+pub fn test_levels(
+    a: f64,
+    na: usize,
+    b: f64,
+    nb: usize,
+    sigma: f64,
+    positions: usize,
+) -> (f64, f64) {
+    let (na, nb) = (na as f64, nb as f64);
+    let lr = na * nb / (na + nb) * (a - b).powi(2) / (sigma * sigma);
+    (lr, (positions.max(1) as f64 * chi2_1_sf(lr)).min(1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::testdata::Rng;
+
+    #[test]
+    fn noise_alone_has_no_change_point() {
+        let mut false_alarms = 0;
+        for seed in 0..50 {
+            let mut rng = Rng::new(seed);
+            let x: Vec<f64> = (0..2000).map(|_| 10.0 + rng.normal()).collect();
+            false_alarms += segment(&x, 1.0, 12, 0.01).splits.len();
+        }
+        // 50 scans at alpha = 0.01 (Bonferroni: conservative) expect at most a few.
+        assert!(
+            false_alarms <= 2,
+            "{false_alarms} false change points in 50 noise series"
+        );
+    }
+
+    #[test]
+    fn a_step_is_found_where_it_is() {
+        let mut rng = Rng::new(7);
+        let x: Vec<f64> = (0..2000)
+            .map(|i| 10.0 + rng.normal() + if i >= 1500 { 1.0 } else { 0.0 })
+            .collect();
+        let s = segment(&x, 1.0, 12, 0.01);
+        assert_eq!(s.splits.len(), 1, "{:?}", s.splits);
+        assert!((s.splits[0].at as i64 - 1500).abs() <= 10, "{:?}", s.splits);
+        assert!(s.splits[0].p < 1e-6);
+    }
+
+    #[test]
+    fn a_spike_gives_two_change_points() {
+        let mut rng = Rng::new(3);
+        let x: Vec<f64> = (0..1000)
+            .map(|i| rng.normal() + if (400..440).contains(&i) { 3.0 } else { 0.0 })
+            .collect();
+        let s = segment(&x, 1.0, 12, 0.01);
+        let at: Vec<usize> = s.splits.iter().map(|s| s.at).collect();
+        assert_eq!(at.len(), 2, "{at:?}");
+        assert!(
+            at[0].abs_diff(400) <= 2 && at[1].abs_diff(440) <= 2,
+            "{at:?}"
+        );
+    }
+}

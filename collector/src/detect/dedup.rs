@@ -1,0 +1,117 @@
+//! Dedup: the CPU and energy views of one change are one report (the more significant view
+//! is kept, the other's delta rides along), and a change is reported once, at the deepest
+//! function through which nearly all of its added cost flows: callers above it and leaves
+//! below it that carry only part of it are removed.
+
+use super::candidate::{Candidate, Funnel};
+use super::{Around, ServiceSeries};
+
+/// Change points of one function this many buckets apart are the same change.
+const SAME_CHANGE: usize = 2;
+
+/// Keeps one view per (function, direction, change point).
+pub fn merge_metrics(funnel: &mut Funnel, mut cands: Vec<Candidate>) -> Vec<Candidate> {
+    cands.sort_by(|a, b| {
+        a.p.total_cmp(&b.p)
+            .then(a.func.cmp(&b.func))
+            .then(a.start.cmp(&b.start))
+    });
+    let mut kept: Vec<Candidate> = Vec::new();
+    let n = cands.len() as u64;
+    for c in cands {
+        let twin = kept.iter_mut().find(|k| {
+            k.func == c.func
+                && k.metric != c.metric
+                && k.sign() == c.sign()
+                && k.start.abs_diff(c.start) <= SAME_CHANGE
+        });
+        match twin {
+            Some(k) => {
+                k.other_delta = c.delta();
+                let why = format!(
+                    "same change as the {} view (p {:.1e})",
+                    k.metric.name(),
+                    k.p
+                );
+                funnel.remove("dedup", c, why);
+            }
+            None => kept.push(c),
+        }
+    }
+    funnel.count("dedup", n, n - kept.len() as u64);
+    kept
+}
+
+/// Removes callers of a candidate that carries at least `flow` of their added cost, then
+/// candidates below a kept one that carry less than that.
+pub fn callers_and_leaves(
+    funnel: &mut Funnel,
+    cands: Vec<Candidate>,
+    s: &ServiceSeries,
+    around: &Around,
+    flow: f64,
+) -> Vec<Candidate> {
+    let name = |c: &Candidate| s.functions[c.func].function.as_str();
+    let related = |a: &Candidate, b: &Candidate| {
+        a.func != b.func
+            && a.sign() == b.sign()
+            && a.start.abs_diff(b.start) <= SAME_CHANGE.max(1) * 2
+    };
+    // Flow of `c` (through `upper` first when given), in `c`'s direction.
+    let flow_of = |c: &Candidate, upper: Option<&Candidate>| -> Option<f64> {
+        let w = around.window(c)?;
+        let f = name(c);
+        let scale = w.scale(c.metric, upper.map_or(f, name)).unwrap_or(1.0);
+        Some(c.sign() * w.flow(c.metric, upper.map(name), f, scale))
+    };
+    let mut callers = vec![None; cands.len()];
+    for (i, a) in cands.iter().enumerate() {
+        let Some(total) = flow_of(a, None).filter(|t| *t > 0.0) else {
+            continue;
+        };
+        let best = cands
+            .iter()
+            .filter(|b| related(a, b))
+            .filter_map(|b| flow_of(b, Some(a)).map(|f| (b, f)))
+            .filter(|(_, f)| *f >= flow * total)
+            .max_by(|x, y| x.1.total_cmp(&y.1));
+        if let Some((b, f)) = best {
+            callers[i] = Some(format!(
+                "caller of {}, which carries {:.0}% of its added cost",
+                name(b),
+                f / total * 100.0
+            ));
+        }
+    }
+    let mut leaves = vec![None; cands.len()];
+    for (i, l) in cands.iter().enumerate() {
+        if callers[i].is_some() {
+            continue;
+        }
+        let Some(total) = flow_of(l, None).filter(|t| *t > 0.0) else {
+            continue;
+        };
+        let above = cands.iter().enumerate().find(|(j, b)| {
+            callers[*j].is_none()
+                && related(l, b)
+                && flow_of(l, Some(b)).is_some_and(|f| f >= total / 2.0)
+        });
+        if let Some((_, b)) = above {
+            let share = flow_of(b, None).map_or(0.0, |t| total / t * 100.0);
+            leaves[i] = Some(format!(
+                "below {}, which changed; it carries only {share:.0}% of that change",
+                name(b)
+            ));
+        }
+    }
+    let n = cands.len();
+    let mut kept = Vec::new();
+    for ((c, caller), leaf) in cands.into_iter().zip(callers).zip(leaves) {
+        match caller.or(leaf) {
+            Some(why) => funnel.remove("dedup", c, why),
+            None => kept.push(c),
+        }
+    }
+    funnel.count("dedup", 0, (n - kept.len()) as u64);
+    kept
+}

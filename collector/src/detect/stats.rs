@@ -1,0 +1,145 @@
+//! The small statistics detection rests on: normal and chi-square tails, medians and MAD,
+//! Mann-Kendall's trend test and Theil-Sen's slope. Plain functions on slices, no allocation
+//! beyond a scratch copy where a median needs one.
+
+/// Scale from a MAD to a normal standard deviation.
+pub const MAD_TO_SD: f64 = 1.4826;
+
+/// Complementary error function (Numerical Recipes' Chebyshev fit, relative error < 1.2e-7).
+pub fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let r = t * poly.exp();
+    if x >= 0.0 { r } else { 2.0 - r }
+}
+
+/// P(|Z| > z) for a standard normal Z.
+pub fn normal_two_sided(z: f64) -> f64 {
+    erfc(z.abs() / std::f64::consts::SQRT_2)
+}
+
+/// P(X > x) for X chi-square with one degree of freedom.
+pub fn chi2_1_sf(x: f64) -> f64 {
+    if x <= 0.0 {
+        return 1.0;
+    }
+    erfc((x / 2.0).sqrt())
+}
+
+/// Median of `v`, reordering it; NaN when empty.
+pub fn median_in_place(v: &mut [f64]) -> f64 {
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let (_, m, _) = v.select_nth_unstable_by(n / 2, f64::total_cmp);
+    let hi = *m;
+    if n % 2 == 1 {
+        return hi;
+    }
+    let lo = v[..n / 2].iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (lo + hi) / 2.0
+}
+
+/// Robust standard deviation of i.i.d. noise around a level that may step: the MAD of first
+/// differences, scaled to a normal sd and divided by sqrt(2) (a difference has twice the
+/// variance). A step moves one difference, so it barely touches the estimate.
+pub fn noise_sd(x: &[f64], scratch: &mut Vec<f64>) -> f64 {
+    scratch.clear();
+    scratch.extend(x.windows(2).map(|w| w[1] - w[0]));
+    let m = median_in_place(scratch);
+    for d in scratch.iter_mut() {
+        *d = (*d - m).abs();
+    }
+    median_in_place(scratch) * MAD_TO_SD / std::f64::consts::SQRT_2
+}
+
+/// Mean of a slice (NaN when empty).
+pub fn mean(x: &[f64]) -> f64 {
+    x.iter().sum::<f64>() / x.len() as f64
+}
+
+/// Mann-Kendall trend test: (S, two-sided p-value). Ties are ignored in the variance, which
+/// is conservative enough for aggregated (averaged) points.
+pub fn mann_kendall(x: &[f64]) -> (f64, f64) {
+    let n = x.len();
+    if n < 4 {
+        return (0.0, 1.0);
+    }
+    let mut s = 0i64;
+    for i in 0..n {
+        for j in i + 1..n {
+            s += (x[j] - x[i]).partial_cmp(&0.0).map_or(0, |o| o as i64);
+        }
+    }
+    let nf = n as f64;
+    let var = nf * (nf - 1.0) * (2.0 * nf + 5.0) / 18.0;
+    let z = if s > 0 {
+        (s as f64 - 1.0) / var.sqrt()
+    } else if s < 0 {
+        (s as f64 + 1.0) / var.sqrt()
+    } else {
+        0.0
+    };
+    (s as f64, normal_two_sided(z))
+}
+
+/// Theil-Sen slope (median of pairwise slopes) per index unit.
+pub fn theil_sen(x: &[f64]) -> f64 {
+    let n = x.len();
+    let mut slopes = Vec::with_capacity(n * n.saturating_sub(1) / 2);
+    for i in 0..n {
+        for j in i + 1..n {
+            slopes.push((x[j] - x[i]) / (j - i) as f64);
+        }
+    }
+    median_in_place(&mut slopes)
+}
+
+/// Means of consecutive blocks of `width` points (the last block may be shorter).
+pub fn block_means(x: &[f64], width: usize) -> Vec<f64> {
+    x.chunks(width.max(1)).map(mean).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tails_match_tables() {
+        assert!((normal_two_sided(1.959_964) - 0.05).abs() < 1e-6);
+        assert!((chi2_1_sf(6.634_897) - 0.01).abs() < 1e-6);
+        assert!((erfc(-1.0) - 1.842_700_79).abs() < 1e-6);
+    }
+
+    #[test]
+    fn medians_and_noise() {
+        assert_eq!(median_in_place(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median_in_place(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        // A big step barely moves the noise estimate.
+        let mut rng = crate::detect::testdata::Rng::new(5);
+        let x: Vec<f64> = (0..2000)
+            .map(|i| rng.normal() + if i > 1000 { 50.0 } else { 0.0 })
+            .collect();
+        let sd = noise_sd(&x, &mut Vec::new());
+        assert!((sd - 1.0).abs() < 0.08, "{sd}");
+    }
+
+    #[test]
+    fn trend_tests() {
+        let up: Vec<f64> = (0..30).map(|i| i as f64 * 0.5 + (i % 3) as f64).collect();
+        let (s, p) = mann_kendall(&up);
+        assert!(s > 0.0 && p < 0.001, "{s} {p}");
+        assert!((theil_sen(&up) - 0.5).abs() < 0.1);
+        let flat: Vec<f64> = (0..30).map(|i| (i % 3) as f64).collect();
+        assert!(mann_kendall(&flat).1 > 0.05);
+    }
+}

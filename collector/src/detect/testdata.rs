@@ -1,0 +1,179 @@
+//! Deterministic synthetic services for the tests: a seeded RNG, a service made of weighted
+//! stacks whose samples are drawn per bucket with binomial noise, and an in-memory
+//! [`StackSource`] over the same draws (so series and stacks agree, as they do in a store).
+
+use std::collections::BTreeSet;
+
+use super::{DetectError, FunctionSeries, ServiceSeries, StackSource};
+
+/// SplitMix64 with Box-Muller normals: small, seeded, reproducible.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xd1b5_4a32_d192_ed03)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in (0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    pub fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+}
+
+/// Weight of a stack at a bucket.
+pub type Weight = Box<dyn Fn(usize) -> f64>;
+
+/// A synthetic service: stacks with a weight per bucket, `samples` samples per bucket drawn
+/// over them, each sample worth `uj_per_sample` µJ times the stack's energy factor.
+pub struct Synth {
+    pub service: String,
+    pub start: i64,
+    pub step: i64,
+    pub buckets: usize,
+    pub samples: f64,
+    pub uj_per_sample: f64,
+    pub stacks: Vec<(String, f64, Weight)>,
+}
+
+pub const STEP: i64 = 300;
+pub const DAY: usize = 288;
+/// Monday 2026-11-02 00:00 UTC.
+pub const START: i64 = 1_793_577_600;
+
+impl Synth {
+    pub fn new(days: usize) -> Synth {
+        Synth {
+            service: "api".into(),
+            start: START,
+            step: STEP,
+            buckets: days * DAY,
+            samples: 1_000_000.0,
+            uj_per_sample: 300_000.0,
+            stacks: Vec::new(),
+        }
+    }
+
+    /// Adds a stack of constant weight.
+    pub fn stack(mut self, folded: &str, weight: f64) -> Synth {
+        self.stacks
+            .push((folded.into(), 1.0, Box::new(move |_| weight)));
+        self
+    }
+
+    /// Adds a stack whose weight is a function of the bucket.
+    pub fn stack_fn(mut self, folded: &str, weight: impl Fn(usize) -> f64 + 'static) -> Synth {
+        self.stacks.push((folded.into(), 1.0, Box::new(weight)));
+        self
+    }
+
+    /// Time of bucket `b`.
+    pub fn at(&self, b: usize) -> i64 {
+        self.start + b as i64 * self.step
+    }
+
+    /// The series and the stacks they were summed from, drawn with `seed`.
+    pub fn build(&self, seed: u64) -> (ServiceSeries, MemStacks) {
+        let mut rng = Rng::new(seed);
+        let frames: BTreeSet<&str> = self.stacks.iter().flat_map(|s| s.0.split(';')).collect();
+        let mut counts = vec![vec![0u64; self.stacks.len()]; self.buckets];
+        for (b, row) in counts.iter_mut().enumerate() {
+            let w: Vec<f64> = self.stacks.iter().map(|s| s.2(b).max(0.0)).collect();
+            let total: f64 = w.iter().sum();
+            for (c, wi) in row.iter_mut().zip(&w) {
+                let p = wi / total;
+                let mean = self.samples * p;
+                let draw = mean + (mean * (1.0 - p)).sqrt() * rng.normal();
+                *c = draw.round().max(0.0) as u64;
+            }
+        }
+        let uj = |s: usize, n: u64| n as f64 * self.uj_per_sample * self.stacks[s].1;
+        let mut series = ServiceSeries {
+            service: self.service.clone(),
+            start: self.start,
+            step: self.step,
+            samples: counts
+                .iter()
+                .map(|r| r.iter().sum::<u64>() as f64)
+                .collect(),
+            energy_uj: counts
+                .iter()
+                .map(|r| r.iter().enumerate().map(|(s, n)| uj(s, *n)).sum())
+                .collect(),
+            estimated: false,
+            fleet_scale: 10.0,
+            functions: Vec::new(),
+        };
+        for f in frames {
+            let through: Vec<usize> = (0..self.stacks.len())
+                .filter(|s| self.stacks[*s].0.split(';').any(|x| x == f))
+                .collect();
+            series.functions.push(FunctionSeries {
+                function: f.to_string(),
+                samples_incl: counts
+                    .iter()
+                    .map(|r| through.iter().map(|s| r[*s]).sum::<u64>() as f64)
+                    .collect(),
+                energy_incl_uj: counts
+                    .iter()
+                    .map(|r| through.iter().map(|s| uj(*s, r[*s])).sum())
+                    .collect(),
+            });
+        }
+        let stacks = MemStacks {
+            start: self.start,
+            step: self.step,
+            names: self.stacks.iter().map(|s| s.0.clone()).collect(),
+            energy: self
+                .stacks
+                .iter()
+                .map(|s| self.uj_per_sample * s.1)
+                .collect(),
+            counts,
+        };
+        (series, stacks)
+    }
+}
+
+/// The stacks a [`Synth`] drew, summed over whole buckets in [from, to).
+pub struct MemStacks {
+    start: i64,
+    step: i64,
+    names: Vec<String>,
+    energy: Vec<f64>,
+    counts: Vec<Vec<u64>>,
+}
+
+impl StackSource for MemStacks {
+    fn stacks(&self, _: &str, from: i64, to: i64) -> Result<Vec<(String, u64, f64)>, DetectError> {
+        let b = |t: i64| {
+            ((t - self.start).div_euclid(self.step)).clamp(0, self.counts.len() as i64) as usize
+        };
+        let mut sums = vec![0u64; self.names.len()];
+        for row in &self.counts[b(from)..b(to)] {
+            for (s, n) in sums.iter_mut().zip(row) {
+                *s += n;
+            }
+        }
+        Ok(self
+            .names
+            .iter()
+            .zip(sums)
+            .zip(&self.energy)
+            .filter(|((_, n), _)| *n > 0)
+            .map(|((name, n), e)| (name.clone(), n, n as f64 * e))
+            .collect())
+    }
+}

@@ -1,0 +1,105 @@
+//! Detection's input from the store: a service's [`ServiceSeries`] (its totals and every
+//! function's inclusive samples and energy per step, two reads whatever the number of
+//! functions), the fleet scale of each service, and [`StoreStacks`], the stacks of a window.
+
+use std::collections::HashMap;
+
+use crate::attribute::FleetConfig;
+use crate::detect::{DetectConfig, DetectError, FunctionSeries, ServiceSeries, StackSource};
+use crate::store::{BucketSeries, Store, StoreError, Window};
+
+/// Hosts reporting a service over this long before `now` set its fleet scale.
+const SCALE_WINDOW: i64 = 86_400;
+
+/// The series of `service` over `cfg.history` before `now`, on `cfg.step` buckets aligned to
+/// the step (the last bucket is the one holding `now`).
+pub fn read(
+    store: &dyn Store,
+    service: &str,
+    cfg: &DetectConfig,
+    fleet_scale: f64,
+    now: i64,
+) -> Result<ServiceSeries, StoreError> {
+    let step = cfg.step;
+    let to = (now.div_euclid(step) + 1) * step;
+    let window = Window {
+        from: to - cfg.history.div_euclid(step).max(1) * step,
+        to,
+    };
+    let totals = store.service_buckets(window, service, step)?;
+    let functions = store.function_buckets(window, service, step)?;
+    let total = totals.series.first();
+    let len = totals.len;
+    let f64s = |v: &[u64]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+    let energy = |s: &BucketSeries| -> Vec<f64> {
+        (s.uj.iter().zip(&s.est_uj))
+            .map(|(&m, &e)| (m + e) as f64)
+            .collect()
+    };
+    Ok(ServiceSeries {
+        service: service.to_string(),
+        start: totals.start,
+        step,
+        samples: total.map_or_else(|| vec![0.0; len], |t| f64s(&t.samples)),
+        energy_uj: total.map_or_else(|| vec![0.0; len], energy),
+        estimated: total.is_some_and(BucketSeries::estimated)
+            || functions.series.iter().any(BucketSeries::estimated),
+        fleet_scale,
+        functions: (functions.series.iter())
+            .map(|f| FunctionSeries {
+                function: f.key.clone(),
+                samples_incl: f64s(&f.samples),
+                energy_incl_uj: energy(f),
+            })
+            .collect(),
+    })
+}
+
+/// Per service, fleet hosts / hosts reporting over the last day (services without a
+/// configured fleet size are absent: their scale is 1).
+pub fn fleet_scales(
+    store: &dyn Store,
+    fleet: &FleetConfig,
+    now: i64,
+) -> Result<HashMap<String, f64>, StoreError> {
+    if fleet.fleet_hosts.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let w = Window {
+        from: now - SCALE_WINDOW,
+        to: now + 60,
+    };
+    Ok((store.services(w)?.into_iter())
+        .filter(|s| s.hosts > 0)
+        .map(|s| {
+            let (fleet_hosts, _) = fleet.fleet_hosts(&s.service, s.hosts);
+            (s.service, fleet_hosts as f64 / s.hosts as f64)
+        })
+        .collect())
+}
+
+/// [`StackSource`] over [`Store::stacks`]: every build's stacks of a service, summed.
+pub struct StoreStacks<'a>(pub &'a dyn Store);
+
+impl StackSource for StoreStacks<'_> {
+    fn stacks(
+        &self,
+        service: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(String, u64, f64)>, DetectError> {
+        let rows = (self.0)
+            .stacks(Window { from, to }, Some(service))
+            .map_err(|e| DetectError::Stacks {
+                service: service.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(rows
+            .into_iter()
+            .map(|k| {
+                let t = k.totals;
+                (k.key, t.samples_self, (t.uj_self + t.est_uj_self) as f64)
+            })
+            .collect())
+    }
+}
