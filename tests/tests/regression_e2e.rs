@@ -6,6 +6,9 @@
 //! work), and `wattson regressions --json` must report `hash_records`, opened after the change,
 //! with that change among its causes.
 //!
+//! The agent labels the demo by its executable's path, a copy in the test's own directory: other
+//! `wattson-demo`s on a shared machine (another test's) are not this service's samples.
+//!
 //! Bounded: about 3.5 minutes of each phase (the config's shortest segment is 2 minutes on
 //! either side of the change point) plus start-up. The regression is large (hash_records goes
 //! from about half of the demo's samples to about four fifths) so a busy 2-core machine, which
@@ -21,8 +24,11 @@ use wattson_e2e::procs::{self, Proc};
 const DEMO: &str = env!("CARGO_BIN_EXE_wattson-demo");
 const SERVICE: &str = "e2e-regress";
 const HOT: &str = "wattson_demo::hash_records";
-/// How long each phase (before and after the slowdown) runs.
+/// How long each phase (before and after the slowdown) runs at least.
 const PHASE: Duration = Duration::from_secs(210);
+/// Batches the agent must have shipped during a phase, and how long past `PHASE` that may take.
+const PHASE_BATCHES: usize = 4;
+const PHASE_SLACK: Duration = Duration::from_secs(600);
 
 /// Detection on one-minute buckets with windows of minutes, so a test sees a change point.
 const CONFIG: &str = r#"
@@ -48,9 +54,10 @@ fn now() -> i64 {
 struct Demo(Child);
 
 impl Demo {
-    fn start(extra: &[&str]) -> Demo {
+    /// Runs the demo binary at `exe` (a copy of [`DEMO`]) with `extra` arguments.
+    fn start(exe: &Path, extra: &[&str]) -> Demo {
         Demo(
-            Command::new(DEMO)
+            Command::new(exe)
                 .args(["--workload", "mixed"])
                 .args(extra)
                 .stdin(Stdio::null())
@@ -84,12 +91,17 @@ fn wattson(url: &str, args: &[&str], logs: &[&Proc]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Waits `d`, failing early if the agent dies.
-fn run_for(agent: &mut Proc, d: Duration) {
+/// Runs a phase: at least `d`, and until the agent has had [`PHASE_BATCHES`] more batches
+/// acknowledged, so each side of the change holds several minutes of data even when a loaded
+/// machine makes the agent ship late (each batch is an interval: at least one bucket).
+fn run_phase(agent: &mut Proc, d: Duration) {
     let until = Instant::now() + d;
-    agent.wait_until("the phase to end", d + Duration::from_secs(5), |_| {
-        Instant::now() >= until
-    });
+    let before = agent.count("batch acknowledged");
+    agent.wait_until(
+        &format!("{PHASE_BATCHES} acknowledged batches in a phase of at least {d:?}"),
+        d + PHASE_SLACK,
+        |p| Instant::now() >= until && p.count("batch acknowledged") >= before + PHASE_BATCHES,
+    );
 }
 
 #[test]
@@ -104,13 +116,17 @@ fn a_slower_function_is_reported_with_the_change_that_touched_it() {
         &["--config".into(), config.display().to_string()],
     );
     let url = format!("http://{addr}");
+    let exe = dir.path().join("wattson-demo");
+    std::fs::copy(DEMO, &exe).expect("copying wattson-demo into the test directory");
     let started = now();
-    let mut agent = start_agent(&url, dir.path());
-    let demo = Demo::start(&[]);
-    agent.wait_until("a first acknowledged batch", Duration::from_secs(60), |p| {
-        p.count("batch acknowledged") >= 1
-    });
-    run_for(&mut agent, PHASE);
+    let mut agent = start_agent(&url, dir.path(), &exe);
+    let demo = Demo::start(&exe, &[]);
+    agent.wait_until(
+        "a first acknowledged batch",
+        Duration::from_secs(300),
+        |p| p.count("batch acknowledged") >= 1,
+    );
+    run_phase(&mut agent, PHASE);
 
     // The change, recorded as a deploy system would, at the moment the slower code starts.
     drop(demo);
@@ -136,10 +152,10 @@ fn a_slower_function_is_reported_with_the_change_that_touched_it() {
     .trim()
     .to_owned();
     assert!(!id.is_empty(), "changes record printed no id");
-    let _slow = Demo::start(&["--slowdown", "hash_records=4"]);
-    run_for(&mut agent, PHASE);
+    let _slow = Demo::start(&exe, &["--slowdown", "hash_records=4"]);
+    run_phase(&mut agent, PHASE);
     let acked = agent.count("batch acknowledged");
-    agent.stop(libc::SIGTERM, Duration::from_secs(30));
+    agent.stop(libc::SIGTERM, Duration::from_secs(120));
 
     let (from, to) = (started.to_string(), (now() + 60).to_string());
     let text = wattson(
@@ -210,7 +226,7 @@ fn a_slower_function_is_reported_with_the_change_that_touched_it() {
     }
 }
 
-fn start_agent(url: &str, dir: &Path) -> Proc {
+fn start_agent(url: &str, dir: &Path, demo: &Path) -> Proc {
     let args: Vec<String> = [
         "run",
         "--collector",
@@ -222,7 +238,7 @@ fn start_agent(url: &str, dir: &Path) -> Proc {
         "--host-id",
         "e2e-regress-host",
         "--service",
-        &format!("comm:wattson-demo={SERVICE}"),
+        &format!("exe:{}={SERVICE}", demo.display()),
         "--energy-source",
         "model",
         "--spool-dir",
