@@ -16,7 +16,9 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use wattson_proto::v1::detection_service_client::DetectionServiceClient;
-use wattson_proto::v1::{ListRegressionsRequest, ListRegressionsResponse, Regression, TimeWindow};
+use wattson_proto::v1::{
+    ListChangesRequest, ListRegressionsRequest, ListRegressionsResponse, Regression, TimeWindow,
+};
 
 use super::Row;
 use crate::fleet_sim::{self, Collector, Event, Kind, Truth};
@@ -63,9 +65,19 @@ fn args(seed: u64, services: usize, functions: usize) -> fleet_sim::Args {
     }
 }
 
-/// Simulates `a` into a fresh collector and asks it for every regression; returns the truth,
-/// the answer and the seconds the first `ListRegressions` took (the detection pass).
-fn detect(a: &fleet_sim::Args) -> anyhow::Result<(Truth, ListRegressionsResponse, f64)> {
+/// What one simulated fleet gave.
+struct Detected {
+    truth: Truth,
+    answer: ListRegressionsResponse,
+    /// Build id of every change the collector lists, by change id: the collector names the
+    /// deploys it records by itself, so a deploy is matched by its build.
+    builds: BTreeMap<String, String>,
+    /// Seconds the first `ListRegressions` took (the detection pass).
+    seconds: f64,
+}
+
+/// Simulates `a` into a fresh collector and asks it for every regression and change.
+fn detect(a: &fleet_sim::Args) -> anyhow::Result<Detected> {
     let dir = tempfile::tempdir()?;
     let collector = Collector::start(dir.path(), a.days, &a.collector_args)?;
     let url = collector.url();
@@ -82,7 +94,7 @@ fn detect(a: &fleet_sim::Args) -> anyhow::Result<(Truth, ListRegressionsResponse
         to_unix_seconds: out.truth.end_unix_seconds,
     };
     let began = Instant::now();
-    let answer = rt.block_on(async {
+    let (answer, seconds, changes) = rt.block_on(async {
         let mut client = DetectionServiceClient::connect(url.clone())
             .await?
             .max_decoding_message_size(256 << 20);
@@ -94,9 +106,22 @@ fn detect(a: &fleet_sim::Args) -> anyhow::Result<(Truth, ListRegressionsResponse
             })
             .await
             .with_context(|| format!("ListRegressions at {url}"))?;
-        anyhow::Ok(r.into_inner())
+        let seconds = began.elapsed().as_secs_f64();
+        let changes = client
+            .list_changes(ListChangesRequest {
+                window: Some(window),
+                service: String::new(),
+            })
+            .await
+            .with_context(|| format!("ListChanges at {url}"))?;
+        anyhow::Ok((r.into_inner(), seconds, changes.into_inner().changes))
     })?;
-    Ok((out.truth, answer, began.elapsed().as_secs_f64()))
+    Ok(Detected {
+        truth: out.truth,
+        answer,
+        builds: changes.into_iter().map(|c| (c.id, c.build_id)).collect(),
+        seconds,
+    })
 }
 
 /// What the scoring of one or more seeds counted.
@@ -132,9 +157,10 @@ fn near(e: &Event, t: i64) -> bool {
 }
 
 impl Score {
-    fn add(&mut self, truth: &Truth, answer: &ListRegressionsResponse, seconds: f64) {
+    fn add(&mut self, d: &Detected) {
+        let (truth, answer) = (&d.truth, &d.answer);
         self.series += answer.series;
-        self.pass_seconds.push(seconds);
+        self.pass_seconds.push(d.seconds);
         if !answer.note.is_empty() {
             self.notes
                 .push(format!("seed {}: {}", truth.seed, answer.note));
@@ -160,7 +186,7 @@ impl Score {
                     let e = &truth.events[i];
                     self.delays
                         .push((r.detected_unix_seconds - e.at) as f64 / 3600.0);
-                    self.culprit_of(e, r);
+                    self.culprit_of(truth, &d.builds, e, r);
                 }
                 Some(_) => *self.false_positives.entry("duplicate").or_default() += 1,
                 None => *self.false_positives.entry(fp_kind(truth, r)).or_default() += 1,
@@ -185,10 +211,27 @@ impl Score {
         }
     }
 
-    fn culprit_of(&mut self, e: &Event, r: &Regression) {
+    fn culprit_of(
+        &mut self,
+        truth: &Truth,
+        builds: &BTreeMap<String, String>,
+        e: &Event,
+        r: &Regression,
+    ) {
         match &e.change_id {
             Some(id) => {
-                let rank = r.causes.iter().position(|c| &c.change_id == id);
+                // The same change: its id, or a deploy of the same build under the collector's id.
+                let build = truth
+                    .changes
+                    .iter()
+                    .find(|c| &c.id == id)
+                    .map_or("", |c| c.build_id.as_str());
+                let same = |cause: &str| {
+                    cause == id
+                        || (!build.is_empty()
+                            && builds.get(cause).is_some_and(|b| b.as_str() == build))
+                };
+                let rank = r.causes.iter().position(|c| same(&c.change_id));
                 self.culprit.0 += usize::from(rank == Some(0));
                 self.culprit.1 += usize::from(rank.is_some_and(|k| k < 3));
                 self.culprit.2 += 1;
@@ -258,13 +301,16 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
             seed,
             ..quality.clone()
         };
-        let (truth, answer, seconds) = detect(&a)?;
-        score.add(&truth, &answer, seconds);
+        score.add(&detect(&a)?);
     }
     report(rows, &score, &quality);
+    // The speed run takes minutes and gigabytes: what was scored is shown before it starts.
+    eprint!("{}", super::table(rows));
     // Speed: one seed at 10,000 (service, function) series.
     let a = args(SEEDS[0], SPEED_SERVICES, SPEED_FUNCTIONS);
-    let (_, answer, seconds) = detect(&a)?;
+    let Detected {
+        answer, seconds, ..
+    } = detect(&a)?;
     rows.push(row(
         format!(
             "full detection pass, {SPEED_SERVICES} x {SPEED_FUNCTIONS} functions (cpu + energy), 14 d at 5 min, SQLite"

@@ -68,7 +68,9 @@ pub struct Event {
     /// Added fraction of the service's samples at full effect (negative for improvements).
     pub delta_share: f64,
     pub cause: Cause,
-    /// The change that caused it, when one exists (recorded or automatic).
+    /// The change that caused it, when one exists (recorded or automatic). An automatic
+    /// deploy's id here is `deploy-SERVICE-BUILD`; the collector may name it by a prefix of the
+    /// build, so match those by the change's `build_id`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub change_id: Option<String>,
     /// Whether a detector should report it as an open regression.
