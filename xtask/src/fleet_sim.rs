@@ -159,16 +159,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         t.events.iter().filter(|e| e.regression).count(),
         truth_path.display()
     );
-    if let Some(c) = collector {
-        if args.serve {
-            eprintln!(
-                "fleet-sim: collector serving at {} (try `wattson --collector {} regressions --from {} --all`); Ctrl-C stops it",
-                c.url(),
-                c.url(),
-                t.start_unix_seconds
-            );
-            c.wait()?;
-        }
+    if let Some(c) = collector
+        && args.serve
+    {
+        eprintln!(
+            "fleet-sim: collector serving at {} (try `wattson --collector {} regressions --from {} --all`); Ctrl-C stops it",
+            c.url(),
+            c.url(),
+            t.start_unix_seconds
+        );
+        c.wait()?;
     }
     Ok(())
 }

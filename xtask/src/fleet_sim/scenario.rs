@@ -491,7 +491,7 @@ fn shape_event(
             let d = SIZES[3 + rng.below(4)];
             let f = pick(rng, &|f| svc.share(f) >= 2.0 * d)?;
             event.function = svc.functions[f].name.clone();
-            event.subtree = svc.functions[f].children.len() > 0;
+            event.subtree = !svc.functions[f].children.is_empty();
             event.delta_share = -d;
             event.effect = spread(f, -d);
         }
