@@ -14,8 +14,8 @@ use anyhow::Context as _;
 use wattson_proto::v1::detection_service_client::DetectionServiceClient;
 use wattson_proto::v1::ingest_service_client::IngestServiceClient;
 use wattson_proto::v1::{
-    AgentLosses, Batch, ClockEvent, DomainKind, EnergyDomain, EnergySource, Frame, FrameKind,
-    Function, Host, IngestRequest, IntervalProfile, Process, RecordChangeRequest, Sample, Stack,
+    AgentLosses, Batch, Frame, FrameKind, Function, Host, IngestRequest, Process,
+    RecordChangeRequest, Sample, Stack,
 };
 
 use super::model::{CPUS_PER_HOST, FREQUENCY_HZ, IDLE_WATTS_PER_HOST, Service};
@@ -133,28 +133,14 @@ pub fn batch(sim: &Simulated, clock: &Clock, first: usize, sequence: u64, instan
                     })
                 })
                 .collect();
-            let attributed: f64 = samples.iter().map(|s| s.microjoules).sum();
             let idle = f64::from(svc.hosts) * IDLE_WATTS_PER_HOST * clock.step as f64 * 1e6;
-            IntervalProfile {
-                start_unix_nanos: t as u64 * 1_000_000_000,
-                duration_nanos: clock.step as u64 * 1_000_000_000,
-                frequency_hz: FREQUENCY_HZ,
-                clock_event: ClockEvent::CpuClock as i32,
-                energy_source: EnergySource::Powercap as i32,
-                energy_model_index: 0,
-                domains: vec![EnergyDomain {
-                    kind: DomainKind::Package as i32,
-                    package: 0,
-                    microjoules: attributed + idle,
-                    estimated: false,
-                }],
-                interval_microjoules: attributed + idle,
-                idle_microjoules: idle,
-                attributed_microjoules: attributed,
-                estimated: false,
-                dropped_samples: 0,
+            wattson_proto::synthetic::interval(
+                t as u64 * 1_000_000_000,
+                clock.step as u64 * 1_000_000_000,
+                FREQUENCY_HZ,
+                idle,
                 samples,
-            }
+            )
         })
         .collect();
     let host_id = format!("sim-{}", svc.name);
