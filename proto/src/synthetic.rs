@@ -164,28 +164,14 @@ pub fn batch(
                     }
                 })
                 .collect();
-            let attributed: f64 = samples.iter().map(|s| s.microjoules).sum();
             let idle = 20.0 * shape.interval_secs as f64 * 1e6;
-            IntervalProfile {
-                start_unix_nanos: start_unix_nanos + p as u64 * duration,
-                duration_nanos: duration,
-                frequency_hz: shape.frequency_hz,
-                clock_event: ClockEvent::CpuClock as i32,
-                energy_source: EnergySource::Powercap as i32,
-                energy_model_index: 0,
-                domains: vec![EnergyDomain {
-                    kind: DomainKind::Package as i32,
-                    package: 0,
-                    microjoules: attributed + idle,
-                    estimated: false,
-                }],
-                interval_microjoules: attributed + idle,
-                idle_microjoules: idle,
-                attributed_microjoules: attributed,
-                estimated: false,
-                dropped_samples: 0,
+            interval(
+                start_unix_nanos + p as u64 * duration,
+                duration,
+                shape.frequency_hz,
+                idle,
                 samples,
-            }
+            )
         })
         .collect();
     Batch {
@@ -209,6 +195,38 @@ pub fn batch(
         profiles,
         losses: Some(AgentLosses::default()),
         agent_instance: String::new(),
+    }
+}
+
+/// A cpu-clock interval profile with measured (powercap) package energy: the samples' microjoules
+/// attributed, `idle_microjoules` more for the host's idle, no drops.
+pub fn interval(
+    start_unix_nanos: u64,
+    duration_nanos: u64,
+    frequency_hz: u32,
+    idle_microjoules: f64,
+    samples: Vec<Sample>,
+) -> IntervalProfile {
+    let attributed: f64 = samples.iter().map(|s| s.microjoules).sum();
+    IntervalProfile {
+        start_unix_nanos,
+        duration_nanos,
+        frequency_hz,
+        clock_event: ClockEvent::CpuClock as i32,
+        energy_source: EnergySource::Powercap as i32,
+        energy_model_index: 0,
+        domains: vec![EnergyDomain {
+            kind: DomainKind::Package as i32,
+            package: 0,
+            microjoules: attributed + idle_microjoules,
+            estimated: false,
+        }],
+        interval_microjoules: attributed + idle_microjoules,
+        idle_microjoules,
+        attributed_microjoules: attributed,
+        estimated: false,
+        dropped_samples: 0,
+        samples,
     }
 }
 

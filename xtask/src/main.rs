@@ -4,6 +4,7 @@
 
 mod bench;
 mod cmd;
+mod fleet_sim;
 mod initramfs;
 mod lab;
 mod setup;
@@ -36,6 +37,9 @@ enum Task {
     Test(test::Args),
     /// Boot Debian kernels under QEMU (TCG) and run the in-VM kernel tests in each.
     VmTest(vm::Args),
+    /// Stream a synthetic fleet (weeks of backfilled profiles, known regressions) through the
+    /// real gRPC ingest path to a collector, and write its ground truth as JSON.
+    FleetSim(fleet_sim::Args),
     /// Side-by-side measurements (agent overhead, ingest and query speed); prints a table.
     Bench(bench::Args),
 }
@@ -47,6 +51,7 @@ fn main() -> std::process::ExitCode {
         Task::Setup(args) => setup::run(&args),
         Task::Test(args) => test::run(&args),
         Task::VmTest(args) => vm::run(&args),
+        Task::FleetSim(args) => fleet_sim::run(&args),
         Task::Bench(args) => bench::run(&args),
     })
 }

@@ -3,7 +3,8 @@
 //! shows up as its own frame, and the workspace builds with frame pointers so its callers do too.
 //!
 //! `--duty` sets the busy fraction of every 30 ms period (1.0 = spin all the time), so tests
-//! can run processes with a known CPU split.
+//! can run processes with a known CPU split. `--slowdown FUNCTION=FACTOR` makes one named hot
+//! function do FACTOR times its work per call, inside its own frame (a regression to detect).
 
 use std::{
     hint::black_box,
@@ -12,10 +13,12 @@ use std::{
 };
 
 const USAGE: &str = "usage: wattson-demo [--workload hash|compress|parse|mixed] [--duty 0..1] \
-[--seconds N]\n\nRuns named CPU-bound functions in a loop (for Wattson's lab and tests).\n\
+[--seconds N] [--slowdown FUNCTION=FACTOR]\n\nRuns named CPU-bound functions in a loop (for Wattson's lab and tests).\n\
   --workload  which hot function(s) to run (default mixed: hash 50%, compress 30%, parse 20%)\n\
   --duty      busy fraction of each 30 ms period (default 1.0)\n\
-  --seconds   stop after N seconds (default: run until killed)";
+  --seconds   stop after N seconds (default: run until killed)\n\
+  --slowdown  FUNCTION=FACTOR: one hot function (hash_records, compress_blocks, parse_numbers) \
+does FACTOR times its work per call, e.g. hash_records=3 (default: none)";
 
 #[derive(Clone, Copy)]
 enum Workload {
@@ -29,6 +32,49 @@ struct Options {
     workload: Workload,
     duty: f64,
     seconds: Option<f64>,
+    slowdown: Slowdown,
+}
+
+/// Times each hot function repeats its work per call (1 = normal).
+#[derive(Clone, Copy)]
+struct Slowdown {
+    hash: u32,
+    compress: u32,
+    parse: u32,
+}
+
+impl Slowdown {
+    const NONE: Slowdown = Slowdown {
+        hash: 1,
+        compress: 1,
+        parse: 1,
+    };
+
+    /// `FUNCTION=FACTOR`, FUNCTION one of the hot functions' names.
+    fn parse(arg: &str) -> Result<Slowdown, String> {
+        let (name, factor) = arg
+            .split_once('=')
+            .ok_or(format!("--slowdown {arg}: expected FUNCTION=FACTOR"))?;
+        let factor: u32 = factor
+            .parse()
+            .ok()
+            .filter(|f| (1..=1000).contains(f))
+            .ok_or(format!(
+                "--slowdown {arg}: FACTOR must be an integer in 1..=1000"
+            ))?;
+        let mut s = Slowdown::NONE;
+        match name {
+            "hash_records" => s.hash = factor,
+            "compress_blocks" => s.compress = factor,
+            "parse_numbers" => s.parse = factor,
+            other => {
+                return Err(format!(
+                    "--slowdown {other}: unknown function (hash_records, compress_blocks or parse_numbers)"
+                ));
+            }
+        }
+        Ok(s)
+    }
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -36,6 +82,7 @@ fn parse_args() -> Result<Options, String> {
         workload: Workload::Mixed,
         duty: 1.0,
         seconds: None,
+        slowdown: Slowdown::NONE,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -66,26 +113,38 @@ fn parse_args() -> Result<Options, String> {
                     .map_err(|e| format!("--seconds: {e}"))?;
                 opts.seconds = Some(s);
             }
+            "--slowdown" => opts.slowdown = Slowdown::parse(&value("--slowdown")?)?,
             other => return Err(format!("unknown argument {other}")),
         }
     }
     Ok(opts)
 }
 
-/// FNV-1a over a buffer, many times: the "hashing" hot spot.
+/// FNV-1a over a buffer, `times` times: the "hashing" hot spot.
 #[inline(never)]
-fn hash_records(data: &[u8]) -> u64 {
+fn hash_records(data: &[u8], times: u32) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for &b in data {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    for _ in 0..times {
+        for &b in black_box(data) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
     }
     h
 }
 
-/// Run-length encoding of a buffer: the "compression" hot spot.
+/// Run-length encoding of a buffer, `times` times: the "compression" hot spot.
 #[inline(never)]
-fn compress_blocks(data: &[u8], out: &mut Vec<u8>) -> usize {
+fn compress_blocks(data: &[u8], out: &mut Vec<u8>, times: u32) -> usize {
+    for _ in 1..times {
+        rle(black_box(data), out);
+    }
+    rle(data, out)
+}
+
+/// Inlined so the work stays in `compress_blocks`' own frame, as before `--slowdown`.
+#[inline(always)]
+fn rle(data: &[u8], out: &mut Vec<u8>) -> usize {
     out.clear();
     let mut i = 0;
     while i < data.len() {
@@ -101,17 +160,27 @@ fn compress_blocks(data: &[u8], out: &mut Vec<u8>) -> usize {
     out.len()
 }
 
-/// Decimal parsing of a text buffer: the "parsing" hot spot.
+/// Decimal parsing of a text buffer, `times` times: the "parsing" hot spot.
 #[inline(never)]
-fn parse_numbers(text: &str) -> u64 {
-    text.split(',')
-        .filter_map(|t| t.trim().parse::<u64>().ok())
-        .fold(0, u64::wrapping_add)
+fn parse_numbers(text: &str, times: u32) -> u64 {
+    (0..times).fold(0, |acc, _| {
+        black_box(text)
+            .split(',')
+            .filter_map(|t| t.trim().parse::<u64>().ok())
+            .fold(acc, u64::wrapping_add)
+    })
 }
 
 /// One unit of work of about the same cost whatever the workload.
 #[inline(never)]
-fn work_unit(workload: Workload, round: u64, data: &[u8], text: &str, out: &mut Vec<u8>) -> u64 {
+fn work_unit(
+    workload: Workload,
+    slow: Slowdown,
+    round: u64,
+    data: &[u8],
+    text: &str,
+    out: &mut Vec<u8>,
+) -> u64 {
     let pick = match workload {
         Workload::Mixed => match round % 10 {
             0..=4 => Workload::Hash,
@@ -121,9 +190,9 @@ fn work_unit(workload: Workload, round: u64, data: &[u8], text: &str, out: &mut 
         w => w,
     };
     match pick {
-        Workload::Hash => hash_records(data),
-        Workload::Compress => compress_blocks(data, out) as u64,
-        Workload::Parse | Workload::Mixed => parse_numbers(text),
+        Workload::Hash => hash_records(data, slow.hash),
+        Workload::Compress => compress_blocks(data, out, slow.compress) as u64,
+        Workload::Parse | Workload::Mixed => parse_numbers(text, slow.parse),
     }
 }
 
@@ -150,7 +219,14 @@ fn main() {
         let period_start = Instant::now();
         let busy = period.mul_f64(opts.duty);
         while period_start.elapsed() < busy {
-            acc = acc.wrapping_add(work_unit(opts.workload, round, &data, &text, &mut out));
+            acc = acc.wrapping_add(work_unit(
+                opts.workload,
+                opts.slowdown,
+                round,
+                &data,
+                &text,
+                &mut out,
+            ));
             round += 1;
         }
         if opts.duty < 1.0 {

@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 
 mod agent;
+mod detect;
 mod discard;
 mod ingest;
 mod store;
@@ -13,7 +14,7 @@ mod store;
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Only run areas whose name contains this (e.g. `agent`, `ingest`, `store`).
+    /// Only run areas whose name contains this (e.g. `agent`, `ingest`, `store`, `detect`).
     #[arg(long)]
     pub only: Option<String>,
 }
@@ -40,6 +41,7 @@ const AREAS: &[Area] = &[
     ("agent", agent::run),
     ("ingest", ingest::run),
     ("store", store::run),
+    ("detect", detect::run),
 ];
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
