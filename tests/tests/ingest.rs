@@ -422,7 +422,7 @@ fn pki(dir: &Path, name: &str) -> Pki {
     };
     let (server_cert, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()], "collector");
     // The collector binds a batch's host id to the certificate: the agent's is its host id.
-    let (client_cert, client_key) = leaf(vec!["e2e-tls".into()], "agent");
+    let (client_cert, client_key) = leaf(vec!["e2e-tls".into(), "e2e-tls-agent".into()], "agent");
     let write = |file: &str, pem: &str| {
         let p = dir.join(format!("{name}-{file}"));
         std::fs::write(&p, pem).unwrap();
