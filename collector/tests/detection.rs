@@ -4,88 +4,15 @@
 //! step; the note an empty history gives; the bearer token; and the `wattson` CLI's
 //! `changes` and `regressions`. Energy is synthetic (no RAPL on this host).
 
-use std::process::Command;
-use std::sync::Arc;
+mod common;
 
+use common::{Collector, bearer, wattson};
 use tonic::Code;
-use wattson_collector::server::{self, ServeConfig};
 use wattson_collector::store::synthetic::BatchBuilder;
-use wattson_collector::store::{self, Store};
 use wattson_proto::v1::detection_service_client::DetectionServiceClient;
-use wattson_proto::v1::ingest_service_client::IngestServiceClient;
 use wattson_proto::v1::{
-    Batch, Change, IngestRequest, ListChangesRequest, ListRegressionsRequest, RecordChangeRequest,
-    TimeWindow,
+    Batch, Change, ListChangesRequest, ListRegressionsRequest, RecordChangeRequest, TimeWindow,
 };
-
-struct Collector {
-    addr: String,
-    _dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Collector {
-    async fn start(token: Option<&str>) -> Collector {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("w.db").display());
-        let store: Arc<dyn Store> = Arc::from(store::open(&url).unwrap());
-        let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let config = ServeConfig {
-            token: token.map(str::to_string),
-            ..ServeConfig::default()
-        };
-        let task = tokio::spawn(async move {
-            server::serve(listener, store, config, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-        Collector {
-            addr,
-            _dir: dir,
-            stop: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    async fn detection(&self) -> DetectionServiceClient<tonic::transport::Channel> {
-        DetectionServiceClient::connect(self.addr.clone())
-            .await
-            .unwrap()
-    }
-
-    async fn ingest(&self, batches: Vec<Batch>) {
-        let mut c = IngestServiceClient::connect(self.addr.clone())
-            .await
-            .unwrap();
-        for b in batches {
-            c.ingest(IngestRequest::plain(b)).await.unwrap();
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
-    }
-}
-
-/// Runs the real `wattson` CLI: (success, stdout, stderr).
-fn wattson(addr: &str, args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_wattson"))
-        .args(["--collector", addr])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).to_string(),
-        String::from_utf8_lossy(&o.stderr).to_string(),
-    )
-}
 
 fn now() -> i64 {
     wattson_collector::report::now()
@@ -134,7 +61,7 @@ fn all_time() -> ListChangesRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_are_recorded_validated_listed_and_merged_with_deploys() {
-    let col = Collector::start(None).await;
+    let col = Collector::with_token(None).await;
     let t = now() - 7200;
     col.ingest(vec![minute(1, t, "b1aaaaaaaaaaaaaaaaaa")]).await;
     let mut d = col.detection().await;
@@ -313,7 +240,7 @@ async fn changes_are_recorded_validated_listed_and_merged_with_deploys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_or_short_history_gives_the_note_not_regressions() {
-    let col = Collector::start(None).await;
+    let col = Collector::with_token(None).await;
     // Health answers for the detection service, as for the others.
     let channel = tonic::transport::Endpoint::from_shared(col.addr.clone())
         .unwrap()
@@ -342,7 +269,7 @@ async fn an_empty_or_short_history_gives_the_note_not_regressions() {
     assert!(r.note.contains("no profiles"), "{r:?}");
     // Two hours of data: too short for the one day of history detection needs.
     let t = now() - 7200;
-    let batches = (0..120)
+    let batches: Vec<Batch> = (0..120)
         .map(|m| minute(m + 1, t + m as i64 * 60, "b1"))
         .collect();
     col.ingest(batches).await;
@@ -416,31 +343,20 @@ fn three_days(end: i64, step_at: i64) -> Vec<Batch> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_injected_step_is_found_at_its_function_with_its_change() {
-    let col = Collector::start(Some("s3cret")).await;
+    let col = Collector::with_token(Some("s3cret")).await;
     let end = now() / 300 * 300;
     let step_at = end - 86_400;
     // Ingest with the token; without it, detection refuses too.
-    let channel = tonic::transport::Endpoint::from_shared(col.addr.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let auth = |mut r: tonic::Request<()>| {
-        r.metadata_mut()
-            .insert("authorization", "Bearer s3cret".parse().unwrap());
-        Ok(r)
-    };
-    let mut ingest = IngestServiceClient::with_interceptor(channel.clone(), auth);
-    for b in three_days(end, step_at) {
-        ingest.ingest(IngestRequest::plain(b)).await.unwrap();
-    }
+    col.ingest_as(Some("s3cret"), three_days(end, step_at))
+        .await;
     let mut anon = col.detection().await;
     let e = anon
         .list_regressions(ListRegressionsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
-    let mut d = DetectionServiceClient::with_interceptor(channel, auth);
+    let mut d =
+        DetectionServiceClient::with_interceptor(col.channel().await, bearer(Some("s3cret")));
     d.record_change(RecordChangeRequest {
         change: Some(Change {
             build_id: "b2".into(),

@@ -3,80 +3,32 @@
 //! flame graph SVG). Energy here is synthetic (no RAPL on this host): one host reports measured
 //! joules, another model estimates, and the figures must keep them apart.
 
+mod common;
+
 use std::process::Command;
 use std::sync::Arc;
 
+use common::{Collector, wattson};
 use tonic::Code;
 use wattson_collector::attribute::FleetConfig;
-use wattson_collector::server::{self, ServeConfig};
+use wattson_collector::server::ServeConfig;
 use wattson_collector::store::synthetic::BatchBuilder;
 use wattson_collector::store::{self, Store};
-use wattson_proto::v1::ingest_service_client::IngestServiceClient;
 use wattson_proto::v1::query_service_client::QueryServiceClient;
 use wattson_proto::v1::{
-    IngestRequest, PowerRequest, RankBy, SeriesRequest, StacksRequest, TimeWindow, TopRequest,
+    PowerRequest, RankBy, SeriesRequest, StacksRequest, TimeWindow, TopRequest,
 };
 
 /// 2026-11-02 00:00:00 UTC.
 const T0: i64 = 1_793_577_600;
 
-struct Collector {
-    addr: String,
-    _dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Collector {
-    async fn start(fleet: FleetConfig) -> Collector {
-        Self::start_with(fleet, None).await
-    }
-
-    async fn start_with(fleet: FleetConfig, token: Option<String>) -> Collector {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("w.db").display());
-        let store: Arc<dyn Store> = Arc::from(store::open(&url).unwrap());
-        let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let config = ServeConfig {
-            fleet,
-            token,
-            ..ServeConfig::default()
-        };
-        let task = tokio::spawn(async move {
-            server::serve(listener, store, config, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-        Collector {
-            addr,
-            _dir: dir,
-            stop: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
-    }
-}
-
-/// Runs the real `wattson` CLI against `addr`: (success, stdout, stderr).
-fn wattson(addr: &str, args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_wattson"))
-        .args(["--collector", addr])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).to_string(),
-        String::from_utf8_lossy(&o.stderr).to_string(),
-    )
+/// A collector with `fleet` as its fleet configuration.
+async fn start(fleet: FleetConfig) -> Collector {
+    Collector::serve(ServeConfig {
+        fleet,
+        ..ServeConfig::default()
+    })
+    .await
 }
 
 fn window(from: i64, to: i64) -> Option<TimeWindow> {
@@ -123,20 +75,11 @@ fn batches() -> Vec<wattson_proto::v1::Batch> {
     out
 }
 
-async fn load(addr: &str) {
-    let mut c = IngestServiceClient::connect(addr.to_string())
-        .await
-        .unwrap();
-    for b in batches() {
-        c.ingest(IngestRequest::plain(b)).await.unwrap();
-    }
-}
-
 /// Regression: `--token` guarded ingest only; the query service answered anyone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_need_the_collectors_token() {
-    let col = Collector::start_with(FleetConfig::default(), Some("s3cret".into())).await;
-    load_with_token(&col.addr, "s3cret").await;
+    let col = Collector::with_token(Some("s3cret")).await;
+    col.ingest_as(Some("s3cret"), batches()).await;
     let addr = col.addr.clone();
     let (none, wrong, right) = tokio::task::spawn_blocking(move || {
         let run = |token: &[&str]| {
@@ -175,30 +118,13 @@ async fn queries_need_the_collectors_token() {
     col.stop().await;
 }
 
-/// Ingests the standard batches through a collector that requires `token`.
-async fn load_with_token(addr: &str, token: &str) {
-    let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
-    let mut c = IngestServiceClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("authorization", header.clone());
-        Ok(r)
-    });
-    for b in batches() {
-        c.ingest(IngestRequest::plain(b)).await.unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn top_series_power_over_grpc() {
     let fleet = FleetConfig::default()
         .with_fleet_hosts("api", 20)
         .with_pue(1.5);
-    let col = Collector::start(fleet).await;
-    load(&col.addr).await;
+    let col = start(fleet).await;
+    col.ingest(batches()).await;
     let mut q = QueryServiceClient::connect(col.addr.clone()).await.unwrap();
     let w = window(T0, T0 + 600);
 
@@ -305,8 +231,8 @@ async fn top_series_power_over_grpc() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wattson_cli_tables_json_and_flame() {
-    let col = Collector::start(FleetConfig::default()).await;
-    load(&col.addr).await;
+    let col = start(FleetConfig::default()).await;
+    col.ingest(batches()).await;
     let addr = col.addr.clone();
     let out = tokio::task::spawn_blocking(move || {
         let dir = tempfile::tempdir().unwrap();
@@ -427,10 +353,7 @@ fn late_joining_host_is_not_diluted_over_the_window() {
 /// tenth of its `top` watts in `diff`. Both now give the window the same watts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diff_watts_match_top_for_a_host_that_reported_part_of_the_window() {
-    let col = Collector::start(FleetConfig::default()).await;
-    let mut c = IngestServiceClient::connect(col.addr.clone())
-        .await
-        .unwrap();
+    let col = start(FleetConfig::default()).await;
     // One minute of a ten-minute window: 6 J in hash = 0.1 W while the host reported.
     let batch = BatchBuilder::new("late", 1)
         .interval(
@@ -441,7 +364,7 @@ async fn diff_watts_match_top_for_a_host_that_reported_part_of_the_window() {
             &[("api", "b1", "main;serve;hash", 60, 6_000_000.0)],
         )
         .build();
-    c.ingest(IngestRequest::plain(batch)).await.unwrap();
+    col.ingest([batch]).await;
     let addr = col.addr.clone();
     let (top, diff) = tokio::task::spawn_blocking(move || {
         let run = |args: &[&str]| {
@@ -493,10 +416,7 @@ async fn wattson_tables_fit_the_width_and_json_keeps_long_names() {
          ::<{}>::fold_impl",
         "alloc::vec::Vec<alloc::string::String>, ".repeat(8)
     );
-    let col = Collector::start(FleetConfig::default()).await;
-    let mut c = IngestServiceClient::connect(col.addr.clone())
-        .await
-        .unwrap();
+    let col = start(FleetConfig::default()).await;
     let stack = format!("main;serve;{long}");
     let batch = BatchBuilder::new("h1", 1)
         .interval(
@@ -507,7 +427,7 @@ async fn wattson_tables_fit_the_width_and_json_keeps_long_names() {
             &[("api", "b1", stack.as_str(), 60, 6_000_000.0)],
         )
         .build();
-    c.ingest(IngestRequest::plain(batch)).await.unwrap();
+    col.ingest([batch]).await;
     let addr = col.addr.clone();
     let (from, to) = (T0.to_string(), (T0 + 600).to_string());
     let run = move |args: &[&str], columns: Option<&str>| {
@@ -811,10 +731,7 @@ fn queries_read_only_what_they_attribute_with_once() {
 /// both, most samples first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wattson_diff_compares_two_builds_by_share() {
-    let col = Collector::start(FleetConfig::default()).await;
-    let mut c = IngestServiceClient::connect(col.addr.clone())
-        .await
-        .unwrap();
+    let col = start(FleetConfig::default()).await;
     for (host, build, hash, parse) in [
         ("old1", "v1", 10, 30),
         ("old2", "v1", 10, 30),
@@ -832,7 +749,7 @@ async fn wattson_diff_compares_two_builds_by_share() {
                 ],
             )
             .build();
-        c.ingest(IngestRequest::plain(b)).await.unwrap();
+        col.ingest([b]).await;
     }
     let addr = col.addr.clone();
     let dir = tempfile::tempdir().unwrap();

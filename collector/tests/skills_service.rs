@@ -4,9 +4,11 @@
 //! the real `wattson mcp` driven by rmcp's MCP client over its stdio. Energy is synthetic (no
 //! RAPL here): one measured host.
 
-use std::process::Command;
-use std::sync::Arc;
+mod common;
 
+use std::process::Command;
+
+use common::{Collector, bearer};
 use rmcp::model::{CallToolRequestParams, ErrorCode};
 use rmcp::service::{RoleClient, RunningService};
 use rmcp::transport::{ConfigureCommandExt as _, TokioChildProcess};
@@ -14,17 +16,15 @@ use rmcp::{ServiceError, ServiceExt as _};
 use serde_json::{Value, json};
 use tonic::Code;
 use wattson_collector::attribute::FleetConfig;
-use wattson_collector::server::{self, ServeConfig};
+use wattson_collector::server::ServeConfig;
 use wattson_collector::skills::catalogue;
 use wattson_collector::skills_service::SkillSet;
 use wattson_collector::store::synthetic::BatchBuilder;
-use wattson_collector::store::{self, Store};
-use wattson_proto::v1::ingest_service_client::IngestServiceClient;
 use wattson_proto::v1::query_service_client::QueryServiceClient;
 use wattson_proto::v1::skills_service_client::SkillsServiceClient;
 use wattson_proto::v1::{
-    DiffRequest, IngestRequest, ListSkillsRequest, PowerRequest, RankBy, RunSkillRequest,
-    SourceRequest, TimeWindow, TopRequest,
+    Batch, DiffRequest, ListSkillsRequest, PowerRequest, RankBy, RunSkillRequest, SourceRequest,
+    TimeWindow, TopRequest,
 };
 
 /// 2026-11-02 00:00:00 UTC.
@@ -64,57 +64,27 @@ savings_factor = 0.5
 advice = "none"
 "#;
 
-struct Collector {
-    addr: String,
-    dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+/// A collector with the built-in skills and `USER_SKILLS`, loaded with the test data.
+async fn start(token: Option<&str>) -> Collector {
+    let dir = tempfile::tempdir().unwrap();
+    let skills_file = dir.path().join("skills.toml");
+    std::fs::write(&skills_file, USER_SKILLS).unwrap();
+    let config = ServeConfig {
+        fleet: FleetConfig::default(),
+        token: token.map(String::from),
+        skills: SkillSet::load(Some(&skills_file)).unwrap(),
+        ..ServeConfig::default()
+    };
+    let col = Collector::serve_in(dir, config).await;
+    col.ingest_as(token, test_data()).await;
+    col
 }
 
-impl Collector {
-    /// A collector with the built-in skills and `USER_SKILLS`, loaded with the test data.
-    async fn start(token: Option<&str>) -> Collector {
-        let dir = tempfile::tempdir().unwrap();
-        let skills_file = dir.path().join("skills.toml");
-        std::fs::write(&skills_file, USER_SKILLS).unwrap();
-        let skills = SkillSet::load(Some(&skills_file)).unwrap();
-        let url = format!("sqlite://{}", dir.path().join("w.db").display());
-        let store: Arc<dyn Store> = Arc::from(store::open(&url).unwrap());
-        let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let config = ServeConfig {
-            fleet: FleetConfig::default(),
-            token: token.map(String::from),
-            skills,
-            ..ServeConfig::default()
-        };
-        let task = tokio::spawn(async move {
-            server::serve(listener, store, config, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-        let c = Collector {
-            addr,
-            dir,
-            stop: Some(tx),
-            task: Some(task),
-        };
-        c.load(token).await;
-        c
-    }
-
-    async fn load(&self, token: Option<&str>) {
-        let channel = tonic::transport::Endpoint::from_shared(self.addr.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut c = IngestServiceClient::with_interceptor(channel, bearer(token));
-        for m in 0..MINUTES {
-            let b = BatchBuilder::new("m1", m as u64 + 1)
+/// Ten minutes of `api`, `db` and `ids` on one measured host.
+fn test_data() -> Vec<Batch> {
+    (0..MINUTES)
+        .map(|m| {
+            BatchBuilder::new("m1", m as u64 + 1)
                 .interval(
                     T0 + m * 60,
                     60,
@@ -128,37 +98,9 @@ impl Collector {
                         ("ids", "b5", "main;ids::load", 30, 3_000_000.0),
                     ],
                 )
-                .build();
-            c.ingest(IngestRequest::plain(b)).await.unwrap();
-        }
-    }
-
-    async fn skills(&self) -> SkillsServiceClient<tonic::transport::Channel> {
-        SkillsServiceClient::connect(self.addr.clone())
-            .await
-            .unwrap()
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
-    }
-}
-
-fn bearer(
-    token: Option<&str>,
-) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
-    let header = token.map(|t| {
-        format!("Bearer {t}")
-            .parse::<tonic::metadata::AsciiMetadataValue>()
-            .unwrap()
-    });
-    move |mut r: tonic::Request<()>| {
-        if let Some(h) = &header {
-            r.metadata_mut().insert("authorization", h.clone());
-        }
-        Ok(r)
-    }
+                .build()
+        })
+        .collect()
 }
 
 /// `a` and `b` are the same JSON, figures equal but for float rounding (the collector sums
@@ -212,7 +154,7 @@ async fn api_watts(addr: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_and_run_skills_over_grpc() {
-    let col = Collector::start(None).await;
+    let col = start(None).await;
     let mut s = col.skills().await;
 
     let list = s
@@ -328,7 +270,7 @@ async fn skills_service_has_health_and_reflection() {
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    let col = Collector::start(None).await;
+    let col = start(None).await;
     let channel = tonic::transport::Endpoint::from_shared(col.addr.clone())
         .unwrap()
         .connect()
@@ -365,7 +307,7 @@ async fn skills_service_has_health_and_reflection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diff_and_source_reads_for_mcp() {
-    let col = Collector::start(None).await;
+    let col = start(None).await;
     let mut s = col.skills().await;
     // The second half of the window against the first: the same rates, so no function moved.
     let half = T0 + MINUTES * 30;
@@ -446,7 +388,7 @@ async fn diff_and_source_reads_for_mcp() {
 /// Regression guard: the skills service must sit behind `--token` like the query service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skills_need_the_collectors_token() {
-    let col = Collector::start(Some("s3cret")).await;
+    let col = start(Some("s3cret")).await;
     let e = col
         .skills()
         .await
@@ -475,23 +417,15 @@ async fn skills_need_the_collectors_token() {
     col.stop().await;
 }
 
-/// Runs the real `wattson` CLI against `addr`: (success, stdout, stderr).
+/// Runs the real `wattson` CLI against `addr`, wide enough that no column is cut.
 fn wattson(addr: &str, args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_wattson"))
-        .args(["--collector", addr, "--width", "200"])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).to_string(),
-        String::from_utf8_lossy(&o.stderr).to_string(),
-    )
+    let wide: Vec<&str> = ["--width", "200"].iter().chain(args).copied().collect();
+    common::wattson(addr, &wide)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_skills_list_and_suggest() {
-    let col = Collector::start(None).await;
+    let col = start(None).await;
     let (from, to) = (T0.to_string(), (T0 + MINUTES * 60).to_string());
     let win = ["--from", from.as_str(), "--to", to.as_str()];
 
@@ -563,7 +497,7 @@ async fn cli_skills_list_and_suggest() {
 /// applies to the tree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_suggest_writes_patches_the_collector_made() {
-    let col = Collector::start(None).await;
+    let col = start(None).await;
     let (from, to) = (T0.to_string(), (T0 + MINUTES * 60).to_string());
     let src = tempfile::tempdir().unwrap();
     std::fs::create_dir(src.path().join("src")).unwrap();
@@ -692,7 +626,7 @@ const INTERNAL: i64 = ErrorCode::INTERNAL_ERROR.0 as i64;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_serves_the_tools_to_a_real_client() {
-    let col = Collector::start(None).await;
+    let col = start(None).await;
     let c = mcp(&col.addr).await;
     let (from, to) = (T0.to_string(), (T0 + MINUTES * 60).to_string());
 
