@@ -274,28 +274,22 @@ impl Detector {
     /// Detects each stale service of `services` as of `now` and caches its report as soon as
     /// it is done; returns how many it detected.
     fn update(&self, services: &[String], now: i64) -> Result<usize, DetectionError> {
+        let scales = series::fleet_scales(&*self.store, &self.fleet, now)?;
         let mut ran = 0;
         for service in services {
-            self.check_cancelled()?;
-            let known = self
-                .cache()
-                .reports
-                .get(service)
-                .map(|f| (f.arrivals, f.now));
+            let known = (self.cache().reports.get(service)).map(|f| (f.arrivals, f.now));
             if !self.stale(known, now) {
                 continue;
             }
             let arrivals = self.arrivals.count();
-            let report = self.reports(std::slice::from_ref(service), now)?;
-            if let Some((s, report)) = report.into_iter().next() {
-                let fresh = Fresh {
-                    arrivals,
-                    now,
-                    report,
-                };
-                self.cache().reports.insert(s, fresh);
-                ran += 1;
-            }
+            let report = self.report(service, &scales, now)?;
+            let fresh = Fresh {
+                arrivals,
+                now,
+                report,
+            };
+            self.cache().reports.insert(service.clone(), fresh);
+            ran += 1;
         }
         Ok(ran)
     }
@@ -307,21 +301,29 @@ impl Detector {
         now: i64,
     ) -> Result<BTreeMap<String, Report>, DetectionError> {
         let scales = series::fleet_scales(&*self.store, &self.fleet, now)?;
+        (services.iter())
+            .map(|s| Ok((s.clone(), self.report(s, &scales, now)?)))
+            .collect()
+    }
+
+    /// `service`'s report as of `now` (unless the detector was cancelled).
+    fn report(
+        &self,
+        service: &str,
+        scales: &HashMap<String, f64>,
+        now: i64,
+    ) -> Result<Report, DetectionError> {
+        self.check_cancelled()?;
+        let cfg = self.cfg.for_service(service);
+        let scale = scales.get(service).copied().unwrap_or(1.0);
+        let s = series::read(&*self.store, service, &cfg, scale, now)?;
+        let changes = self.changes.list(&ListChangesRequest {
+            window: None,
+            service: service.to_string(),
+        })?;
         let stacks = series::StoreStacks(&*self.store);
-        let mut out = BTreeMap::new();
-        for service in services {
-            self.check_cancelled()?;
-            let cfg = self.cfg.for_service(service);
-            let scale = scales.get(service).copied().unwrap_or(1.0);
-            let s = series::read(&*self.store, service, &cfg, scale, now)?;
-            let changes = self.changes.list(&ListChangesRequest {
-                window: None,
-                service: service.clone(),
-            })?;
-            let report = crate::detect::detect(&s, &stacks, &changes.changes, &self.cfg, now)?;
-            out.insert(service.clone(), report);
-        }
-        Ok(out)
+        let report = crate::detect::detect(&s, &stacks, &changes.changes, &self.cfg, now)?;
+        Ok(report)
     }
 
     /// Regressions whose change point is in the request's window (the analysis window up to

@@ -247,6 +247,30 @@ impl SqliteStore {
         Ok(added)
     }
 
+    /// Adds minute rows of functions and services to detection's five-minute rows only (what
+    /// the roll-up does beside writing them as minute rows) and their services to the known
+    /// services, in one transaction: for benches that build weeks of detection history
+    /// without the minute, hour and stack rows a real roll-up also writes.
+    pub fn add_detection_rows(&self, rows: &[Row]) -> Result<(), StoreError> {
+        let services: std::collections::BTreeSet<&str> = (rows.iter())
+            .filter(|r| r.kind == Kind::Service)
+            .map(|r| r.service.as_str())
+            .collect();
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        (|| {
+            let tx = conn.transaction()?;
+            {
+                let mut svc = tx.prepare_cached("INSERT OR IGNORE INTO services VALUES (?1)")?;
+                for s in services {
+                    svc.execute(params![s])?;
+                }
+            }
+            super::sqlite_detect5::add(&tx, rows)?;
+            tx.commit()
+        })()
+        .map_err(|e| self.err(e))
+    }
+
     /// Waits until every acknowledged batch is queryable.
     fn settle(&self) -> Result<(), StoreError> {
         self.pipeline.settle()
