@@ -258,3 +258,17 @@ pub(super) fn expire_changes(http: &Http, cut: i64) -> Result<bool, StoreError> 
     }
     Ok(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::unwrapped;
+
+    #[test]
+    fn a_wrapped_clickhouse_sum_reads_as_the_most_it_can_hold() {
+        assert_eq!(unwrapped(42, 42.0), 42);
+        assert_eq!(unwrapped(1 << 62, (1u64 << 62) as f64), 1 << 62);
+        // u64::MAX / 3 * 4 wrapped around to about a third.
+        let wrapped = (u64::MAX / 3).wrapping_mul(4);
+        assert_eq!(unwrapped(wrapped, (u64::MAX / 3) as f64 * 4.0), u64::MAX);
+    }
+}
