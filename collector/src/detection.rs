@@ -1,8 +1,11 @@
 //! The detection runner: reads each service's series from the store ([`series`]), runs
-//! [`crate::detect::detect`] over them, and caches the reports. A pass runs periodically while
-//! data arrives (a background task of `wattson-collector serve`, [`run`]) and on demand when
-//! `ListRegressions` is asked after batches were stored since the last pass, so late or
-//! backfilled data is always covered. [`service`] serves `wattson.v1.DetectionService`.
+//! [`crate::detect::detect`] over them, and caches the reports per service. A pass over every
+//! service runs periodically while data arrives (a background task of `wattson-collector
+//! serve`, [`run`]); `ListRegressions` refreshes what it asks for on demand when batches were
+//! stored since (one service's pass when it names a service, so it never waits on the other
+//! services of the host), so late or backfilled data is always covered. A pass stops between
+//! services once the detector is cancelled ([`Detector::cancel`], at shutdown).
+//! [`service`] serves `wattson.v1.DetectionService`.
 //!
 //! Settings come from the `[detect]` table of the collector's `--config` file
 //! ([`load_config`]), with `[detect.services."NAME"]` overrides.
@@ -12,7 +15,7 @@ pub mod service;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,6 +50,9 @@ pub enum DetectionError {
     /// Recording or listing changes failed.
     #[error(transparent)]
     Changes(#[from] ChangeError),
+    /// The collector is stopping: the pass was abandoned (maps to UNAVAILABLE).
+    #[error("detection cancelled: the collector is shutting down")]
+    Cancelled,
     /// The config file could not be read or parsed.
     #[error("config file {path}: {why}")]
     Config {
@@ -94,15 +100,23 @@ impl Arrivals {
     }
 }
 
-/// What the last pass found.
-#[derive(Debug, Default)]
-struct Cache {
-    /// Arrivals counted when the pass started (`None`: no pass yet).
-    arrivals: Option<u64>,
+/// A service's last report.
+#[derive(Debug, Clone)]
+struct Fresh {
+    /// Arrivals counted when its pass started.
+    arrivals: u64,
     /// The pass's `now`.
     now: i64,
+    report: Report,
+}
+
+/// What the passes found.
+#[derive(Debug, Default)]
+struct Cache {
+    /// Arrivals and `now` of the last pass over every service (`None`: none yet).
+    all: Option<(u64, i64)>,
     /// Per service.
-    reports: BTreeMap<String, Report>,
+    reports: BTreeMap<String, Fresh>,
 }
 
 /// Runs detection over a store and keeps the last pass's reports.
@@ -113,8 +127,10 @@ pub struct Detector {
     changes: Changes,
     arrivals: Arrivals,
     cache: Mutex<Cache>,
-    /// One pass at a time; a caller that waited finds the cache fresh.
+    /// One pass over every service at a time; a caller that waited finds the cache fresh.
     passing: Mutex<()>,
+    /// Set at shutdown: passes stop between services.
+    cancelled: AtomicBool,
 }
 
 impl std::fmt::Debug for Detector {
@@ -141,6 +157,7 @@ impl Detector {
             arrivals: Arrivals::default(),
             cache: Mutex::default(),
             passing: Mutex::new(()),
+            cancelled: AtomicBool::new(false),
         })
     }
 
@@ -154,56 +171,127 @@ impl Detector {
         &self.changes
     }
 
-    /// True when batches were stored here since the last pass (or there was none), or a step
-    /// has passed since it: collectors in front of one ClickHouse see only their own batches
-    /// arrive, and a new bucket may complete a change.
-    fn stale(&self, now: i64) -> bool {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.arrivals != Some(self.arrivals.count()) || now - cache.now >= self.cfg.step
+    /// Stops every pass running now or later between two services (they return
+    /// [`DetectionError::Cancelled`]); the collector calls it when asked to stop, so a long
+    /// pass does not hold the shutdown.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
     }
 
-    /// Runs a pass as of `now` unless no batch was stored here since the last one and it is
-    /// less than a step old. Returns whether it ran.
+    fn check_cancelled(&self) -> Result<(), DetectionError> {
+        match self.cancelled.load(Ordering::Acquire) {
+            true => Err(DetectionError::Cancelled),
+            false => Ok(()),
+        }
+    }
+
+    /// True when a pass as of (`arrivals`, `at`) is out of date at `now`: batches were stored
+    /// here since, or a step has passed (collectors in front of one ClickHouse see only their
+    /// own batches arrive, and a new bucket may complete a change).
+    fn stale(&self, pass: Option<(u64, i64)>, now: i64) -> bool {
+        pass.is_none_or(|(arrivals, at)| {
+            arrivals != self.arrivals.count() || now - at >= self.cfg.step
+        })
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs a pass over every service as of `now` unless no batch was stored here since the
+    /// last one and it is less than a step old; services refreshed since by a pass of their
+    /// own are kept. Returns whether it ran.
     pub fn refresh(&self, now: i64) -> Result<bool, DetectionError> {
         let _one = self.passing.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.stale(now) {
+        if !self.stale(self.cache().all, now) {
             return Ok(false);
         }
         let arrivals = self.arrivals.count();
-        let reports = self.pass(now)?;
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        *cache = Cache {
-            arrivals: Some(arrivals),
-            now,
-            reports,
-        };
+        self.pass(now)?;
+        self.cache().all = Some((arrivals, now));
         Ok(true)
     }
 
-    /// Detection over every service as of `now`: records the deploys of builds first seen
-    /// in the history, then one report per service.
-    fn pass(&self, now: i64) -> Result<BTreeMap<String, Report>, DetectionError> {
-        let started = Instant::now();
-        let history = Window {
+    /// Refreshes one service's report as of `now` when it is stale, without waiting for (or
+    /// running) a pass over the others. A service never profiled is
+    /// [`DetectionError::UnknownService`].
+    pub fn refresh_service(&self, service: &str, now: i64) -> Result<bool, DetectionError> {
+        let known = self
+            .cache()
+            .reports
+            .get(service)
+            .map(|f| (f.arrivals, f.now));
+        if !self.stale(known, now) {
+            return Ok(false);
+        }
+        if known.is_none() && !self.store.known_services()?.iter().any(|s| s == service) {
+            return Err(DetectionError::UnknownService(service.to_string()));
+        }
+        self.changes.note_deploys(self.history(now))?;
+        self.update(&[service.to_string()], now)?;
+        Ok(true)
+    }
+
+    fn history(&self, now: i64) -> Window {
+        Window {
             from: now - self.cfg.history,
             to: now + 60,
-        };
-        let deploys = self.changes.note_deploys(history)?;
+        }
+    }
+
+    /// Detection over every service as of `now`: records the deploys of builds first seen
+    /// in the history, then refreshes each service's report (services gone from the store
+    /// are forgotten).
+    fn pass(&self, now: i64) -> Result<(), DetectionError> {
+        let started = Instant::now();
+        let deploys = self.changes.note_deploys(self.history(now))?;
         let services = self.store.known_services()?;
-        let reports = self.reports(&services, now)?;
-        let open: usize = (reports.values())
-            .map(|r| r.regressions.iter().filter(|g| g.status == "open").count())
+        let ran = self.update(&services, now)?;
+        let mut cache = self.cache();
+        cache
+            .reports
+            .retain(|s, _| services.binary_search(s).is_ok());
+        let open: usize = (cache.reports.values())
+            .map(|f| {
+                (f.report.regressions.iter())
+                    .filter(|g| g.status == "open")
+                    .count()
+            })
             .sum();
-        let series: u64 = reports.values().map(|r| r.series).sum();
+        let series: u64 = cache.reports.values().map(|f| f.report.series).sum();
         tracing::info!(
             services = services.len(),
+            ran,
             series,
             open,
             deploys,
             ms = started.elapsed().as_millis() as u64,
             "detection pass"
         );
-        Ok(reports)
+        Ok(())
+    }
+
+    /// Detects each stale service of `services` as of `now` and caches its report as soon as
+    /// it is done; returns how many it detected.
+    fn update(&self, services: &[String], now: i64) -> Result<usize, DetectionError> {
+        let scales = series::fleet_scales(&*self.store, &self.fleet, now)?;
+        let mut ran = 0;
+        for service in services {
+            let known = (self.cache().reports.get(service)).map(|f| (f.arrivals, f.now));
+            if !self.stale(known, now) {
+                continue;
+            }
+            let arrivals = self.arrivals.count();
+            let report = self.report(service, &scales, now)?;
+            let fresh = Fresh {
+                arrivals,
+                now,
+                report,
+            };
+            self.cache().reports.insert(service.clone(), fresh);
+            ran += 1;
+        }
+        Ok(ran)
     }
 
     /// One report per service in `services`, as of `now`.
@@ -213,20 +301,29 @@ impl Detector {
         now: i64,
     ) -> Result<BTreeMap<String, Report>, DetectionError> {
         let scales = series::fleet_scales(&*self.store, &self.fleet, now)?;
+        (services.iter())
+            .map(|s| Ok((s.clone(), self.report(s, &scales, now)?)))
+            .collect()
+    }
+
+    /// `service`'s report as of `now` (unless the detector was cancelled).
+    fn report(
+        &self,
+        service: &str,
+        scales: &HashMap<String, f64>,
+        now: i64,
+    ) -> Result<Report, DetectionError> {
+        self.check_cancelled()?;
+        let cfg = self.cfg.for_service(service);
+        let scale = scales.get(service).copied().unwrap_or(1.0);
+        let s = series::read(&*self.store, service, &cfg, scale, now)?;
+        let changes = self.changes.list(&ListChangesRequest {
+            window: None,
+            service: service.to_string(),
+        })?;
         let stacks = series::StoreStacks(&*self.store);
-        let mut out = BTreeMap::new();
-        for service in services {
-            let cfg = self.cfg.for_service(service);
-            let scale = scales.get(service).copied().unwrap_or(1.0);
-            let s = series::read(&*self.store, service, &cfg, scale, now)?;
-            let changes = self.changes.list(&ListChangesRequest {
-                window: None,
-                service: service.clone(),
-            })?;
-            let report = crate::detect::detect(&s, &stacks, &changes.changes, &self.cfg, now)?;
-            out.insert(service.clone(), report);
-        }
-        Ok(out)
+        let report = crate::detect::detect(&s, &stacks, &changes.changes, &self.cfg, now)?;
+        Ok(report)
     }
 
     /// Regressions whose change point is in the request's window (the analysis window up to
@@ -261,20 +358,23 @@ impl Detector {
                 to: w.to_unix_seconds,
             },
         };
-        self.refresh(now)?;
+        match r.service.as_str() {
+            "" => self.refresh(now)?,
+            one => self.refresh_service(one, now)?,
+        };
         let only = |s: &String| r.service.is_empty() || *s == r.service;
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = self.cache();
         if !r.service.is_empty() && !cache.reports.contains_key(&r.service) {
             return Err(DetectionError::UnknownService(r.service.clone()));
         }
-        let past = window.to < cache.now - self.cfg.analysis_window;
+        let past = window.to < now - self.cfg.analysis_window;
         let reports = if past {
             let services: Vec<String> = cache.reports.keys().filter(|s| only(s)).cloned().collect();
             drop(cache);
             self.reports(&services, window.to.min(now))?
         } else {
             let picked = cache.reports.iter().filter(|(s, _)| only(s));
-            picked.map(|(s, r)| (s.clone(), r.clone())).collect()
+            picked.map(|(s, f)| (s.clone(), f.report.clone())).collect()
         };
         Ok(answer(&reports, window, r.all))
     }
@@ -286,10 +386,12 @@ impl Detector {
 
     /// Open regressions per service in the last pass (every service it covered, 0 included).
     pub fn open_by_service(&self) -> Vec<(String, u64)> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = self.cache();
         (cache.reports.iter())
-            .map(|(s, r)| {
-                let open = r.regressions.iter().filter(|g| g.status == "open").count();
+            .map(|(s, f)| {
+                let open = (f.report.regressions.iter())
+                    .filter(|g| g.status == "open")
+                    .count();
                 (s.clone(), open as u64)
             })
             .collect()
@@ -383,6 +485,7 @@ pub async fn run(detector: Arc<Detector>, every: Duration) {
         let done = tokio::task::spawn_blocking(move || d.refresh(crate::report::now())).await;
         match done {
             Ok(Ok(_)) => {}
+            Ok(Err(DetectionError::Cancelled)) => return,
             Ok(Err(e)) => tracing::warn!(error = %e, "detection pass failed; retrying next tick"),
             Err(e) => tracing::warn!(error = %e, "detection pass task failed"),
         }

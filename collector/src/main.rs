@@ -130,12 +130,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.retain_total
         );
     }
+    // Detection's five-minute rows are kept for its whole history (its longest, per service).
+    let history = (detect.services.keys())
+        .map(|s| detect.for_service(s).history)
+        .fold(detect.history, i64::max);
     let retention = wattson_collector::store::Retention {
         raw: *args.retain_raw,
         total: *args.retain_total,
+        detect: std::time::Duration::from_secs(history.max(0) as u64),
     };
-    // Steps under an hour read minute rows, which live --retain-raw only.
-    if detect.step % 3600 != 0 && detect.history > args.retain_raw.as_secs() as i64 {
+    // Steps of whole five minutes read detection's own rows and steps of hours hour rows;
+    // other steps under an hour read minute rows, which live --retain-raw only.
+    if detect.step % 300 != 0 && detect.history > args.retain_raw.as_secs() as i64 {
         tracing::warn!(
             history_s = detect.history,
             retain_raw_s = args.retain_raw.as_secs(),

@@ -480,6 +480,13 @@ pub async fn serve(
         d => d,
     };
     let passes = tokio::spawn(crate::detection::run(detector.clone(), every));
+    // A detection pass (periodic, or a ListRegressions in flight) stops between services
+    // once stopping starts, rather than holding the shutdown until it ends.
+    let stopping = detector.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.cancel();
+    };
     // Ingest needs the ingest scope; queries and reflection (it lists every method) read.
     // Health stays open, for load balancers.
     let tokens = Tokens::new(config.token.as_deref(), config.token_file.as_deref())?;

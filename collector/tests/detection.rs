@@ -444,3 +444,61 @@ async fn an_injected_step_is_found_at_its_function_with_its_change() {
     );
     col.stop().await;
 }
+
+/// Regression: `ListRegressions` naming a service ran a pass over every profiled service first
+/// (hundreds of rustc processes on a build host: the regression e2e did not answer in 10
+/// minutes). It now detects that service alone; and a cancelled detector (the collector is
+/// stopping) abandons its passes between services instead of holding the shutdown.
+#[test]
+fn one_service_is_detected_alone_and_a_cancelled_pass_stops() {
+    use wattson_collector::attribute::FleetConfig;
+    use wattson_collector::detect::DetectConfig;
+    use wattson_collector::detection::{DetectionError, Detector};
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("w.db").display());
+    let store: Arc<dyn Store> = Arc::from(store::open(&url).unwrap());
+    let t = now() / 60 * 60 - 3600;
+    for (i, service) in ["api", "db", "web"].into_iter().enumerate() {
+        let b = BatchBuilder::new("h1", i as u64 + 1)
+            .interval(t, 60, false, 0.0, &[(service, "", "main;work", 60, 6e6)])
+            .build();
+        store.ingest(&b).unwrap();
+    }
+    let d = Detector::new(
+        store.clone(),
+        FleetConfig::default(),
+        DetectConfig::default(),
+    )
+    .unwrap();
+    let at = now();
+    let one = ListRegressionsRequest {
+        service: "db".into(),
+        ..ListRegressionsRequest::default()
+    };
+    let r = d.regressions_at(&one, at).unwrap();
+    assert!(r.note.starts_with("db:"), "{}", r.note);
+    let detected: Vec<String> = d.open_by_service().into_iter().map(|(s, _)| s).collect();
+    assert_eq!(detected, ["db"], "only the service asked for was detected");
+    let nope = ListRegressionsRequest {
+        service: "nope".into(),
+        ..ListRegressionsRequest::default()
+    };
+    assert!(matches!(
+        d.regressions_at(&nope, at),
+        Err(DetectionError::UnknownService(_))
+    ));
+    // Without a service, every service is detected.
+    d.regressions_at(&ListRegressionsRequest::default(), at)
+        .unwrap();
+    let detected: Vec<String> = d.open_by_service().into_iter().map(|(s, _)| s).collect();
+    assert_eq!(detected, ["api", "db", "web"]);
+    // Once cancelled, a pass that has work to do stops and says why.
+    d.arrivals().stored();
+    d.cancel();
+    assert!(matches!(d.refresh(at), Err(DetectionError::Cancelled)));
+    assert!(matches!(
+        d.regressions_at(&one, at),
+        Err(DetectionError::Cancelled)
+    ));
+}

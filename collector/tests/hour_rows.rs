@@ -161,6 +161,7 @@ fn minutes_reach_their_hours_once_however_their_batches_arrive() {
     let policy = Retention {
         raw: Duration::ZERO,
         total: Duration::from_secs(30 * 86_400),
+        ..Retention::default()
     };
     let report = s.retain(&policy, t).unwrap();
     assert!(report.minute_rows_deleted > 0, "{report:?}");

@@ -63,6 +63,7 @@ suite!(
     old_dedup_records_fold_and_resends_stay_duplicates,
     source_lines_per_call_site,
     every_function_of_a_service_per_bucket_in_one_read,
+    detection_rows_sum_minutes_and_live_as_long_as_detection,
     first_minute_of_each_build,
     changes_are_stored_replaced_and_listed_by_window,
 );
@@ -358,6 +359,7 @@ fn retention_drops_minutes_then_everything(s: &dyn Store) {
     let policy = Retention {
         raw: Duration::from_secs(7 * 86_400),
         total: Duration::from_secs(30 * 86_400),
+        ..Retention::default()
     };
     let report = s.retain(&policy, T0 + 3600).unwrap();
     assert!(
@@ -948,6 +950,70 @@ fn every_function_of_a_service_per_bucket_in_one_read(s: &dyn Store) {
     ));
 }
 
+fn detection_rows_sum_minutes_and_live_as_long_as_detection(s: &dyn Store) {
+    spread(s);
+    let other = BatchBuilder::new("h2", 1)
+        .interval(
+            T0 + 62,
+            10,
+            true,
+            0.0,
+            &[("api", "", "main;other", 2, 20.0)],
+        )
+        .build();
+    s.ingest(&other).unwrap();
+    let w = Window {
+        from: T0,
+        to: T0 + 4 * 3600,
+    };
+    let five = |of| s.buckets(of, w, "api", 300).unwrap();
+    let by_five = |v: &[u64]| -> Vec<u64> { v.chunks(5).map(|c| c.iter().sum()).collect() };
+    // Five-minute steps read detection's rows; one-minute steps read minute rows: the same sums.
+    for of in [Of::Functions, Of::Totals] {
+        let minutes = s.buckets(of, w, "api", 60).unwrap();
+        let got = five(of);
+        let keys = |b: &store::Buckets| -> Vec<String> {
+            b.series.iter().map(|x| x.key.clone()).collect()
+        };
+        assert_eq!(keys(&minutes), keys(&got), "{of:?}");
+        assert!(got.series.iter().any(|x| x.samples.iter().sum::<u64>() > 0));
+        for (m, f) in minutes.series.iter().zip(&got.series) {
+            assert_eq!(by_five(&m.samples), f.samples, "{of:?} {}", f.key);
+            assert_eq!(by_five(&m.uj), f.uj, "{of:?} {}", f.key);
+            assert_eq!(by_five(&m.est_uj), f.est_uj, "{of:?} {}", f.key);
+        }
+    }
+    // Minute rows go after the raw retention; detection's rows stay for its history.
+    let before = five(Of::Functions);
+    let now = T0 + 5 * 86_400;
+    let policy = Retention {
+        raw: Duration::ZERO,
+        total: Duration::from_secs(30 * 86_400),
+        detect: Duration::from_secs(14 * 86_400),
+    };
+    let report = s.retain(&policy, now).unwrap();
+    assert!(report.minute_rows_deleted > 0, "{report:?}");
+    assert_eq!(report.detect_rows_deleted, 0, "{report:?}");
+    assert!(
+        (s.buckets(Of::Functions, w, "api", 60)
+            .unwrap()
+            .series
+            .iter())
+        .all(|x| x.samples.iter().all(|&n| n == 0)),
+        "minute rows are gone"
+    );
+    assert_eq!(five(Of::Functions), before);
+    // Past detection's history they go too.
+    let policy = Retention {
+        detect: Duration::from_secs(86_400),
+        ..policy
+    };
+    let report = s.retain(&policy, now).unwrap();
+    assert!(report.detect_rows_deleted > 0, "{report:?}");
+    assert!(five(Of::Functions).series.is_empty());
+    assert!(five(Of::Totals).series.is_empty());
+}
+
 fn first_minute_of_each_build(s: &dyn Store) {
     let batch = |host: &str, seq: u64, at: i64, build: &str| {
         BatchBuilder::new(host, seq)
@@ -1034,6 +1100,7 @@ fn changes_are_stored_replaced_and_listed_by_window(s: &dyn Store) {
     let policy = Retention {
         raw: Duration::from_secs(86_400),
         total: Duration::from_secs(86_400),
+        ..Retention::default()
     };
     s.retain(&policy, T0 + 86_400 + 150).unwrap();
     let left: Vec<String> = s

@@ -3,16 +3,20 @@
 //! `wattson-agent run` (real BPF sampler, so run as root) profiling `wattson-demo` running its
 //! mixed workload; then a change naming the hot function is recorded with `wattson changes
 //! record`, the demo is restarted with `--slowdown hash_records=4` (only that function does more
-//! work), and `wattson regressions --json` must report `hash_records`, opened after the change,
-//! with that change among its causes.
+//! work), and `wattson regressions --json --service e2e-regress` must report `hash_records` (or
+//! the callee its added work runs in: in a debug build that is `<u64>::wrapping_mul`, which
+//! carries all of it, and detection reports the deepest function carrying a change), opened at
+//! the change, with that change among its causes.
 //!
 //! The agent labels the demo by its executable's path, a copy in the test's own directory: other
 //! `wattson-demo`s on a shared machine (another test's) are not this service's samples.
 //!
-//! Bounded: about 3.5 minutes of each phase (the config's shortest segment is 2 minutes on
-//! either side of the change point) plus start-up. The regression is large (hash_records goes
-//! from about half of the demo's samples to about four fifths) so a busy 2-core machine, which
-//! slows the demo but not the split of its samples, does not make it flaky.
+//! Bounded: 90 s before the change and 150 s after it (the config's shortest segment is one
+//! one-minute bucket on either side of the change point) plus start-up. `ListRegressions` names the service, so it detects
+//! that service alone, not every process profiled on the machine (hundreds of rustc on a build
+//! host; it did not answer in 10 minutes before). The regression is large (hash_records goes
+//! from about 40% of the demo's samples to about 60%) so a busy 2-core machine, which slows the
+//! demo but not the split of its samples, does not make it flaky.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -25,7 +29,12 @@ const DEMO: &str = env!("CARGO_BIN_EXE_wattson-demo");
 const SERVICE: &str = "e2e-regress";
 const HOT: &str = "wattson_demo::hash_records";
 /// How long each phase (before and after the slowdown) runs at least.
-const PHASE: Duration = Duration::from_secs(210);
+const PHASE: Duration = Duration::from_secs(90);
+/// How long the slower code runs at least: longer, so the stacks detection compares after the
+/// change point (a window as long as the shorter side, past the change's end) hold data; with
+/// 90 s there, 1 run in 3 found them empty and filtered hash_records as a share that moved
+/// "with no cost of its own" (normalization).
+const AFTER: Duration = Duration::from_secs(150);
 /// Batches the agent must have shipped during a phase, and how long past `PHASE` that may take.
 const PHASE_BATCHES: usize = 4;
 const PHASE_SLACK: Duration = Duration::from_secs(600);
@@ -37,8 +46,8 @@ step = 60
 history = "2h"
 min_history = "2m"
 analysis_window = "2h"
-min_segment = "2m"
-min_lasting = "2m"
+min_segment = "1m"
+min_lasting = "1m"
 creep_gap = "2m"
 cause_window = "30m"
 "#;
@@ -105,9 +114,6 @@ fn run_phase(agent: &mut Proc, d: Duration) {
 }
 
 #[test]
-#[ignore = "not yet seen passing: on this 2-core machine the collector's on-demand detection \
-            pass over every profiled service did not answer within 10 minutes (issue 18 notes); \
-            run with --ignored"]
 fn a_slower_function_is_reported_with_the_change_that_touched_it() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("collector.toml");
@@ -156,7 +162,7 @@ fn a_slower_function_is_reported_with_the_change_that_touched_it() {
     .to_owned();
     assert!(!id.is_empty(), "changes record printed no id");
     let _slow = Demo::start(&exe, &["--slowdown", "hash_records=4"]);
-    run_phase(&mut agent, PHASE);
+    run_phase(&mut agent, AFTER);
     let acked = agent.count("batch acknowledged");
     agent.stop(libc::SIGTERM, Duration::from_secs(120));
 
@@ -194,10 +200,25 @@ fn a_slower_function_is_reported_with_the_change_that_touched_it() {
         .unwrap_or_else(|e| panic!("regressions --json is not JSON ({e}):\n{text}"));
     let list = found.as_array().expect("regressions --json is an array");
     let context = || format!("change {id} at {at}, {acked} batches\nopen: {text}\nall: {all}");
+    // At HOT, or at a callee of HOT in every evidence stack (the deepest function carrying
+    // the change).
+    let under_hot = |r: &Value| {
+        let f = r["function"].as_str().unwrap_or("");
+        let stacks = r["evidence"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        !stacks.is_empty()
+            && stacks.iter().all(|e| {
+                let folded = e["folded"].as_str().unwrap_or("");
+                let frames: Vec<&str> = folded.split(';').collect();
+                let hot = frames.iter().position(|x| *x == HOT);
+                let at = frames.iter().rposition(|x| *x == f);
+                matches!((hot, at), (Some(h), Some(a)) if h < a)
+            })
+    };
     let hit = list
         .iter()
         .find(|r| r["function"] == HOT)
-        .unwrap_or_else(|| panic!("no regression at {HOT}\n{}", context()));
+        .or_else(|| list.iter().find(|r| under_hot(r)))
+        .unwrap_or_else(|| panic!("no regression at {HOT} or a callee of it\n{}", context()));
     assert_eq!(hit["status"], "open", "{}", context());
     let started_at = hit["started_unix_seconds"].as_i64().expect("started");
     let at: i64 = at.parse().unwrap();
@@ -208,7 +229,7 @@ fn a_slower_function_is_reported_with_the_change_that_touched_it() {
     );
     assert!(
         hit["delta_share"].as_f64().unwrap_or(0.0) > 0.1,
-        "hash_records grew from about 50% to 80% of the demo\n{}",
+        "hash_records grew from about 40% to 60% of the demo\n{}",
         context()
     );
     let causes = hit["causes"].as_array().expect("causes is an array");

@@ -73,6 +73,20 @@ pub trait StackSource {
         from: i64,
         to: i64,
     ) -> Result<Vec<(String, u64, f64)>, DetectError>;
+
+    /// The stacks of one build id only, like [`StackSource::stacks`]: root cause weighs a
+    /// change naming a build by the share of the change that build's samples carry. Default:
+    /// none known (that evidence is skipped).
+    fn build_stacks(
+        &self,
+        service: &str,
+        build: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(String, u64, f64)>, DetectError> {
+        let _ = (service, build, from, to);
+        Ok(Vec::new())
+    }
 }
 
 /// A source with no stacks: the stack-based stages (normalization, cost shift, caller/leaf
@@ -210,6 +224,7 @@ pub fn detect(
         now,
         last_bucket: last,
         changes,
+        stacks,
     };
     let mut regressions: Vec<v1::Regression> = cands
         .iter()

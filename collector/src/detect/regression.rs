@@ -19,6 +19,8 @@ pub struct Context<'a> {
     pub now: i64,
     pub last_bucket: usize,
     pub changes: &'a [v1::Change],
+    /// Where stacks come from (root cause reads the stacks of a change's build).
+    pub stacks: &'a dyn super::StackSource,
 }
 
 /// The report of `c`; `w` is the stacks around it (evidence and causes need them).

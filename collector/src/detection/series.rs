@@ -89,8 +89,34 @@ pub fn fleet_scales(
         .collect())
 }
 
-/// [`StackSource`] over [`Store::stacks`]: every build's stacks of a service, summed.
+/// [`StackSource`] over [`Store::stacks`] (every build's stacks of a service, summed) and
+/// [`Store::build_stacks`] (one build's).
 pub struct StoreStacks<'a>(pub &'a dyn Store);
+
+impl StoreStacks<'_> {
+    fn read(
+        &self,
+        service: &str,
+        build: Option<&str>,
+        w: Window,
+    ) -> Result<Vec<(String, u64, f64)>, DetectError> {
+        let rows = match build {
+            None => self.0.stacks(w, Some(service)),
+            Some(b) => self.0.build_stacks(w, Some(service), b),
+        }
+        .map_err(|e| DetectError::Stacks {
+            service: service.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|k| {
+                let t = k.totals;
+                (k.key, t.samples_self, t.uj_self_all() as f64)
+            })
+            .collect())
+    }
+}
 
 impl StackSource for StoreStacks<'_> {
     fn stacks(
@@ -99,18 +125,16 @@ impl StackSource for StoreStacks<'_> {
         from: i64,
         to: i64,
     ) -> Result<Vec<(String, u64, f64)>, DetectError> {
-        let rows = (self.0)
-            .stacks(Window { from, to }, Some(service))
-            .map_err(|e| DetectError::Stacks {
-                service: service.to_string(),
-                reason: e.to_string(),
-            })?;
-        Ok(rows
-            .into_iter()
-            .map(|k| {
-                let t = k.totals;
-                (k.key, t.samples_self, (t.uj_self + t.est_uj_self) as f64)
-            })
-            .collect())
+        self.read(service, None, Window { from, to })
+    }
+
+    fn build_stacks(
+        &self,
+        service: &str,
+        build: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(String, u64, f64)>, DetectError> {
+        self.read(service, Some(build), Window { from, to })
     }
 }

@@ -60,9 +60,9 @@ pub fn status(e: DetectionError) -> Status {
         DetectionError::Changes(ChangeError::Invalid { .. }) => {
             Status::invalid_argument(e.to_string())
         }
-        DetectionError::Store(_) | DetectionError::Changes(ChangeError::Store(_)) => {
-            Status::unavailable(e.to_string())
-        }
+        DetectionError::Store(_)
+        | DetectionError::Changes(ChangeError::Store(_))
+        | DetectionError::Cancelled => Status::unavailable(e.to_string()),
         DetectionError::Detect(_) | DetectionError::Config { .. } => {
             Status::internal(e.to_string())
         }

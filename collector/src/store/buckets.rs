@@ -74,6 +74,14 @@ impl Buckets {
         }
     }
 
+    /// Whether these buckets can be read from detection's five-minute rows
+    /// ([`super::rollup::RES_DETECT`]): a step of whole five minutes under an hour (hour steps
+    /// read hour rows, as cheap and kept longer) on buckets aligned to five minutes.
+    pub fn five_minute(&self) -> bool {
+        let five = super::rollup::DETECT_STEP;
+        self.step % five == 0 && self.step % 3600 != 0 && self.start % five == 0
+    }
+
     /// Adds a row of `key` at `minute` (Unix seconds): (samples, measured µJ, estimated µJ).
     /// A row outside the buckets is ignored.
     pub fn add(&mut self, key: &str, minute: i64, sums: (u64, u64, u64)) {

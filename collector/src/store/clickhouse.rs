@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use wattson_proto::v1::{Batch, Change};
 
 use super::query_plan::{Range, TOTALS_COLUMNS, ranges, rank_expr};
-use super::rollup::{Kind, RES_MINUTE, Rollup};
+use super::rollup::{Kind, RES_DETECT, RES_MINUTE, Rollup};
 use super::{
     Buckets, FirstSeen, IngestFuture, Ingested, Keyed, Of, Point, Retention, RetentionReport,
     Store, StoreError, StoreStats, TopQuery, Totals, Window,
@@ -446,18 +446,26 @@ impl Store for ClickHouseStore {
             ))?;
             Ok(n.trim().parse().unwrap_or(0))
         };
+        let detect_cut = (now - policy.detect.min(policy.total).as_secs() as i64).max(0);
+        let detect_cond = format!(
+            "res = {RES_DETECT} AND minute < toDateTime({detect_cut}) \
+             AND minute >= toDateTime({total_cut})"
+        );
         let report = RetentionReport {
             minute_rows_deleted: count(&minute_cond)?,
             expired_rows_deleted: count(&expired_cond)?,
+            detect_rows_deleted: count(&detect_cond)?,
         };
         let folded = self.fold_markers(now)?;
-        if report.minute_rows_deleted + report.expired_rows_deleted > 0 || folded.is_some() {
+        let deleted =
+            report.minute_rows_deleted + report.expired_rows_deleted + report.detect_rows_deleted;
+        if deleted > 0 || folded.is_some() {
             let db = &self.http.db;
             let markers = folded.as_deref().unwrap_or("0");
             self.http.exec(
                 &format!(
                     "ALTER TABLE {db}.rollup DELETE WHERE ({minute_cond}) OR ({expired_cond}) \
-                     OR ({markers})"
+                     OR ({detect_cond}) OR ({markers})"
                 ),
                 None,
             )?;

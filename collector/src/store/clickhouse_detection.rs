@@ -13,7 +13,7 @@ use wattson_proto::v1::Change;
 
 use super::{Http, condition, quote, unescape};
 use crate::store::query_plan::ranges;
-use crate::store::rollup::{Kind, RES_MINUTE};
+use crate::store::rollup::{Kind, RES_DETECT, RES_MINUTE};
 use crate::store::{Buckets, FirstSeen, Of, StoreError, Window};
 
 /// Creates the changes table when missing.
@@ -31,7 +31,12 @@ pub(super) fn create(http: &Http) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Fills `b` with the rows of `service` that `of` names, summed per (key, bucket) by the server.
+/// Fills `b` with the rows of `service` that `of` names, summed per (key, bucket) by the server:
+/// from detection's five-minute rows when the step allows ([`Buckets::five_minute`]), else from minute
+/// and hour rows.
+///
+/// ClickHouse's `sum` of UInt64 wraps silently; each sum is also taken in Float64, and a sum
+/// whose float passes `u64::MAX` is read as `u64::MAX` (saturating, like every other sum).
 pub(super) fn buckets(
     http: &Http,
     of: Of,
@@ -42,38 +47,69 @@ pub(super) fn buckets(
         Of::Functions => (
             Kind::Function,
             "key",
-            "sum(samples_incl), sum(uj_incl), sum(est_uj_incl)",
+            ["samples_incl", "uj_incl", "est_uj_incl"],
         ),
         Of::Totals => (
             Kind::Service,
             "''",
-            "sum(samples_self), sum(uj_self), sum(est_uj_self)",
+            ["samples_self", "uj_self", "est_uj_self"],
         ),
     };
-    let filter = condition(
-        kind as u8,
-        &ranges(b.window(), b.step % 3600 == 0, i64::MAX),
-    );
+    let filter = if b.five_minute() {
+        let w = b.window();
+        format!(
+            "kind = {} AND res = {RES_DETECT} AND minute >= toDateTime({}) \
+             AND minute < toDateTime({})",
+            kind as u8,
+            w.from.max(0),
+            w.to.clamp(0, u32::MAX as i64)
+        )
+    } else {
+        condition(
+            kind as u8,
+            &ranges(b.window(), b.step % 3600 == 0, i64::MAX),
+        )
+    };
+    let sums: Vec<String> = (cols.iter())
+        .map(|c| format!("sum({c}), sum(toFloat64({c}))"))
+        .collect();
     let sql = format!(
         "SELECT {key} AS k, intDiv(toInt64(toUInt32(minute)) - {from}, {step}) * {step} + {from} \
          AS bucket, {cols} FROM {db}.rollup WHERE {filter} AND service = {s} \
          GROUP BY k, bucket ORDER BY k, bucket",
         from = b.start,
         step = b.step,
+        cols = sums.join(", "),
         db = http.db,
         s = quote(service)
     );
     for line in http.query(&sql)?.lines() {
         let f: Vec<&str> = line.split('\t').collect();
+        let bad = |i: usize| http.error(format!("unexpected answer row {f:?}: column {i}"));
         let num = |i: usize| -> Result<u64, StoreError> {
-            f.get(i)
+            f.get(i).and_then(|s| s.parse().ok()).ok_or_else(|| bad(i))
+        };
+        let sum = |i: usize| -> Result<u64, StoreError> {
+            let wide: f64 = f
+                .get(i + 1)
                 .and_then(|s| s.parse().ok())
-                .ok_or_else(|| http.error(format!("unexpected answer row {f:?}: column {i}")))
+                .ok_or_else(|| bad(i + 1))?;
+            Ok(unwrapped(num(i)?, wide))
         };
         let key = unescape(f.first().copied().unwrap_or(""));
-        b.add(&key, num(1)? as i64, (num(2)?, num(3)?, num(4)?));
+        b.add(&key, num(1)? as i64, (sum(2)?, sum(4)?, sum(6)?));
     }
     Ok(b.finish())
+}
+
+/// A UInt64 sum as ClickHouse returned it (`exact`, wrapped past 2^64) and the same sum in
+/// Float64: the exact one unless the float shows it wrapped, then `u64::MAX`.
+pub(super) fn unwrapped(exact: u64, wide: f64) -> u64 {
+    if wide >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        exact
+    }
 }
 
 /// Per (service, build id) with rows in the window, its first minute.
@@ -221,4 +257,18 @@ pub(super) fn expire_changes(http: &Http, cut: i64) -> Result<bool, StoreError> 
         return Ok(true);
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unwrapped;
+
+    #[test]
+    fn a_wrapped_clickhouse_sum_reads_as_the_most_it_can_hold() {
+        assert_eq!(unwrapped(42, 42.0), 42);
+        assert_eq!(unwrapped(1 << 62, (1u64 << 62) as f64), 1 << 62);
+        // u64::MAX / 3 * 4 wrapped around to about a third.
+        let wrapped = (u64::MAX / 3).wrapping_mul(4);
+        assert_eq!(unwrapped(wrapped, (u64::MAX / 3) as f64 * 4.0), u64::MAX);
+    }
 }

@@ -357,7 +357,9 @@ fn stored(http: &Http, markers: &[&Marker]) -> Result<HashSet<Marker>, StoreErro
 /// One INSERT: `rows` latest minute first, then the markers with their (profiles, samples).
 /// The order decides which partition's part is committed first (see the module doc).
 fn insert(http: &Http, rows: &[Row], markers: &[(&Marker, (u32, u64))]) -> Result<(), StoreError> {
-    let mut order: Vec<&Row> = rows.iter().collect();
+    // Detection's five-minute rows go in the same INSERT, so they never lag the minute rows.
+    let detect = crate::store::rollup::detect_rows(rows);
+    let mut order: Vec<&Row> = rows.iter().chain(&detect).collect();
     order.sort_by_key(|r| Reverse(r.minute));
     let mut body = Vec::with_capacity(rows.len() * 160 + markers.len() * 120);
     for r in order {

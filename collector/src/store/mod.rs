@@ -20,6 +20,7 @@ mod pipeline;
 pub mod query_plan;
 pub mod rollup;
 pub mod sqlite;
+mod sqlite_detect5;
 mod sqlite_detection;
 mod sqlite_hours;
 mod sqlite_ingest;
@@ -287,6 +288,9 @@ pub struct Retention {
     /// Everything (hour rows, dedup records) is deleted after this long. (SQLite folds
     /// per-batch dedup records into one row per agent instance after a week.)
     pub total: Duration,
+    /// Detection's five-minute rows ([`rollup::RES_DETECT`]) are kept this long (at most
+    /// `total`): the collector sets it to detection's history.
+    pub detect: Duration,
 }
 
 impl Default for Retention {
@@ -294,6 +298,7 @@ impl Default for Retention {
         Retention {
             raw: Duration::from_secs(7 * 86_400),
             total: Duration::from_secs(395 * 86_400),
+            detect: Duration::from_secs(14 * 86_400),
         }
     }
 }
@@ -304,6 +309,9 @@ pub struct RetentionReport {
     /// Minute rows deleted (already summed into hour rows). ClickHouse deletes
     /// asynchronously and reports rows counted before the delete.
     pub minute_rows_deleted: u64,
+    /// Detection rows deleted because they passed [`Retention::detect`] (SQLite counts packed
+    /// hours).
+    pub detect_rows_deleted: u64,
     /// Rows deleted because they passed the total retention.
     pub expired_rows_deleted: u64,
 }

@@ -56,6 +56,12 @@ impl Kind {
 pub const RES_MINUTE: u8 = 0;
 /// Resolution code of hour rows.
 pub const RES_HOUR: u8 = 1;
+/// Resolution code of detection's five-minute rows of functions and service totals
+/// ([`detect_rows`]): ClickHouse keeps them in `rollup`, SQLite packs them per hour
+/// (`sqlite_detect5`). They live as long as detection's history ([`super::Retention::detect`]).
+pub const RES_DETECT: u8 = 2;
+/// Length of a detection row's bucket, seconds.
+pub const DETECT_STEP: i64 = 300;
 
 /// One row to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -874,6 +880,47 @@ pub fn hour_rows(rows: &[Row], before: i64) -> Vec<Row> {
             totals,
         })
         .collect()
+}
+
+/// Detection's five-minute rows summing the minute rows of functions and services in `rows`
+/// (other kinds and resolutions are left out), sorted by (kind, bucket, service, key).
+pub fn detect_rows(rows: &[Row]) -> Vec<Row> {
+    let mut buckets: std::collections::BTreeMap<(Kind, i64, &str, &str), Totals> =
+        Default::default();
+    for r in rows
+        .iter()
+        .filter(|r| r.res == RES_MINUTE && matches!(r.kind, Kind::Function | Kind::Service))
+    {
+        buckets
+            .entry((
+                r.kind,
+                r.minute.div_euclid(DETECT_STEP) * DETECT_STEP,
+                &r.service,
+                &r.key,
+            ))
+            .or_default()
+            .add(&r.totals);
+    }
+    buckets
+        .into_iter()
+        .map(|((kind, minute, service, key), totals)| Row {
+            kind,
+            res: RES_DETECT,
+            minute,
+            service: service.to_string(),
+            key: key.to_string(),
+            totals,
+        })
+        .collect()
+}
+
+/// What detection reads of a row: (samples, measured µJ, estimated µJ), inclusive for a
+/// function, all of the service's for a service row.
+pub fn detect_sums(kind: Kind, t: &Totals) -> [u64; 3] {
+    match kind {
+        Kind::Function => [t.samples_incl, t.uj_incl, t.est_uj_incl],
+        _ => [t.samples_self, t.uj_self, t.est_uj_self],
+    }
 }
 
 /// How a minute-aligned window splits into whole hours (read from hour rows) and ragged edges

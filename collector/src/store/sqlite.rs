@@ -187,6 +187,9 @@ impl SqliteStore {
         writer
             .execute_batch(super::sqlite_detection::SCHEMA)
             .map_err(err)?;
+        writer
+            .execute_batch(super::sqlite_detect5::SCHEMA)
+            .map_err(err)?;
         let old: i64 = writer
             .query_row(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'batches'",
@@ -208,6 +211,12 @@ impl SqliteStore {
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(err)?;
         let hours = Hours::open(&writer, now_secs()).map_err(err)?;
+        let mut writer = writer;
+        let filled = super::sqlite_detect5::fill_once(&mut writer).map_err(err)?;
+        if filled > 0 {
+            tracing::info!(path = %name, minute_rows = filled,
+                "added stored minute rows to detection's five-minute rows");
+        }
         let writer = Arc::new(Mutex::new(writer));
         let pipeline = Pipeline::start(&name, writer.clone(), hours.clone())?;
         tracing::info!(path = %name, "sqlite store open (WAL, synchronous=FULL)");
@@ -236,6 +245,30 @@ impl SqliteStore {
             .map_err(|e| self.err(e))?;
         self.hours.moved(through);
         Ok(added)
+    }
+
+    /// Adds minute rows of functions and services to detection's five-minute rows only (what
+    /// the roll-up does beside writing them as minute rows) and their services to the known
+    /// services, in one transaction: for benches that build weeks of detection history
+    /// without the minute, hour and stack rows a real roll-up also writes.
+    pub fn add_detection_rows(&self, rows: &[Row]) -> Result<(), StoreError> {
+        let services: std::collections::BTreeSet<&str> = (rows.iter())
+            .filter(|r| r.kind == Kind::Service)
+            .map(|r| r.service.as_str())
+            .collect();
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        (|| {
+            let tx = conn.transaction()?;
+            {
+                let mut svc = tx.prepare_cached("INSERT OR IGNORE INTO services VALUES (?1)")?;
+                for s in services {
+                    svc.execute(params![s])?;
+                }
+            }
+            super::sqlite_detect5::add(&tx, rows)?;
+            tx.commit()
+        })()
+        .map_err(|e| self.err(e))
     }
 
     /// Waits until every acknowledged batch is queryable.
@@ -409,7 +442,7 @@ pub(super) fn upsert_rows(tx: &rusqlite::Transaction<'_>, rows: &[Row]) -> rusql
             svc.execute(params![row.service])?;
         }
     }
-    Ok(())
+    super::sqlite_detect5::add(tx, rows)
 }
 
 impl Store for SqliteStore {
@@ -549,6 +582,9 @@ impl Store for SqliteStore {
         step: i64,
     ) -> Result<Buckets, StoreError> {
         let b = Buckets::new(window, step)?;
+        if b.five_minute() {
+            return self.read(|c| super::sqlite_detect5::read(c, of, service, b));
+        }
         let complete = self.hours.complete_before();
         self.read(|c| detection::buckets(c, of, service, b, complete))
     }
@@ -584,6 +620,8 @@ impl Store for SqliteStore {
             &format!("DELETE FROM rollup WHERE res = {RES_MINUTE} AND minute < ?1"),
             raw_cut,
         )?;
+        let detect_cut = now - policy.detect.min(policy.total).as_secs() as i64;
+        let detect = super::sqlite_detect5::retain(&conn, detect_cut).map_err(|e| self.err(e))?;
         // Old dedup records fold into one floor row per agent instance; floors of instances
         // silent for the whole retention go.
         run(
@@ -613,6 +651,7 @@ impl Store for SqliteStore {
         Ok(RetentionReport {
             minute_rows_deleted: minutes as u64,
             expired_rows_deleted: expired as u64,
+            detect_rows_deleted: detect as u64,
         })
     }
 

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 mod agent;
 mod detect;
+mod detect_speed;
 mod discard;
 mod ingest;
 mod store;
@@ -14,7 +15,8 @@ mod store;
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Only run areas whose name contains this (e.g. `agent`, `ingest`, `store`, `detect`).
+    /// Only run areas whose name contains this (e.g. `agent`, `ingest`, `store`, `detect`,
+    /// `detect-speed`).
     #[arg(long)]
     pub only: Option<String>,
 }
@@ -42,6 +44,7 @@ const AREAS: &[Area] = &[
     ("ingest", ingest::run),
     ("store", store::run),
     ("detect", detect::run),
+    ("detect-speed", detect_speed::run),
 ];
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
