@@ -17,7 +17,7 @@ pub fn normalization(
     around: &Around,
 ) -> Vec<Candidate> {
     let all = cands.clone();
-    funnel.apply("normalization", cands, |c| {
+    one_verdict_per_change(funnel, "normalization", cands, |c| {
         let w = around.window(c)?;
         let f = s.functions[c.func].function.as_str();
         if !w.has(f) {
@@ -74,7 +74,48 @@ fn elsewhere(
         })
 }
 
-/// Removes candidates whose caller (or its caller) kept its total while they moved: the
+/// Callers up to this many levels above a candidate are tried as its cost domain.
+const DOMAIN_LEVELS: usize = 32;
+
+/// Runs filter `verdict` over `cands` as one stage, a change's CPU and energy views judged as
+/// one: when either view is removed, its twin (same function and direction, at about the same
+/// time) goes with it. Work moved to a stack that draws more power still moved: the energy
+/// view of a cost shift is no regression of its own.
+fn one_verdict_per_change(
+    funnel: &mut Funnel,
+    stage: &'static str,
+    cands: Vec<Candidate>,
+    mut verdict: impl FnMut(&Candidate) -> Option<String>,
+) -> Vec<Candidate> {
+    let mut why: Vec<Option<String>> = cands.iter().map(&mut verdict).collect();
+    for i in 0..cands.len() {
+        if why[i].is_some() {
+            continue;
+        }
+        let twin = (0..cands.len()).find(|&j| {
+            why[j].is_some()
+                && !why[j].as_deref().is_some_and(|w| w.starts_with(TWIN))
+                && cands[j].func == cands[i].func
+                && cands[j].metric != cands[i].metric
+                && cands[j].sign() == cands[i].sign()
+                && cands[j].overlaps(&cands[i], 2)
+        });
+        if let Some(j) = twin {
+            why[i] = Some(format!(
+                "{TWIN} {} view: {}",
+                cands[j].metric.name(),
+                why[j].as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    let mut next = why.into_iter();
+    funnel.apply(stage, cands, |_| next.next().flatten())
+}
+
+/// How a verdict carried over from the other view starts.
+const TWIN: &str = "same change as the";
+
+/// Removes candidates one of whose callers kept its total while they moved: the
 /// domain's own change is under `tolerance` of the candidate's change inside it, and measured
 /// precisely enough to tell (three standard errors under that change).
 pub fn cost_shift(
@@ -84,12 +125,13 @@ pub fn cost_shift(
     around: &Around,
     tolerance: f64,
 ) -> Vec<Candidate> {
-    funnel.apply("cost_shift", cands, |c| {
+    one_verdict_per_change(funnel, "cost_shift", cands, |c| {
         let w = around.window(c)?;
         let f = s.functions[c.func].function.as_str();
         let scale = w.scale(c.metric, f)?;
         let own = w.flow(c.metric, None, f, scale);
-        for domain in w.callers(c.metric, f, 2) {
+        // Every caller up the stack: a callee of the function that gained the work grows too.
+        for domain in w.callers(c.metric, f, DOMAIN_LEVELS) {
             if w.before(c.metric, &domain) <= 0.0 {
                 continue; // a new domain is never a shift
             }

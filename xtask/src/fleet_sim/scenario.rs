@@ -379,9 +379,12 @@ fn kind_word(kind: Kind) -> &'static str {
     }
 }
 
-/// The deepest function at or below `f` through which at least 90% of `effect` flows: the
-/// function a detector should name (with one heavy callee, that callee is where it changed).
+/// The deepest function at or below `f` through which at least `dedup_flow` of `effect` flows
+/// (the collector's own default, so the truth and dedup share one definition of "the function
+/// that changed"): the function a detector should name (with one heavy callee, that callee is
+/// where it changed).
 fn deepest(svc: &Service, mut f: usize, effect: &[(usize, f64)]) -> usize {
+    let flow = wattson_collector::detect::DetectConfig::default().dedup_flow;
     let total: f64 = effect.iter().map(|(_, a)| a).sum();
     let through = |g: usize| -> f64 {
         effect
@@ -393,7 +396,7 @@ fn deepest(svc: &Service, mut f: usize, effect: &[(usize, f64)]) -> usize {
     while let Some(&c) = svc.functions[f]
         .children
         .iter()
-        .find(|&&c| through(c) >= 0.9 * total)
+        .find(|&&c| through(c) >= flow * total)
     {
         f = c;
     }
