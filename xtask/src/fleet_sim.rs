@@ -12,7 +12,10 @@ mod collector;
 mod model;
 mod rng;
 mod scenario;
+pub mod solve;
 mod stream;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +25,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 pub use collector::Collector;
-pub use scenario::{Event, Kind};
+pub use scenario::{Event, Kind, Scenario};
 
 /// Options of `cargo xtask fleet-sim`.
 #[derive(clap::Args, Debug, Clone)]
@@ -66,6 +69,10 @@ pub struct Args {
     /// Services streamed at once (one gRPC connection each).
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// What is injected: every kind of event (`mixed`), or one 1% step per service caused by a
+    /// recorded deploy (`one-step`).
+    #[arg(long, value_enum, default_value_t = Scenario::Mixed)]
+    pub scenario: Scenario,
 }
 
 /// One service of the ground truth.
@@ -209,7 +216,7 @@ pub fn simulate(args: &Args, url: &str, truth_to: Option<&Path>) -> anyhow::Resu
         chunk: args.chunk,
     };
     let root = rng::Rng::new(args.seed);
-    let mut cycle = scenario::Cycle::default();
+    let mut cycle = scenario::Cycle::new(args.scenario);
     let sims: Vec<stream::Simulated> = (0..args.services)
         .map(|i| {
             let mut r = root.fork(i as u64 + 1);

@@ -71,11 +71,10 @@ pub fn callers_and_leaves(
         let Some(total) = flow_of(a, None).filter(|t| *t > 0.0) else {
             continue;
         };
-        // What a callee leaves unexplained must be small, or, for a caller holding most of the
-        // service (measured against little else), within its noise.
+        // What a callee leaves unexplained must be small, or within the caller's noise (a
+        // caller holding most of the service is measured against little else).
         let noise = around
             .window(a)
-            .filter(|w| w.before(a.metric, name(a)) >= 0.5)
             .map_or(0.0, |w| 3.0 * w.flow_noise(a.metric, name(a)));
         let best = cands
             .iter()

@@ -317,10 +317,13 @@ fn span_mean(x: &[f64], (lo, hi): (usize, usize)) -> f64 {
 }
 
 /// Stacks around each group of candidates that changed at about the same time (one query pair
-/// per group, not per candidate).
+/// per group, not per candidate). A group holds the candidates whose start and end are both
+/// within the location slack of its first one's: chaining overlapping spans would stretch a
+/// short change's "after" to the end of a long creep, past changes that have nothing to do
+/// with it.
 pub(crate) struct Around {
-    /// Per candidate start bucket, the window of its group (candidates whose spans overlap).
-    of: HashMap<usize, usize>,
+    /// Per candidate (start, end) bucket, the window of its group.
+    of: HashMap<(usize, usize), usize>,
     /// Per group, its stacks and the buckets they cover (before start, after end).
     windows: Vec<(Window, (usize, usize))>,
     note: String,
@@ -334,19 +337,20 @@ impl Around {
         cands: &[Candidate],
     ) -> Result<Around, DetectError> {
         let mut starts: Vec<&Candidate> = cands.iter().collect();
-        starts.sort_by_key(|c| c.start);
+        starts.sort_by_key(|c| (c.start, c.end));
         let tol = grid.cfg.cause_tolerance_steps.max(2) as usize;
         let day = grid.cfg.buckets(86_400);
-        // Each group: how far its spans reach (end plus location slack), and its members.
-        let mut groups: Vec<(usize, Vec<&Candidate>)> = Vec::new();
+        let mut groups: Vec<Vec<&Candidate>> = Vec::new();
         for c in starts {
-            let reach = c.end + tol.max(c.loc_err);
-            match groups.last_mut() {
-                Some((r, g)) if c.start.saturating_sub(c.loc_err) <= *r => {
-                    *r = (*r).max(reach);
-                    g.push(c);
-                }
-                _ => groups.push((reach, vec![c])),
+            let slack = tol.max(c.loc_err);
+            let fits = |g: &Vec<&Candidate>| {
+                let first = g[0];
+                c.start.abs_diff(first.start) <= slack.max(first.loc_err)
+                    && c.end.abs_diff(first.end) <= slack.max(first.loc_err)
+            };
+            match groups.iter_mut().rev().take(8).find(|g| fits(g)) {
+                Some(g) => g.push(c),
+                None => groups.push(vec![c]),
             }
         }
         let mut around = Around {
@@ -355,8 +359,8 @@ impl Around {
             note: String::new(),
         };
         let time = |b: usize| s.start + b as i64 * s.step;
-        for (_, g) in groups {
-            let t0 = g[0].start;
+        for g in groups {
+            let t0 = g.iter().map(|c| c.start).min().unwrap_or(0);
             let t1 = g.iter().map(|c| c.end).max().unwrap_or(t0);
             // As long as the best-measured member allows, up to a whole day (so a daily
             // cycle in some stacks cancels between before and after).
@@ -371,7 +375,7 @@ impl Around {
             let after = (time(t1 + skip), time(t1 + skip + w));
             let window = Window::load(src, &s.service, before, after)?;
             for c in &g {
-                around.of.insert(c.start, around.windows.len());
+                around.of.insert((c.start, c.end), around.windows.len());
             }
             around
                 .windows
@@ -383,7 +387,7 @@ impl Around {
     /// The stacks around a candidate's change, when there are any.
     pub fn window(&self, c: &Candidate) -> Option<&Window> {
         self.of
-            .get(&c.start)
+            .get(&(c.start, c.end))
             .map(|i| &self.windows[*i].0)
             .filter(|w| !w.rows.is_empty())
     }
@@ -392,7 +396,7 @@ impl Around {
     /// through it there is part of what was measured for `c`.
     pub fn covers(&self, c: &Candidate, other: &Candidate) -> bool {
         self.of
-            .get(&c.start)
+            .get(&(c.start, c.end))
             .is_some_and(|i| (self.windows[*i].1.0..self.windows[*i].1.1).contains(&other.start))
     }
 

@@ -7,7 +7,7 @@ use super::DetectConfig;
 use super::candidate::{Candidate, Funnel, Metric};
 use super::changepoint::{segment, test_levels};
 use super::seasonality::{daily_strength, is_seasonal, remove_daily_profile};
-use super::stats::{mean, noise_sd};
+use super::stats::{block_means, mean, noise_sd};
 use super::trend::{Segments, levels, runs, went_away};
 
 /// How long a change of a seasonal series must last, at least (half a day: a leftover of the
@@ -48,7 +48,7 @@ pub fn analyze(
         && remove_daily_profile(&mut full, grid.start, grid.step);
     let y: Vec<f64> = idx.iter().map(|&i| full[i]).collect();
     let mut scratch = Vec::with_capacity(y.len());
-    let sigma = noise(&y, grid.samples, &mut scratch);
+    let sigma = noise(&y, grid.samples, m, &mut scratch);
     let scan = segment(&y, sigma, m, cfg.alpha);
     funnel.count(
         "significance",
@@ -57,7 +57,7 @@ pub fn analyze(
     );
     if seasonal {
         let raw: Vec<f64> = idx.iter().map(|&i| values[i]).collect();
-        let raw_sigma = noise(&raw, grid.samples, &mut scratch);
+        let raw_sigma = noise(&raw, grid.samples, m, &mut scratch);
         let raw_scan = segment(&raw, raw_sigma, m, cfg.alpha);
         let explained = strength.unwrap_or_default() * 100.0;
         let seg = Segments::new(&raw, &raw_scan.splits);
@@ -129,7 +129,8 @@ pub fn analyze(
         let lasted = (idx[idx.len() - 1] + 1 - idx[at]) as i64 * grid.step;
         let (tlo, thi) = seg.range(r.first);
         let transient = (idx[thi - 1] + 1 - idx[tlo]) as i64 * grid.step;
-        let away = went_away(&seg, &r, c.before, c.after, lasted, transient, min_lasting);
+        let away = went_away(&seg, &r, c.before, c.after, lasted, transient, min_lasting)
+            .or_else(|| short_lived(&c, &y, a, cfg.buckets(min_lasting), m, r.kind));
         cands.push((c, away, r.kind));
     }
 
@@ -157,8 +158,10 @@ pub fn analyze(
 }
 
 /// Robust noise of a share series, never below the binomial sampling noise of a share
-/// measured on `samples` samples.
-fn noise(y: &[f64], samples: f64, scratch: &mut Vec<f64>) -> f64 {
+/// measured on `samples` samples, nor below what its `block`-point means say: a share also
+/// wanders slowly (what is left of a daily cycle, other functions' changes seen through the
+/// share), which point-to-point differences do not see but a test of segment means does.
+fn noise(y: &[f64], samples: f64, block: usize, scratch: &mut Vec<f64>) -> f64 {
     let p = mean(y).clamp(0.0, 1.0);
     let binomial = if samples > 0.0 {
         (p * (1.0 - p) / samples).sqrt()
@@ -166,9 +169,43 @@ fn noise(y: &[f64], samples: f64, scratch: &mut Vec<f64>) -> f64 {
         0.0
     };
     let robust = noise_sd(y, scratch);
-    let sd = robust.max(binomial);
+    let means = block_means(y, block);
+    let slow = if block > 1 && means.len() >= 32 {
+        noise_sd(&means, scratch) * (block as f64).sqrt()
+    } else {
+        0.0
+    };
+    let sd = robust.max(slow).max(binomial);
     // A constant series (a share of exactly 0 or 1) still needs a scale, tiny but positive.
     if sd > 0.0 { sd } else { 1e-12 }
+}
+
+/// A step whose level, once it has had `lasting` points to settle, keeps under half of its
+/// change (a spike shorter than the minimum segment lifts the mean of the long segment it
+/// sits in): why, or None. `a` is the after range of `y`, compressed; `m` the least points
+/// the late level is measured on.
+fn short_lived(
+    c: &Candidate,
+    y: &[f64],
+    a: (usize, usize),
+    lasting: usize,
+    m: usize,
+    kind: super::candidate::Kind,
+) -> Option<String> {
+    if kind != super::candidate::Kind::Step || a.1 < a.0 + lasting + m {
+        return None;
+    }
+    let late = mean(&y[a.0 + lasting..a.1]);
+    let remains = (late - c.before) / c.delta();
+    (remains < 0.5).then(|| {
+        format!(
+            "did not last: {:.6} -> {:.6}, but {:.6} once settled ({:.0}% of the change remains)",
+            c.before,
+            c.after,
+            late,
+            remains * 100.0
+        )
+    })
 }
 
 /// Why a change is below the configured minimum, or None.

@@ -3,7 +3,7 @@
 //! (work moved between functions of one cost domain, a caller whose total barely moved: a
 //! refactor, not a regression). A domain that is new (nothing before) is never a shift.
 
-use super::candidate::{Candidate, Funnel};
+use super::candidate::{Candidate, Funnel, Metric};
 use super::{Around, ServiceSeries};
 
 /// Removes candidates whose share moved only because the rest of the service's cost did:
@@ -16,14 +16,13 @@ pub fn normalization(
     s: &ServiceSeries,
     around: &Around,
 ) -> Vec<Candidate> {
-    let all = cands.clone();
-    funnel.apply("normalization", cands, |c| {
+    let why = cands.iter().map(|c| {
         let w = around.window(c)?;
         let f = s.functions[c.func].function.as_str();
         if !w.has(f) {
             return None;
         }
-        if let Some(why) = elsewhere(c, &all, s, around) {
+        if let Some(why) = elsewhere(c, &cands, s, around) {
             return Some(why);
         }
         let scale = w.scale(c.metric, f)?;
@@ -38,7 +37,9 @@ pub fn normalization(
                 own * 100.0
             )
         })
-    })
+    });
+    let why = why.collect();
+    one_verdict_per_change(funnel, "normalization", cands, why)
 }
 
 /// A larger opposite change `a` in stacks `c` does not share: when everything but `a` keeps
@@ -74,7 +75,47 @@ fn elsewhere(
         })
 }
 
-/// Removes candidates whose caller (or its caller) kept its total while they moved: the
+/// Callers up to this many levels above a candidate are tried as its cost domain.
+const DOMAIN_LEVELS: usize = 32;
+
+/// Runs filter `verdict` over `cands` as one stage, a change's CPU and energy views judged as
+/// one: when either view is removed, its twin (same function and direction, at about the same
+/// time) goes with it. Work moved to a stack that draws more power still moved: the energy
+/// view of a cost shift is no regression of its own.
+fn one_verdict_per_change(
+    funnel: &mut Funnel,
+    stage: &'static str,
+    cands: Vec<Candidate>,
+    mut why: Vec<Option<String>>,
+) -> Vec<Candidate> {
+    for i in 0..cands.len() {
+        if why[i].is_some() {
+            continue;
+        }
+        let twin = (0..cands.len()).find(|&j| {
+            why[j].is_some()
+                && !why[j].as_deref().is_some_and(|w| w.starts_with(TWIN))
+                && cands[j].func == cands[i].func
+                && cands[j].metric != cands[i].metric
+                && cands[j].sign() == cands[i].sign()
+                && cands[j].overlaps(&cands[i], 2)
+        });
+        if let Some(j) = twin {
+            why[i] = Some(format!(
+                "{TWIN} {} view: {}",
+                cands[j].metric.name(),
+                why[j].as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    let mut next = why.into_iter();
+    funnel.apply(stage, cands, |_| next.next().flatten())
+}
+
+/// How a verdict carried over from the other view starts.
+const TWIN: &str = "same change as the";
+
+/// Removes candidates one of whose callers kept its total while they moved: the
 /// domain's own change is under `tolerance` of the candidate's change inside it, and measured
 /// precisely enough to tell (three standard errors under that change).
 pub fn cost_shift(
@@ -84,12 +125,55 @@ pub fn cost_shift(
     around: &Around,
     tolerance: f64,
 ) -> Vec<Candidate> {
-    funnel.apply("cost_shift", cands, |c| {
+    // Domains a shift was found inside: (function, the candidate that shifted).
+    let mut domains: Vec<(String, usize)> = Vec::new();
+    let mut why: Vec<Option<String>> = Vec::with_capacity(cands.len());
+    for (i, c) in cands.iter().enumerate() {
+        why.push(shifted(c, s, around, tolerance).map(|(domain, why)| {
+            domains.push((domain, i));
+            why
+        }));
+    }
+    // A domain (or a caller of it) whose work did not move (no change in the cpu view) but
+    // whose energy did, as a shift inside it moved work to stacks that draw more (or less)
+    // power: that shift.
+    for (i, c) in cands.iter().enumerate() {
+        let f = s.functions[c.func].function.as_str();
+        let cpu_moved = cands
+            .iter()
+            .any(|o| o.func == c.func && o.metric == Metric::Cpu && o.overlaps(c, 2));
+        if why[i].is_some() || c.metric != Metric::Energy || cpu_moved {
+            continue;
+        }
+        let Some(w) = around.window(c) else { continue };
+        if let Some((_, j)) = domains.iter().find(|(d, j)| {
+            w.calls(f, d) && (cands[*j].overlaps(c, 2) || around.covers(c, &cands[*j]))
+        }) {
+            why[i] = Some(format!(
+                "its work did not change (no change in the cpu view): energy moved with the work \
+                 shifted inside it to {} ({})",
+                s.functions[cands[*j].func].function,
+                why[*j].as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    one_verdict_per_change(funnel, "cost_shift", cands, why)
+}
+
+/// The domain `c` is a cost shift inside, and why; None when it is not one.
+fn shifted(
+    c: &Candidate,
+    s: &ServiceSeries,
+    around: &Around,
+    tolerance: f64,
+) -> Option<(String, String)> {
+    {
         let w = around.window(c)?;
         let f = s.functions[c.func].function.as_str();
         let scale = w.scale(c.metric, f)?;
         let own = w.flow(c.metric, None, f, scale);
-        for domain in w.callers(c.metric, f, 2) {
+        // Every caller up the stack: a callee of the function that gained the work grows too.
+        for domain in w.callers(c.metric, f, DOMAIN_LEVELS) {
             if w.before(c.metric, &domain) <= 0.0 {
                 continue; // a new domain is never a shift
             }
@@ -106,14 +190,15 @@ pub fn cost_shift(
                 && inside.abs() >= own.abs() / 2.0
                 && total.abs() < tolerance * inside.abs()
             {
-                return Some(format!(
+                let why = format!(
                     "cost shift inside {domain}: {f} moved {:+.4}% of the service while \
                      {domain}'s total moved {:+.4}%",
                     inside * 100.0,
                     total * 100.0
-                ));
+                );
+                return Some((domain, why));
             }
         }
         None
-    })
+    }
 }

@@ -97,6 +97,13 @@ impl Window {
         self.has(f) && self.has(g) && !self.rows.iter().any(|r| r.through(f) && r.through(g))
     }
 
+    /// True when `upper` is `lower` or calls it in some stack.
+    pub fn calls(&self, upper: &str, lower: &str) -> bool {
+        self.rows
+            .iter()
+            .any(|r| matches!((r.pos(upper), r.pos(lower)), (Some(u), Some(l)) if u <= l))
+    }
+
     /// Before share of the stacks through `func`.
     pub fn before(&self, metric: Metric, func: &str) -> f64 {
         let k = m(metric);

@@ -422,3 +422,80 @@ fn without_stacks_the_series_stages_still_run_and_the_note_says_so() {
         summary(&r)
     );
 }
+
+#[test]
+fn a_spike_shorter_than_a_segment_is_not_a_regression() {
+    // 30 minutes at +50%: shorter than the 1 h minimum segment, so no segment of its own; the
+    // step it lifts into the long segment it sits in did not last.
+    let s = service(7, |b| if (AT..AT + 6).contains(&b) { 1.5 } else { 1.0 });
+    let r = run(&s, 21, &[]);
+    assert!(with_status(&r, "open").is_empty(), "{}", summary(&r));
+    assert!(
+        filtered_with(&r, "went_away", "hash", "did not last").is_some(),
+        "{}",
+        summary(&r)
+    );
+}
+
+#[test]
+fn slow_wander_is_not_a_change_a_step_on_it_is() {
+    // hash wanders ±2% over a 6-hour period (not daily: no profile removes it), well above the
+    // point-to-point noise of its share.
+    let wander = |b: usize| 1.0 + 0.02 * (b as f64 / 72.0 * std::f64::consts::TAU).sin();
+    let r = run(&service(7, wander), 22, &[]);
+    assert!(with_status(&r, "open").is_empty(), "{}", summary(&r));
+
+    let r = run(
+        &service(7, move |b| wander(b) * if b >= AT { 1.1 } else { 1.0 }),
+        22,
+        &[],
+    );
+    let open = with_status(&r, "open");
+    assert_eq!(open.len(), 1, "{}", summary(&r));
+    assert_eq!(open[0].function, "hash", "{}", summary(&r));
+}
+
+#[test]
+fn work_moved_into_a_subtree_is_a_shift_down_to_its_leaves_in_both_views() {
+    // Work moves from parse to validate's subtree (three levels below handle, whose total is
+    // unchanged); validate's stacks draw 40% more power per sample, so the energy view of the
+    // domain grows: still one shift, not an energy regression.
+    let shift = |moved: f64| {
+        Synth::new(7)
+            .stack_fn("main;serve;handle;parse", move |b| {
+                if b >= AT { 0.20 - moved } else { 0.20 }
+            })
+            .stack_fn("main;serve;handle;validate;decode;check", move |b| {
+                if b >= AT { 0.04 + moved } else { 0.04 }
+            })
+            .stack("main;serve;handle;validate", 0.01)
+            .energy_fn("main;serve;handle;validate;decode;check", |_| 1.4)
+            .stack("main;serve;log", 0.10)
+            .stack("main;gc", 0.10)
+            .stack("main;serve;io", 0.55)
+    };
+    let r = run(&shift(0.02), 23, &[]);
+    assert!(with_status(&r, "open").is_empty(), "{}", summary(&r));
+    assert!(
+        filtered_with(
+            &r,
+            "cost_shift",
+            "check",
+            "cost shift inside main;serve;handle"
+        )
+        .is_some()
+            || filtered_with(&r, "cost_shift", "check", "cost shift inside handle").is_some(),
+        "{}",
+        summary(&r)
+    );
+    assert!(
+        filtered_with(&r, "cost_shift", "", "same change as the").is_some()
+            || r.regressions
+                .iter()
+                .any(|g| g.filtered_by.as_ref().is_some_and(
+                    |f| f.filter == "cost_shift" && f.detail.contains("same change as the")
+                )),
+        "{}",
+        summary(&r)
+    );
+}

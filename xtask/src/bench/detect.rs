@@ -12,6 +12,8 @@
 //! regression, or noise.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -23,8 +25,44 @@ use wattson_proto::v1::{
 use super::Row;
 use crate::fleet_sim::{self, Collector, Event, Kind, Truth};
 
-/// Seeds scored; goals are judged on all of them together, never on one.
-const SEEDS: &[u64] = &[1, 2, 3];
+/// Options of the detect area (`cargo xtask bench --only detect --detect-seeds 11,12,13`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Options {
+    /// Seeds of the fleets scored (comma-separated); goals are judged on all of them together,
+    /// never on one, and each seed's figures are printed too.
+    #[arg(long = "detect-seeds", value_delimiter = ',', default_values_t = [1u64, 2, 3])]
+    pub seeds: Vec<u64>,
+    /// Services of each scored fleet.
+    #[arg(long = "detect-services", default_value_t = 8)]
+    pub services: usize,
+    /// Functions per service of each scored fleet.
+    #[arg(long = "detect-functions", default_value_t = 60)]
+    pub functions: usize,
+    /// Days of history of each scored fleet.
+    #[arg(long = "detect-days", default_value_t = 14.0)]
+    pub days: f64,
+    /// Skip the speed run (10,000 series; minutes and gigabytes).
+    #[arg(long = "detect-no-speed")]
+    pub no_speed: bool,
+    /// Write each seed's ground truth and answer here (seed-N-truth.json, seed-N-answer.json).
+    #[arg(long = "detect-dump")]
+    pub dump: Option<PathBuf>,
+}
+
+static OPTIONS: OnceLock<Options> = OnceLock::new();
+
+/// Sets the options `run` uses (the first call wins).
+pub fn configure(o: Options) {
+    let _ = OPTIONS.set(o);
+}
+
+fn options() -> Options {
+    OPTIONS
+        .get()
+        .cloned()
+        .expect("bench::run configures the detect area first")
+}
+
 /// How far from the injection a report's start may be.
 const TOLERANCE: i64 = 6 * 3600;
 /// The speed run: 10 x 500 (service, function) pairs, each a CPU and an energy series (as
@@ -62,6 +100,7 @@ fn args(seed: u64, services: usize, functions: usize) -> fleet_sim::Args {
         truth: None,
         chunk: 12,
         concurrency: 4,
+        scenario: fleet_sim::Scenario::Mixed,
     }
 }
 
@@ -74,6 +113,9 @@ struct Detected {
     builds: BTreeMap<String, String>,
     /// Seconds the first `ListRegressions` took (the detection pass).
     seconds: f64,
+    /// Per open regression that is an injected one with a change, the change the regression
+    /// solver's report names (None: it names none).
+    solved: BTreeMap<String, Option<String>>,
 }
 
 /// Simulates `a` into a fresh collector and asks it for every regression and change.
@@ -116,11 +158,24 @@ fn detect(a: &fleet_sim::Args) -> anyhow::Result<Detected> {
             .with_context(|| format!("ListChanges at {url}"))?;
         anyhow::Ok((r.into_inner(), seconds, changes.into_inner().changes))
     })?;
+    // The solver on every report of an injected regression with a change.
+    let solved = rt.block_on(async {
+        let mut skills = fleet_sim::solve::connect(&url).await?;
+        let mut solved = BTreeMap::new();
+        for r in answer.regressions.iter().filter(|r| r.status == "open") {
+            if injected(&out.truth, r).is_some_and(|(_, e)| e.change_id.is_some()) {
+                let c = fleet_sim::solve::culprit(&mut skills, window, &r.service, &r.id).await?;
+                solved.insert(r.id.clone(), c);
+            }
+        }
+        anyhow::Ok(solved)
+    })?;
     Ok(Detected {
         truth: out.truth,
         answer,
         builds: changes.into_iter().map(|c| (c.id, c.build_id)).collect(),
         seconds,
+        solved,
     })
 }
 
@@ -135,6 +190,8 @@ struct Score {
     delays: Vec<f64>,
     /// Matches whose injection has a change: (top-1, top-3, of).
     culprit: (usize, usize, usize),
+    /// Matches with a change: (the solver's report names it, of).
+    solver: (usize, usize),
     /// Matches without any change that still named one.
     blamed_without_change: usize,
     no_change: usize,
@@ -156,6 +213,16 @@ fn near(e: &Event, t: i64) -> bool {
     t >= e.at - TOLERANCE && t <= e.until.unwrap_or(e.at) + TOLERANCE
 }
 
+/// The injected regression report `r` is, if any: same service and function, started near it.
+fn injected<'a>(truth: &'a Truth, r: &Regression) -> Option<(usize, &'a Event)> {
+    truth.events.iter().enumerate().find(|(_, e)| {
+        e.regression
+            && e.service == r.service
+            && e.function == r.function
+            && near(e, r.started_unix_seconds)
+    })
+}
+
 impl Score {
     fn add(&mut self, d: &Detected) {
         let (truth, answer) = (&d.truth, &d.answer);
@@ -173,20 +240,14 @@ impl Score {
         let mut claimed = vec![false; truth.events.len()];
         for r in answer.regressions.iter().filter(|r| r.status == "open") {
             self.reported += 1;
-            let hit = truth.events.iter().position(|e| {
-                e.regression
-                    && e.service == r.service
-                    && e.function == r.function
-                    && near(e, r.started_unix_seconds)
-            });
-            match hit {
+            match injected(truth, r).map(|(i, _)| i) {
                 Some(i) if !claimed[i] => {
                     claimed[i] = true;
                     self.matched += 1;
                     let e = &truth.events[i];
                     self.delays
                         .push((r.detected_unix_seconds - e.at) as f64 / 3600.0);
-                    self.culprit_of(truth, &d.builds, e, r);
+                    self.culprit_of(truth, &d.builds, e, r, d.solved.get(&r.id));
                 }
                 Some(_) => *self.false_positives.entry("duplicate").or_default() += 1,
                 None => *self.false_positives.entry(fp_kind(truth, r)).or_default() += 1,
@@ -217,6 +278,7 @@ impl Score {
         builds: &BTreeMap<String, String>,
         e: &Event,
         r: &Regression,
+        solved: Option<&Option<String>>,
     ) {
         match &e.change_id {
             Some(id) => {
@@ -235,6 +297,8 @@ impl Score {
                 self.culprit.0 += usize::from(rank == Some(0));
                 self.culprit.1 += usize::from(rank.is_some_and(|k| k < 3));
                 self.culprit.2 += 1;
+                self.solver.0 += usize::from(solved.and_then(Option::as_deref).is_some_and(same));
+                self.solver.1 += 1;
             }
             None => {
                 self.no_change += 1;
@@ -294,20 +358,42 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let o = options();
+    anyhow::ensure!(
+        !o.seeds.is_empty(),
+        "--detect-seeds: give at least one seed"
+    );
     let mut score = Score::default();
-    let quality = args(0, 8, 60);
-    for &seed in SEEDS {
+    let mut per_seed = Vec::new();
+    let quality = fleet_sim::Args {
+        days: o.days,
+        ..args(0, o.services, o.functions)
+    };
+    for &seed in &o.seeds {
         let a = fleet_sim::Args {
             seed,
             ..quality.clone()
         };
-        score.add(&detect(&a)?);
+        let d = detect(&a)?;
+        if let Some(dir) = &o.dump {
+            dump(dir, &d)?;
+        }
+        let mut one = Score::default();
+        one.add(&d);
+        per_seed.push((seed, one));
+        score.add(&d);
     }
-    report(rows, &score, &quality);
+    report(rows, &score, &quality, &o.seeds);
+    for (seed, s) in &per_seed {
+        rows.push(seed_row(*seed, s));
+    }
     // The speed run takes minutes and gigabytes: what was scored is shown before it starts.
     eprint!("{}", super::table(rows));
+    if o.no_speed {
+        return Ok(());
+    }
     // Speed: one seed at 10,000 (service, function) series.
-    let a = args(SEEDS[0], SPEED_SERVICES, SPEED_FUNCTIONS);
+    let a = args(o.seeds[0], SPEED_SERVICES, SPEED_FUNCTIONS);
     let Detected {
         answer, seconds, ..
     } = detect(&a)?;
@@ -322,11 +408,56 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn report(rows: &mut Vec<Row>, s: &Score, a: &fleet_sim::Args) {
+/// Writes the truth and the answer of one seed as JSON, to look at misses and false positives.
+fn dump(dir: &std::path::Path, d: &Detected) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating --detect-dump {}", dir.display()))?;
+    let seed = d.truth.seed;
+    for (name, json) in [
+        ("truth", serde_json::to_string(&d.truth)?),
+        ("answer", serde_json::to_string(&d.answer)?),
+    ] {
+        let p = dir.join(format!("seed-{seed}-{name}.json"));
+        std::fs::write(&p, json).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Recall of the regressions of at least 0.05% of a service: (found, injected).
+fn big_recall(s: &Score) -> (usize, usize) {
+    s.recall
+        .iter()
+        .filter(|(size, _)| **size as f64 / 1e4 >= 0.05)
+        .fold((0, 0), |(f, a), (_, (found, all))| (f + found, a + all))
+}
+
+/// One seed's headline figures on one line.
+fn seed_row(seed: u64, s: &Score) -> Row {
+    let (bf, ba) = big_recall(s);
+    let fp: usize = s.false_positives.values().sum();
+    let mut pass = s.pass_seconds.clone();
+    row(
+        format!("  seed {seed}"),
+        format!(
+            "precision {:.3} ({} of {}), recall >= 0.05% {:.2} ({bf} of {ba}), top-3 {} of {}, {fp} FPs, pass {:.1} s",
+            ratio(s.matched, s.reported),
+            s.matched,
+            s.reported,
+            ratio(bf, ba),
+            s.culprit.1,
+            s.culprit.2,
+            percentile(&mut pass, 0.5)
+        ),
+        "",
+        None,
+    )
+}
+
+fn report(rows: &mut Vec<Row>, s: &Score, a: &fleet_sim::Args, seeds: &[u64]) {
     rows.push(row(
         "fleet",
         format!(
-            "seeds {SEEDS:?}, {} services x {} functions each, {} days at {} s, {} hosts per service at 19 Hz",
+            "seeds {seeds:?}, {} services x {} functions each, {} days at {} s, {} hosts per service at 19 Hz",
             a.services, a.functions, a.days, a.step, a.hosts
         ),
         "",
@@ -340,20 +471,15 @@ fn report(rows: &mut Vec<Row>, s: &Score, a: &fleet_sim::Args) {
         ">= 0.95",
         Some(precision >= GOAL_PRECISION),
     ));
-    let (mut big_found, mut big_all) = (0, 0);
     for (&size, &(found, all)) in &s.recall {
-        let pct = size as f64 / 1e4;
-        if pct >= 0.05 {
-            big_found += found;
-            big_all += all;
-        }
         rows.push(row(
-            format!("  recall at {pct}% of a service"),
+            format!("  recall at {}% of a service", size as f64 / 1e4),
             format!("{:.2} ({found} of {all})", ratio(found, all)),
             "",
             None,
         ));
     }
+    let (big_found, big_all) = big_recall(s);
     let recall = ratio(big_found, big_all);
     rows.push(row(
         "recall, regressions >= 0.05% of a service",
@@ -379,6 +505,17 @@ fn report(rows: &mut Vec<Row>, s: &Score, a: &fleet_sim::Args) {
         format!("{:.2} / {t3:.2} ({top1}, {top3} of {of})", ratio(top1, of)),
         "top-3 >= 90%",
         Some(t3 >= GOAL_TOP3),
+    ));
+    rows.push(row(
+        "solver report names the injected change (found regressions with a change)",
+        format!(
+            "{:.2} ({} of {})",
+            ratio(s.solver.0, s.solver.1),
+            s.solver.0,
+            s.solver.1
+        ),
+        "",
+        None,
     ));
     rows.push(row(
         "  culprit named where no change was made",

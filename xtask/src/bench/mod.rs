@@ -19,6 +19,8 @@ pub struct Args {
     /// `detect-speed`).
     #[arg(long)]
     pub only: Option<String>,
+    #[command(flatten)]
+    pub detect: detect::Options,
 }
 
 /// One line of the result table.
@@ -49,8 +51,9 @@ const AREAS: &[Area] = &[
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
-        return rerun_optimized(args);
+        return rerun_optimized();
     }
+    detect::configure(args.detect.clone());
     let mut rows = Vec::new();
     let mut ran = 0;
     for (name, area) in AREAS {
@@ -70,22 +73,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
 /// `cargo xtask` builds in the dev profile, where figures would measure -O0 code (SQLite's C
 /// included): run the same bench from an optimized xtask instead.
-fn rerun_optimized(args: &Args) -> anyhow::Result<()> {
+fn rerun_optimized() -> anyhow::Result<()> {
     eprintln!("bench: rebuilding xtask with --release so figures measure optimized code ...");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
-    cmd.args([
-        "run",
-        "--release",
-        "--quiet",
-        "--package",
-        "xtask",
-        "--",
-        "bench",
-    ]);
-    if let Some(only) = &args.only {
-        cmd.args(["--only", only]);
-    }
+    cmd.args(["run", "--release", "--quiet", "--package", "xtask", "--"]);
+    // The same arguments, whatever the areas' options are.
+    cmd.args(std::env::args_os().skip(1));
     let status = cmd.status()?;
     anyhow::ensure!(status.success(), "optimized bench run failed: {status}");
     Ok(())

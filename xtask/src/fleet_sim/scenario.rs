@@ -32,6 +32,28 @@ pub enum Kind {
     Improvement,
 }
 
+/// What a fleet's services go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Scenario {
+    /// Every kind of event per service (steps of every size, creeps, spikes, shifts,
+    /// improvements, deploys without effect): what the detect bench scores.
+    #[default]
+    Mixed,
+    /// One 1% step per service, caused by a recorded deploy (and its decoy experiment): the
+    /// smallest fleet whose regression must reach the solver with its change.
+    OneStep,
+}
+
+impl Scenario {
+    /// The events of one service, in order of priority (a short history holds fewer).
+    fn kinds(self) -> &'static [Kind] {
+        match self {
+            Scenario::Mixed => PLAN,
+            Scenario::OneStep => &[Kind::Step],
+        }
+    }
+}
+
 /// Where a change point's change came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -161,6 +183,44 @@ const PLAN: &[Kind] = &[
 pub struct Cycle {
     size: usize,
     cause: usize,
+    scenario: Scenario,
+}
+
+impl Cycle {
+    /// The counters' start for `scenario`: one-step fleets inject only the largest size, each
+    /// by a recorded deploy.
+    pub fn new(scenario: Scenario) -> Cycle {
+        Cycle {
+            size: if scenario == Scenario::OneStep {
+                SIZES.len() - 1
+            } else {
+                0
+            },
+            cause: 0,
+            scenario,
+        }
+    }
+
+    fn next_size(&mut self) -> f64 {
+        let d = SIZES[self.size % SIZES.len()];
+        if self.scenario == Scenario::Mixed {
+            self.size += 1;
+        }
+        d
+    }
+
+    fn next_cause(&mut self) -> Cause {
+        let c = [
+            Cause::RecordedDeploy,
+            Cause::AutomaticDeploy,
+            Cause::Config,
+            Cause::None,
+        ][self.cause % 4];
+        if self.scenario == Scenario::Mixed {
+            self.cause += 1;
+        }
+        c
+    }
 }
 
 /// Builds the timeline of `svc` over `[start, end)` at `step`. Events start after 2.5 days of
@@ -195,7 +255,7 @@ pub fn plan(
         let t = first + slot as i64 * 12 * 3600 + rng.range(0.0, 6.0 * 3600.0) as i64;
         Some(t - (t - start).rem_euclid(step))
     };
-    for (n, &kind) in PLAN.iter().enumerate() {
+    for (n, &kind) in cycle.scenario.kinds().iter().enumerate() {
         let Some(at) = slot_time(rng, &mut free) else {
             break;
         };
@@ -209,15 +269,7 @@ pub fn plan(
         }
         let f = svc_index(svc, &event.function);
         match kind {
-            Kind::Step => {
-                event.cause = [
-                    Cause::RecordedDeploy,
-                    Cause::AutomaticDeploy,
-                    Cause::Config,
-                    Cause::None,
-                ][cycle.cause % 4];
-                cycle.cause += 1;
-            }
+            Kind::Step => event.cause = cycle.next_cause(),
             Kind::Shift | Kind::Improvement => event.cause = Cause::Config,
             Kind::Spike | Kind::Creep => event.cause = Cause::None,
         }
@@ -293,7 +345,7 @@ pub fn plan(
         tl.events.push(event);
     }
     // A deploy that changes nothing, recorded one seed-half of the time.
-    if let Some(at) = slot_time(rng, &mut free) {
+    if let Some(at) = slot_time(rng, &mut free).filter(|_| cycle.scenario == Scenario::Mixed) {
         let build = build_id(rng);
         tl.builds.push((at, build.clone()));
         let recorded = rng.unit() < 0.5;
@@ -327,9 +379,12 @@ fn kind_word(kind: Kind) -> &'static str {
     }
 }
 
-/// The deepest function at or below `f` through which at least 90% of `effect` flows: the
-/// function a detector should name (with one heavy callee, that callee is where it changed).
+/// The deepest function at or below `f` through which at least `dedup_flow` of `effect` flows
+/// (the collector's own default, so the truth and dedup share one definition of "the function
+/// that changed"): the function a detector should name (with one heavy callee, that callee is
+/// where it changed).
 fn deepest(svc: &Service, mut f: usize, effect: &[(usize, f64)]) -> usize {
+    let flow = wattson_collector::detect::DetectConfig::default().dedup_flow;
     let total: f64 = effect.iter().map(|(_, a)| a).sum();
     let through = |g: usize| -> f64 {
         effect
@@ -341,7 +396,7 @@ fn deepest(svc: &Service, mut f: usize, effect: &[(usize, f64)]) -> usize {
     while let Some(&c) = svc.functions[f]
         .children
         .iter()
-        .find(|&&c| through(c) >= 0.9 * total)
+        .find(|&&c| through(c) >= flow * total)
     {
         f = c;
     }
@@ -412,9 +467,7 @@ fn shape_event(
     match kind {
         Kind::Step | Kind::Creep => {
             let d = if kind == Kind::Step {
-                let d = SIZES[cycle.size % SIZES.len()];
-                cycle.size += 1;
-                d
+                cycle.next_size()
             } else {
                 SIZES[4 + rng.below(SIZES.len() - 4)]
             };
