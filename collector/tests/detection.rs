@@ -451,9 +451,11 @@ async fn an_injected_step_is_found_at_its_function_with_its_change() {
 /// stopping) abandons its passes between services instead of holding the shutdown.
 #[test]
 fn one_service_is_detected_alone_and_a_cancelled_pass_stops() {
+    use std::sync::Arc;
     use wattson_collector::attribute::FleetConfig;
     use wattson_collector::detect::DetectConfig;
     use wattson_collector::detection::{DetectionError, Detector};
+    use wattson_collector::store::{self, Store};
 
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("w.db").display());
