@@ -93,6 +93,7 @@ pub fn edits(lines: &[&str], at: usize) -> Result<Vec<Edit>, String> {
         r"^HashMap\s*::\s*(?:<[^>]*>\s*::\s*)?(?P<f>[a-z_]+)\s*\((?P<args>[^()]*\))?",
     )
     .expect("a valid regex");
+    let public = regex::Regex::new(r"\bpub\b").expect("a valid regex");
     let mut import = None;
     let mut edits = Vec::new();
     for (i, line) in lines.iter().enumerate() {
@@ -110,7 +111,7 @@ pub fn edits(lines: &[&str], at: usize) -> Result<Vec<Edit>, String> {
         if code.trim_start().starts_with("use ") {
             return refuse("import HashMap on its own line (`use std::collections::HashMap;`)");
         }
-        if regex::Regex::new(r"\bpub\b").expect("valid").is_match(code) {
+        if public.is_match(code) {
             return refuse("a public item names HashMap; its users elsewhere would not follow");
         }
         let mut fixed = code.to_string();

@@ -132,13 +132,13 @@ fn measure(case: &Case) -> Outcome {
         }
     };
     let patched = match finding(case, &w, &before) {
-        Ok(f) => {
+        Ok((f, notes)) => {
             out.location = f
                 .location
                 .as_ref()
                 .map(|(file, line)| format!("{}:{line}", short(file)))
                 .unwrap_or_else(|| "-".into());
-            apply(&w, &f, case).map_err(|e| format!("finding, {e}"))
+            apply(&w, &f, case).map_err(|e| format!("{} found, {e}: {notes}", f.function))
         }
         Err(e) => Err(e),
     };
@@ -160,23 +160,22 @@ fn measure(case: &Case) -> Outcome {
     out
 }
 
-/// The workload's finding for the case's skill, from a real profile.
-fn finding(case: &Case, w: &Workload, exe: &Path) -> Result<Found, String> {
+/// The workload's finding for the case's skill, from a real profile, and the skill's notes.
+fn finding(case: &Case, w: &Workload, exe: &Path) -> Result<(Found, String), String> {
     let p = workloads::profile(exe, case.profile_args, Stdio::null(), case.service)
         .map_err(|e| first_line(&e.to_string()))?;
     let r = p.suggest(case.service, case.skill, w.root());
     p.stop();
     let r = r.map_err(|e| first_line(&e.to_string()))?;
-    r.of(case.service).cloned().ok_or_else(|| {
-        format!(
-            "no finding ({})",
-            if r.notes.is_empty() {
-                "no notes".into()
-            } else {
-                r.notes.join("; ")
-            }
-        )
-    })
+    let notes = if r.notes.is_empty() {
+        "no notes".into()
+    } else {
+        r.notes.join("; ")
+    };
+    match r.of(case.service) {
+        Some(f) => Ok((f.clone(), notes)),
+        None => Err(format!("no finding ({notes})")),
+    }
 }
 
 /// Applies the finding's patch and builds the patched workload.
