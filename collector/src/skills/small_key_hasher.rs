@@ -59,6 +59,7 @@ fn replacement() -> Vec<String> {
         "}",
         "",
         "type HashMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<SmallKeyHasher>>;",
+        "",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -260,6 +261,7 @@ mod tests {
         let diff =
             super::super::patch::make(super::super::patch::Fix::SmallKeyHasher, dir.path(), &loc)
                 .unwrap();
+        eprintln!("{diff}");
         let run = |exe: &str| {
             let st = Command::new("rustc")
                 .args(["-O", "-o"])
