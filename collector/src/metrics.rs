@@ -257,6 +257,14 @@ pub fn render(
     )
     .sample(&[], c(&counted.counts.samples));
     t.family(
+        "wattson_collector_line_keys_dropped_total",
+        Kind::Counter,
+        "Source-line rows (function, callee, file, line) not stored because a batch had more \
+         than the roll-up keeps (the hottest 512 per batch); their samples still count in \
+         stacks and functions.",
+    )
+    .sample(&[], c(&crate::store::rollup::LINE_KEYS_DROPPED));
+    t.family(
         "wattson_collector_store_write_seconds_total",
         Kind::Counter,
         "Time spent in durable store writes.",

@@ -265,3 +265,39 @@ async fn ingest_cpu_is_counted_by_stage_and_within_the_process_cpu() {
     }
     s.stop().await;
 }
+
+/// A batch with more distinct source lines than the roll-up keeps: the dropped line rows are
+/// counted on /metrics (the samples stay in stacks and functions).
+#[test]
+fn dropped_line_rows_are_counted() {
+    use wattson_collector::store::rollup::MAX_LINE_KEYS;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("m.db").display());
+    let counted = Arc::new(Counted::new(Arc::from(store::open(&url).unwrap())));
+    let store: Arc<dyn Store> = counted.clone();
+    let now = wattson_collector::report::now();
+    let dropped = || {
+        let engine = QueryEngine::new(store.clone(), FleetConfig::default());
+        let m = metrics::render(&counted, &engine, None, now);
+        let line = m
+            .lines()
+            .find(|l| l.starts_with("wattson_collector_line_keys_dropped_total "))
+            .unwrap_or_else(|| panic!("no line-keys-dropped counter in\n{m}"));
+        line.rsplit(' ').next().unwrap().parse::<f64>().unwrap()
+    };
+    let before = dropped();
+    // MAX_LINE_KEYS + 7 leaves, each on its own line of the project's own file.
+    let stacks: Vec<String> = (0..MAX_LINE_KEYS + 7)
+        .map(|i| format!("main;f{i}@src/x.rs:{}", i + 1))
+        .collect();
+    let samples: Vec<(&str, &str, &str, u64, f64)> = stacks
+        .iter()
+        .map(|s| ("svc", "", s.as_str(), 1, 0.0))
+        .collect();
+    let b = BatchBuilder::new("h1", 1)
+        .interval(now - 60, 10, false, 0.0, &samples)
+        .build();
+    store.ingest(&b).unwrap();
+    // Other tests of this binary may drop rows meanwhile: at least ours are counted.
+    assert!(dropped() >= before + 7.0, "{before} -> {}", dropped());
+}

@@ -9,17 +9,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
-/// Path of a workspace binary in the target directory of the running test, built on first use
-/// (`cargo build -p wattson-agent -p wattson-collector`, with the `wattson` CLI).
+/// Path of a workspace binary in the target directory of the running test (or xtask), built
+/// on first use (`cargo build -p wattson-agent -p wattson-collector`, with the `wattson` CLI).
 pub fn binary(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
-    // The test executable lives in target/<profile>/deps/.
+    // A test executable lives in target/<profile>/deps/, xtask in target/<profile>/.
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>")
-        .to_path_buf();
+    let mut dir = exe.parent().expect("target/<profile>").to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
     BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let release = dir.file_name().is_some_and(|n| n == "release");
@@ -146,22 +145,33 @@ impl Proc {
 
     /// Waits until `cond(self)` holds; panics with the log on timeout or early exit.
     pub fn wait_until(&mut self, what: &str, timeout: Duration, cond: impl Fn(&Proc) -> bool) {
+        if let Err(e) = self.try_wait_until(what, timeout, cond) {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits until `cond(self)` holds; on timeout or early exit, `Err` with the log.
+    pub fn try_wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&Proc) -> bool,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         while !cond(self) {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
+                return Err(format!(
                     "{} exited ({status}) before {what}\n{}",
                     self.name,
                     self.dump()
-                );
+                ));
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n{}",
-                self.dump()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!("timed out waiting for {what}\n{}", self.dump()));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
     /// Number of log lines containing `needle`.

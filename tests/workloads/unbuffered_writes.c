@@ -1,6 +1,8 @@
 /* Skills e2e workload: writes each small record to stdout with its own write(2). Anti-pattern:
  * `unbuffered-writes`; its patch turns the write into a buffered fwrite to stdout. Built by the
- * test with `cc -g -O0 -fno-omit-frame-pointer`. Usage: `unbuffered_writes_c SECONDS > FILE`. */
+ * test with `cc -g -O0 -fno-omit-frame-pointer`. Usage: `unbuffered_writes_c SECONDS [RECORDS] > FILE`:
+ * runs for SECONDS, or stops after RECORDS records (rounded up to a thousand) when given, a fixed
+ * amount of work for `cargo xtask bench`. */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -15,8 +17,9 @@ static void emit_records(const char *rec, long count) {
 
 int main(int argc, char **argv) {
     long secs = argc > 1 ? atol(argv[1]) : 10;
+    long records = argc > 2 ? atol(argv[2]) : -1;
     time_t end = time(NULL) + secs;
-    while (time(NULL) < end) {
+    for (long n = 0; (records < 0 || n < records) && time(NULL) < end; n += 1000) {
         emit_records("id=42 status=ok\n", 1000);
     }
     return 0;

@@ -45,25 +45,28 @@ fn build(s: Spec<'_>) -> Pattern {
 /// Every built-in pattern, in the order `skills list` shows them.
 pub fn patterns() -> Vec<Pattern> {
     let mut out = vec![
-        build(Spec {
-            name: "siphash-small-keys",
-            description: "SipHash (Rust's default HashMap hasher) hashing small keys",
-            frames: vec![
-                prefix("core::hash::sip::"),
-                prefix("<core::hash::sip::"),
-                prefix("<std::hash::random::DefaultHasher as core::hash::Hasher>"),
-                prefix("<std::collections::hash::map::DefaultHasher as core::hash::Hasher>"),
-                prefix("std::hash::random::DefaultHasher"),
-            ],
-            min_share: 0.03,
-            savings_factor: 0.7,
-            savings_why: "FxHash/foldhash hash an integer key in a few cycles where SipHash-1-3 \
+        Pattern {
+            fix: Some(Fix::SmallKeyHasher),
+            ..build(Spec {
+                name: "siphash-small-keys",
+                description: "SipHash (Rust's default HashMap hasher) hashing small keys",
+                frames: vec![
+                    prefix("core::hash::sip::"),
+                    prefix("<core::hash::sip::"),
+                    prefix("<std::hash::random::DefaultHasher as core::hash::Hasher>"),
+                    prefix("<std::collections::hash::map::DefaultHasher as core::hash::Hasher>"),
+                    prefix("std::hash::random::DefaultHasher"),
+                ],
+                min_share: 0.03,
+                savings_factor: 0.7,
+                savings_why: "FxHash/foldhash hash an integer key in a few cycles where SipHash-1-3 \
                           runs its rounds and finalization, several times the cost",
-            advice: "HashMap/HashSet with the default RandomState hash small keys with \
+                advice: "HashMap/HashSet with the default RandomState hash small keys with \
                      SipHash-1-3, built to resist HashDoS; for keys that are not attacker \
                      controlled, use a fast hasher: HashMap<K, V, foldhash::fast::RandomState> \
                      (or rustc_hash::FxHashMap)",
-        }),
+            })
+        },
         build(Spec {
             name: "allocator-churn",
             description: "malloc/free churn: many short-lived heap allocations",

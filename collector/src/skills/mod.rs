@@ -9,6 +9,7 @@ mod opportunities;
 pub mod patch;
 pub mod pattern;
 pub mod profile;
+mod small_key_hasher;
 mod solver;
 #[cfg(test)]
 mod solver_tests;

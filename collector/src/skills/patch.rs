@@ -18,6 +18,9 @@ pub enum Fix {
     /// Rust: the writer `let mut w = File::create(..)?;` becomes `BufWriter::new(..)`; C:
     /// `write(1, buf, n);` becomes `fwrite(buf, 1, n, stdout);` (stdio buffers it).
     BufferWrites,
+    /// Rust: the file's integer-keyed `HashMap`s get a small multiply-and-fold hasher in
+    /// place of SipHash (see `small_key_hasher`).
+    SmallKeyHasher,
 }
 
 /// Lines around the named one where the expected code may sit: a non-leaf frame's line comes
@@ -48,6 +51,15 @@ pub fn make(fix: Fix, root: &Path, loc: &SourceLocation) -> Result<String, Strin
         Fix::BufferWrites => {
             return Err(format!(
                 "{} is neither Rust nor C; buffer the writer by hand",
+                rel.display()
+            ));
+        }
+        Fix::SmallKeyHasher if rel.extension().is_some_and(|e| e == "rs") => {
+            super::small_key_hasher::edits(&lines, at - 1)?
+        }
+        Fix::SmallKeyHasher => {
+            return Err(format!(
+                "{} is not Rust; swap the hasher by hand",
                 rel.display()
             ));
         }
@@ -102,7 +114,7 @@ pub struct Edit {
 }
 
 /// The one line within [`SLACK`] of `at` that `want` accepts (two are ambiguous: none).
-fn find_line(
+pub(super) fn find_line(
     lines: &[&str],
     at: usize,
     what: &str,

@@ -169,35 +169,50 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     // Where the full path's time goes: the roll-up's CPU (per batch, then summed over many
     // hosts' batches and flushed as string rows every 1,000) and the durable write.
     let rollup = Rollup::from_batch(&template)?;
-    let view = BatchView::parse(&bytes)?;
-    let prepared = rate(CPU_PHASE, || {
-        std::hint::black_box(Prepared::from_view(&view).expect("rolls up"));
-    });
-    let fleet: Vec<Prepared> = (0..64)
-        .map(|h| Prepared::from_batch(&host_batches(start, &shape, h)[h % 64]))
-        .collect::<Result<_, _>>()?;
-    let mut acc = Accumulator::default();
-    let mut merged = 0usize;
-    let (mut flushed_rows, mut flushes) = (0usize, 0usize);
-    let merge = rate(CPU_PHASE, || {
-        acc.merge(&fleet[merged % fleet.len()]);
-        merged += 1;
-        if merged.is_multiple_of(1000) {
-            flushed_rows += acc.take_rows().len();
-            flushes += 1;
-        }
-    });
+    let fleet: Vec<Batch> = (0..64)
+        .map(|h| host_batches(start, &shape, h).swap_remove(h % 64))
+        .collect();
+    let with = rollup_rates(&template, &fleet)?;
     rows.push(row(
         "roll-up: resolve one batch (per core)",
-        format!("{prepared:.0} batches/s ({} rows alone)", rollup.rows.len()),
+        format!(
+            "{:.0} batches/s ({} rows alone)",
+            with.resolve,
+            rollup.rows.len()
+        ),
         "",
         None,
     ));
     rows.push(row(
         "roll-up: merge + flush every 1,000 batches (per core)",
         format!(
-            "{merge:.0} batches/s, {:.0} rows/batch written",
-            flushed_rows as f64 / (flushes.max(1) * 1000) as f64
+            "{:.0} batches/s, {:.0} rows/batch written",
+            with.merge, with.rows_per_batch
+        ),
+        "",
+        None,
+    ));
+    // What source-line rows (the file:line skills name) cost: the same batches with every
+    // frame's line removed, so no line row is made.
+    let strip = |b: &Batch| {
+        let mut b = b.clone();
+        b.frames.iter_mut().for_each(|f| f.line = 0);
+        b
+    };
+    let fleet_bare: Vec<Batch> = fleet.iter().map(strip).collect();
+    let bare = rollup_rates(&strip(&template), &fleet_bare)?;
+    rows.push(row(
+        "roll-up with line rows vs without (per core)",
+        format!(
+            "resolve {:.0} vs {:.0}/s ({:+.0}%), merge+flush {:.0} vs {:.0}/s ({:+.0}%), {:.0} vs {:.0} rows/batch",
+            with.resolve,
+            bare.resolve,
+            (with.resolve / bare.resolve - 1.0) * 100.0,
+            with.merge,
+            bare.merge,
+            (with.merge / bare.merge - 1.0) * 100.0,
+            with.rows_per_batch,
+            bare.rows_per_batch
         ),
         "",
         None,
@@ -414,6 +429,44 @@ fn store_rate(start: u64, shape: &Shape) -> anyhow::Result<f64> {
         store.ingest(&b)?;
     }
     Ok(seq as f64 / begin.elapsed().as_secs_f64())
+}
+
+/// The roll-up's CPU rates for one kind of batch.
+struct RollupRates {
+    /// `Prepared::from_view` of `template`, batches/s per core.
+    resolve: f64,
+    /// Merging `fleet`'s prepared batches, flushing every 1,000, batches/s per core.
+    merge: f64,
+    /// Rows written per merged batch.
+    rows_per_batch: f64,
+}
+
+fn rollup_rates(template: &Batch, fleet: &[Batch]) -> anyhow::Result<RollupRates> {
+    let bytes = template.encode_to_vec();
+    let view = BatchView::parse(&bytes)?;
+    let resolve = rate(CPU_PHASE, || {
+        std::hint::black_box(Prepared::from_view(&view).expect("rolls up"));
+    });
+    let fleet: Vec<Prepared> = fleet
+        .iter()
+        .map(Prepared::from_batch)
+        .collect::<Result<_, _>>()?;
+    let mut acc = Accumulator::default();
+    let mut merged = 0usize;
+    let (mut flushed_rows, mut flushes) = (0usize, 0usize);
+    let merge = rate(CPU_PHASE, || {
+        acc.merge(&fleet[merged % fleet.len()]);
+        merged += 1;
+        if merged.is_multiple_of(1000) {
+            flushed_rows += acc.take_rows().len();
+            flushes += 1;
+        }
+    });
+    Ok(RollupRates {
+        resolve,
+        merge,
+        rows_per_batch: flushed_rows as f64 / (flushes.max(1) * 1000) as f64,
+    })
 }
 
 /// 64 batches of one simulated host: different stacks each, intervals within one minute.

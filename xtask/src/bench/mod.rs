@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: measurements taken side by side in one run, printed as one table.
 //! Ratios, not absolute times, are the figures to read: this machine is shared and noisy.
-//! Each area (agent overhead, ingest, storage and queries) lives in its own submodule and
-//! appends rows; this module only selects areas and prints.
+//! Each area (agent overhead, ingest, storage and queries, detection, the skills' patches)
+//! lives in its own submodule and appends rows; this module only selects areas and prints.
 
 use std::fmt::Write as _;
 
@@ -10,13 +10,14 @@ mod detect;
 mod detect_speed;
 mod discard;
 mod ingest;
+mod skills;
 mod store;
 
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Only run areas whose name contains this (e.g. `agent`, `ingest`, `store`, `detect`,
-    /// `detect-speed`).
+    /// `detect-speed`, `skills`).
     #[arg(long)]
     pub only: Option<String>,
     #[command(flatten)]
@@ -38,28 +39,34 @@ pub struct Row {
     pub met: Option<bool>,
 }
 
-type Area = (&'static str, fn(&mut Vec<Row>) -> anyhow::Result<()>);
+/// An area: its name, its run, and whether it measures this process's own (Rust) code and
+/// so needs an optimized xtask (`skills` measures workloads it builds itself).
+type Area = (&'static str, fn(&mut Vec<Row>) -> anyhow::Result<()>, bool);
 
 /// Registered areas, in the order they run.
 const AREAS: &[Area] = &[
-    ("agent", agent::run),
-    ("ingest", ingest::run),
-    ("store", store::run),
-    ("detect", detect::run),
-    ("detect-speed", detect_speed::run),
+    ("agent", agent::run, true),
+    ("ingest", ingest::run, true),
+    ("store", store::run, true),
+    ("detect", detect::run, true),
+    ("detect-speed", detect_speed::run, true),
+    ("skills", skills::run, false),
 ];
 
+fn selected(args: &Args) -> impl Iterator<Item = &'static Area> + '_ {
+    AREAS
+        .iter()
+        .filter(|(name, _, _)| args.only.as_deref().is_none_or(|o| name.contains(o)))
+}
+
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    if cfg!(debug_assertions) {
+    if cfg!(debug_assertions) && selected(args).any(|(_, _, optimized)| *optimized) {
         return rerun_optimized();
     }
     detect::configure(args.detect.clone());
     let mut rows = Vec::new();
     let mut ran = 0;
-    for (name, area) in AREAS {
-        if args.only.as_deref().is_some_and(|o| !name.contains(o)) {
-            continue;
-        }
+    for (name, area, _) in selected(args) {
         eprintln!("bench: {name} ...");
         area(&mut rows)?;
         ran += 1;
@@ -86,7 +93,7 @@ fn rerun_optimized() -> anyhow::Result<()> {
 }
 
 fn names() -> Vec<&'static str> {
-    AREAS.iter().map(|(n, _)| *n).collect()
+    AREAS.iter().map(|(n, _, _)| *n).collect()
 }
 
 fn table(rows: &[Row]) -> String {
