@@ -11,9 +11,10 @@
 //! `leaf_candidates`); [`LeafUnwinder::fix`] looks the leaf's rule up and inserts the word
 //! found at the rule's index as the caller frame.
 //!
-//! Parsed `.eh_frame` sections and per-address rules are cached in byte-bounded LRUs
-//! ([`crate::symbol_cache::ByteLru`]); [`LeafFixups`] counts what was recovered and what
-//! could not be.
+//! Modules are mapped, not copied (a large program's `.eh_frame` is tens of MiB; a lookup
+//! through `.eh_frame_hdr`'s sorted table touches a few pages), and the mappings and
+//! per-address rules are cached in byte-bounded LRUs ([`crate::symbol_cache::ByteLru`]);
+//! [`LeafFixups`] counts what was recovered and what could not be.
 //!
 //! [`RawSample`]: crate::sampler::RawSample
 
@@ -23,13 +24,17 @@ use gimli::{
     BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, RegisterRule, UnwindContext,
     UnwindSection, X86_64,
 };
-use object::{Object, ObjectSection, ObjectSegment, ReadCache};
+use memmap2::Mmap;
+use object::{Object, ObjectSection, ObjectSegment};
 use wattson_agent_ebpf::LEAF_SCAN_WORDS;
 
 use crate::{process::ProcessTable, symbol_cache::ByteLru};
 
-/// Bytes of parsed `.eh_frame` (+ `.eh_frame_hdr`) sections kept (libc's are about 180 KiB).
-pub const CFI_CACHE_BYTES: usize = 8 << 20;
+/// Budget of the mapped modules kept, each charged [`MODULE_CHARGE_BYTES`] (the pages a
+/// lookup touches; the mapping itself is file-backed and shared with blazesym's).
+pub const CFI_CACHE_BYTES: usize = 4 << 20;
+/// Charged per mapped module.
+const MODULE_CHARGE_BYTES: usize = 64 << 10;
 /// Bytes of per-address rules kept.
 pub const RULE_CACHE_BYTES: usize = 1 << 20;
 /// Charged per cached rule (key, value and the map's overhead).
@@ -59,11 +64,15 @@ pub struct LeafFixups {
     pub failed: u64,
 }
 
-/// One module's call-frame information: the sections and what places them in memory.
+/// File range and link-time address of a section.
+type Section = (std::ops::Range<usize>, u64);
+
+/// One module's call-frame information: the mapped file, where its sections lie in it, and
+/// what places them in memory.
 struct ModuleCfi {
-    eh_frame: Vec<u8>,
-    eh_frame_addr: u64,
-    hdr: Option<(Vec<u8>, u64)>,
+    map: Mmap,
+    eh_frame: Section,
+    hdr: Option<Section>,
     text_addr: Option<u64>,
     /// Loadable segments: (file offset, file size, virtual address).
     segments: Vec<(u64, u64, u64)>,
@@ -72,17 +81,21 @@ struct ModuleCfi {
 impl ModuleCfi {
     fn read(path: &str) -> Option<Self> {
         let file = File::open(path).ok()?;
-        let cache = ReadCache::new(file);
-        let obj = object::File::parse(&cache).ok()?;
-        let section = |name: &str| {
+        // SAFETY: a read-only private mapping; a file truncated while mapped would fault, the
+        // same exposure blazesym's mappings of these files have.
+        let map = unsafe { Mmap::map(&file) }.ok()?;
+        let obj = object::File::parse(&*map).ok()?;
+        let section = |name: &str| -> Option<Section> {
             let s = obj.section_by_name(name)?;
-            Some((s.data().ok()?.to_vec(), s.address()))
+            let (off, size) = s.file_range()?;
+            let range = usize::try_from(off).ok()?..usize::try_from(off + size).ok()?;
+            (range.end <= map.len()).then_some((range, s.address()))
         };
-        let (eh_frame, eh_frame_addr) = section(".eh_frame")?;
+        let eh_frame = section(".eh_frame")?;
+        let hdr = section(".eh_frame_hdr");
         Some(Self {
             eh_frame,
-            eh_frame_addr,
-            hdr: section(".eh_frame_hdr"),
+            hdr,
             text_addr: obj.section_by_name(".text").map(|s| s.address()),
             segments: obj
                 .segments()
@@ -91,11 +104,8 @@ impl ModuleCfi {
                     (off, size, s.address())
                 })
                 .collect(),
+            map,
         })
-    }
-
-    fn bytes(&self) -> usize {
-        self.eh_frame.len() + self.hdr.as_ref().map_or(0, |h| h.0.len()) + 64
     }
 
     /// The link-time address of file offset `offset`, through the segment that loads it.
@@ -108,15 +118,17 @@ impl ModuleCfi {
 
     /// The rule at link-time address `addr`.
     fn rule_at(&self, addr: u64) -> LeafRule {
-        let eh = EhFrame::new(&self.eh_frame, LittleEndian);
-        let mut bases = BaseAddresses::default().set_eh_frame(self.eh_frame_addr);
+        let eh = EhFrame::new(&self.map[self.eh_frame.0.clone()], LittleEndian);
+        let mut bases = BaseAddresses::default().set_eh_frame(self.eh_frame.1);
         if let Some(text) = self.text_addr {
             bases = bases.set_text(text);
         }
         let mut ctx = UnwindContext::new();
-        let table = self.hdr.as_ref().and_then(|(bytes, at)| {
+        let table = self.hdr.as_ref().and_then(|(range, at)| {
             bases = bases.clone().set_eh_frame_hdr(*at);
-            EhFrameHdr::new(bytes, LittleEndian).parse(&bases, 8).ok()
+            EhFrameHdr::new(&self.map[range.clone()], LittleEndian)
+                .parse(&bases, 8)
+                .ok()
         });
         let row = match table.as_ref().and_then(|t| t.table()) {
             Some(t) => {
@@ -177,7 +189,7 @@ impl LeafUnwinder {
             Some(m) => m,
             None => {
                 let m = ModuleCfi::read(&path).map(Arc::new);
-                let bytes = m.as_ref().map_or(64, |m| m.bytes()) + path.len();
+                let bytes = MODULE_CHARGE_BYTES + path.len();
                 self.modules.insert(path, m.clone(), bytes);
                 m
             }
@@ -230,7 +242,7 @@ impl LeafUnwinder {
         std::mem::take(&mut self.counts)
     }
 
-    /// Bytes held by the caches (sections, rules).
+    /// Bytes charged to the caches (mapped modules, rules).
     pub fn cache_bytes(&self) -> (usize, usize) {
         (self.modules.bytes(), self.rules.bytes())
     }

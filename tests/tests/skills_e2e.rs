@@ -273,13 +273,10 @@ fn unbuffered_rust_writes_are_found_and_patched_with_a_bufwriter() {
     );
 }
 
-/// Fails on this host, measured (2026-12-04): the skill fires (95% of the workload's samples
-/// under glibc's write wrapper), but glibc (Debian 12) keeps no frame pointer, so the
-/// frame-pointer walk from `__GI___libc_write` skips its caller `emit_records` and every stack
-/// reads `__libc_start_call_main;main;__GI___libc_write;...`; `main`'s frame also came without
-/// a line. Naming the C call site needs the agent to unwind through libc (`.eh_frame`).
+/// glibc (Debian 12) keeps no frame pointer, so the frame-pointer walk from a sample in its
+/// `write` wrapper skips the caller `emit_records`; the agent's leaf fix-up (`.eh_frame` of
+/// libc and the return address BPF kept from the user stack) puts it back.
 #[test]
-#[ignore = "glibc has no frame pointers: the caller of write(2) is lost from the stacks (see above)"]
 fn unbuffered_c_writes_are_found_and_patched_with_fwrite() {
     let _alone = exclusive();
     let (root, src) = repo("unbuffered_writes.c");
