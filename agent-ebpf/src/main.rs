@@ -11,6 +11,11 @@
 //! samples). Programs without frame pointers, whose every sample is a new stack, lost several
 //! percent whenever draining was slow. A hash map only refuses a stack when it is full.
 //!
+//! A user stack also keeps the return-address-like words at the user stack pointer (see
+//! [`wattson_agent_ebpf::Stack`]). A sample taken in kernel mode reads the user stack pointer
+//! from the task's saved registers (`bpf_task_pt_regs`, kernel 5.15); older kernels load
+//! [`wattson_agent_ebpf::COMPAT_PROGRAM_NAME`], which skips that and counts it.
+//!
 //! On a host build this file compiles to an empty binary so the workspace stays buildable.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -22,17 +27,21 @@ fn main() {}
 mod sampler {
     use aya_ebpf::{
         EbpfContext,
-        bindings::BPF_F_USER_STACK,
-        helpers::{bpf_get_smp_processor_id, bpf_get_stack},
+        bindings::{BPF_F_USER_STACK, bpf_perf_event_data, pt_regs},
+        helpers::{
+            bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_get_stack,
+            bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+        },
         macros::{map, perf_event},
         maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
         programs::PerfEventContext,
     };
     use wattson_agent_ebpf::{
         CONFIG_ACTIVE, CONFIG_LEN, CONFIG_TGID_FILTER, COUNTER_FILTERED, COUNTER_KERNEL_STACK_ERR,
-        COUNTER_LEN, COUNTER_MAP_FULL, COUNTER_RINGBUF_FULL, COUNTER_SAMPLES,
-        COUNTER_USER_STACK_ERR, DEFAULT_MAP_ENTRIES, MAX_STACK_DEPTH, NEW_PROCESS_RING_BYTES,
-        NewProcess, SampleKey, Stack, TGID_FILTER_ENTRIES, stack_id,
+        COUNTER_LEAF_WORDS_MISSING, COUNTER_LEN, COUNTER_MAP_FULL, COUNTER_RINGBUF_FULL,
+        COUNTER_SAMPLES, COUNTER_USER_STACK_ERR, DEFAULT_MAP_ENTRIES, LEAF_SCAN_WORDS, LEAF_WORDS,
+        MAX_STACK_DEPTH, NEW_PROCESS_RING_BYTES, NewProcess, SampleKey, Stack, TGID_FILTER_ENTRIES,
+        stack_id,
     };
 
     const EFAULT: i64 = 14;
@@ -76,12 +85,19 @@ mod sampler {
 
     #[perf_event]
     pub fn wattson_sample(ctx: PerfEventContext) -> u32 {
-        sample(&ctx);
+        sample::<true>(&ctx);
+        0
+    }
+
+    /// For kernels before 5.15 (no `bpf_task_pt_regs`).
+    #[perf_event]
+    pub fn wattson_sample_compat(ctx: PerfEventContext) -> u32 {
+        sample::<false>(&ctx);
         0
     }
 
     #[inline(always)]
-    fn sample(ctx: &PerfEventContext) {
+    fn sample<const TASK_REGS: bool>(ctx: &PerfEventContext) {
         bump(COUNTER_SAMPLES);
         let tgid = ctx.tgid();
         if config(CONFIG_TGID_FILTER) != 0 && TGIDS.get_ptr(&tgid).is_none() {
@@ -96,7 +112,7 @@ mod sampler {
         };
 
         // An empty user stack is the normal answer for kernel threads and the idle task.
-        let user_stack = match record_stack(ctx, stacks, u64::from(BPF_F_USER_STACK)) {
+        let user_stack = match record_stack::<TASK_REGS>(ctx, stacks, u64::from(BPF_F_USER_STACK)) {
             Ok(id) => id,
             Err(e) => {
                 if tgid != 0 && e != -EFAULT {
@@ -106,7 +122,7 @@ mod sampler {
             }
         };
         // An empty kernel stack means the sample hit user mode.
-        let kernel_stack = match record_stack(ctx, stacks, 0) {
+        let kernel_stack = match record_stack::<TASK_REGS>(ctx, stacks, 0) {
             Ok(id) => id,
             Err(e) => {
                 if e != -EFAULT {
@@ -143,7 +159,7 @@ mod sampler {
     /// Copies the user (`BPF_F_USER_STACK`) or kernel stack of the sample into `stacks` and
     /// returns its id, 0 for an empty stack, or the error (negative errno) that lost it.
     #[inline(always)]
-    fn record_stack(
+    fn record_stack<const TASK_REGS: bool>(
         ctx: &PerfEventContext,
         stacks: &HashMap<u64, Stack>,
         flags: u64,
@@ -165,13 +181,90 @@ mod sampler {
             return Ok(0);
         }
         buf.len = len as u64;
-        let id = stack_id(&buf.ips, len);
+        buf.leaf_words = [0; LEAF_WORDS];
+        buf.leaf_slots = [0; LEAF_WORDS];
+        if flags != 0 && !leaf_words::<TASK_REGS>(ctx, buf) {
+            bump(COUNTER_LEAF_WORDS_MISSING);
+        }
+        let id = stack_id(buf, len);
         match stacks.insert(id, &*buf, BPF_NOEXIST) {
             Ok(()) => Ok(id),
             // Already stored (by an earlier sample, or another CPU just now).
             Err(e) if i64::from(e) == -EEXIST => Ok(id),
             Err(e) => Err(i64::from(e)),
         }
+    }
+
+    /// The user stack pointer: from the sample's registers in user mode, else from the
+    /// registers the task saved on entering the kernel (`None` without `TASK_REGS`).
+    #[inline(always)]
+    fn user_sp<const TASK_REGS: bool>(ctx: &PerfEventContext) -> Option<u64> {
+        let data = ctx.as_ptr() as *const bpf_perf_event_data;
+        // SAFETY: the context of a perf_event program is a `bpf_perf_event_data`.
+        let (ip, sp) = unsafe { ((*data).regs.rip, (*data).regs.rsp) };
+        // User addresses are the lower half of the x86-64 address space.
+        if (ip as i64) >= 0 {
+            return Some(sp);
+        }
+        if !TASK_REGS {
+            return None;
+        }
+        // SAFETY: both helpers take the current task, which the verifier types as BTF.
+        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+        // SAFETY: a kernel read of one word; a bad pointer just fails.
+        unsafe { bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rsp)) }.ok()
+    }
+
+    /// Keeps in `buf` the words at the user stack pointer that a call instruction precedes.
+    /// False when the words could not be read.
+    #[inline(always)]
+    fn leaf_words<const TASK_REGS: bool>(ctx: &PerfEventContext, buf: &mut Stack) -> bool {
+        let Some(sp) = user_sp::<TASK_REGS>(ctx) else {
+            return false;
+        };
+        // SAFETY: reads user memory; failure is reported.
+        let Ok(words) = (unsafe { bpf_probe_read_user(sp as *const [u64; LEAF_SCAN_WORDS]) })
+        else {
+            return false;
+        };
+        let mut kept = 0usize;
+        let mut i = 0usize;
+        while i < LEAF_SCAN_WORDS {
+            let w = words[i];
+            // Small integers and kernel addresses are not return addresses: skip them without
+            // reading. (Stack addresses are read: a thread's stack may lie next to a library.)
+            if w > 0x10000 && (w as i64) > 0 && follows_call(w) {
+                if let (Some(word), Some(slot)) =
+                    (buf.leaf_words.get_mut(kept), buf.leaf_slots.get_mut(kept))
+                {
+                    *word = w;
+                    *slot = i as u32;
+                }
+                kept += 1;
+                if kept >= LEAF_WORDS {
+                    break;
+                }
+            }
+            i += 1;
+        }
+        true
+    }
+
+    /// True when the bytes before `addr` end with an x86-64 call: `call rel32`, or `call`
+    /// through a register or memory operand (opcode 0xff /2) 2, 3, 4, 6 or 7 bytes long.
+    #[inline(always)]
+    fn follows_call(addr: u64) -> bool {
+        // SAFETY: reads 8 user bytes; failure (unmapped) means no.
+        let Ok(b) = (unsafe { bpf_probe_read_user((addr - 8) as *const [u8; 8]) }) else {
+            return false;
+        };
+        let ff2 = |op: u8, modrm: u8| op == 0xff && (modrm & 0x38) == 0x10;
+        b[3] == 0xe8
+            || ff2(b[6], b[7])
+            || ff2(b[5], b[6])
+            || ff2(b[4], b[5])
+            || ff2(b[2], b[3])
+            || ff2(b[1], b[2])
     }
 
     #[inline(always)]

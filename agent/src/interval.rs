@@ -15,6 +15,7 @@ use crate::{
     profile::{DropReason, FrameKind, Profile, ProfileBuilder, Stack},
     sampler::{Counters, Drained, RawSample, Sampler, SamplerError},
     symbolize::Symbolizer,
+    unwind::LeafUnwinder,
 };
 
 /// Deepest stack the kernel records (`perf_event_max_stack` default); reaching it means the
@@ -46,6 +47,7 @@ pub struct Recorder {
     sampler: Sampler,
     table: ProcessTable,
     symbolizer: Symbolizer,
+    unwinder: LeafUnwinder,
     generation: u64,
     builder: ProfileBuilder,
     window_started: Instant,
@@ -67,6 +69,7 @@ impl Recorder {
             sampler,
             table,
             symbolizer,
+            unwinder: LeafUnwinder::default(),
             generation: 0,
             window_started: Instant::now(),
             counters_at_start: counters,
@@ -160,13 +163,19 @@ impl Recorder {
             self.table.observe(key.tgid, "");
         }
         let mut frames = self.symbolizer.kernel_frames(&raw.kernel_stack);
-        let user = self.symbolizer.user_frames(
+        let mut user_stack = raw.user_stack.clone();
+        self.unwinder.fix(
             &mut self.table,
             key.tgid,
-            &raw.user_stack,
             self.generation,
+            &mut user_stack,
+            &raw.leaf_candidates,
+            raw.count,
         );
-        let truncated = !raw.user_stack.is_empty()
+        let user =
+            self.symbolizer
+                .user_frames(&mut self.table, key.tgid, &user_stack, self.generation);
+        let truncated = !user_stack.is_empty()
             && (raw.user_stack.len() >= MAX_STACK_DEPTH || !ends_at_entry(&user));
         frames.extend(user);
         let frames = frames.into_iter().map(|f| self.builder.frame(f)).collect();
@@ -210,6 +219,10 @@ impl Recorder {
         profile.stats.kernel_stack_errors = delta(|c| c.kernel_stack_errors);
         profile.stats.filtered = delta(|c| c.filtered);
         profile.stats.processes_missed = delta(|c| c.ringbuf_full);
+        profile.stats.leaf_words_missing = delta(|c| c.leaf_words_missing);
+        let fixups = self.unwinder.take_counts();
+        profile.stats.leaf_fixups = fixups.made;
+        profile.stats.leaf_fixups_failed = fixups.failed;
         let tgids: Vec<u32> = profile.samples.iter().map(|s| s.tgid).collect();
         for tgid in tgids {
             if let Some(p) = self.table.get(tgid) {

@@ -15,3 +15,4 @@ pub mod sampler;
 pub mod ship;
 pub mod symbol_cache;
 pub mod symbolize;
+pub mod unwind;

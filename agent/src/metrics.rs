@@ -31,6 +31,8 @@ pub struct RunMetrics {
     sampler: Mutex<Counters>,
     stack_missing: AtomicU64,
     unread: AtomicU64,
+    leaf_fixups: AtomicU64,
+    leaf_fixups_failed: AtomicU64,
     intervals: AtomicU64,
     batches_spooled: AtomicU64,
     strings_truncated: AtomicU64,
@@ -48,6 +50,8 @@ impl RunMetrics {
             sampler: Mutex::new(Counters::default()),
             stack_missing: AtomicU64::new(0),
             unread: AtomicU64::new(0),
+            leaf_fixups: AtomicU64::new(0),
+            leaf_fixups_failed: AtomicU64::new(0),
             intervals: AtomicU64::new(0),
             batches_spooled: AtomicU64::new(0),
             strings_truncated: AtomicU64::new(0),
@@ -71,6 +75,10 @@ impl RunMetrics {
             .fetch_add(dropped(DropReason::StackMissing), Ordering::Relaxed);
         self.unread
             .fetch_add(dropped(DropReason::Unread), Ordering::Relaxed);
+        self.leaf_fixups
+            .fetch_add(profile.stats.leaf_fixups, Ordering::Relaxed);
+        self.leaf_fixups_failed
+            .fetch_add(profile.stats.leaf_fixups_failed, Ordering::Relaxed);
         for p in energy.iter().flat_map(|e| &e.packages) {
             let total = if p.estimated {
                 &self.estimated_uj
@@ -138,6 +146,16 @@ pub fn render(s: &Sources) -> String {
     ] {
         dropped.sample(&[("reason", &reason)], value);
     }
+    t.family(
+        "wattson_agent_leaf_fixups_total",
+        Kind::Counter,
+        "Samples whose leaf function had no frame pointer set up (the frame-pointer walk skips its \
+         caller), by result: made (caller recovered with the leaf's .eh_frame rule), failed (not \
+         recovered), no_words (stack words not captured: kernel-mode samples before Linux 5.15).",
+    )
+    .sample(&[("result", &"made")], get(&run.leaf_fixups))
+    .sample(&[("result", &"failed")], get(&run.leaf_fixups_failed))
+    .sample(&[("result", &"no_words")], c.leaf_words_missing);
     t.family(
         "wattson_agent_intervals_total",
         Kind::Counter,

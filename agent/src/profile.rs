@@ -201,6 +201,15 @@ pub struct Stats {
     pub unsymbolized_frames: u64,
     /// JIT perf maps read only up to the symbolizer's bound (their later entries unnamed).
     pub perf_maps_cut: u64,
+    /// Samples whose leaf had no frame pointer set up and whose lost caller was recovered
+    /// from the stack with the leaf's `.eh_frame` rule (see [`crate::unwind`]).
+    pub leaf_fixups: u64,
+    /// Samples whose leaf had no frame pointer set up but whose caller could not be recovered
+    /// (the word at the rule's place was not captured): their stacks skip that caller.
+    pub leaf_fixups_failed: u64,
+    /// User stacks recorded without the words at the stack pointer (kernel-mode samples on
+    /// kernels before 5.15), so no fix-up was possible.
+    pub leaf_words_missing: u64,
 }
 
 impl Stats {

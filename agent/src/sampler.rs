@@ -4,6 +4,9 @@
 //! Draining flips `CONFIG_ACTIVE` so BPF writes the other buffer, waits for programs still
 //! running on the old index to finish, then reads and clears the idle counts and its paired
 //! stack map. Samples that land during the read go to the other buffer: nothing is lost.
+//!
+//! The object holds the program twice: the full one, and one without `bpf_task_pt_regs` for
+//! kernels before 5.15, loaded when the verifier refuses the first (see [`Sampler::program`]).
 
 use std::{collections::HashMap as StdHashMap, io, thread, time::Duration};
 
@@ -130,6 +133,9 @@ pub struct Counters {
     pub ringbuf_full: u64,
     /// Samples skipped by the tgid filter.
     pub filtered: u64,
+    /// User stacks recorded without the words at the user stack pointer, so no frame-pointer
+    /// leaf fix-up was possible (kernel-mode samples on kernels before 5.15).
+    pub leaf_words_missing: u64,
 }
 
 /// One aggregated bucket read from the kernel, with its stacks resolved to addresses.
@@ -143,6 +149,9 @@ pub struct RawSample {
     pub user_stack: Vec<u64>,
     /// Kernel instruction pointers, innermost first (empty when unavailable).
     pub kernel_stack: Vec<u64>,
+    /// Return-address candidates at the user stack pointer, as (word index above the stack
+    /// pointer, word): see [`crate::unwind`].
+    pub leaf_candidates: Vec<(u32, u64)>,
 }
 
 /// What one drain returned.
@@ -161,6 +170,7 @@ pub struct Sampler {
     event: ClockEvent,
     cpus: Vec<u32>,
     frequency: u64,
+    program: &'static str,
     new_processes: Option<RingBuf<MapData>>,
     /// What the `TGIDS` filter set holds (empty when every process is sampled).
     followed: std::collections::BTreeSet<u32>,
@@ -186,8 +196,7 @@ impl Sampler {
                 SamplerError::Load(e)
             }
         })?;
-        let program: &mut PerfEvent = program_mut(&mut ebpf)?;
-        program.load().map_err(SamplerError::Program)?;
+        let program = load_program(&mut ebpf)?;
         let name = shared::maps::NEW_PROCESSES;
         let new_processes = match ebpf.take_map(name) {
             Some(map) => {
@@ -201,6 +210,7 @@ impl Sampler {
             event: ClockEvent::CpuClock,
             cpus: Vec::new(),
             frequency: config.frequency,
+            program,
             new_processes,
             followed: Default::default(),
         };
@@ -219,7 +229,7 @@ impl Sampler {
     pub fn attach(&mut self, config: &SamplerConfig) -> Result<ClockEvent, SamplerError> {
         let cpus = online_cpus()?;
         let freq = config.frequency;
-        let program = program_mut(&mut self.ebpf)?;
+        let program = program_mut(&mut self.ebpf, self.program)?;
         let mut event = ClockEvent::CpuClock;
         if config.prefer_cycles
             && let Some(&first) = cpus.first()
@@ -256,7 +266,7 @@ impl Sampler {
             .filter(|c| !self.cpus.contains(c))
             .collect();
         let (event, freq) = (self.event, self.frequency);
-        let program = program_mut(&mut self.ebpf)?;
+        let program = program_mut(&mut self.ebpf, self.program)?;
         for &cpu in &added {
             attach_one(program, event, cpu, freq)
                 .map_err(|source| SamplerError::Attach { cpu, source })?;
@@ -337,6 +347,12 @@ impl Sampler {
         self.frequency
     }
 
+    /// Name of the program loaded: [`shared::PROGRAM_NAME`], or
+    /// [`shared::COMPAT_PROGRAM_NAME`] on kernels without `bpf_task_pt_regs` (before 5.15).
+    pub fn program(&self) -> &'static str {
+        self.program
+    }
+
     /// CPUs the sampler is attached to.
     pub fn cpus(&self) -> &[u32] {
         &self.cpus
@@ -364,6 +380,7 @@ impl Sampler {
             kernel_stack_errors: read(shared::COUNTER_KERNEL_STACK_ERR)?,
             ringbuf_full: read(shared::COUNTER_RINGBUF_FULL)?,
             filtered: read(shared::COUNTER_FILTERED)?,
+            leaf_words_missing: read(shared::COUNTER_LEAF_WORDS_MISSING)?,
         })
     }
 
@@ -392,16 +409,20 @@ impl Sampler {
         }
 
         let mut stacks: HashMap<&mut MapData, u64, Stack> = self.typed_map(stacks_name)?;
-        let mut cache: StdHashMap<u64, Option<Vec<u64>>> = StdHashMap::new();
+        type Frames = (Vec<u64>, Vec<(u32, u64)>);
+        let mut cache: StdHashMap<u64, Option<Frames>> = StdHashMap::new();
         let mut drained = Drained::default();
         for (key, count) in buckets {
-            let mut resolve = |id: u64| -> Option<Vec<u64>> {
+            let mut resolve = |id: u64| -> Option<Frames> {
                 if id == 0 {
-                    return Some(Vec::new());
+                    return Some(Default::default());
                 }
                 cache
                     .entry(id)
-                    .or_insert_with(|| stacks.get(&id, 0).ok().map(|st| st.frames().to_vec()))
+                    .or_insert_with(|| {
+                        let st = stacks.get(&id, 0).ok()?;
+                        Some((st.frames().to_vec(), st.leaf_candidates().collect()))
+                    })
                     .clone()
             };
             let user = resolve(key.user_stack);
@@ -409,11 +430,13 @@ impl Sampler {
             if user.is_none() || kernel.is_none() {
                 drained.missing_stacks += count;
             }
+            let (user_stack, leaf_candidates) = user.unwrap_or_default();
             drained.samples.push(RawSample {
                 key,
                 count,
-                user_stack: user.unwrap_or_default(),
-                kernel_stack: kernel.unwrap_or_default(),
+                user_stack,
+                kernel_stack: kernel.unwrap_or_default().0,
+                leaf_candidates,
             });
         }
         let ids: Vec<u64> = stacks.keys().filter_map(Result::ok).collect();
@@ -443,11 +466,30 @@ impl Sampler {
     }
 }
 
-fn program_mut(ebpf: &mut Ebpf) -> Result<&mut PerfEvent, SamplerError> {
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut PerfEvent, SamplerError> {
     let program = ebpf
-        .program_mut(shared::PROGRAM_NAME)
-        .expect("the embedded object defines the sampler program");
+        .program_mut(name)
+        .expect("the embedded object defines the sampler programs");
     program.try_into().map_err(SamplerError::Program)
+}
+
+/// Loads the full program, or the one without `bpf_task_pt_regs` where the kernel (before
+/// 5.15) refuses that helper; returns the name of the one loaded.
+fn load_program(ebpf: &mut Ebpf) -> Result<&'static str, SamplerError> {
+    let full = program_mut(ebpf, shared::PROGRAM_NAME)?.load();
+    let Err(e) = full else {
+        return Ok(shared::PROGRAM_NAME);
+    };
+    let compat = shared::COMPAT_PROGRAM_NAME;
+    program_mut(ebpf, compat)?
+        .load()
+        .map_err(SamplerError::Program)?;
+    tracing::info!(
+        error = %e,
+        "this kernel has no bpf_task_pt_regs (5.15): samples taken in a system call cannot \
+         recover the caller of a function without a frame pointer"
+    );
+    Ok(compat)
 }
 
 fn attach_one(
@@ -521,21 +563,28 @@ fn raise_memlock_limit() {
 #[cfg(test)]
 mod tests {
     use super::parse_cpu_list;
-    use wattson_agent_ebpf::{MAX_STACK_DEPTH, stack_id};
+    use wattson_agent_ebpf::{Stack, stack_id};
 
     #[test]
     fn stack_ids_depend_on_the_valid_frames_only_and_are_never_zero() {
-        let mut a = [0u64; MAX_STACK_DEPTH];
-        a[..3].copy_from_slice(&[0x401000, 0x401234, 0x7f00_0000_1000]);
+        let mut a = Stack::EMPTY;
+        a.ips[..3].copy_from_slice(&[0x401000, 0x401234, 0x7f00_0000_1000]);
         let mut b = a;
-        b[5] = 0xdead; // beyond `len`: ignored
+        b.ips[5] = 0xdead; // beyond `len`: ignored
         assert_eq!(stack_id(&a, 3), stack_id(&b, 3));
         assert_ne!(stack_id(&a, 3), stack_id(&a, 2));
         assert_ne!(stack_id(&a, 3), stack_id(&a, 4));
+        // The leaf's caller candidates and where they were found are part of the stack.
+        let mut c = a;
+        c.leaf_words[0] = 0x401100;
+        assert_ne!(stack_id(&a, 3), stack_id(&c, 3));
+        let mut d = c;
+        d.leaf_slots[0] = 5;
+        assert_ne!(stack_id(&c, 3), stack_id(&d, 3));
         // Neighbouring leaf addresses of one loop (the common case) get different ids.
         let mut ids = std::collections::HashSet::new();
         for ip in 0..100_000u64 {
-            a[0] = 0x401000 + ip;
+            a.ips[0] = 0x401000 + ip;
             let id = stack_id(&a, 3);
             assert_ne!(id, 0);
             ids.insert(id);

@@ -354,3 +354,88 @@ fn short_lived_process_is_captured_before_it_exits() {
     assert!(named, "child frames not symbolized after it exited");
     assert!(profile.stats.samples > 0 && profile.duration_nanos > 0);
 }
+
+/// Writes to /dev/null in a loop, one `write(2)` per byte, until stopped: nearly all its
+/// samples land in the kernel under glibc's `write`, which sets up no frame pointer.
+#[inline(never)]
+fn write_in_a_loop(stop: &AtomicBool) -> u64 {
+    // SAFETY: opening a constant path; the descriptor is closed below.
+    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY) };
+    assert!(fd >= 0, "open /dev/null");
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: writes one byte from a live local to an open descriptor.
+        n += unsafe { libc::write(fd, c"x".as_ptr().cast(), 1) } as u64;
+    }
+    // SAFETY: closes the descriptor opened above.
+    unsafe { libc::close(fd) };
+    n
+}
+
+/// glibc's `write` wrapper keeps no frame pointer, so the frame-pointer walk from a sample in
+/// it (here in the system call, with the user registers saved at its entry) skips its caller.
+/// The leaf fix-up puts the caller back from the stack words BPF kept. Kernels before 5.15
+/// have no `bpf_task_pt_regs`: there the words are missing, and that is counted.
+#[test]
+fn the_caller_of_a_frameless_libc_write_is_recovered() {
+    use wattson_agent::{interval::Recorder, process::ProcessTable, symbolize::Symbolizer};
+
+    let (sampler, _) = attached_at_99_hz(SamplerConfig::default());
+    let program = sampler.program();
+    let mut recorder = Recorder::new(
+        sampler,
+        ProcessTable::new("/proc", Vec::new()),
+        Symbolizer::default(),
+    )
+    .expect("recorder");
+    let busy = Busy::start(|stop| {
+        write_in_a_loop(stop);
+    });
+    let tid = busy.tid;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        recorder.poll();
+        thread::sleep(Duration::from_millis(50));
+    }
+    busy.stop();
+    let profile = recorder.finish_window().expect("finish window");
+
+    // User frames of the writer's samples whose user leaf is libc's write, leaf first.
+    let mut in_write = 0u64;
+    let mut caller_found = 0u64;
+    for s in profile.samples.iter().filter(|s| s.pid == tid) {
+        let user: Vec<_> = profile
+            .stack_frames(s.stack)
+            .filter(|f| f.kind == wattson_agent::profile::FrameKind::User)
+            .collect();
+        let Some(leaf) = user.first() else { continue };
+        if !(leaf.module.contains("libc") && leaf.name().contains("write")) {
+            continue;
+        }
+        in_write += s.count;
+        // The first frame past libc (DWARF may name inlined frames in libc's write too).
+        if user
+            .iter()
+            .find(|f| !f.module.contains("libc"))
+            .is_some_and(|f| f.name().ends_with("write_in_a_loop"))
+        {
+            caller_found += s.count;
+        }
+    }
+    let stats = &profile.stats;
+    eprintln!(
+        "program {program}: {in_write} samples in libc's write, {caller_found} with their \
+         caller; fix-ups {} made, {} failed, {} without words",
+        stats.leaf_fixups, stats.leaf_fixups_failed, stats.leaf_words_missing
+    );
+    assert!(in_write >= 20, "too few samples in write: {in_write}");
+    if program == wattson_agent_ebpf::COMPAT_PROGRAM_NAME {
+        assert!(stats.leaf_words_missing > 0, "{stats:?}");
+    } else {
+        assert!(
+            caller_found * 10 >= in_write * 9,
+            "caller recovered in {caller_found} of {in_write} samples: {stats:?}"
+        );
+        assert!(stats.leaf_fixups >= caller_found, "{stats:?}");
+    }
+}
