@@ -191,6 +191,13 @@ pub fn render(s: &Sources) -> String {
     )
     .sample(&[], get(&s.ship.retries));
     t.family(
+        "wattson_agent_ship_refused_total",
+        Kind::Counter,
+        "Sends the collector refused because it does not accept this agent (bad token, or a \
+         host id the client certificate does not name); the batches stay spooled. Alert on it.",
+    )
+    .sample(&[], get(&s.ship.refused));
+    t.family(
         "wattson_agent_spool_bytes",
         Kind::Gauge,
         "Bytes of the batches waiting in the spool (compressed, as on disk).",

@@ -326,11 +326,11 @@ impl Symbolizer {
             .plt
             .entry(key.clone())
             .or_insert_with(|| {
-                let stubs = fs::read(path)
-                    .ok()
-                    .and_then(|data| plt_stubs(&data))
-                    .unwrap_or_default();
-                Arc::new(stubs)
+                Arc::new(
+                    map_file(path)
+                        .and_then(|m| plt_stubs(&m))
+                        .unwrap_or_default(),
+                )
             })
             .clone();
         let hit = stubs
@@ -445,6 +445,17 @@ fn dump_own_vdso() -> Option<(tempfile::TempDir, String)> {
         .ok()?;
     file.write_all(image).ok()?;
     Some((dir, path.to_string_lossy().into_owned()))
+}
+
+/// `path` mapped read-only. Reading it instead cost a copy of the whole file (a 150 MB
+/// `librustc_driver.so` was half the agent's CPU and most of its peak RSS) where only its
+/// section headers, dynamic symbols, relocations and PLT are looked at: mapped, only those
+/// pages are read in, and they are page cache the kernel can drop, not the agent's heap.
+fn map_file(path: &str) -> Option<memmap2::Mmap> {
+    let file = fs::File::open(path).ok()?;
+    // SAFETY: the mapping is private and read-only; a file truncated under it could fault
+    // the agent, the same risk blazesym takes with every file it maps.
+    unsafe { memmap2::Mmap::map(&file) }.ok()
 }
 
 /// Bytes a cached resolution holds, roughly: its strings plus the entries' own size.
@@ -730,7 +741,7 @@ mod tests {
         }
         let mut checked = 0;
         for bin in &binaries {
-            let data = fs::read(bin).unwrap();
+            let data = map_file(bin.to_str().unwrap()).expect("readable");
             let ours = plt_stubs(&data).expect("an x86-64 ELF");
             let file = object::File::parse(&*data).unwrap();
             // objdump prints addresses; ours are file offsets.

@@ -73,6 +73,34 @@ pub enum SendError {
         /// Status message naming the field at fault.
         message: String,
     },
+    /// The collector refuses this agent, not the batch (bad or missing token, a token without
+    /// the ingest scope, a host id that is not a name of the client certificate): no batch
+    /// will be accepted until an operator fixes the configuration.
+    #[error("the collector refuses this agent ({code:?}): {message}. Fix: {fix}")]
+    Refused {
+        /// gRPC status code (UNAUTHENTICATED or PERMISSION_DENIED).
+        code: Code,
+        /// Status message, naming the cause.
+        message: String,
+        /// What to change, naming the flag.
+        fix: &'static str,
+    },
+}
+
+/// What to change when the collector refuses this agent with `code` and `message`.
+fn refusal_fix(code: Code, message: &str) -> &'static str {
+    if code == Code::Unauthenticated {
+        "pass a token the collector accepts (one of its --token / --token-file entries) with \
+         --token or WATTSON_TOKEN"
+    } else if message.contains("host_id") {
+        "the host id (--host-id, default /etc/machine-id) must be the CN or a SAN of the \
+         --tls-cert certificate: issue the agent a certificate for its host id, or pass the \
+         --host-id its certificate names"
+    } else if message.contains("scope") {
+        "give the agent a token with the ingest scope (--token or WATTSON_TOKEN)"
+    } else {
+        "check --token, --tls-cert and --host-id against the collector's configuration"
+    }
 }
 
 impl From<Status> for SendError {
@@ -88,8 +116,13 @@ impl From<Status> for SendError {
                     message,
                 }
             }
-            // Unauthenticated / PermissionDenied are configuration problems an operator fixes
-            // on either side; keeping the data until then is what they want.
+            // Configuration an operator fixes on either side: the batch is fine and stays
+            // spooled, but retrying quietly would hide the cause.
+            Code::Unauthenticated | Code::PermissionDenied => SendError::Refused {
+                code: s.code(),
+                fix: refusal_fix(s.code(), &message),
+                message,
+            },
             code => SendError::Retry { code, message },
         }
     }
@@ -234,7 +267,7 @@ impl Client {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::{Arc, Mutex};
 
     use tonic::{Response, Status};
@@ -246,11 +279,11 @@ mod tests {
 
     /// A collector that stores batches sent as messages and refuses zstd frames with
     /// `answer` (as `code`): "batch is missing" is what one from before `batch_zstd` says.
-    struct Collector {
-        answer: &'static str,
-        code: Code,
-        stored: Mutex<Vec<u64>>,
-        refused: Mutex<u32>,
+    pub(in crate::ship) struct Collector {
+        pub(in crate::ship) answer: &'static str,
+        pub(in crate::ship) code: Code,
+        pub(in crate::ship) stored: Mutex<Vec<u64>>,
+        pub(in crate::ship) refused: Mutex<u32>,
     }
 
     #[tonic::async_trait]
@@ -280,7 +313,10 @@ mod tests {
         serve_code(answer, Code::InvalidArgument).await
     }
 
-    async fn serve_code(answer: &'static str, code: Code) -> (Arc<Collector>, Client) {
+    pub(in crate::ship) async fn serve_code(
+        answer: &'static str,
+        code: Code,
+    ) -> (Arc<Collector>, Client) {
         let c = Arc::new(Collector {
             answer,
             code,
@@ -303,7 +339,7 @@ mod tests {
         )
     }
 
-    fn batch(seq: u64) -> Batch {
+    pub(in crate::ship) fn batch(seq: u64) -> Batch {
         synthetic::batch("h", seq, 1 << 60, &Shape::default(), seq)
     }
 
@@ -350,5 +386,42 @@ mod tests {
         );
         assert!(c.stored.lock().unwrap().is_empty());
         assert_eq!(*c.refused.lock().unwrap(), 1);
+    }
+
+    /// Issue 20: a host id / certificate mismatch or a bad token was retried forever with a
+    /// warning about an unavailable collector; it is a refusal that names the fix.
+    #[tokio::test]
+    async fn permission_denied_and_unauthenticated_are_refusals_that_name_the_fix() {
+        let (_, mut client) = serve_code(
+            "the batch's host_id \"h\" is not a name of the client certificate (agent-1)",
+            Code::PermissionDenied,
+        )
+        .await;
+        let e = client.send(batch(1)).await.unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                SendError::Refused {
+                    code: Code::PermissionDenied,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("--host-id"), "{e}");
+        let (_, mut client) =
+            serve_code("bearer token does not match", Code::Unauthenticated).await;
+        let e = client.send(batch(1)).await.unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                SendError::Refused {
+                    code: Code::Unauthenticated,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("--token"), "{e}");
     }
 }

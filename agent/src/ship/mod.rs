@@ -36,7 +36,13 @@ pub struct ShipStats {
     pub rejected: AtomicU64,
     /// Failed attempts that will be retried.
     pub retries: AtomicU64,
+    /// Sends refused because the collector does not accept this agent's credentials (token,
+    /// or host id vs client certificate); the batches stay spooled.
+    pub refused: AtomicU64,
 }
+
+/// While the collector refuses this agent, how often the refusal is logged (at error level).
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(300);
 
 /// Moves spooled batches to the collector.
 pub struct Shipper {
@@ -63,6 +69,8 @@ impl Shipper {
     /// remain, the collector answers and the deadline has not passed; whatever is left stays in
     /// the spool for the next start.
     pub async fn run(mut self, mut stop: watch::Receiver<Option<Instant>>) {
+        // When the current refusal of this agent was last logged (None: not refused).
+        let mut refusal_logged: Option<Instant> = None;
         loop {
             let deadline = *stop.borrow();
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -112,6 +120,9 @@ impl Shipper {
                         tracing::error!("{e}");
                     }
                     self.backoff.reset();
+                    if refusal_logged.take().is_some() {
+                        tracing::info!("the collector accepts this agent again: shipping resumed");
+                    }
                     if ack.duplicate {
                         self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(
@@ -133,6 +144,27 @@ impl Shipper {
                     if let Err(e) = lock(&self.spool).reject(entry.sequence) {
                         tracing::error!("{e}");
                     }
+                }
+                Err(e @ SendError::Refused { .. }) => {
+                    // Not a fault of the batch: keep it (and every later one, up to the spool's
+                    // bound) until an operator fixes the credentials on either side, which
+                    // needs no agent restart when the fix is the collector's.
+                    lock(&self.spool).release();
+                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    if deadline.is_some() {
+                        break;
+                    }
+                    if refusal_logged.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+                        let waiting = lock(&self.spool).len();
+                        tracing::error!(
+                            waiting,
+                            refused = self.stats.refused.load(Ordering::Relaxed),
+                            "{e}. Batches stay in the spool and sampling goes on; retrying with \
+                             backoff (logged again every {REFUSAL_LOG_EVERY:?} while refused)"
+                        );
+                        refusal_logged = Some(Instant::now());
+                    }
+                    self.pause(&mut stop).await;
                 }
                 Err(SendError::Retry { code, message }) => {
                     lock(&self.spool).release();
@@ -175,4 +207,51 @@ fn parse_seq(path: &std::path::Path) -> Option<u64> {
 /// Default pacing: 500 ms doubling to `max`.
 pub fn default_backoff(max: Duration) -> Backoff {
     Backoff::new(Duration::from_millis(500), max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    /// Issue 20: a collector that refuses this agent's identity keeps every batch in the
+    /// spool (none rejected or lost), counts the refusals and backs off instead of spinning.
+    #[tokio::test]
+    async fn a_refused_agent_keeps_its_batches_and_backs_off() {
+        let (collector, client) = client::tests::serve_code(
+            "the batch's host_id \"h\" is not a name of the client certificate (agent-1)",
+            Code::PermissionDenied,
+        )
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        for _ in 0..2 {
+            spool
+                .push(1, 1, |seq, _| client::tests::batch(seq))
+                .unwrap();
+        }
+        let stats = Arc::new(ShipStats::default());
+        let shipper = Shipper {
+            spool: Arc::new(Mutex::new(spool)),
+            client,
+            wake: Arc::new(Notify::new()),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_millis(400)),
+            stats: stats.clone(),
+        };
+        let spool = shipper.spool.clone();
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let running = tokio::spawn(shipper.run(stop_rx));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stop_tx.send(Some(Instant::now())).unwrap();
+        running.await.unwrap();
+        let refused = stats.refused.load(Ordering::Relaxed);
+        // Backoff of 50..400 ms over 1.5 s: a few attempts, not a busy loop.
+        assert!((2..=30).contains(&refused), "{refused} refusals");
+        assert_eq!(*collector.refused.lock().unwrap() as u64, refused);
+        assert_eq!(stats.rejected.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.retries.load(Ordering::Relaxed), 0);
+        let spool = lock(&spool);
+        assert_eq!(spool.len(), 2, "both batches still spooled");
+        assert_eq!(spool.losses().spool_dropped_batches, 0);
+    }
 }

@@ -68,8 +68,12 @@ struct Phase {
     throughput: f64,
     /// Profiler CPU seconds (user + system) over its whole life.
     cpu_secs: f64,
-    /// Profiler peak RSS in MiB.
+    /// Profiler peak RSS in MiB (`ru_maxrss`).
     rss_mib: f64,
+    /// Peaks of the profiler's anonymous and file-backed RSS in MiB, polled from
+    /// `/proc/PID/status` (file-backed: pages of mapped binaries, reclaimable page cache).
+    anon_mib: f64,
+    file_mib: f64,
     /// Wall seconds the profiler ran.
     wall_secs: f64,
 }
@@ -173,6 +177,11 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
             goal,
             (!goal.is_empty()).then_some(rss <= 64.0),
         ));
+        rows.push(rss_split(
+            c.name(),
+            median(c, |p| p.anon_mib),
+            median(c, |p| p.file_mib),
+        ));
     }
     // "Cheaper" = total cost: the profiler's own CPU time plus the workload time it took away.
     let cost = |c: Config| {
@@ -215,6 +224,11 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
             "<= 64 MiB",
             Some(p.rss_mib <= 64.0),
         ));
+        rows.push(rss_split(
+            &format!("wattson-agent 99 Hz, {what}"),
+            p.anon_mib,
+            p.file_mib,
+        ));
         rows.push(row(
             format!("own CPU time, wattson-agent 99 Hz, {what}"),
             format!(
@@ -228,6 +242,17 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The row splitting a profiler's peak RSS into anonymous memory (its heap, stacks) and
+/// file-backed pages (binaries it maps to symbolize them: page cache, shared and reclaimable).
+fn rss_split(what: &str, anon: f64, file: f64) -> Row {
+    row(
+        format!("peak RSS anon / file-backed, {what}"),
+        format!("{anon:.1} / {file:.1} MiB"),
+        "",
+        None,
+    )
 }
 
 /// A workload run for a phase; returns its operations per second.
@@ -336,6 +361,7 @@ fn measure(config: Config, agent: &Path, dir: &Path, workload: &Workload) -> any
         ),
         None => None,
     };
+    let polling = child.as_ref().map(|c| RssPoller::start(c.id()));
     thread::sleep(SETTLE);
     let throughput = workload(PHASE);
     let mut phase = Phase {
@@ -370,9 +396,54 @@ fn measure(config: Config, agent: &Path, dir: &Path, workload: &Workload) -> any
         let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
         phase.cpu_secs = secs(usage.ru_utime) + secs(usage.ru_stime);
         phase.rss_mib = usage.ru_maxrss as f64 / 1024.0;
+        if let Some(p) = polling {
+            (phase.anon_mib, phase.file_mib) = p.finish();
+        }
         drop(child);
     }
     Ok(phase)
+}
+
+/// Polls a process's `RssAnon` and `RssFile` every 50 ms while it runs, keeping the peaks.
+struct RssPoller {
+    stop: Arc<AtomicBool>,
+    handle: thread::JoinHandle<(u64, u64)>,
+}
+
+impl RssPoller {
+    fn start(pid: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = thread::spawn(move || {
+            let path = format!("/proc/{pid}/status");
+            let (mut anon, mut file) = (0, 0);
+            while !flag.load(Ordering::Relaxed) {
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    break;
+                };
+                anon = anon.max(status_kib(&text, "RssAnon:"));
+                file = file.max(status_kib(&text, "RssFile:"));
+                thread::sleep(Duration::from_millis(50));
+            }
+            (anon, file)
+        });
+        Self { stop, handle }
+    }
+
+    /// Peak anonymous and file-backed RSS, MiB.
+    fn finish(self) -> (f64, f64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (anon, file) = self.handle.join().unwrap_or_default();
+        (anon as f64 / 1024.0, file as f64 / 1024.0)
+    }
+}
+
+/// A `KEY: N kB` field of `/proc/PID/status`, in KiB.
+fn status_kib(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// One hashing thread per CPU for `length`; returns operations per second over all threads.
