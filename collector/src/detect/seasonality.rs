@@ -13,7 +13,8 @@ const DAY: i64 = 86_400;
 /// None with under three days of data. `x` is on a fixed `step` grid, NaN where there is no
 /// data. Hourly means (a twelfth of the work at a 5-minute step; a daily cycle lives at that
 /// scale), each day less its median (a step between days touches one day), the profile the
-/// median over days of each hour (a ramp or a spike on one or two days barely moves it).
+/// median over days of each hour (a ramp or a spike on one or two days barely moves it), and
+/// the noise measured robustly (a step inside one day does not dilute the rest).
 pub fn daily_strength(x: &[f64], step: i64) -> Option<f64> {
     let block = if 3600 % step == 0 {
         (3600 / step) as usize
@@ -47,9 +48,8 @@ pub fn daily_strength(x: &[f64], step: i64) -> Option<f64> {
     if days < 3 {
         return None;
     }
-    let mut total = (0.0, 0usize);
-    let mut profile = 0.0;
-    for h in 0..period {
+    let mut profile = vec![f64::NAN; period];
+    for (h, p) in profile.iter_mut().enumerate() {
         scratch.clear();
         scratch.extend(
             hourly
@@ -59,21 +59,34 @@ pub fn daily_strength(x: &[f64], step: i64) -> Option<f64> {
                 .copied()
                 .filter(|v| v.is_finite()),
         );
-        for v in &scratch {
-            total = (total.0 + v * v, total.1 + 1);
-        }
-        let m = median_in_place(&mut scratch);
-        if m.is_finite() {
-            profile += m * m;
-        }
+        *p = median_in_place(&mut scratch);
     }
-    let var = total.0 / total.1.max(1) as f64;
+    let known: Vec<f64> = profile.iter().copied().filter(|p| p.is_finite()).collect();
+    if known.is_empty() {
+        return None;
+    }
+    let explained = known.iter().map(|p| p * p).sum::<f64>() / known.len() as f64;
+    // The noise it leaves, from hour-to-hour differences within days measured by their MAD:
+    // a step or a spike inside one day, or a sharp edge of the cycle, is one outlier there,
+    // so it neither hides a cycle every other day repeats nor passes for one.
+    scratch.clear();
+    for day in hourly.chunks(period) {
+        scratch.extend(
+            day.windows(2)
+                .map(|w| w[1] - w[0])
+                .filter(|d| d.is_finite()),
+        );
+    }
+    let centre = median_in_place(&mut scratch);
+    scratch.iter_mut().for_each(|d| *d = (*d - centre).abs());
+    let left = (1.4826 * median_in_place(&mut scratch)).powi(2) / 2.0;
+    let var = explained + left;
     if var.is_nan() || var <= 0.0 {
         return None;
     }
     // The median of n normal values has variance pi/2 sigma^2 / n.
-    let noise = std::f64::consts::FRAC_PI_2 * var / days as f64;
-    Some((profile / period as f64 - noise) / var)
+    let noise = std::f64::consts::FRAC_PI_2 * left / days as f64;
+    Some((explained - noise) / var)
 }
 
 /// True when the daily profile explains at least `min_share` of the variance.
@@ -164,6 +177,21 @@ mod tests {
         assert!(!is_seasonal(strength, 0.3), "{strength:?}");
         let noise = noisy(3 * 288, 4, |_| 0.0);
         assert!(daily_strength(&noise, 300).unwrap().abs() < 0.2);
+    }
+
+    #[test]
+    fn a_cycle_with_a_large_step_inside_one_day_is_seasonal() {
+        // Four days of a cycle of amplitude 1 and a step of 8 a few hours into day 3: the
+        // step's day must not hide the cycle the other days repeat.
+        let mut rng = Rng::new(5);
+        let x: Vec<f64> = (0..4 * 288)
+            .map(|i| {
+                let phase = (i % 288) as f64 / 288.0 * std::f64::consts::TAU;
+                phase.sin() + 0.1 * rng.normal() + if i >= 3 * 288 + 43 { 8.0 } else { 0.0 }
+            })
+            .collect();
+        let strength = daily_strength(&x, 300);
+        assert!(is_seasonal(strength, 0.3), "{strength:?}");
     }
 
     #[test]

@@ -94,13 +94,28 @@ pub fn runs(
         } else {
             r.last
         };
-        let creep = r.last - r.first >= 2
-            || (r.first + 1..=end).any(|j| trending(range(seg, j), block, sign, alpha, rise));
-        if creep {
+        if (r.first + 1..=end).any(|j| trending(range(seg, j), block, sign, alpha, rise)) {
+            r.kind = Kind::Creep;
+        } else if let Some(k) = dominant(seg, r) {
+            // One step with smaller wiggles (leftovers of a daily cycle, noise) beside it.
+            (r.first, r.last) = (k, k);
+        } else if r.last - r.first >= 2 {
             r.kind = Kind::Creep;
         }
     }
     out
+}
+
+/// The split of a run of several that carries at least `1 - CREEP_RISE` of the run's
+/// movement: a creep or a staged rollout moves in parts of comparable size.
+fn dominant(seg: &Segments<'_>, r: &Run) -> Option<usize> {
+    if r.first == r.last {
+        return None;
+    }
+    let delta = |j: usize| (seg.mean(j + 1) - seg.mean(j)).abs();
+    let total: f64 = (r.first..=r.last).map(delta).sum();
+    let k = (r.first..=r.last).max_by(|&a, &b| delta(a).total_cmp(&delta(b)))?;
+    (delta(k) >= (1.0 - CREEP_RISE) * total).then_some(k)
 }
 
 fn range<'a>(seg: &Segments<'a>, j: usize) -> &'a [f64] {
@@ -228,6 +243,22 @@ mod tests {
         let (_, r) = runs_of(&x);
         assert_eq!(r.len(), 1, "{r:?}");
         assert_eq!(r[0].kind, Kind::Step);
+    }
+
+    #[test]
+    fn a_step_beside_a_smaller_wiggle_is_a_step_where_it_happened() {
+        // +1.5 sd at 500 (a leftover of a daily cycle, say), then the real +8 sd at 600.
+        let x = noisy(864, 15, |i| match i {
+            0..500 => 0.0,
+            500..600 => 1.5,
+            _ => 9.5,
+        });
+        let (s, r) = runs_of(&x);
+        let at: Vec<_> = r
+            .iter()
+            .map(|r| (s[r.first].at, s[r.last].at, r.kind))
+            .collect();
+        assert!(at.contains(&(600, 600, Kind::Step)), "{at:?}");
     }
 
     /// The went-away verdict of run `r` with the levels of its own segments.

@@ -101,7 +101,14 @@ fn an_injected_step_gets_a_solver_report_naming_its_change() {
                     e.at,
                     list.note,
                     open.iter()
-                        .map(|r| (&r.function, r.started_unix_seconds))
+                        .map(|r| (
+                            &r.function,
+                            r.started_unix_seconds,
+                            &r.kind,
+                            r.before_share,
+                            r.after_share,
+                            r.confidence
+                        ))
                         .collect::<Vec<_>>()
                 )
             });
