@@ -144,14 +144,10 @@ fn unbuffered_rust_writes_are_found_and_patched_with_a_bufwriter() {
 
 /// glibc (Debian 12) keeps no frame pointer, so the frame-pointer walk from a sample in its
 /// `write` wrapper skips the caller `emit_records`; the agent's leaf fix-up (`.eh_frame` of
-/// libc and the return address BPF kept from the user stack) puts it back. Measured
-/// (2026-12-04): the finding now names `emit_records` (95% of the service, stacks
-/// `main;emit_records;__GI___libc_write`), but at line 11, not the HOT line 12, so no patch.
-/// The agent's own profile has the call frame at line 12 (return address 0x11a8 looked up
-/// one byte earlier) and 5 of 297 samples with leaf 0x11a8 itself (line 11): the same
-/// address as leaf and as return address, which the collector's line data seems to merge.
+/// libc and the return address BPF kept from the user stack) puts it back. libc's own DWARF
+/// lines (relative paths, `./io/../sysdeps/...`) must not pass for the project's code: its
+/// module (`/usr/lib/...`) says it is a library, so the call site is `emit_records`' HOT line.
 #[test]
-#[ignore = "finding names emit_records but at line 11 (leaf and return address share 0x11a8; see above)"]
 fn unbuffered_c_writes_are_found_and_patched_with_fwrite() {
     let _alone = exclusive();
     let (root, src) = repo("unbuffered_writes.c");

@@ -236,12 +236,12 @@ fn rust_bufwriter(lines: &[&str], at: usize) -> Result<Vec<Edit>, String> {
     ))
 }
 
-/// C: `write(1, buf, n);` (or `STDOUT_FILENO`) becomes `fwrite(buf, 1, n, stdout);`, buffered
-/// by stdio; only when no other line writes to descriptor 1 directly (their output would
+/// C: `write(1, buf, n);` (or `STDOUT_FILENO`; a trailing comment is kept) becomes
+/// `fwrite(buf, 1, n, stdout);`, buffered by stdio; only when no other line writes to descriptor 1 directly (their output would
 /// overtake the buffer), adding `#include <stdio.h>` if missing.
 fn c_stdout_fwrite(lines: &[&str], at: usize) -> Result<Vec<Edit>, String> {
     let stmt = regex::Regex::new(
-        r"^(?P<ind>\s*)(?:\(void\)\s*)?write\(\s*(?:1|STDOUT_FILENO)\s*,\s*(?P<buf>[^,]+?)\s*,\s*(?P<len>[^;]+?)\s*\)\s*;\s*$",
+        r"^(?P<ind>\s*)(?:\(void\)\s*)?write\(\s*(?:1|STDOUT_FILENO)\s*,\s*(?P<buf>[^,]+?)\s*,\s*(?P<len>[^;]+?)\s*\)\s*;(?P<tail>\s*(?:/\*.*\*/|//.*)?)\s*$",
     )
     .expect("a valid regex");
     let raw = regex::Regex::new(r"\bwrite\(\s*(?:1|STDOUT_FILENO)\s*,").expect("a valid regex");
@@ -277,8 +277,8 @@ fn c_stdout_fwrite(lines: &[&str], at: usize) -> Result<Vec<Edit>, String> {
         at: i,
         remove: 1,
         insert: vec![format!(
-            "{}fwrite({}, 1, {}, stdout);",
-            &c["ind"], &c["buf"], &c["len"]
+            "{}fwrite({}, 1, {}, stdout);{}",
+            &c["ind"], &c["buf"], &c["len"], &c["tail"]
         )],
     });
     Ok(edits)

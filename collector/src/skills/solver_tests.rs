@@ -332,6 +332,15 @@ fn a_c_write_to_stdout_becomes_a_buffered_fwrite() {
         after.contains("    fwrite(rec, 1, strlen(rec), stdout);\n"),
         "{after}"
     );
+    // A trailing comment stays on the line.
+    let commented = text.replace("strlen(rec));", "strlen(rec)); /* HOT */");
+    let root = repo(&[("emit.c", &commented)]);
+    let got = write_finding(root.path(), "emit.c", 5, "emit");
+    let after = applied(root.path(), &got[0], "emit.c");
+    assert!(
+        after.contains("    fwrite(rec, 1, strlen(rec), stdout); /* HOT */\n"),
+        "{after}"
+    );
     // A write to another descriptor is left alone, with the reason.
     let other = text.replace("write(1,", "write(fd,");
     let root = repo(&[("emit.c", &other)]);

@@ -281,10 +281,9 @@ impl Prepared {
         // `line_ends`: empty, and free, for batches without debug info.
         let mut stack_lines: Vec<(u32, u32, u32, u32)> = Vec::new();
         let mut line_ends: Vec<u32> = Vec::with_capacity(batch.stacks.len());
-        // Per string index: is that file the project's own (1) or not (0); allocated at the
-        // first located frame.
-        const UNCLASSIFIED: u8 = 2;
+        // Per string index: is that file, or that module, a library's; filled on first use.
         let mut file_class: Vec<u8> = Vec::new();
+        let mut module_class: Vec<u8> = Vec::new();
         let mut built = 0usize;
         let mut procs = Vec::with_capacity(batch.processes.len());
         // (minute, process) per stack and minute per process: dense chains, not hash maps,
@@ -349,19 +348,22 @@ impl Prepared {
                         let mut own = false;
                         if f.line > 0 {
                             let file = batch.functions[f.function_index as usize].file_index;
-                            let class = match file_class.get(file as usize) {
-                                Some(&c) if c != UNCLASSIFIED => c,
-                                _ => {
-                                    let path = string(file, "function file")?;
-                                    if file_class.is_empty() {
-                                        file_class = vec![UNCLASSIFIED; batch.strings.len()];
-                                    }
-                                    let c = u8::from(file != 0 && !is_library_path(path));
-                                    file_class[file as usize] = c;
-                                    c
-                                }
-                            };
-                            own = class == 1;
+                            // Own: a file that is not a library's, in a module that is not
+                            // a system library (distributions' libc has DWARF data whose
+                            // paths are relative, `./io/../sysdeps/...`).
+                            own = file != 0
+                                && !classify(&mut file_class, file, batch.strings.len(), || {
+                                    string(file, "function file").map(is_library_path)
+                                })?
+                                && !classify(
+                                    &mut module_class,
+                                    f.module_index,
+                                    batch.strings.len(),
+                                    || {
+                                        string(f.module_index, "frame module")
+                                            .map(is_library_module)
+                                    },
+                                )?;
                             let at = (*slot, callee, file, f.line);
                             if own && !callee_own && !stack_lines[first_line..].contains(&at) {
                                 stack_lines.push(at);
@@ -501,6 +503,43 @@ pub fn is_library_path(path: &str) -> bool {
         || path.starts_with("/usr/include/")
         || path.starts_with("/usr/lib/")
         || path.starts_with("/usr/src/")
+}
+
+/// True for modules installed as system libraries (libc, libstdc++, ...), the vDSO and the
+/// kernel: code a project calls, whatever paths its DWARF data names.
+pub fn is_library_module(module: &str) -> bool {
+    [
+        "/usr/lib/",
+        "/usr/lib64/",
+        "/lib/",
+        "/lib64/",
+        "/usr/libexec/",
+    ]
+    .iter()
+    .any(|dir| module.starts_with(dir))
+        || module.starts_with('[')
+}
+
+/// Whether the string at `idx` is library code by `test` (run once per string index:
+/// `cache`, of `len` entries, is allocated at the first call).
+fn classify(
+    cache: &mut Vec<u8>,
+    idx: u32,
+    len: usize,
+    test: impl FnOnce() -> Result<bool, StoreError>,
+) -> Result<bool, StoreError> {
+    const UNCLASSIFIED: u8 = 2;
+    if let Some(&c) = cache.get(idx as usize).filter(|&&c| c != UNCLASSIFIED) {
+        return Ok(c == 1);
+    }
+    let library = test()?;
+    if cache.is_empty() {
+        *cache = vec![UNCLASSIFIED; len];
+    }
+    if let Some(c) = cache.get_mut(idx as usize) {
+        *c = u8::from(library);
+    }
+    Ok(library)
 }
 
 /// No callee: the frame is the leaf, its samples ran on the line itself.
@@ -1047,6 +1086,31 @@ mod tests {
             .iter()
             .filter(|r| r.kind == Kind::Stack && r.res == RES_MINUTE);
         assert_eq!(stacks.count(), MAX_LINE_KEYS + 10);
+    }
+
+    #[test]
+    fn a_call_into_a_system_library_with_debug_info_is_the_call_site() {
+        // Debian's libc carries DWARF lines with relative paths: its module says it is not
+        // the project's own, so the row is the project's call into it.
+        let stack = "main@/src/app.c:23;emit@/src/app.c:14;__GI___libc_write@./io/write.c:26";
+        let mut b = BatchBuilder::new("h", 1)
+            .interval(600, 10, false, 0.0, &[("svc", "", stack, 5, 0.0)])
+            .build();
+        b.strings.push("/usr/lib/x86_64-linux-gnu/libc.so.6".into());
+        let libc = b.strings.len() as u32 - 1;
+        let leaf = b.stacks[0].frame_indices[0] as usize;
+        b.frames[leaf].module_index = libc;
+        let r = Rollup::from_batch(&b).unwrap();
+        let lines: Vec<(&str, &str, u32)> = r
+            .rows
+            .iter()
+            .filter(|r| r.kind == Kind::Line && r.res == RES_MINUTE)
+            .map(|r| {
+                let (f, callee, _, line) = split_line_key(&r.key).unwrap();
+                (f, callee, line)
+            })
+            .collect();
+        assert_eq!(lines, [("emit", "__GI___libc_write", 14)]);
     }
 
     #[test]
