@@ -76,17 +76,28 @@ pub fn callers_and_leaves(
         let noise = around
             .window(a)
             .map_or(0.0, |w| 3.0 * w.flow_noise(a.metric, name(a)));
+        // The series' view too: the part of b's change (of its own cost, the daily cycle
+        // taken out) that flows through a, against a's. Stacks compared across times of
+        // day carry a seasonal subtree's swing into a caller's total.
+        let by_series = |b: &Candidate, f: f64| -> f64 {
+            let through = flow_of(b, None)
+                .filter(|t| *t > 0.0)
+                .map_or(0.0, |t| (f / t).clamp(0.0, 1.0));
+            through * b.cost_delta().abs() / a.cost_delta().abs().max(f64::MIN_POSITIVE)
+        };
         let best = cands
             .iter()
             .filter(|b| related(a, b))
             .filter_map(|b| flow_of(b, Some(a)).map(|f| (b, f)))
-            .filter(|(_, f)| *f > 0.0 && (*f >= flow * total || total - f <= noise))
+            .filter(|(_, f)| *f > 0.0)
+            .map(|(b, f)| (b, (f / total).max(by_series(b, f)), total - f <= noise))
+            .filter(|(_, carried, within_noise)| *carried >= flow || *within_noise)
             .max_by(|x, y| x.1.total_cmp(&y.1));
-        if let Some((b, f)) = best {
+        if let Some((b, carried, _)) = best {
             callers[i] = Some(format!(
                 "caller of {}, which carries {:.0}% of its added cost",
                 name(b),
-                f / total * 100.0
+                carried.min(1.0) * 100.0
             ));
         }
     }

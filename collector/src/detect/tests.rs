@@ -277,6 +277,28 @@ fn a_seasonal_series_without_change_is_quiet_with_a_step_is_reported() {
 }
 
 #[test]
+fn a_caller_holding_a_seasonal_subtree_is_still_a_caller() {
+    // serve holds log, whose work follows the day (±40%); hash, under serve, steps +25% late
+    // in the history, so the stacks around it compare different times of day.
+    let cycle =
+        |b: usize| 1.0 + 0.4 * ((b % DAY) as f64 / DAY as f64 * std::f64::consts::TAU).sin();
+    let late = 6 * DAY + 20;
+    let s = Synth::new(7)
+        .stack("main;serve;handle;parse", 0.20)
+        .stack_fn("main;serve;handle;hash", move |b| {
+            if b >= late { 0.11 * 1.25 } else { 0.11 }
+        })
+        .stack_fn("main;serve;log;write", move |b| 0.10 * cycle(b))
+        .stack_fn("main;serve;log;format", move |b| 0.10 * cycle(b))
+        .stack("main;gc", 0.10)
+        .stack("main;io", 0.39);
+    let r = run(&s, 6, &[]);
+    let open = with_status(&r, "open");
+    assert_eq!(open.len(), 1, "{}", summary(&r));
+    assert_eq!(open[0].function, "hash", "{}", summary(&r));
+}
+
+#[test]
 fn a_cost_shift_is_not_a_regression_real_growth_is() {
     // Work moves from parse to validate, both under handle: handle's total is unchanged.
     let shift = |moved: f64, grown: f64| {
