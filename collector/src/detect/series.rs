@@ -136,15 +136,30 @@ pub fn analyze(
 
     let mut kept = Vec::new();
     let n = cands.len() as u64;
+    let mut insignificant = 0;
     for (mut c, away, kind) in cands {
         c.kind = kind;
-        if let Some(why) = too_small(&c, cfg) {
+        // The split was significant; the levels a run is judged on (its history before, its
+        // lasting part after) must be too.
+        if c.p > cfg.alpha {
+            let why = format!(
+                "levels before and after differ with p {:.1e}, above alpha {:.0e}",
+                c.p, cfg.alpha
+            );
+            funnel.remove("significance", c, why);
+            insignificant += 1;
+        } else if let Some(why) = too_small(&c, cfg) {
             funnel.remove("min_change", c, why);
         } else {
             kept.push((c, away));
         }
     }
-    funnel.count("min_change", n, n - kept.len() as u64);
+    funnel.count("significance", 0, insignificant);
+    funnel.count(
+        "min_change",
+        n - insignificant,
+        n - insignificant - kept.len() as u64,
+    );
     let n = kept.len() as u64;
     let mut out = Vec::new();
     for (c, away) in kept {
