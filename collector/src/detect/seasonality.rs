@@ -4,7 +4,7 @@
 //! (median over days of each bucket's deviation from its day's median, so a step or a spike on
 //! one day barely moves it).
 
-use super::stats::median_in_place;
+use super::stats::{median_in_place, noise_sd};
 
 const DAY: i64 = 86_400;
 
@@ -66,20 +66,11 @@ pub fn daily_strength(x: &[f64], step: i64) -> Option<f64> {
         return None;
     }
     let explained = known.iter().map(|p| p * p).sum::<f64>() / known.len() as f64;
-    // The noise it leaves, from hour-to-hour differences within days measured by their MAD:
-    // a step or a spike inside one day, or a sharp edge of the cycle, is one outlier there,
-    // so it neither hides a cycle every other day repeats nor passes for one.
-    scratch.clear();
-    for day in hourly.chunks(period) {
-        scratch.extend(
-            day.windows(2)
-                .map(|w| w[1] - w[0])
-                .filter(|d| d.is_finite()),
-        );
-    }
-    let centre = median_in_place(&mut scratch);
-    scratch.iter_mut().for_each(|d| *d = (*d - centre).abs());
-    let left = (1.4826 * median_in_place(&mut scratch)).powi(2) / 2.0;
+    // The noise it leaves, from hour-to-hour differences (their MAD): a step or a spike
+    // inside one day, or a sharp edge of the cycle, is one outlier there, so it neither hides
+    // a cycle every other day repeats nor passes for one.
+    let finite: Vec<f64> = hourly.iter().copied().filter(|v| v.is_finite()).collect();
+    let left = noise_sd(&finite, &mut scratch).powi(2);
     let var = explained + left;
     if var.is_nan() || var <= 0.0 {
         return None;
