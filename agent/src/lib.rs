@@ -6,6 +6,7 @@
 pub mod binary;
 pub mod energy;
 pub mod interval;
+mod map_batch;
 pub mod metrics;
 pub mod output;
 pub mod privilege;

@@ -8,7 +8,7 @@
 //! The object holds the program twice: the full one, and one without `bpf_task_pt_regs` for
 //! kernels before 5.15, loaded when the verifier refuses the first (see [`Sampler::program`]).
 
-use std::{collections::HashMap as StdHashMap, io, thread, time::Duration};
+use std::{collections::HashMap as StdHashMap, io, os::fd::AsFd, thread, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -19,6 +19,8 @@ use aya::{
     },
 };
 use wattson_agent_ebpf::{self as shared, NewProcess, SampleKey, Stack};
+
+use crate::map_batch;
 
 /// The sampler object built by `agent/build.rs` from `agent-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wattson-sampler"));
@@ -105,6 +107,9 @@ pub struct SamplerConfig {
     pub map_entries: u32,
     /// Try hardware cycles before falling back to cpu-clock.
     pub prefer_cycles: bool,
+    /// Drain with `BPF_MAP_LOOKUP_AND_DELETE_BATCH` (Linux 5.6), falling back to per-entry
+    /// reads where the kernel refuses it; false reads entry by entry from the start.
+    pub batched_drain: bool,
 }
 
 impl Default for SamplerConfig {
@@ -114,6 +119,7 @@ impl Default for SamplerConfig {
             tgid_filter: None,
             map_entries: shared::DEFAULT_MAP_ENTRIES,
             prefer_cycles: true,
+            batched_drain: true,
         }
     }
 }
@@ -174,6 +180,8 @@ pub struct Sampler {
     new_processes: Option<RingBuf<MapData>>,
     /// What the `TGIDS` filter set holds (empty when every process is sampled).
     followed: std::collections::BTreeSet<u32>,
+    /// Drain with batched map reads (cleared when the kernel refuses them).
+    batched: bool,
 }
 
 impl Sampler {
@@ -213,6 +221,7 @@ impl Sampler {
             program,
             new_processes,
             followed: Default::default(),
+            batched: config.batched_drain,
         };
         sampler.set_config(shared::CONFIG_ACTIVE, 0)?;
         if let Some(tgid) = config.tgid_filter {
@@ -393,37 +402,30 @@ impl Sampler {
 
         let counts_name = shared::maps::COUNTS[idle as usize];
         let stacks_name = shared::maps::STACKS[idle as usize];
-        let mut counts: HashMap<&mut MapData, SampleKey, u64> = self.typed_map(counts_name)?;
-        let keys: Vec<SampleKey> = counts.keys().filter_map(Result::ok).collect();
-        let mut buckets = Vec::with_capacity(keys.len());
-        for key in keys {
-            if let Ok(count) = counts.get(&key, 0) {
-                buckets.push((key, count));
-            }
-            // A failed remove leaves the key to be read again next drain: counted twice is
-            // worse than late, so a failure here is logged and the key is skipped next time
-            // only if it still fails to read.
-            if let Err(e) = counts.remove(&key) {
-                tracing::warn!(error = %e, "could not clear an aggregation entry");
+        let mut buckets = Vec::new();
+        let mut frames = StdHashMap::new();
+        if self.batched {
+            match self.take_batched(counts_name, stacks_name, &mut buckets, &mut frames) {
+                Ok(()) => {}
+                Err(map_batch::BatchError::Unsupported(e)) => {
+                    tracing::info!(error = %e, "reading BPF maps entry by entry");
+                    self.batched = false;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "batched drain failed; the rest is read entry by entry")
+                }
             }
         }
+        // Also what a failed batch left behind.
+        self.take_per_entry(counts_name, stacks_name, &mut buckets, &mut frames)?;
 
-        let mut stacks: HashMap<&mut MapData, u64, Stack> = self.typed_map(stacks_name)?;
-        type Frames = (Vec<u64>, Vec<(u32, u64)>);
-        let mut cache: StdHashMap<u64, Option<Frames>> = StdHashMap::new();
         let mut drained = Drained::default();
         for (key, count) in buckets {
-            let mut resolve = |id: u64| -> Option<Frames> {
+            let resolve = |id: u64| -> Option<Frames> {
                 if id == 0 {
                     return Some(Default::default());
                 }
-                cache
-                    .entry(id)
-                    .or_insert_with(|| {
-                        let st = stacks.get(&id, 0).ok()?;
-                        Some((st.frames().to_vec(), st.leaf_candidates().collect()))
-                    })
-                    .clone()
+                frames.get(&id).cloned()
             };
             let user = resolve(key.user_stack);
             let kernel = resolve(key.kernel_stack);
@@ -439,11 +441,71 @@ impl Sampler {
                 leaf_candidates,
             });
         }
+        Ok(drained)
+    }
+
+    /// Whether drains read the maps in batches (false before Linux 5.6, or when configured).
+    pub fn batched(&self) -> bool {
+        self.batched
+    }
+
+    /// Reads and clears the idle counts and stacks a chunk per system call.
+    fn take_batched(
+        &mut self,
+        counts_name: &'static str,
+        stacks_name: &'static str,
+        buckets: &mut Vec<(SampleKey, u64)>,
+        frames: &mut StdHashMap<u64, Frames>,
+    ) -> Result<(), map_batch::BatchError> {
+        let (counts, stacks) = (self.map_fd(counts_name), self.map_fd(stacks_name));
+        let (Some(counts), Some(stacks)) = (counts, stacks) else {
+            return Ok(());
+        };
+        map_batch::take_all::<SampleKey, u64>(counts, BATCH_CHUNK, |k, v| buckets.push((*k, *v)))?;
+        // Stacks are ~1.2 KiB each: a smaller chunk keeps the buffer small.
+        map_batch::take_all::<u64, Stack>(stacks, BATCH_CHUNK / 8, |id, st| {
+            frames.insert(*id, frames_of(st));
+        })?;
+        Ok(())
+    }
+
+    /// Reads and clears whatever the idle maps still hold, three system calls per entry.
+    fn take_per_entry(
+        &mut self,
+        counts_name: &'static str,
+        stacks_name: &'static str,
+        buckets: &mut Vec<(SampleKey, u64)>,
+        frames: &mut StdHashMap<u64, Frames>,
+    ) -> Result<(), SamplerError> {
+        let mut counts: HashMap<&mut MapData, SampleKey, u64> = self.typed_map(counts_name)?;
+        let keys: Vec<SampleKey> = counts.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            if let Ok(count) = counts.get(&key, 0) {
+                buckets.push((key, count));
+            }
+            // A failed remove leaves the key to be read again next drain: counted twice is
+            // worse than late, so a failure here is logged and the key is skipped next time
+            // only if it still fails to read.
+            if let Err(e) = counts.remove(&key) {
+                tracing::warn!(error = %e, "could not clear an aggregation entry");
+            }
+        }
+        let mut stacks: HashMap<&mut MapData, u64, Stack> = self.typed_map(stacks_name)?;
         let ids: Vec<u64> = stacks.keys().filter_map(Result::ok).collect();
         for id in ids {
+            if let Ok(st) = stacks.get(&id, 0) {
+                frames.insert(id, frames_of(&st));
+            }
             let _ = stacks.remove(&id);
         }
-        Ok(drained)
+        Ok(())
+    }
+
+    fn map_fd(&self, name: &str) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match self.ebpf.map(name)? {
+            aya::maps::Map::HashMap(data) => Some(data.fd().as_fd()),
+            _ => None,
+        }
     }
 
     fn set_config(&mut self, slot: u32, value: u64) -> Result<(), SamplerError> {
@@ -465,6 +527,16 @@ impl Sampler {
         T::try_from(map).map_err(|source| SamplerError::Map { name, source })
     }
 }
+
+/// A stack's user frames and leaf return-address candidates.
+type Frames = (Vec<u64>, Vec<(u32, u64)>);
+
+fn frames_of(st: &Stack) -> Frames {
+    (st.frames().to_vec(), st.leaf_candidates().collect())
+}
+
+/// Count entries per batched read: 64 KiB of keys and values.
+const BATCH_CHUNK: usize = 2048;
 
 fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut PerfEvent, SamplerError> {
     let program = ebpf
