@@ -76,7 +76,7 @@ pub struct Args {
 }
 
 /// One service of the ground truth.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ServiceTruth {
     pub name: String,
     pub hosts: u32,
@@ -88,7 +88,7 @@ pub struct ServiceTruth {
 }
 
 /// One function of the ground truth.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct FunctionTruth {
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -98,7 +98,7 @@ pub struct FunctionTruth {
 }
 
 /// The ground truth of one simulated fleet.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Truth {
     pub seed: u64,
     pub start_unix_seconds: i64,

@@ -47,6 +47,11 @@ pub struct Options {
     /// Write each seed's ground truth and answer here (seed-N-truth.json, seed-N-answer.json).
     #[arg(long = "detect-dump")]
     pub dump: Option<PathBuf>,
+    /// Keep each seed's store in DIR/seed-N and, when one is there already, score it again
+    /// without streaming (a quick loop while changing detection; the figures to report come
+    /// from a fresh run).
+    #[arg(long = "detect-reuse")]
+    pub reuse: Option<PathBuf>,
 }
 
 static OPTIONS: OnceLock<Options> = OnceLock::new();
@@ -118,22 +123,41 @@ struct Detected {
     solved: BTreeMap<String, Option<String>>,
 }
 
-/// Simulates `a` into a fresh collector and asks it for every regression and change.
-fn detect(a: &fleet_sim::Args) -> anyhow::Result<Detected> {
-    let dir = tempfile::tempdir()?;
-    let collector = Collector::start(dir.path(), a.days, &a.collector_args)?;
+/// Simulates `a` into a fresh collector (or, under `reuse`, reopens the store a past run
+/// kept) and asks it for every regression and change.
+fn detect(a: &fleet_sim::Args, reuse: Option<&std::path::Path>) -> anyhow::Result<Detected> {
+    let temp = tempfile::tempdir()?;
+    let dir = match reuse {
+        Some(r) => r.join(format!("seed-{}", a.seed)),
+        None => temp.path().to_path_buf(),
+    };
+    let kept = dir.join("truth.json");
+    let old = reuse.is_some() && kept.exists();
+    let collector = Collector::start_on(&dir, a.days, &a.collector_args, !old)?;
     let url = collector.url();
-    let out = fleet_sim::simulate(a, &url, None)?;
-    eprintln!(
-        "bench: detect seed {}: {} batches in {:.0} s; asking for regressions ...",
-        a.seed, out.batches, out.seconds
-    );
+    let truth: Truth = if old {
+        let text = std::fs::read_to_string(&kept)
+            .with_context(|| format!("reading {}", kept.display()))?;
+        eprintln!("bench: detect seed {}: reusing {}", a.seed, dir.display());
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", kept.display()))?
+    } else {
+        let out = fleet_sim::simulate(a, &url, None)?;
+        eprintln!(
+            "bench: detect seed {}: {} batches in {:.0} s; asking for regressions ...",
+            a.seed, out.batches, out.seconds
+        );
+        if reuse.is_some() {
+            std::fs::write(&kept, serde_json::to_string(&out.truth)?)
+                .with_context(|| format!("writing {}", kept.display()))?;
+        }
+        out.truth
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let window = TimeWindow {
-        from_unix_seconds: out.truth.start_unix_seconds,
-        to_unix_seconds: out.truth.end_unix_seconds,
+        from_unix_seconds: truth.start_unix_seconds,
+        to_unix_seconds: truth.end_unix_seconds,
     };
     let began = Instant::now();
     let (answer, seconds, changes) = rt.block_on(async {
@@ -163,7 +187,7 @@ fn detect(a: &fleet_sim::Args) -> anyhow::Result<Detected> {
         let mut skills = fleet_sim::solve::connect(&url).await?;
         let mut solved = BTreeMap::new();
         for r in answer.regressions.iter().filter(|r| r.status == "open") {
-            if injected(&out.truth, r).is_some_and(|(_, e)| e.change_id.is_some()) {
+            if injected(&truth, r).is_some_and(|(_, e)| e.change_id.is_some()) {
                 let c = fleet_sim::solve::culprit(&mut skills, window, &r.service, &r.id).await?;
                 solved.insert(r.id.clone(), c);
             }
@@ -171,7 +195,7 @@ fn detect(a: &fleet_sim::Args) -> anyhow::Result<Detected> {
         anyhow::Ok(solved)
     })?;
     Ok(Detected {
-        truth: out.truth,
+        truth,
         answer,
         builds: changes.into_iter().map(|c| (c.id, c.build_id)).collect(),
         seconds,
@@ -374,7 +398,7 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
             seed,
             ..quality.clone()
         };
-        let d = detect(&a)?;
+        let d = detect(&a, o.reuse.as_deref())?;
         if let Some(dir) = &o.dump {
             dump(dir, &d)?;
         }
@@ -396,7 +420,7 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let a = args(o.seeds[0], SPEED_SERVICES, SPEED_FUNCTIONS);
     let Detected {
         answer, seconds, ..
-    } = detect(&a)?;
+    } = detect(&a, None)?;
     rows.push(row(
         format!(
             "full detection pass, {SPEED_SERVICES} x {SPEED_FUNCTIONS} functions (cpu + energy), 14 d at 5 min, SQLite"

@@ -24,6 +24,16 @@ impl Collector {
     /// Builds (in xtask's profile) and starts a collector storing in `dir/wattson.db` (replaced), keeping minute
     /// rows for `days` + 2 days; `extra` arguments go to `serve` as they are.
     pub fn start(dir: &Path, days: f64, extra: &[String]) -> anyhow::Result<Collector> {
+        Self::start_on(dir, days, extra, true)
+    }
+
+    /// [`Self::start`], on the store already in `dir` unless `fresh`.
+    pub fn start_on(
+        dir: &Path,
+        days: f64,
+        extra: &[String],
+        fresh: bool,
+    ) -> anyhow::Result<Collector> {
         let mut build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
         build.current_dir(cmd::root()).args([
             "build",
@@ -46,12 +56,17 @@ impl Collector {
             .join("wattson-collector");
         fs::create_dir_all(dir)
             .with_context(|| format!("creating --data-dir {}", dir.display()))?;
-        for f in [
-            "wattson.db",
-            "wattson.db-wal",
-            "wattson.db-shm",
-            "wattson.db.journal",
-        ] {
+        let stale: &[&str] = if fresh {
+            &[
+                "wattson.db",
+                "wattson.db-wal",
+                "wattson.db-shm",
+                "wattson.db.journal",
+            ]
+        } else {
+            &[]
+        };
+        for f in stale {
             let p = dir.join(f);
             if p.exists() {
                 fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;

@@ -17,7 +17,7 @@ use super::rng::Rng;
 pub const SIZES: &[f64] = &[0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01];
 
 /// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// Lasting step up: a regression.
@@ -55,7 +55,7 @@ impl Scenario {
 }
 
 /// Where a change point's change came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Cause {
     /// A deploy recorded through `RecordChange` (build id and touched functions).
@@ -69,7 +69,7 @@ pub enum Cause {
 }
 
 /// One ground-truth event.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Event {
     pub id: String,
     pub service: String,
@@ -116,15 +116,15 @@ impl Event {
 }
 
 /// A change event: recorded through `RecordChange`, or a deploy only agents show.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Change {
     pub id: String,
     pub service: String,
     pub at: i64,
     /// deploy, config, experiment, commit.
-    pub kind: &'static str,
+    pub kind: String,
     pub title: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub build_id: String,
     pub touched: Vec<String>,
     /// False for deploys only agents report (the collector records those by itself).
@@ -294,7 +294,7 @@ pub fn plan(
                     id: cid.clone(),
                     service: svc.name.clone(),
                     at,
-                    kind: "deploy",
+                    kind: "deploy".into(),
                     title: format!("deploy {} {}", svc.name, &build[..12]),
                     build_id: build,
                     touched: if recorded { touched } else { Vec::new() },
@@ -312,7 +312,8 @@ pub fn plan(
                         "commit"
                     } else {
                         "config"
-                    },
+                    }
+                    .into(),
                     title: format!("{} touching {}", kind_word(kind), event.function),
                     build_id: String::new(),
                     touched,
@@ -334,7 +335,7 @@ pub fn plan(
                     id: next_change_id(),
                     service: svc.name.clone(),
                     at: at - back,
-                    kind: "experiment",
+                    kind: "experiment".into(),
                     title: format!("experiment on {}", svc.functions[g].name),
                     build_id: String::new(),
                     touched: vec![svc.functions[g].name.clone()],
@@ -357,7 +358,7 @@ pub fn plan(
             },
             service: svc.name.clone(),
             at,
-            kind: "deploy",
+            kind: "deploy".into(),
             title: format!("deploy {} {} (no effect)", svc.name, &build[..12]),
             build_id: build,
             touched: Vec::new(),

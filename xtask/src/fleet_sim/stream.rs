@@ -263,7 +263,7 @@ pub async fn record_changes(url: &str, changes: &[&Change]) -> anyhow::Result<us
             service: c.service.clone(),
             at_unix_seconds: c.at,
             title: c.title.clone(),
-            kind: c.kind.into(),
+            kind: c.kind.clone(),
             build_id: c.build_id.clone(),
             touched: c.touched.clone(),
             author: "fleet-sim".into(),
