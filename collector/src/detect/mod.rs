@@ -182,6 +182,7 @@ pub fn detect(
         cfg: &cfg,
         first_reported,
         samples: stats::median_in_place(&mut counts),
+        counts: &series.samples[..len],
     };
 
     let mut funnel = Funnel::new(cfg.max_filtered);

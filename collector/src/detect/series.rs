@@ -7,7 +7,7 @@ use super::DetectConfig;
 use super::candidate::{Candidate, Funnel, Metric};
 use super::changepoint::{segment, test_levels};
 use super::seasonality::{daily_strength, is_seasonal, remove_daily_profile};
-use super::stats::{block_means, mean, noise_sd};
+use super::stats::{binomial_two_sided, block_means, mean, noise_sd};
 use super::trend::{Segments, levels, runs, went_away};
 
 /// How long a change of a seasonal series must last, at least (half a day: a leftover of the
@@ -23,6 +23,8 @@ pub struct Grid<'a> {
     pub first_reported: usize,
     /// Median samples per bucket of the service: the binomial noise floor of a share.
     pub samples: f64,
+    /// The service's samples in each bucket, for the count test of a candidate's levels.
+    pub counts: &'a [f64],
 }
 
 /// Runs the per-series stages over `values` (a share per bucket, NaN where the service had no
@@ -124,6 +126,7 @@ pub fn analyze(
         let c = Candidate {
             loc_err: ((20.0 / (snr * snr)).ceil() as usize).min(cfg.buckets(cfg.cause_window)),
             lasting: min_lasting,
+            p: p.max(count_p(grid.counts, values, &c, y.len())),
             ..c
         };
         let lasted = (idx[idx.len() - 1] + 1 - idx[at]) as i64 * grid.step;
@@ -193,6 +196,28 @@ fn noise(y: &[f64], samples: f64, block: usize, scratch: &mut Vec<f64>) -> f64 {
     let sd = robust.max(slow).max(binomial);
     // A constant series (a share of exactly 0 or 1) still needs a scale, tiny but positive.
     if sd > 0.0 { sd } else { 1e-12 }
+}
+
+/// Bonferroni p-value (over `positions`) of a candidate's levels judged as counts: the
+/// function's samples before and after against the service's. A share measured on few
+/// samples (a function seen a handful of times) is not normal; given the function's samples
+/// on both sides, how many fall after is binomial when its share did not change. 1.0 when
+/// counts are unknown.
+fn count_p(counts: &[f64], shares: &[f64], c: &Candidate, positions: usize) -> f64 {
+    let tally = |(lo, hi): (usize, usize)| {
+        (lo..hi.min(counts.len()).min(shares.len()))
+            .filter(|&i| shares[i].is_finite())
+            .fold((0.0, 0.0), |(k, n), i| {
+                (k + shares[i] * counts[i], n + counts[i])
+            })
+    };
+    let (kb, nb) = tally(c.before_span);
+    let (ka, na) = tally(c.after_span);
+    if nb <= 0.0 || na <= 0.0 {
+        return 1.0;
+    }
+    let p = binomial_two_sided(ka, ka + kb, na / (na + nb));
+    (positions.max(1) as f64 * p).min(1.0)
 }
 
 /// A step whose level, once it has had `lasting` points to settle, keeps under half of its

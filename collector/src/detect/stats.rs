@@ -34,6 +34,45 @@ pub fn chi2_1_sf(x: f64) -> f64 {
     erfc((x / 2.0).sqrt())
 }
 
+/// Two-sided p-value of `x` successes in `n` trials of probability `f` (both rounded to whole
+/// counts): exact below a few thousand trials, normal with continuity correction above.
+pub fn binomial_two_sided(x: f64, n: f64, f: f64) -> f64 {
+    let (n, x) = (n.round().max(0.0), x.round().max(0.0));
+    let x = x.min(n);
+    if n == 0.0 || f <= 0.0 || f >= 1.0 {
+        return 1.0;
+    }
+    let (lower, upper) = if n > 5000.0 {
+        let sd = (n * f * (1.0 - f)).sqrt();
+        let z = |d: f64| normal_two_sided(d / sd) / 2.0;
+        let mu = n * f;
+        (
+            if x + 0.5 >= mu { 1.0 } else { z(mu - x - 0.5) },
+            if x - 0.5 <= mu { 1.0 } else { z(x - 0.5 - mu) },
+        )
+    } else {
+        // Log pmf by recurrence, summed relative to its peak so no term underflows.
+        let k = n as usize;
+        let mut log_pmf = Vec::with_capacity(k + 1);
+        let mut l = n * (1.0 - f).ln();
+        log_pmf.push(l);
+        let odds = (f / (1.0 - f)).ln();
+        for j in 0..k {
+            l += ((n - j as f64) / (j as f64 + 1.0)).ln() + odds;
+            log_pmf.push(l);
+        }
+        let peak = log_pmf.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let w: Vec<f64> = log_pmf.iter().map(|l| (l - peak).exp()).collect();
+        let total: f64 = w.iter().sum();
+        let xi = x as usize;
+        (
+            w[..=xi].iter().sum::<f64>() / total,
+            w[xi..].iter().sum::<f64>() / total,
+        )
+    };
+    (2.0 * lower.min(upper)).min(1.0)
+}
+
 /// Median of `v`, reordering it; NaN when empty.
 pub fn median_in_place(v: &mut [f64]) -> f64 {
     let n = v.len();
@@ -120,6 +159,21 @@ mod tests {
         assert!((normal_two_sided(1.959_964) - 0.05).abs() < 1e-6);
         assert!((chi2_1_sf(6.634_897) - 0.01).abs() < 1e-6);
         assert!((erfc(-1.0) - 1.842_700_79).abs() < 1e-6);
+    }
+
+    #[test]
+    fn binomial_tails() {
+        // 0 of 7 where each falls before with probability 0.375: 2 * 0.625^7.
+        assert!((binomial_two_sided(0.0, 7.0, 0.375) - 2.0 * 0.625f64.powi(7)).abs() < 1e-12);
+        // 10 heads of 20 fair coins is no evidence at all.
+        assert_eq!(binomial_two_sided(10.0, 20.0, 0.5), 1.0);
+        // 60 of 100 fair: 2 P(X >= 60) = 0.0569 (tables).
+        assert!((binomial_two_sided(60.0, 100.0, 0.5) - 0.0569).abs() < 1e-3);
+        // The normal branch agrees with the exact one where they meet.
+        let exact = binomial_two_sided(2600.0, 5000.0, 0.5);
+        let approx = binomial_two_sided(5200.0, 10000.0, 0.5);
+        assert!(exact < 0.01 && approx < 1e-4, "{exact} {approx}");
+        assert!((binomial_two_sided(5100.0, 10000.0, 0.5) - 0.0466).abs() < 2e-3);
     }
 
     #[test]

@@ -521,3 +521,81 @@ fn work_moved_into_a_subtree_is_a_shift_down_to_its_leaves_in_both_views() {
         summary(&r)
     );
 }
+
+/// One-minute buckets of a single-process service sampled at 99 Hz (about 6,000 samples a
+/// bucket), the last one partial (the agent stopped 6 s into it), as the end-to-end test sees
+/// them; `rare` and `hot` give a function's samples per bucket.
+fn small_service(rare: [f64; 8], hot: [f64; 8]) -> super::ServiceSeries {
+    let samples = [
+        6000.0, 6000.0, 6000.0, 6000.0, 6000.0, 6000.0, 6000.0, 600.0,
+    ];
+    let f = |name: &str, n: &[f64]| super::FunctionSeries {
+        function: name.into(),
+        samples_incl: n.to_vec(),
+        energy_incl_uj: n.iter().map(|x| x * 1000.0).collect(),
+    };
+    super::ServiceSeries {
+        service: "demo".into(),
+        start: super::testdata::START,
+        step: 60,
+        samples: samples.to_vec(),
+        energy_uj: samples.iter().map(|x| x * 1000.0).collect(),
+        estimated: true,
+        fleet_scale: 1.0,
+        functions: vec![
+            f("main", &samples),
+            f("work_unit", &rare),
+            f("hash_records", &hot),
+        ],
+    }
+}
+
+#[test]
+fn a_function_seen_a_handful_of_times_is_judged_on_its_counts() {
+    let cfg: DetectConfig = toml::from_str(
+        "step = 60\nhistory = \"2h\"\nmin_history = \"2m\"\nanalysis_window = \"2h\"\n\
+         min_segment = \"1m\"\nmin_lasting = \"1m\"\ncreep_gap = \"2m\"",
+    )
+    .unwrap();
+    let now = super::testdata::START + 8 * 60;
+    let steady = [
+        2400.0, 2400.0, 2400.0, 2400.0, 2400.0, 2400.0, 2400.0, 240.0,
+    ];
+    // Two samples in all, one of them in the partial bucket: a share of 0.17% there, which a
+    // normal test on shares (noise floor set by 6,000 samples a bucket) calls a change.
+    let rare = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0];
+    let r = detect(&small_service(rare, steady), &NoStacks, &[], &cfg, now).unwrap();
+    assert!(with_status(&r, "open").is_empty(), "{}", summary(&r));
+    assert!(
+        filtered_with(&r, "significance", "work_unit", "").is_some(),
+        "{}",
+        summary(&r)
+    );
+    // Thirty samples a bucket where there were none: a change, whatever the test.
+    let grown = [0.0, 0.0, 0.0, 0.0, 0.0, 30.0, 30.0, 3.0];
+    let r = detect(&small_service(grown, steady), &NoStacks, &[], &cfg, now).unwrap();
+    let open = with_status(&r, "open");
+    assert!(
+        open.iter().any(|g| g.function == "work_unit"),
+        "{}",
+        summary(&r)
+    );
+    // 40% to 60% of the service, the e2e's slowdown: reported.
+    let slower = [
+        2400.0, 2400.0, 2400.0, 2400.0, 3600.0, 3600.0, 3600.0, 360.0,
+    ];
+    let r = detect(
+        &small_service(rare.map(|_| 0.0), slower),
+        &NoStacks,
+        &[],
+        &cfg,
+        now,
+    )
+    .unwrap();
+    let open = with_status(&r, "open");
+    assert!(
+        open.iter().any(|g| g.function == "hash_records"),
+        "{}",
+        summary(&r)
+    );
+}
