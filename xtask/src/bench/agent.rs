@@ -1,6 +1,6 @@
 //! Agent overhead, side by side in one run: a CPU-bound workload's throughput with no
 //! profiler, with `wattson-agent record` (release build) at 19 Hz and at 99 Hz, and with
-//! `perf record -F 99 -a -g`; plus each profiler's own CPU time and peak RSS (from `wait4`).
+//! `perf record -F 99 -a -g`; plus each profiler's own CPU time (from `wait4`) and peak RSS (`VmHWM`, polled).
 //!
 //! The workload is one spinning hash loop per CPU, so sampling interrupts on every CPU and the
 //! profiler's own CPU time both show up as lost throughput. Configurations are interleaved over
@@ -68,7 +68,9 @@ struct Phase {
     throughput: f64,
     /// Profiler CPU seconds (user + system) over its whole life.
     cpu_secs: f64,
-    /// Profiler peak RSS in MiB (`ru_maxrss`).
+    /// Profiler peak RSS in MiB: `VmHWM` of its own image, polled. Not `ru_maxrss` from
+    /// `wait4`: Linux carries the high-water mark across exec, so that counts the RSS of this
+    /// bench (the parent it was forked from) too.
     rss_mib: f64,
     /// Peaks of the profiler's anonymous and file-backed RSS in MiB, polled from
     /// `/proc/PID/status` (file-backed: pages of mapped binaries, reclaimable page cache).
@@ -395,19 +397,19 @@ fn measure(config: Config, agent: &Path, dir: &Path, workload: &Workload) -> any
         }
         let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
         phase.cpu_secs = secs(usage.ru_utime) + secs(usage.ru_stime);
-        phase.rss_mib = usage.ru_maxrss as f64 / 1024.0;
         if let Some(p) = polling {
-            (phase.anon_mib, phase.file_mib) = p.finish();
+            (phase.rss_mib, phase.anon_mib, phase.file_mib) = p.finish();
         }
         drop(child);
     }
     Ok(phase)
 }
 
-/// Polls a process's `RssAnon` and `RssFile` every 50 ms while it runs, keeping the peaks.
+/// Polls a process's `VmHWM`, `RssAnon` and `RssFile` every 50 ms while it runs, keeping the
+/// peaks.
 struct RssPoller {
     stop: Arc<AtomicBool>,
-    handle: thread::JoinHandle<(u64, u64)>,
+    handle: thread::JoinHandle<(u64, u64, u64)>,
 }
 
 impl RssPoller {
@@ -416,25 +418,27 @@ impl RssPoller {
         let flag = Arc::clone(&stop);
         let handle = thread::spawn(move || {
             let path = format!("/proc/{pid}/status");
-            let (mut anon, mut file) = (0, 0);
+            let (mut hwm, mut anon, mut file) = (0, 0, 0);
             while !flag.load(Ordering::Relaxed) {
                 let Ok(text) = std::fs::read_to_string(&path) else {
                     break;
                 };
+                hwm = hwm.max(status_kib(&text, "VmHWM:"));
                 anon = anon.max(status_kib(&text, "RssAnon:"));
                 file = file.max(status_kib(&text, "RssFile:"));
                 thread::sleep(Duration::from_millis(50));
             }
-            (anon, file)
+            (hwm, anon, file)
         });
         Self { stop, handle }
     }
 
-    /// Peak anonymous and file-backed RSS, MiB.
-    fn finish(self) -> (f64, f64) {
+    /// Peak RSS, peak anonymous and peak file-backed RSS, MiB.
+    fn finish(self) -> (f64, f64, f64) {
         self.stop.store(true, Ordering::Relaxed);
-        let (anon, file) = self.handle.join().unwrap_or_default();
-        (anon as f64 / 1024.0, file as f64 / 1024.0)
+        let (hwm, anon, file) = self.handle.join().unwrap_or_default();
+        let mib = |k: u64| k as f64 / 1024.0;
+        (mib(hwm), mib(anon), mib(file))
     }
 }
 
