@@ -3,7 +3,7 @@
 //! function through which nearly all of its added cost flows: callers above it and leaves
 //! below it that carry only part of it are removed.
 
-use super::candidate::{Candidate, Funnel};
+use super::candidate::{Candidate, Funnel, Metric};
 use super::{Around, ServiceSeries};
 
 /// Change points of one function this many buckets apart are the same change.
@@ -11,8 +11,12 @@ const SAME_CHANGE: usize = 2;
 
 /// Keeps one view per (function, direction, change point).
 pub fn merge_metrics(funnel: &mut Funnel, mut cands: Vec<Candidate>) -> Vec<Candidate> {
+    // On a tie (large changes all have p 0) the CPU view wins: samples are measured directly,
+    // energy shares also move with every other stack's power draw.
+    let energy = |c: &Candidate| c.metric == Metric::Energy;
     cands.sort_by(|a, b| {
         a.p.total_cmp(&b.p)
+            .then(energy(a).cmp(&energy(b)))
             .then(a.func.cmp(&b.func))
             .then(a.start.cmp(&b.start))
     });

@@ -14,6 +14,9 @@ use super::trend::{Segments, levels, runs, went_away};
 /// daily cycle turns back within it).
 const SEASONAL_LASTING: i64 = 12 * 3600;
 
+/// Data a seasonal series must have before a change (a day: its daily profile is known).
+const SEASONAL_HISTORY: i64 = 24 * 3600;
+
 /// The grid every series of a service shares, and what the stages need to know about it.
 pub struct Grid<'a> {
     pub start: i64,
@@ -138,13 +141,24 @@ pub fn analyze(
     }
 
     let mut kept = Vec::new();
-    let n = cands.len() as u64;
+    let mut early = 0;
     let mut insignificant = 0;
+    let n = cands.len() as u64;
     for (mut c, away, kind) in cands {
         c.kind = kind;
+        let known = (c.start - idx[0]) as i64 * grid.step;
+        // A daily cycle is known from a day of data: a change before that is not told from it.
+        if seasonal && known < SEASONAL_HISTORY {
+            let why = format!(
+                "daily cycle, and only {} of data before the change: a day is needed to tell \
+                 a change from the cycle",
+                super::trend::span(known)
+            );
+            funnel.remove("seasonality", c, why);
+            early += 1;
         // The split was significant; the levels a run is judged on (its history before, its
         // lasting part after) must be too.
-        if c.p > cfg.alpha {
+        } else if c.p > cfg.alpha {
             let why = format!(
                 "levels before and after differ with p {:.1e}, above alpha {:.0e}",
                 c.p, cfg.alpha
@@ -157,11 +171,12 @@ pub fn analyze(
             kept.push((c, away));
         }
     }
+    funnel.count("seasonality", 0, early);
     funnel.count("significance", 0, insignificant);
     funnel.count(
         "min_change",
-        n - insignificant,
-        n - insignificant - kept.len() as u64,
+        n - early - insignificant,
+        n - early - insignificant - kept.len() as u64,
     );
     let n = kept.len() as u64;
     let mut out = Vec::new();

@@ -180,6 +180,22 @@ pub fn went_away(
         }
     }
     let last = seg.count() - 1;
+    // The level right after the run's: a spike ends there even when later changes (other
+    // functions' regressions seen through this share) move the latest level away again.
+    if last > r.last + 2 {
+        let next = seg.mean(r.last + 2);
+        let remains = (next - before) / delta;
+        if remains < 0.5 {
+            return Some(format!(
+                "went away: {:.6} -> {:.6}, then back to {:.6} ({:.0}% of the change remained \
+                 until the next change)",
+                before,
+                after,
+                next,
+                remains * 100.0
+            ));
+        }
+    }
     if last > r.last + 1 {
         let now = seg.mean(last);
         let remains = (now - before) / delta;
@@ -276,6 +292,19 @@ mod tests {
         assert!(why.starts_with("went away"), "{why}");
         let why = verdict(&seg, &r[1], 86_400, 5 * 3600, 6 * 3600);
         assert!(why.starts_with("ends a transient"), "{why}");
+
+        // A spike, then a lasting rise of the same share days later (another function's
+        // regression seen through it): the spike still went away.
+        let later = noisy(864, 16, |i| match i {
+            300..360 => 2.0,
+            600.. => 3.0,
+            _ => 0.0,
+        });
+        let (splits, r) = runs_of(&later);
+        let seg = Segments::new(&later, &splits);
+        assert_eq!(splits.len(), 3, "{splits:?}");
+        let why = verdict(&seg, &r[0], 86_400, 86_400, 10_800);
+        assert!(why.contains("until the next change"), "{why}");
 
         let step = noisy(864, 14, |i| if i >= 300 { 2.0 } else { 0.0 });
         let (splits, r) = runs_of(&step);
