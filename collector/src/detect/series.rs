@@ -156,9 +156,9 @@ pub fn analyze(
             );
             funnel.remove("seasonality", c, why);
             early += 1;
-        // The split was significant; the levels a run is judged on (its history before, its
-        // lasting part after) must be too.
         } else if c.p > cfg.alpha {
+            // The split was significant; the levels a run is judged on (its history before,
+            // its lasting part after) must be too.
             let why = format!(
                 "levels before and after differ with p {:.1e}, above alpha {:.0e}",
                 c.p, cfg.alpha

@@ -62,7 +62,10 @@ pub fn binomial_two_sided(x: f64, n: f64, f: f64) -> f64 {
             log_pmf.push(l);
         }
         let peak = log_pmf.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let w: Vec<f64> = log_pmf.iter().map(|l| (l - peak).exp()).collect();
+        let mut w = log_pmf;
+        for v in &mut w {
+            *v = (*v - peak).exp();
+        }
         let total: f64 = w.iter().sum();
         let xi = x as usize;
         (

@@ -180,31 +180,19 @@ pub fn went_away(
         }
     }
     let last = seg.count() - 1;
-    // The level right after the run's: a spike ends there even when later changes (other
-    // functions' regressions seen through this share) move the latest level away again.
-    if last > r.last + 2 {
-        let next = seg.mean(r.last + 2);
-        let remains = (next - before) / delta;
+    // The level right after the run's, then the latest: a spike ends at the first even when
+    // later changes (other functions' regressions seen through this share) move the latest
+    // level away again.
+    let next =
+        (last > r.last + 2).then_some((r.last + 2, "then", "remained until the next change"));
+    let now = (last > r.last + 1).then_some((last, "now", "remains"));
+    for (j, when, kept) in next.into_iter().chain(now) {
+        let level = seg.mean(j);
+        let remains = (level - before) / delta;
         if remains < 0.5 {
             return Some(format!(
-                "went away: {:.6} -> {:.6}, then back to {:.6} ({:.0}% of the change remained \
-                 until the next change)",
-                before,
-                after,
-                next,
-                remains * 100.0
-            ));
-        }
-    }
-    if last > r.last + 1 {
-        let now = seg.mean(last);
-        let remains = (now - before) / delta;
-        if remains < 0.5 {
-            return Some(format!(
-                "went away: {:.6} -> {:.6}, now back to {:.6} ({:.0}% of the change remains)",
-                before,
-                after,
-                now,
+                "went away: {before:.6} -> {after:.6}, {when} back to {level:.6} ({:.0}% of the \
+                 change {kept})",
                 remains * 100.0
             ));
         }

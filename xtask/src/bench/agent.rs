@@ -1,6 +1,7 @@
 //! Agent overhead, side by side in one run: a CPU-bound workload's throughput with no
 //! profiler, with `wattson-agent record` (release build) at 19 Hz and at 99 Hz, and with
-//! `perf record -F 99 -a -g`; plus each profiler's own CPU time (from `wait4`) and peak RSS (`VmHWM`, polled).
+//! `perf record -F 99 -a -g`; plus each profiler's own CPU time (from `wait4`) and peak RSS
+//! (`VmHWM`, polled).
 //!
 //! The workload is one spinning hash loop per CPU, so sampling interrupts on every CPU and the
 //! profiler's own CPU time both show up as lost throughput. Configurations are interleaved over
