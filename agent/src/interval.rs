@@ -129,6 +129,7 @@ impl Recorder {
             self.add(raw);
         }
         self.symbolizer.release_idle();
+        self.symbolizer.release_file_pages();
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 
 pub mod binary;
 pub mod energy;
+pub mod file_pages;
 pub mod interval;
 mod map_batch;
 pub mod metrics;

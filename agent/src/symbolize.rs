@@ -15,7 +15,8 @@
 //! Kernel addresses go through kallsyms. Results are cached per (build id or path, offset), in
 //! caches bounded by bytes; blazesym's parsed state for a file is released once the file has
 //! not been symbolized for [`IDLE_GENERATIONS`] drains, or is beyond the [`MAX_MODULES`] most
-//! recently used (see [`crate::symbol_cache`]).
+//! recently used (see [`crate::symbol_cache`]). The pages of the files blazesym maps are given
+//! back to the page cache after each drain and during long lookups (see [`crate::file_pages`]).
 
 use std::{
     collections::HashMap,
@@ -30,6 +31,7 @@ use blazesym::symbolize::{
 };
 
 use crate::{
+    file_pages,
     process::{ProcessTable, hex},
     profile::{Frame, FrameKind},
     symbol_cache::{ByteLru, Modules},
@@ -88,6 +90,9 @@ pub struct Symbolizer {
     perf_map_max_bytes: u64,
     /// Perf maps cut at `perf_map_max_bytes`, since the last [`Self::take_perf_maps_cut`].
     perf_maps_cut: u64,
+    /// Releases the pages of the files blazesym maps during a long read (see
+    /// [`file_pages`]); started on the first read.
+    pager: Option<Option<file_pages::Pager>>,
 }
 
 impl Default for Symbolizer {
@@ -113,6 +118,7 @@ impl Symbolizer {
             vdso: std::sync::OnceLock::new(),
             perf_map_max_bytes: MAX_PERF_MAP_BYTES,
             perf_maps_cut: 0,
+            pager: None,
         }
     }
 
@@ -248,6 +254,17 @@ impl Symbolizer {
     pub fn trim(&mut self) {
         self.perf_maps.clear();
         self.release_idle();
+        self.release_file_pages();
+    }
+
+    /// Drops the pages of the files blazesym has mapped from this process's RSS (they stay in
+    /// the page cache); see [`crate::file_pages`].
+    pub fn release_file_pages(&mut self) {
+        let maps = file_pages::shared_read_only();
+        let failed = file_pages::release(&maps);
+        if failed > 0 {
+            tracing::debug!(failed, "could not release the pages of some mapped files");
+        }
     }
 
     /// Releases blazesym's parsed state (mapped file, symbol tables, DWARF) of files not
@@ -304,10 +321,13 @@ impl Symbolizer {
         }
         self.modules.used(path, self.generation);
         let src = Source::Elf(Elf::new(path));
-        let resolved = match self
+        let pager = self.pager.get_or_insert_with(file_pages::Pager::start);
+        let busy = pager.as_ref().map(file_pages::Pager::busy);
+        let found = self
             .blaze
-            .symbolize_single(&src, blazesym::symbolize::Input::FileOffset(offset))
-        {
+            .symbolize_single(&src, blazesym::symbolize::Input::FileOffset(offset));
+        drop(busy);
+        let resolved = match found {
             Ok(Symbolized::Sym(sym)) => resolved_from(&sym),
             Ok(Symbolized::Unknown(_)) => self.plt_lookup(&key, path, offset),
             Err(e) => {
