@@ -79,6 +79,9 @@ struct Phase {
     file_mib: f64,
     /// Wall seconds the profiler ran.
     wall_secs: f64,
+    /// Profiler CPU seconds while the workload ran: its start-up (BPF load, the first
+    /// parse of the workload's symbols) excluded, as a long-running daemon would see it.
+    sampling_cpu_secs: f64,
 }
 
 fn row(metric: impl Into<String>, value: String, goal: &str, met: Option<bool>) -> Row {
@@ -160,8 +163,9 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         rows.push(row(
             format!("own CPU time, {}", c.name()),
             format!(
-                "{cpu:.3} s in {wall:.1} s ({:.2}% of one CPU)",
-                100.0 * cpu / wall
+                "{cpu:.3} s in {wall:.1} s ({:.2}% of one CPU), {:.3} s of it while the workload ran",
+                100.0 * cpu / wall,
+                median(c, |p| p.sampling_cpu_secs)
             ),
             "",
             None,
@@ -366,12 +370,14 @@ fn measure(config: Config, agent: &Path, dir: &Path, workload: &Workload) -> any
     };
     let polling = child.as_ref().map(|c| RssPoller::start(c.id()));
     thread::sleep(SETTLE);
+    let cpu_at_start = child.as_ref().map(|c| threads_cpu_secs(c.id()));
     let throughput = workload(PHASE);
     let mut phase = Phase {
         throughput,
         ..Phase::default()
     };
-    if let Some(child) = child {
+    if let (Some(child), Some(cpu_at_start)) = (child, cpu_at_start) {
+        phase.sampling_cpu_secs = threads_cpu_secs(child.id()) - cpu_at_start;
         let pid = child.id() as libc::pid_t;
         // SAFETY: signalling our own child, then reaping it with wait4.
         let (status, usage) = unsafe {
@@ -441,6 +447,20 @@ impl RssPoller {
         let mib = |k: u64| k as f64 / 1024.0;
         (mib(hwm), mib(anon), mib(file))
     }
+}
+
+/// CPU seconds the live threads of `pid` have run (`/proc/PID/task/*/schedstat`, ns: the
+/// tick-based `stat` fields are too coarse for the tens of milliseconds a phase costs).
+fn threads_cpu_secs(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e9
 }
 
 /// A `KEY: N kB` field of `/proc/PID/status`, in KiB.
