@@ -127,6 +127,8 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
     sampler.attach(&config)?;
     privilege::drop_after_attach_logged();
     let table = ProcessTable::new("/proc", args.services.clone());
+    // This thread alone maps and unmaps files (it symbolizes): see `file_pages`.
+    wattson_agent::file_pages::enable();
     let mut recorder = Recorder::new(sampler, table, Symbolizer::default())?;
     if let Some(m) = meter.as_mut() {
         if args.pid.is_some() {

@@ -215,6 +215,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         None => None,
     };
     let table = ProcessTable::new("/proc", args.services.clone());
+    // This thread alone maps and unmaps files (it symbolizes): see `file_pages`.
+    wattson_agent::file_pages::enable();
     let mut recorder = Recorder::new(sampler, table, Symbolizer::default())?;
 
     let wake = Arc::new(Notify::new());

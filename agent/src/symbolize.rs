@@ -260,11 +260,7 @@ impl Symbolizer {
     /// Drops the pages of the files blazesym has mapped from this process's RSS (they stay in
     /// the page cache); see [`crate::file_pages`].
     pub fn release_file_pages(&mut self) {
-        let maps = file_pages::shared_read_only();
-        let failed = file_pages::release(&maps);
-        if failed > 0 {
-            tracing::debug!(failed, "could not release the pages of some mapped files");
-        }
+        file_pages::release();
     }
 
     /// Releases blazesym's parsed state (mapped file, symbol tables, DWARF) of files not
