@@ -114,11 +114,18 @@ pub const STAGES: [&str; 7] = [
     "dedup",
 ];
 
+/// Stages whose removed candidates are real changes with a reason not to report them (too
+/// small, gone again, moved within one caller): a caller that moved with one of them moved
+/// for that reason, and dedup must not report the caller instead.
+const EXPLAINING: [&str; 3] = ["min_change", "went_away", "cost_shift"];
+
 /// The funnel's counts and the candidates it removed.
 #[derive(Debug)]
 pub struct Funnel {
     counts: [(u64, u64); STAGES.len()],
     pub filtered: Vec<Candidate>,
+    /// Every candidate an `EXPLAINING` stage removed (not capped: dedup reads them all).
+    pub explained: Vec<Candidate>,
     listed: [usize; STAGES.len()],
     max_listed: usize,
 }
@@ -128,6 +135,7 @@ impl Funnel {
         Funnel {
             counts: [(0, 0); STAGES.len()],
             filtered: Vec::new(),
+            explained: Vec::new(),
             listed: [0; STAGES.len()],
             max_listed,
         }
@@ -170,9 +178,12 @@ impl Funnel {
     /// Lists one removed candidate (the count is the caller's).
     pub fn remove(&mut self, stage: &'static str, mut c: Candidate, why: String) {
         let i = Funnel::index(stage);
+        c.verdict = Some((stage, why));
+        if EXPLAINING.contains(&stage) {
+            self.explained.push(c.clone());
+        }
         if self.listed[i] < self.max_listed {
             self.listed[i] += 1;
-            c.verdict = Some((stage, why));
             self.filtered.push(c);
         }
     }

@@ -4,6 +4,7 @@
 //! below it that carry only part of it are removed.
 
 use super::candidate::{Candidate, Funnel, Metric};
+use super::stacks::Window;
 use super::{Around, ServiceSeries};
 
 /// Change points of one function this many buckets apart are the same change.
@@ -63,43 +64,61 @@ pub fn callers_and_leaves(
             && a.sign() == b.sign()
             && (a.overlaps(b, SAME_CHANGE) || around.covers(a, b))
     };
-    // Flow of `c` (through `upper` first when given), in `c`'s direction.
-    let flow_of = |c: &Candidate, upper: Option<&Candidate>| -> Option<f64> {
-        let w = around.window(c)?;
+    // Flow of `c` (through `upper` first when given) in window `w`, in `c`'s direction.
+    let flow_in = |w: &Window, c: &Candidate, upper: Option<&Candidate>| -> f64 {
         let f = name(c);
         let scale = w.scale(c.metric, upper.map_or(f, name)).unwrap_or(1.0);
-        Some(c.sign() * w.flow(c.metric, upper.map(name), f, scale))
+        c.sign() * w.flow(c.metric, upper.map(name), f, scale)
     };
+    // The same in `c`'s own window.
+    let flow_of = |c: &Candidate, upper: Option<&Candidate>| -> Option<f64> {
+        around.window(c).map(|w| flow_in(w, c, upper))
+    };
+    // Possible callees: the reported candidates, and the changes a filter explained (their
+    // stacks were not loaded, so they are read in the caller's window).
+    let explained = std::mem::take(&mut funnel.explained);
     let mut callers = vec![None; cands.len()];
     for (i, a) in cands.iter().enumerate() {
-        let Some(total) = flow_of(a, None).filter(|t| *t > 0.0) else {
+        let Some(wa) = around.window(a) else {
             continue;
         };
+        let total = flow_in(wa, a, None);
+        if total <= 0.0 {
+            continue;
+        }
         // What a callee leaves unexplained must be small, or within the caller's noise (a
         // caller holding most of the service is measured against little else).
-        let noise = around
-            .window(a)
-            .map_or(0.0, |w| 3.0 * w.flow_noise(a.metric, name(a)));
+        let noise = 3.0 * wa.flow_noise(a.metric, name(a));
         // The series' view too: the part of b's change (of its own cost, the daily cycle
         // taken out) that flows through a, against a's. Stacks compared across times of
         // day carry a seasonal subtree's swing into a caller's total.
-        let by_series = |b: &Candidate, f: f64| -> f64 {
-            let through = flow_of(b, None)
+        let by_series = |b: &Candidate, f: f64, through_b: Option<f64>| -> f64 {
+            let through = through_b
                 .filter(|t| *t > 0.0)
                 .map_or(0.0, |t| (f / t).clamp(0.0, 1.0));
             through * b.cost_delta().abs() / a.cost_delta().abs().max(f64::MIN_POSITIVE)
         };
-        let best = cands
+        let reported = cands
             .iter()
             .filter(|b| related(a, b))
-            .filter_map(|b| flow_of(b, Some(a)).map(|f| (b, f)))
-            .filter(|(_, f)| *f > 0.0)
-            .map(|(b, f)| (b, (f / total).max(by_series(b, f)), total - f <= noise))
+            .filter_map(|b| Some((b, flow_of(b, Some(a))?, flow_of(b, None))));
+        let filtered = explained
+            .iter()
+            .filter(|b| related(a, b))
+            .map(|b| (b, flow_in(wa, b, Some(a)), Some(flow_in(wa, b, None))));
+        let best = reported
+            .chain(filtered)
+            .filter(|(_, f, _)| *f > 0.0)
+            .map(|(b, f, t)| (b, (f / total).max(by_series(b, f, t)), total - f <= noise))
             .filter(|(_, carried, within_noise)| *carried >= flow || *within_noise)
             .max_by(|x, y| x.1.total_cmp(&y.1));
         if let Some((b, carried, _)) = best {
+            let removed = match &b.verdict {
+                Some((stage, _)) => format!(" ({stage} removed it)"),
+                None => String::new(),
+            };
             callers[i] = Some(format!(
-                "caller of {}, which carries {:.0}% of its added cost",
+                "caller of {}, which carries {:.0}% of its added cost{removed}",
                 name(b),
                 carried.min(1.0) * 100.0
             ));
@@ -136,4 +155,102 @@ pub fn callers_and_leaves(
     }
     funnel.count("dedup", 0, (n - kept.len()) as u64);
     kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::candidate::Kind;
+    use crate::detect::series::Grid;
+    use crate::detect::testdata::{DAY, Synth};
+    use crate::detect::{DetectConfig, shares, span_mean};
+
+    const AT: usize = 5 * DAY;
+
+    /// A step of function `name`'s CPU share at `AT`, measured a day either side.
+    fn step(s: &ServiceSeries, name: &str) -> Candidate {
+        let func = s.functions.iter().position(|f| f.function == name).unwrap();
+        let y = shares(s, &s.functions[func], Metric::Cpu, s.samples.len());
+        let (before_span, after_span) = ((AT - DAY, AT), (AT, AT + DAY));
+        Candidate {
+            func,
+            metric: Metric::Cpu,
+            kind: Kind::Step,
+            start: AT,
+            end: AT,
+            before: span_mean(&y, before_span),
+            after: span_mean(&y, after_span),
+            before_span,
+            after_span,
+            p: 0.0,
+            loc_err: 0,
+            lasting: 0,
+            other_delta: 0.0,
+            verdict: None,
+        }
+    }
+
+    /// Dedup of `handle` alone, after `stage` (when given) removed the step of `hash`, the
+    /// callee that carries all of handle's change.
+    fn handle_after(stage: Option<&'static str>) -> (Vec<Candidate>, Funnel) {
+        let (s, stacks) = Synth::new(7)
+            .stack("main;serve;handle;parse", 0.20)
+            .stack_fn(
+                "main;serve;handle;hash",
+                |b| {
+                    if b >= AT { 0.115 } else { 0.11 }
+                },
+            )
+            .stack("main;gc", 0.10)
+            .stack("main;serve;io", 0.59)
+            .build(5);
+        let cfg = DetectConfig::default();
+        let grid = Grid {
+            start: s.start,
+            step: s.step,
+            cfg: &cfg,
+            first_reported: 0,
+            samples: 1e6,
+            counts: &s.samples,
+        };
+        let mut funnel = Funnel::new(10);
+        if let Some(stage) = stage {
+            funnel.remove(stage, step(&s, "hash"), "test".into());
+        }
+        let handle = step(&s, "handle");
+        let around = Around::load(&s, &stacks, &grid, std::slice::from_ref(&handle)).unwrap();
+        let kept = callers_and_leaves(&mut funnel, vec![handle], &s, &around, cfg.dedup_flow);
+        (kept, funnel)
+    }
+
+    #[test]
+    fn a_caller_of_a_change_a_filter_explained_is_that_change() {
+        for stage in ["went_away", "min_change", "cost_shift"] {
+            let (kept, funnel) = handle_after(Some(stage));
+            assert!(kept.is_empty(), "{stage}: {kept:?}");
+            let why = funnel
+                .filtered
+                .iter()
+                .find_map(|c| c.verdict.as_ref().filter(|v| v.0 == "dedup"))
+                .map(|v| v.1.as_str());
+            assert_eq!(
+                why,
+                Some(
+                    format!(
+                        "caller of hash, which carries 100% of its added cost ({stage} removed it)"
+                    )
+                    .as_str()
+                ),
+            );
+        }
+    }
+
+    #[test]
+    fn a_caller_alone_or_of_noise_is_kept() {
+        // No callee changed, or the only one was not told from noise: handle is the change.
+        for stage in [None, Some("significance")] {
+            let (kept, _) = handle_after(stage);
+            assert_eq!(kept.len(), 1, "{stage:?}");
+        }
+    }
 }
