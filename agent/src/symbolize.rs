@@ -91,8 +91,8 @@ pub struct Symbolizer {
     /// Perf maps cut at `perf_map_max_bytes`, since the last [`Self::take_perf_maps_cut`].
     perf_maps_cut: u64,
     /// Releases the pages of the files blazesym maps during a long read (see
-    /// [`file_pages`]); started on the first read.
-    pager: Option<Option<file_pages::Pager>>,
+    /// [`file_pages`]); started on the first read, None when it could not start.
+    pager: std::cell::OnceCell<Option<file_pages::Pager>>,
 }
 
 impl Default for Symbolizer {
@@ -118,7 +118,7 @@ impl Symbolizer {
             vdso: std::sync::OnceLock::new(),
             perf_map_max_bytes: MAX_PERF_MAP_BYTES,
             perf_maps_cut: 0,
-            pager: None,
+            pager: std::cell::OnceCell::new(),
         }
     }
 
@@ -259,7 +259,7 @@ impl Symbolizer {
 
     /// Drops the pages of the files blazesym has mapped from this process's RSS (they stay in
     /// the page cache); see [`crate::file_pages`].
-    pub fn release_file_pages(&mut self) {
+    pub fn release_file_pages(&self) {
         file_pages::release();
     }
 
@@ -317,7 +317,7 @@ impl Symbolizer {
         }
         self.modules.used(path, self.generation);
         let src = Source::Elf(Elf::new(path));
-        let pager = self.pager.get_or_insert_with(file_pages::Pager::start);
+        let pager = self.pager.get_or_init(file_pages::Pager::start);
         let busy = pager.as_ref().map(file_pages::Pager::busy);
         let found = self
             .blaze
