@@ -3,8 +3,9 @@
 //! (work moved between functions of one cost domain, a caller whose total barely moved: a
 //! refactor, not a regression). A domain that is new (nothing before) is never a shift.
 
-use super::candidate::{Candidate, Funnel, Metric};
-use super::{Around, ServiceSeries};
+use super::candidate::{Candidate, Funnel, Kind, Metric};
+use super::stats::line_at;
+use super::{Around, ServiceSeries, shares};
 
 /// Removes candidates whose share moved only because the rest of the service's cost did:
 /// their own cost (excess over the rest's scale) moved under a third of their share's move,
@@ -178,16 +179,15 @@ fn shifted(
                 continue; // a new domain is never a shift
             }
             let Some(dscale) = w.scale(c.metric, &domain) else {
-                continue; // the domain is (nearly) the whole service
+                continue; // the domain is (nearly) the whole service: its share cannot move
             };
             let inside = w.flow(c.metric, Some(&domain), f, dscale);
-            let total = w.flow(c.metric, None, &domain, dscale);
-            // "Unchanged" must be measurable: a growth the size of `inside` would stand out.
-            if 3.0 * w.flow_noise(c.metric, &domain) >= inside.abs() {
+            if inside * c.sign() <= 0.0 || inside.abs() < own.abs() / 2.0 {
                 continue;
             }
-            if inside * c.sign() > 0.0
-                && inside.abs() >= own.abs() / 2.0
+            let total = w.flow(c.metric, None, &domain, dscale);
+            // "Unchanged" must be measurable: a growth the size of `inside` would stand out.
+            if 3.0 * w.flow_noise(c.metric, &domain) < inside.abs()
                 && total.abs() < tolerance * inside.abs()
             {
                 let why = format!(
@@ -198,7 +198,61 @@ fn shifted(
                 );
                 return Some((domain, why));
             }
+            if let Some(why) = flat_at(c, s, &domain, tolerance) {
+                return Some((domain, why));
+            }
         }
         None
     }
+}
+
+/// Buckets on each side of a step that the series check fits a line to (two hours at 5
+/// minutes): short enough for a daily cycle to be nearly straight, long enough to average
+/// the noise.
+const LOCAL: usize = 24;
+
+/// The series' view of a step's domain, for when the stacks compared across times of day
+/// carry the domain's daily swing into its total: the domain's own cost just before and just
+/// after the change point (a line fitted on each side, so a cycle's slope is no step) moved
+/// under `tolerance` of `c`'s, and measurably so.
+fn flat_at(c: &Candidate, s: &ServiceSeries, domain: &str, tolerance: f64) -> Option<String> {
+    if c.kind != Kind::Step {
+        return None; // a creep has no one moment to look at
+    }
+    let f = &s.functions[c.func];
+    let d = s.functions.iter().find(|g| g.function == domain)?;
+    let len = s.samples.len();
+    let (own, _) = local_cost_step(&shares(s, f, c.metric, len), c)?;
+    let (moved, var) = local_cost_step(&shares(s, d, c.metric, len), c)?;
+    let se = var.sqrt();
+    (own * c.sign() > 3.0 * se && moved.abs() < tolerance * own.abs()).then(|| {
+        format!(
+            "cost shift inside {domain}: at the change {} stepped {:+.4}% of the service while \
+             {domain} stepped {:+.4}% (standard error {:.4}%; lines fitted {} either side)",
+            f.function,
+            own * 100.0,
+            moved * 100.0,
+            se * 100.0,
+            super::trend::span(LOCAL as i64 * s.step)
+        )
+    })
+}
+
+/// The step of share series `y` at `c`'s change point (the `c.loc_err` buckets either side
+/// skipped), as a change of the function's own cost against the rest (the share step scaled
+/// by 1 / (1 - share), as [`Candidate::cost_delta`]): (step, its variance).
+fn local_cost_step(y: &[f64], c: &Candidate) -> Option<(f64, f64)> {
+    let at = c.start;
+    let side = |lo: usize, hi: usize| -> Vec<(f64, f64)> {
+        (lo..hi.min(y.len()))
+            .filter(|i| y[*i].is_finite())
+            .map(|i| (i as f64 - at as f64 + 0.5, y[i]))
+            .collect()
+    };
+    let before = side(at.checked_sub(c.loc_err + LOCAL)?, at - c.loc_err);
+    let after = side(at + c.loc_err, at + c.loc_err + LOCAL);
+    let (b, vb) = line_at(&before, 0.0)?;
+    let (a, va) = line_at(&after, 0.0)?;
+    let rest = (1.0 - b).max(1e-3);
+    Some(((a - b) / rest, (va + vb) / (rest * rest)))
 }

@@ -148,6 +148,29 @@ pub fn theil_sen(x: &[f64]) -> f64 {
     median_in_place(&mut slopes)
 }
 
+/// The least-squares line through `(x, y)` points, evaluated at `x0`: (value, its variance
+/// from the residuals). None with fewer than three points or all at one x.
+pub fn line_at(points: &[(f64, f64)], x0: f64) -> Option<(f64, f64)> {
+    let n = points.len() as f64;
+    if points.len() < 3 {
+        return None;
+    }
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if sxx <= 0.0 {
+        return None;
+    }
+    let slope = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>() / sxx;
+    let rss: f64 = points
+        .iter()
+        .map(|p| (p.1 - my - slope * (p.0 - mx)).powi(2))
+        .sum();
+    let sigma2 = rss / (n - 2.0);
+    let value = my + slope * (x0 - mx);
+    Some((value, sigma2 * (1.0 / n + (x0 - mx).powi(2) / sxx)))
+}
+
 /// Means of consecutive blocks of `width` points (the last block may be shorter).
 pub fn block_means(x: &[f64], width: usize) -> Vec<f64> {
     x.chunks(width.max(1)).map(mean).collect()
@@ -187,6 +210,21 @@ mod tests {
         let x = crate::detect::testdata::noisy(2000, 5, |i| if i > 1000 { 50.0 } else { 0.0 });
         let sd = noise_sd(&x, &mut Vec::new());
         assert!((sd - 1.0).abs() < 0.08, "{sd}");
+    }
+
+    #[test]
+    fn a_line_extrapolates_with_a_variance_that_grows_with_distance() {
+        let pts: Vec<(f64, f64)> = crate::detect::testdata::noisy(40, 3, |i| 2.0 + 0.5 * i as f64)
+            .into_iter()
+            .enumerate()
+            .map(|(i, y)| (i as f64, y))
+            .collect();
+        let (v, var) = line_at(&pts, -5.0).unwrap();
+        assert!((v - -0.5).abs() < 3.0 * var.sqrt(), "{v} {var}");
+        let (_, near) = line_at(&pts, 20.0).unwrap();
+        assert!(near < var && near > 0.0);
+        assert!(line_at(&pts[..2], 0.0).is_none());
+        assert!(line_at(&[(1.0, 1.0); 5], 0.0).is_none());
     }
 
     #[test]
