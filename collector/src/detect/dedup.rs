@@ -47,6 +47,21 @@ pub fn merge_metrics(funnel: &mut Funnel, mut cands: Vec<Candidate>) -> Vec<Cand
     kept
 }
 
+/// Two growths are one factor when they differ by at most this fraction of the larger.
+const SAME_FACTOR: f64 = 0.25;
+
+/// A candidate's change relative to its own cost before it.
+fn growth(c: &Candidate) -> f64 {
+    c.cost_delta() / c.before.max(f64::MIN_POSITIVE)
+}
+
+/// True when `a` and `b` grew by about the same factor, as the functions of one subtree do
+/// when the whole subtree grows.
+fn same_factor(a: &Candidate, b: &Candidate) -> bool {
+    let (x, y) = (growth(a), growth(b));
+    x * y > 0.0 && (x - y).abs() <= SAME_FACTOR * x.abs().max(y.abs())
+}
+
 /// Removes callers of a candidate that carries at least `flow` of their added cost (or all
 /// but what the caller's noise could hide), then candidates below a kept one that carry less.
 pub fn callers_and_leaves(
@@ -132,17 +147,33 @@ pub fn callers_and_leaves(
         let Some(total) = flow_of(l, None).filter(|t| *t > 0.0) else {
             continue;
         };
+        // Below a kept change and carrying under half of it; or below a caller removed
+        // above, grown by the same factor as it and carrying less than its reported callee
+        // must: its whole subtree grew, and the change is reported at the callee that
+        // carries most of it.
         let above = cands.iter().enumerate().find(|(j, b)| {
-            callers[*j].is_none()
-                && related(l, b)
+            related(l, b)
                 && flow_of(l, Some(b)).is_some_and(|f| f >= total / 2.0)
+                && (callers[*j].is_none()
+                    || (same_factor(l, b)
+                        && flow_of(b, None).is_some_and(|t| total < t * (1.0 - flow))))
         });
-        if let Some((_, b)) = above {
+        if let Some((j, b)) = above {
             let share = flow_of(b, None).map_or(0.0, |t| total / t * 100.0);
-            leaves[i] = Some(format!(
-                "below {}, which changed; it carries only {share:.0}% of that change",
-                name(b)
-            ));
+            leaves[i] = Some(if callers[j].is_none() {
+                format!(
+                    "below {}, which changed; it carries only {share:.0}% of that change",
+                    name(b)
+                )
+            } else {
+                format!(
+                    "below {}, which grew by the same factor ({:+.0}%, this {:+.0}%) and is \
+                     the caller of a reported change; it carries only {share:.0}% of it",
+                    name(b),
+                    growth(b) * 100.0,
+                    growth(l) * 100.0
+                )
+            });
         }
     }
     let n = cands.len();

@@ -638,3 +638,41 @@ fn a_shift_inside_a_domain_that_follows_the_day_is_a_shift_growth_is_not() {
     assert_eq!(open.len(), 1, "{}", summary(&r));
     assert_eq!(open[0].function, "validate", "{}", summary(&r));
 }
+
+#[test]
+fn a_subtree_that_grows_as_a_whole_is_reported_once_at_its_heavy_callee() {
+    // handle's whole subtree grows 26% at AT; flush carries 94% of it, so the change is
+    // flush's; route and render, beside it, grew by the same factor and are part of it.
+    // Growing route on its own too (x2) is a change of its own.
+    let subtree = |route: f64| {
+        let grow = move |w: f64| move |b: usize| if b >= AT { w * 1.26 } else { w };
+        Synth::new(7)
+            .stack_fn("main;serve;handle;validate;flush", grow(0.034))
+            .stack_fn("main;serve;handle;validate;route", move |b| {
+                grow(0.001)(b) * if b >= AT { route } else { 1.0 }
+            })
+            .stack_fn("main;serve;handle;render", grow(0.001))
+            .stack("main;serve;log", 0.10)
+            .stack("main;gc", 0.10)
+            .stack("main;serve;io", 0.764)
+    };
+    let r = run(&subtree(1.0), 9, &[]);
+    let open = with_status(&r, "open");
+    assert_eq!(open.len(), 1, "{}", summary(&r));
+    assert_eq!(open[0].function, "flush", "{}", summary(&r));
+    for f in ["route", "render"] {
+        assert!(
+            filtered_with(&r, "dedup", f, "grew by the same factor").is_some(),
+            "{f}\n{}",
+            summary(&r)
+        );
+    }
+
+    let r = run(&subtree(2.0), 9, &[]);
+    let mut open: Vec<&str> = with_status(&r, "open")
+        .iter()
+        .map(|g| g.function.as_str())
+        .collect();
+    open.sort_unstable();
+    assert_eq!(open, ["flush", "route"], "{}", summary(&r));
+}
