@@ -4,6 +4,8 @@
 
 use wattson_proto::v1::FunnelStage;
 
+use super::stats::line_at;
+
 /// The view a series measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Metric {
@@ -96,11 +98,41 @@ impl Candidate {
         }
     }
 
+    /// The step of share series `y` (of this candidate's view) at the change point, the
+    /// `loc_err` buckets either side skipped, from a line fitted to the `LOCAL` buckets on
+    /// each side (so a daily cycle's slope is no step), as a change of the function's own
+    /// cost against the rest (scaled by 1 / (1 - share), as [`Self::cost_delta`]): (step,
+    /// its variance). None for a creep, which has no one moment to look at, or too little
+    /// data either side.
+    pub fn local_cost_step(&self, y: &[f64]) -> Option<(f64, f64)> {
+        if self.kind != Kind::Step {
+            return None;
+        }
+        let at = self.start;
+        let side = |lo: usize, hi: usize| -> Vec<(f64, f64)> {
+            (lo..hi.min(y.len()))
+                .filter(|i| y[*i].is_finite())
+                .map(|i| (i as f64 - at as f64 + 0.5, y[i]))
+                .collect()
+        };
+        let before = side(at.checked_sub(self.loc_err + LOCAL)?, at - self.loc_err);
+        let after = side(at + self.loc_err, at + self.loc_err + LOCAL);
+        let (b, vb) = line_at(&before, 0.0)?;
+        let (a, va) = line_at(&after, 0.0)?;
+        let rest = (1.0 - b).max(1e-3);
+        Some(((a - b) / rest, (va + vb) / (rest * rest)))
+    }
+
     /// +1 for a growth (regression), -1 for a drop (improvement).
     pub fn sign(&self) -> f64 {
         if self.delta() >= 0.0 { 1.0 } else { -1.0 }
     }
 }
+
+/// Buckets on each side of a step that [`Candidate::local_cost_step`] fits a line to (two
+/// hours at 5 minutes): short enough for a daily cycle to be nearly straight, long enough to
+/// average the noise.
+pub const LOCAL: usize = 24;
 
 /// Stages in the order they run (cheapest first). `seasonality` counts change points of the
 /// raw values of seasonal series that the daily profile explained.

@@ -5,7 +5,7 @@
 
 use super::candidate::{Candidate, Funnel, Metric};
 use super::stacks::Window;
-use super::{Around, ServiceSeries};
+use super::{Around, ServiceSeries, shares};
 
 /// Change points of one function this many buckets apart are the same change.
 const SAME_CHANGE: usize = 2;
@@ -89,6 +89,12 @@ pub fn callers_and_leaves(
     let flow_of = |c: &Candidate, upper: Option<&Candidate>| -> Option<f64> {
         around.window(c).map(|w| flow_in(w, c, upper))
     };
+    // A step's size right at its change point, when measured there (3 standard errors).
+    let local_step = |c: &Candidate| -> Option<f64> {
+        let y = shares(s, &s.functions[c.func], c.metric, s.samples.len());
+        let (step, var) = c.local_cost_step(&y)?;
+        (step * c.sign() > 3.0 * var.sqrt()).then_some(step.abs())
+    };
     // Possible callees: the reported candidates, and the changes a filter explained (their
     // stacks were not loaded, so they are read in the caller's window).
     let explained = std::mem::take(&mut funnel.explained);
@@ -105,13 +111,20 @@ pub fn callers_and_leaves(
         // caller holding most of the service is measured against little else).
         let noise = 3.0 * wa.flow_noise(a.metric, name(a));
         // The series' view too: the part of b's change (of its own cost, the daily cycle
-        // taken out) that flows through a, against a's. Stacks compared across times of
-        // day carry a seasonal subtree's swing into a caller's total.
+        // taken out) that flows through a, against a's; for steps also as measured right at
+        // the change. Stacks compared across times of day carry a seasonal subtree's swing
+        // into a caller's total, and levels over long spans carry a cycle's drift.
+        let a_step = local_step(a);
         let by_series = |b: &Candidate, f: f64, through_b: Option<f64>| -> f64 {
             let through = through_b
                 .filter(|t| *t > 0.0)
                 .map_or(0.0, |t| (f / t).clamp(0.0, 1.0));
-            through * b.cost_delta().abs() / a.cost_delta().abs().max(f64::MIN_POSITIVE)
+            let levels = b.cost_delta().abs() / a.cost_delta().abs().max(f64::MIN_POSITIVE);
+            let at_change = match (local_step(b), a_step) {
+                (Some(x), Some(y)) => x / y,
+                _ => 0.0,
+            };
+            through * levels.max(at_change)
         };
         let reported = cands
             .iter()
@@ -224,8 +237,21 @@ mod tests {
     /// Dedup of `handle` alone, after `stage` (when given) removed the step of `hash`, the
     /// callee that carries all of handle's change.
     fn handle_after(stage: Option<&'static str>) -> (Vec<Candidate>, Funnel) {
+        dedup_handle(0.0, stage, false)
+    }
+
+    /// Dedup of `handle` beside `hash`'s step at `AT` (+0.005 of the service), `hash` reported
+    /// or removed by `stage`; `parse`, also under handle, grows `drift` of the service a day
+    /// all along (not a candidate).
+    fn dedup_handle(
+        drift: f64,
+        stage: Option<&'static str>,
+        hash_reported: bool,
+    ) -> (Vec<Candidate>, Funnel) {
         let (s, stacks) = Synth::new(7)
-            .stack("main;serve;handle;parse", 0.20)
+            .stack_fn("main;serve;handle;parse", move |b| {
+                0.20 + drift * b as f64 / DAY as f64
+            })
             .stack_fn(
                 "main;serve;handle;hash",
                 |b| {
@@ -248,9 +274,12 @@ mod tests {
         if let Some(stage) = stage {
             funnel.remove(stage, step(&s, "hash"), "test".into());
         }
-        let handle = step(&s, "handle");
-        let around = Around::load(&s, &stacks, &grid, std::slice::from_ref(&handle)).unwrap();
-        let kept = callers_and_leaves(&mut funnel, vec![handle], &s, &around, cfg.dedup_flow);
+        let mut cands = vec![step(&s, "handle")];
+        if hash_reported {
+            cands.push(step(&s, "hash"));
+        }
+        let around = Around::load(&s, &stacks, &grid, &cands).unwrap();
+        let kept = callers_and_leaves(&mut funnel, cands, &s, &around, cfg.dedup_flow);
         (kept, funnel)
     }
 
@@ -283,5 +312,16 @@ mod tests {
             let (kept, _) = handle_after(stage);
             assert_eq!(kept.len(), 1, "{stage:?}");
         }
+    }
+
+    #[test]
+    fn a_caller_whose_other_work_drifts_is_a_caller_at_the_change() {
+        // Over the day either side that the stacks and levels compare, handle also grows
+        // with parse's drift (as much as hash's step), but right at the change point its
+        // step is all hash's.
+        let (kept, funnel) = dedup_handle(0.005, None, true);
+        assert_eq!(kept.len(), 1, "{kept:?}\n{:?}", funnel.filtered);
+        let why = funnel.filtered[0].verdict.as_ref().unwrap();
+        assert!(why.1.starts_with("caller of hash"), "{why:?}");
     }
 }

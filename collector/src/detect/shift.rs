@@ -3,8 +3,7 @@
 //! (work moved between functions of one cost domain, a caller whose total barely moved: a
 //! refactor, not a regression). A domain that is new (nothing before) is never a shift.
 
-use super::candidate::{Candidate, Funnel, Kind, Metric};
-use super::stats::line_at;
+use super::candidate::{Candidate, Funnel, LOCAL, Metric};
 use super::{Around, ServiceSeries, shares};
 
 /// Removes candidates whose share moved only because the rest of the service's cost did:
@@ -206,24 +205,16 @@ fn shifted(
     }
 }
 
-/// Buckets on each side of a step that the series check fits a line to (two hours at 5
-/// minutes): short enough for a daily cycle to be nearly straight, long enough to average
-/// the noise.
-const LOCAL: usize = 24;
-
 /// The series' view of a step's domain, for when the stacks compared across times of day
 /// carry the domain's daily swing into its total: the domain's own cost just before and just
 /// after the change point (a line fitted on each side, so a cycle's slope is no step) moved
 /// under `tolerance` of `c`'s, and measurably so.
 fn flat_at(c: &Candidate, s: &ServiceSeries, domain: &str, tolerance: f64) -> Option<String> {
-    if c.kind != Kind::Step {
-        return None; // a creep has no one moment to look at
-    }
     let f = &s.functions[c.func];
     let d = s.functions.iter().find(|g| g.function == domain)?;
     let len = s.samples.len();
-    let (own, _) = local_cost_step(&shares(s, f, c.metric, len), c)?;
-    let (moved, var) = local_cost_step(&shares(s, d, c.metric, len), c)?;
+    let (own, _) = c.local_cost_step(&shares(s, f, c.metric, len))?;
+    let (moved, var) = c.local_cost_step(&shares(s, d, c.metric, len))?;
     let se = var.sqrt();
     (own * c.sign() > 3.0 * se && moved.abs() < tolerance * own.abs()).then(|| {
         format!(
@@ -236,23 +227,4 @@ fn flat_at(c: &Candidate, s: &ServiceSeries, domain: &str, tolerance: f64) -> Op
             super::trend::span(LOCAL as i64 * s.step)
         )
     })
-}
-
-/// The step of share series `y` at `c`'s change point (the `c.loc_err` buckets either side
-/// skipped), as a change of the function's own cost against the rest (the share step scaled
-/// by 1 / (1 - share), as [`Candidate::cost_delta`]): (step, its variance).
-fn local_cost_step(y: &[f64], c: &Candidate) -> Option<(f64, f64)> {
-    let at = c.start;
-    let side = |lo: usize, hi: usize| -> Vec<(f64, f64)> {
-        (lo..hi.min(y.len()))
-            .filter(|i| y[*i].is_finite())
-            .map(|i| (i as f64 - at as f64 + 0.5, y[i]))
-            .collect()
-    };
-    let before = side(at.checked_sub(c.loc_err + LOCAL)?, at - c.loc_err);
-    let after = side(at + c.loc_err, at + c.loc_err + LOCAL);
-    let (b, vb) = line_at(&before, 0.0)?;
-    let (a, va) = line_at(&after, 0.0)?;
-    let rest = (1.0 - b).max(1e-3);
-    Some(((a - b) / rest, (va + vb) / (rest * rest)))
 }
