@@ -4,11 +4,11 @@
 //! that look across series and at stacks.
 
 use super::DetectConfig;
-use super::candidate::{Candidate, Funnel, Metric};
+use super::candidate::{Candidate, Funnel, Kind, Metric};
 use super::changepoint::{segment, test_levels};
 use super::seasonality::{daily_strength, is_seasonal, remove_daily_profile};
 use super::stats::{binomial_two_sided, block_means, mean, noise_sd};
-use super::trend::{Segments, levels, runs, went_away};
+use super::trend::{Segments, creep_start, levels, runs, went_away};
 
 /// How long a change of a seasonal series must last, at least (half a day: a leftover of the
 /// daily cycle turns back within it).
@@ -106,6 +106,10 @@ pub fn analyze(
         }
         let ((blo, bhi), a) = levels(&seg, &r, m);
         let b = (blo.max(bhi.saturating_sub(history)), bhi);
+        let at = match r.kind {
+            Kind::Step => at,
+            Kind::Creep => creep_start(&y, at, a.0, mean(&y[b.0..b.1]), mean(&y[a.0..a.1])),
+        };
         let (_, p) = test_levels(
             mean(&y[b.0..b.1]),
             b.1 - b.0,
@@ -119,7 +123,7 @@ pub fn analyze(
             metric,
             &idx,
             &y,
-            (at, scan.splits[r.last].at),
+            (at, scan.splits[r.last].at.max(at)),
             b,
             a,
             p,

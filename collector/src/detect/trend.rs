@@ -147,6 +147,25 @@ pub fn levels(seg: &Segments<'_>, r: &Run, min_points: usize) -> ((usize, usize)
     (before, after)
 }
 
+/// Where a creep got going, searched from its first split `at` up to `to` (compressed
+/// indices): after the last point at which the series had not yet moved a quarter of the way
+/// from level `before` to level `after` (a one-sided CUSUM against that line falls back to
+/// zero there). A split located in the flat stretch before a slow ramp moves to the ramp;
+/// it never moves earlier.
+pub fn creep_start(y: &[f64], at: usize, to: usize, before: f64, after: f64) -> usize {
+    let sign = (after - before).signum();
+    let line = before + (after - before) / 4.0;
+    let mut cusum = 0.0;
+    let mut start = at;
+    for (i, v) in y.iter().enumerate().take(to.min(y.len())).skip(at) {
+        cusum = (cusum + sign * (v - line)).max(0.0);
+        if cusum == 0.0 {
+            start = i + 1;
+        }
+    }
+    start.min(to.saturating_sub(1)).max(at)
+}
+
 /// FBDetect's went-away check for a run whose levels are `before` and `after`: why it is not a
 /// lasting change, or None. `lasted` is how long the data after the change covers and
 /// `transient` the length of the segment before the run, both seconds; `min_lasting` seconds.
@@ -220,6 +239,16 @@ pub fn span(seconds: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_creep_starts_where_its_ramp_does_not_at_an_early_split() {
+        // Flat at 0 until 200, a ramp to 10 over 100 points, then flat; unit noise.
+        let y = noisy(400, 7, |i| ((i as f64 - 200.0) / 10.0).clamp(0.0, 10.0));
+        let start = creep_start(&y, 120, 330, 0.0, 10.0);
+        assert!((200..=240).contains(&start), "{start}");
+        // Already inside the ramp: left where it is.
+        assert_eq!(creep_start(&y, 260, 330, 0.0, 10.0), 260);
+    }
     use crate::detect::changepoint::segment;
     use crate::detect::testdata::noisy;
 
