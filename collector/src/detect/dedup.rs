@@ -130,10 +130,21 @@ pub fn callers_and_leaves(
             .iter()
             .filter(|b| related(a, b))
             .filter_map(|b| Some((b, flow_of(b, Some(a))?, flow_of(b, None))));
+        // Only those a calls; a's scale serves them all (each its own would sort the
+        // window's rows once per pair, and there are thousands of them in a large service).
+        let under = wa.below(name(a));
+        let mut scales = [None; 2];
         let filtered = explained
             .iter()
-            .filter(|b| related(a, b))
-            .map(|b| (b, flow_in(wa, b, Some(a)), Some(flow_in(wa, b, None))));
+            .filter(|b| under.contains(name(b)) && related(a, b))
+            .map(|b| {
+                let k = usize::from(b.metric == Metric::Energy);
+                let scale =
+                    *scales[k].get_or_insert_with(|| wa.scale(b.metric, name(a)).unwrap_or(1.0));
+                let f = b.sign() * wa.flow(b.metric, Some(name(a)), name(b), scale);
+                let t = b.sign() * wa.flow(b.metric, None, name(b), scale);
+                (b, f, Some(t))
+            });
         let best = reported
             .chain(filtered)
             .filter(|(_, f, _)| *f > 0.0)

@@ -172,6 +172,10 @@ fn shifted(
         let f = s.functions[c.func].function.as_str();
         let scale = w.scale(c.metric, f)?;
         let own = w.flow(c.metric, None, f, scale);
+        // The series' step at the change, for `flat_at` (once, not per domain).
+        let own_step = c
+            .local_cost_step(&shares(s, &s.functions[c.func], c.metric, s.samples.len()))
+            .map(|(step, _)| step);
         // Every caller up the stack: a callee of the function that gained the work grows too.
         for domain in w.callers(c.metric, f, DOMAIN_LEVELS) {
             if w.before(c.metric, &domain) <= 0.0 {
@@ -197,7 +201,7 @@ fn shifted(
                 );
                 return Some((domain, why));
             }
-            if let Some(why) = flat_at(c, s, &domain, tolerance) {
+            if let Some(why) = own_step.and_then(|own| flat_at(c, own, s, &domain, tolerance)) {
                 return Some((domain, why));
             }
         }
@@ -208,13 +212,17 @@ fn shifted(
 /// The series' view of a step's domain, for when the stacks compared across times of day
 /// carry the domain's daily swing into its total: the domain's own cost just before and just
 /// after the change point (a line fitted on each side, so a cycle's slope is no step) moved
-/// under `tolerance` of `c`'s, and measurably so.
-fn flat_at(c: &Candidate, s: &ServiceSeries, domain: &str, tolerance: f64) -> Option<String> {
+/// under `tolerance` of `c`'s (`own`, measured the same way), and measurably so.
+fn flat_at(
+    c: &Candidate,
+    own: f64,
+    s: &ServiceSeries,
+    domain: &str,
+    tolerance: f64,
+) -> Option<String> {
     let f = &s.functions[c.func];
     let d = s.functions.iter().find(|g| g.function == domain)?;
-    let len = s.samples.len();
-    let (own, _) = c.local_cost_step(&shares(s, f, c.metric, len))?;
-    let (moved, var) = c.local_cost_step(&shares(s, d, c.metric, len))?;
+    let (moved, var) = c.local_cost_step(&shares(s, d, c.metric, s.samples.len()))?;
     let se = var.sqrt();
     (own * c.sign() > 3.0 * se && moved.abs() < tolerance * own.abs()).then(|| {
         format!(

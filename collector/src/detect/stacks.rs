@@ -97,6 +97,16 @@ impl Window {
         self.has(f) && self.has(g) && !self.rows.iter().any(|r| r.through(f) && r.through(g))
     }
 
+    /// The functions `upper` calls in some stack (at any depth).
+    pub fn below(&self, upper: &str) -> std::collections::HashSet<&str> {
+        self.rows
+            .iter()
+            .filter_map(|r| Some(&r.frames[r.pos(upper)? + 1..]))
+            .flatten()
+            .map(String::as_str)
+            .collect()
+    }
+
     /// True when `upper` is `lower` or calls it in some stack.
     pub fn calls(&self, upper: &str, lower: &str) -> bool {
         self.rows

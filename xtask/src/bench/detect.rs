@@ -47,9 +47,9 @@ pub struct Options {
     /// Write each seed's ground truth and answer here (seed-N-truth.json, seed-N-answer.json).
     #[arg(long = "detect-dump")]
     pub dump: Option<PathBuf>,
-    /// Keep each seed's store in DIR/seed-N and, when one is there already, score it again
-    /// without streaming (a quick loop while changing detection; the figures to report come
-    /// from a fresh run).
+    /// Keep each seed's store in DIR/seed-N (the speed run's in DIR/speed/seed-N) and, when
+    /// one is there already, score it again without streaming (a quick loop while changing
+    /// detection; the figures to report come from a fresh run).
     #[arg(long = "detect-reuse")]
     pub reuse: Option<PathBuf>,
 }
@@ -418,9 +418,10 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     }
     // Speed: one seed at 10,000 (service, function) series.
     let a = args(o.seeds[0], SPEED_SERVICES, SPEED_FUNCTIONS);
+    let reuse = o.reuse.as_ref().map(|r| r.join("speed"));
     let Detected {
         answer, seconds, ..
-    } = detect(&a, None)?;
+    } = detect(&a, reuse.as_deref())?;
     rows.push(row(
         format!(
             "full detection pass, {SPEED_SERVICES} x {SPEED_FUNCTIONS} functions (cpu + energy), 14 d at 5 min, SQLite"
