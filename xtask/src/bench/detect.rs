@@ -417,7 +417,10 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         return Ok(());
     }
     // Speed: one seed at 10,000 (service, function) series.
-    let a = args(o.seeds[0], SPEED_SERVICES, SPEED_FUNCTIONS);
+    let mut a = args(o.seeds[0], SPEED_SERVICES, SPEED_FUNCTIONS);
+    // The pass is timed whatever it takes: the collector's default 60 s request timeout
+    // would turn a slow pass into an error instead of a figure.
+    a.collector_args = vec!["--request-timeout".into(), "30m".into()];
     let reuse = o.reuse.as_ref().map(|r| r.join("speed"));
     let Detected {
         answer, seconds, ..
