@@ -98,6 +98,7 @@ pub fn callers_and_leaves(
     // Possible callees: the reported candidates, and the changes a filter explained (their
     // stacks were not loaded, so they are read in the caller's window).
     let explained = std::mem::take(&mut funnel.explained);
+    let steps: Vec<Option<f64>> = cands.iter().map(local_step).collect();
     let mut callers = vec![None; cands.len()];
     for (i, a) in cands.iter().enumerate() {
         let Some(wa) = around.window(a) else {
@@ -114,13 +115,13 @@ pub fn callers_and_leaves(
         // taken out) that flows through a, against a's; for steps also as measured right at
         // the change. Stacks compared across times of day carry a seasonal subtree's swing
         // into a caller's total, and levels over long spans carry a cycle's drift.
-        let a_step = local_step(a);
-        let by_series = |b: &Candidate, f: f64, through_b: Option<f64>| -> f64 {
+        let a_step = steps[i];
+        let by_series = |b: &Candidate, b_step: Option<f64>, f: f64, through_b: Option<f64>| {
             let through = through_b
                 .filter(|t| *t > 0.0)
                 .map_or(0.0, |t| (f / t).clamp(0.0, 1.0));
             let levels = b.cost_delta().abs() / a.cost_delta().abs().max(f64::MIN_POSITIVE);
-            let at_change = match (local_step(b), a_step) {
+            let at_change = match (b_step, a_step) {
                 (Some(x), Some(y)) => x / y,
                 _ => 0.0,
             };
@@ -128,8 +129,9 @@ pub fn callers_and_leaves(
         };
         let reported = cands
             .iter()
-            .filter(|b| related(a, b))
-            .filter_map(|b| Some((b, flow_of(b, Some(a))?, flow_of(b, None))));
+            .zip(&steps)
+            .filter(|(b, _)| related(a, b))
+            .filter_map(|(b, step)| Some((b, *step, flow_of(b, Some(a))?, flow_of(b, None))));
         // Only those a calls; a's scale serves them all (each its own would sort the
         // window's rows once per pair, and there are thousands of them in a large service).
         let under = wa.below(name(a));
@@ -143,12 +145,15 @@ pub fn callers_and_leaves(
                     *scales[k].get_or_insert_with(|| wa.scale(b.metric, name(a)).unwrap_or(1.0));
                 let f = b.sign() * wa.flow(b.metric, Some(name(a)), name(b), scale);
                 let t = b.sign() * wa.flow(b.metric, None, name(b), scale);
-                (b, f, Some(t))
+                (b, local_step(b), f, Some(t))
             });
         let best = reported
             .chain(filtered)
-            .filter(|(_, f, _)| *f > 0.0)
-            .map(|(b, f, t)| (b, (f / total).max(by_series(b, f, t)), total - f <= noise))
+            .filter(|(_, _, f, _)| *f > 0.0)
+            .map(|(b, step, f, t)| {
+                let carried = (f / total).max(by_series(b, step, f, t));
+                (b, carried, total - f <= noise)
+            })
             .filter(|(_, carried, within_noise)| *carried >= flow || *within_noise)
             .max_by(|x, y| x.1.total_cmp(&y.1));
         if let Some((b, carried, _)) = best {

@@ -298,29 +298,40 @@ fn a_caller_holding_a_seasonal_subtree_is_still_a_caller() {
     assert_eq!(open[0].function, "hash", "{}", summary(&r));
 }
 
-#[test]
-fn a_cost_shift_is_not_a_regression_real_growth_is() {
-    // Work moves from parse to validate, both under handle: handle's total is unchanged.
+/// Work under handle either moves from parse to validate at bucket `at` (`amount` of the
+/// service; handle's total is unchanged), which must be a cost shift, or is added to validate
+/// there, which must be validate's regression. `parse` gives parse's weight per bucket.
+fn assert_shift_then_growth(
+    parse: impl Fn(usize) -> f64 + Copy + 'static,
+    at: usize,
+    amount: f64,
+    seed: u64,
+) {
     let shift = |moved: f64, grown: f64| {
         Synth::new(7)
             .stack_fn("main;serve;handle;parse", move |b| {
-                if b >= AT { 0.20 - moved } else { 0.20 }
+                parse(b) - if b >= at { moved } else { 0.0 }
             })
             .stack_fn("main;serve;handle;validate", move |b| {
-                if b >= AT { 0.05 + moved + grown } else { 0.05 }
+                if b >= at { 0.05 + moved + grown } else { 0.05 }
             })
             .stack("main;serve;log", 0.10)
             .stack("main;gc", 0.10)
             .stack("main;serve;io", 0.55)
     };
-    let r = run(&shift(0.02, 0.0), 6, &[]);
+    let r = run(&shift(amount, 0.0), seed, &[]);
     assert!(with_status(&r, "open").is_empty(), "{}", summary(&r));
     assert_filtered(&r, "cost_shift", "validate");
 
-    let r = run(&shift(0.0, 0.02), 6, &[]);
+    let r = run(&shift(0.0, amount), seed, &[]);
     let open = with_status(&r, "open");
     assert_eq!(open.len(), 1, "{}", summary(&r));
     assert_eq!(open[0].function, "validate", "{}", summary(&r));
+}
+
+#[test]
+fn a_cost_shift_is_not_a_regression_real_growth_is() {
+    assert_shift_then_growth(|_| 0.20, AT, 0.02, 6);
 }
 
 #[test]
@@ -607,36 +618,12 @@ fn a_function_seen_a_handful_of_times_is_judged_on_its_counts() {
 
 #[test]
 fn a_shift_inside_a_domain_that_follows_the_day_is_a_shift_growth_is_not() {
-    // Work moves from parse to validate, both under handle, whose work follows the day
-    // (parse ±5%), late in the history: the stacks around the change compare different
-    // times of day, so handle's total seems to move with the cycle.
+    // Parse follows the day (±5%) and the work moves late in the history: the stacks around
+    // the change compare different times of day, so handle's total seems to move with the
+    // cycle.
     let cycle =
         |b: usize| 1.0 + 0.05 * ((b % DAY) as f64 / DAY as f64 * std::f64::consts::TAU).sin();
-    let late = 7 * DAY - 160;
-    let shift = |moved: f64, grown: f64| {
-        Synth::new(7)
-            .stack_fn("main;serve;handle;parse", move |b| {
-                0.20 * cycle(b) - if b >= late { moved } else { 0.0 }
-            })
-            .stack_fn("main;serve;handle;validate", move |b| {
-                if b >= late {
-                    0.05 + moved + grown
-                } else {
-                    0.05
-                }
-            })
-            .stack("main;serve;log", 0.10)
-            .stack("main;gc", 0.10)
-            .stack("main;serve;io", 0.55)
-    };
-    let r = run(&shift(0.03, 0.0), 8, &[]);
-    assert!(with_status(&r, "open").is_empty(), "{}", summary(&r));
-    assert_filtered(&r, "cost_shift", "validate");
-
-    let r = run(&shift(0.0, 0.03), 8, &[]);
-    let open = with_status(&r, "open");
-    assert_eq!(open.len(), 1, "{}", summary(&r));
-    assert_eq!(open[0].function, "validate", "{}", summary(&r));
+    assert_shift_then_growth(move |b| 0.20 * cycle(b), 7 * DAY - 160, 0.03, 8);
 }
 
 #[test]
