@@ -16,6 +16,7 @@ mod cause;
 mod changepoint;
 mod config;
 mod dedup;
+mod hours;
 mod regression;
 mod seasonality;
 mod series;
@@ -212,6 +213,9 @@ pub fn detect(
         }
     }
 
+    // Group windows overlap (each up to a day each side): read each hour once per pass.
+    let cached = hours::HourCache::new(stacks);
+    let stacks: &dyn StackSource = &cached;
     let mut around = Around::load(series, stacks, &grid, &cands)?;
     let cands = shift::normalization(&mut funnel, cands, series, &around);
     let cands = shift::cost_shift(&mut funnel, cands, series, &around, cfg.shift_tolerance);
@@ -247,6 +251,7 @@ pub fn detect(
             .iter()
             .map(|c| regression::build(&ctx, c, None)),
     );
+    tracing::debug!(service = %series.service, reads = cached.reads(), "stack reads of the pass");
     Ok(Report {
         regressions,
         funnel: funnel.stages(),

@@ -21,7 +21,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use wattson_proto::v1::{Batch, Change};
 
 use super::query_plan::{Range, TOTALS_COLUMNS, ranges, rank_sort};
-use super::rollup::{Kind, RES_MINUTE, Rollup, Row, hour_of, hour_rows};
+use super::rollup::{Kind, RES_HOUR, RES_MINUTE, Rollup, Row, hour_of, hour_rows};
 use super::sqlite_detection as detection;
 use super::sqlite_hours::Hours;
 use super::sqlite_ingest::{Pipeline, now_secs};
@@ -389,8 +389,10 @@ fn source(kind: Kind, ranges: &[Range], by_service: bool, key: Option<()>) -> St
     let mut parts = Vec::new();
     for r in ranges {
         let mut s = format!(
-            "SELECT * FROM rollup{index} WHERE kind = {} AND res = {} AND minute >= {} AND minute < {}",
-            kind as u8, r.res, r.from, r.to
+            "SELECT * FROM rollup{index} WHERE kind = {} AND res = {} AND {}",
+            kind as u8,
+            r.res,
+            minutes(r, by_service && key.is_none())
         );
         if by_service {
             s.push_str(" AND service = ?1");
@@ -405,6 +407,27 @@ fn source(kind: Kind, ranges: &[Range], by_service: bool, key: Option<()>) -> St
         parts.push("SELECT * FROM rollup WHERE 0".into());
     }
     parts.join(" UNION ALL ")
+}
+
+/// Most row times a one-service read names one by one.
+const SEEK_TIMES: i64 = 1500;
+
+/// The `minute` condition of one range. A one-service read names each row time (`minute IN
+/// (...)`), so the primary key (kind, res, minute, service) seeks to that service's rows at each
+/// time instead of walking every service's rows of the range (10 services: ~10x fewer rows).
+fn minutes(r: &Range, seek: bool) -> String {
+    let step = if r.res == RES_HOUR { 3600 } else { 60 };
+    let first = r.from.div_euclid(step) * step + if r.from % step == 0 { 0 } else { step };
+    let n = if r.to > first {
+        (r.to - first + step - 1) / step
+    } else {
+        0
+    };
+    if !seek || n > SEEK_TIMES {
+        return format!("minute >= {} AND minute < {}", r.from, r.to);
+    }
+    let times: Vec<String> = (0..n).map(|i| (first + i * step).to_string()).collect();
+    format!("minute IN ({})", times.join(", "))
 }
 
 fn totals_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Totals> {
