@@ -106,7 +106,7 @@ impl StackSource for HourCache<'_> {
         from: i64,
         to: i64,
     ) -> Result<Vec<(String, u64, f64)>, DetectError> {
-        let h0 = from.div_euclid(HOUR) * HOUR + if from % HOUR == 0 { 0 } else { HOUR };
+        let h0 = (from + HOUR - 1).div_euclid(HOUR) * HOUR;
         let h1 = to.div_euclid(HOUR) * HOUR;
         if h0 >= h1 {
             return self.read(service, from, to);

@@ -414,16 +414,12 @@ const SEEK_TIMES: i64 = 1500;
 
 /// The `minute` condition of one range. A one-service read names each row time (`minute IN
 /// (...)`), so the primary key (kind, res, minute, service) seeks to that service's rows at each
-/// time instead of walking every service's rows of the range (10 services: ~10x fewer rows).
+/// time instead of walking every service's rows of the range (with N services, 1/N of them).
 fn minutes(r: &Range, seek: bool) -> String {
     let step = if r.res == RES_HOUR { 3600 } else { 60 };
-    let first = r.from.div_euclid(step) * step + if r.from % step == 0 { 0 } else { step };
-    let n = if r.to > first {
-        (r.to - first + step - 1) / step
-    } else {
-        0
-    };
-    if !seek || n > SEEK_TIMES {
+    let first = (r.from + step - 1).div_euclid(step) * step;
+    let n = (r.to - first + step - 1).div_euclid(step);
+    if !seek || n <= 0 || n > SEEK_TIMES {
         return format!("minute >= {} AND minute < {}", r.from, r.to);
     }
     let times: Vec<String> = (0..n).map(|i| (first + i * step).to_string()).collect();
