@@ -15,7 +15,7 @@ pub mod service;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -99,6 +99,10 @@ impl Arrivals {
         self.0.load(Ordering::Relaxed)
     }
 }
+
+/// Services detected at once in a pass (at most; fewer on fewer cores): the SQLite store
+/// reads from three connections.
+const PASS_THREADS: usize = 3;
 
 /// A service's last report.
 #[derive(Debug, Clone)]
@@ -275,11 +279,10 @@ impl Detector {
     /// it is done; returns how many it detected.
     fn update(&self, services: &[String], now: i64) -> Result<usize, DetectionError> {
         let scales = series::fleet_scales(&*self.store, &self.fleet, now)?;
-        let mut ran = 0;
-        for service in services {
+        let ran = self.each_service(services, |service| {
             let known = (self.cache().reports.get(service)).map(|f| (f.arrivals, f.now));
             if !self.stale(known, now) {
-                continue;
+                return Ok(false);
             }
             let arrivals = self.arrivals.count();
             let report = self.report(service, &scales, now)?;
@@ -288,10 +291,10 @@ impl Detector {
                 now,
                 report,
             };
-            self.cache().reports.insert(service.clone(), fresh);
-            ran += 1;
-        }
-        Ok(ran)
+            self.cache().reports.insert(service.to_string(), fresh);
+            Ok(true)
+        })?;
+        Ok(ran.into_iter().filter(|r| *r).count())
     }
 
     /// One report per service in `services`, as of `now`.
@@ -301,9 +304,62 @@ impl Detector {
         now: i64,
     ) -> Result<BTreeMap<String, Report>, DetectionError> {
         let scales = series::fleet_scales(&*self.store, &self.fleet, now)?;
-        (services.iter())
-            .map(|s| Ok((s.clone(), self.report(s, &scales, now)?)))
-            .collect()
+        let reports = self.each_service(services, |s| self.report(s, &scales, now))?;
+        Ok(services.iter().cloned().zip(reports).collect())
+    }
+
+    /// `f` of each service, in the order of `services`, on up to [`PASS_THREADS`] threads:
+    /// services are independent and the store reads from a pool of connections. The first
+    /// error is returned; the other threads stop before their next service.
+    fn each_service<T: Send>(
+        &self,
+        services: &[String],
+        f: impl Fn(&str) -> Result<T, DetectionError> + Sync,
+    ) -> Result<Vec<T>, DetectionError> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, PASS_THREADS)
+            .min(services.len());
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let done: Mutex<Vec<Option<Result<T, DetectionError>>>> =
+            Mutex::new(services.iter().map(|_| None).collect());
+        let work = || {
+            while !failed.load(Ordering::Acquire) {
+                let i = next.fetch_add(1, Ordering::AcqRel);
+                let Some(service) = services.get(i) else {
+                    return;
+                };
+                let out = f(service);
+                if out.is_err() {
+                    failed.store(true, Ordering::Release);
+                }
+                done.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(out);
+            }
+        };
+        std::thread::scope(|s| {
+            for _ in 1..threads {
+                s.spawn(work);
+            }
+            work();
+        });
+        let done = done.into_inner().unwrap_or_else(|p| p.into_inner());
+        // Any error wins over the services that were not reached because of it.
+        let mut out = Vec::with_capacity(done.len());
+        let mut first_err = None;
+        for r in done {
+            match r {
+                Some(Ok(v)) => out.push(v),
+                Some(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                None => {}
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 
     /// `service`'s report as of `now` (unless the detector was cancelled).
