@@ -10,6 +10,16 @@ use super::{DetectError, StackSource};
 
 const HOUR: i64 = 3600;
 
+/// The hour `t` is in.
+pub(super) fn floor(t: i64) -> i64 {
+    t.div_euclid(HOUR) * HOUR
+}
+
+/// The first hour at or after `t`.
+pub(super) fn ceil(t: i64) -> i64 {
+    floor(t + HOUR - 1)
+}
+
 /// One hour's stacks: (stack id, samples, µJ).
 type Hour = Vec<(u32, u64, f64)>;
 
@@ -106,8 +116,7 @@ impl StackSource for HourCache<'_> {
         from: i64,
         to: i64,
     ) -> Result<Vec<(String, u64, f64)>, DetectError> {
-        let h0 = (from + HOUR - 1).div_euclid(HOUR) * HOUR;
-        let h1 = to.div_euclid(HOUR) * HOUR;
+        let (h0, h1) = (ceil(from), floor(to));
         if h0 >= h1 {
             return self.read(service, from, to);
         }

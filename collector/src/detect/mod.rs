@@ -322,6 +322,9 @@ fn span_mean(x: &[f64], (lo, hi): (usize, usize)) -> f64 {
     if n == 0 { 0.0 } else { s / n as f64 }
 }
 
+/// Stacks windows at least this long (seconds) are moved to whole hours.
+const WHOLE_HOURS_FROM: i64 = 6 * 3600;
+
 /// Stacks around each group of candidates that changed at about the same time (one query pair
 /// per group, not per candidate). A group holds the candidates whose start and end are both
 /// within the location slack of its first one's: chaining overlapping spans would stretch a
@@ -376,16 +379,22 @@ impl Around {
                 .max()
                 .unwrap_or(1)
                 .clamp(1, day);
-            let before = (time(t0.saturating_sub(w)), time(t0));
+            let mut before = (time(t0.saturating_sub(w)), time(t0));
             let skip = usize::from(w > 1);
-            let after = (time(t1 + skip), time(t1 + skip + w));
+            let mut after = (time(t1 + skip), time(t1 + skip + w));
+            if w as i64 * s.step >= WHOLE_HOURS_FROM {
+                // Whole hours, each window moved away from the change by under an hour: the
+                // pass then reads only cached hours, never a part-hour edge.
+                before = (hours::floor(before.0), hours::floor(before.1));
+                after = (hours::ceil(after.0), hours::ceil(after.1));
+            }
             let window = Window::load(src, &s.service, before, after)?;
             for c in &g {
                 around.of.insert((c.start, c.end), around.windows.len());
             }
-            around
-                .windows
-                .push((window, (t0.saturating_sub(w), t1 + skip + w)));
+            let bucket = |t: i64| (t - s.start).div_euclid(s.step).max(0) as usize;
+            let covered = (bucket(before.0), bucket(after.1 + s.step - 1));
+            around.windows.push((window, covered));
         }
         Ok(around)
     }
