@@ -62,6 +62,7 @@ impl Collector {
                 "wattson.db-wal",
                 "wattson.db-shm",
                 "wattson.db.journal",
+                "collector.log",
             ]
         } else {
             &[]
@@ -74,7 +75,12 @@ impl Collector {
         }
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = dir.join("collector.log");
-        let file = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        // Appended: a restart on the same store keeps the log of the ingest before it.
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
         let raw_days = days.ceil() as u64 + 2;
         let mut serve = Command::new(&bin);
         serve
