@@ -279,7 +279,7 @@ impl Detector {
     /// it is done; returns how many it detected.
     fn update(&self, services: &[String], now: i64) -> Result<usize, DetectionError> {
         let scales = series::fleet_scales(&*self.store, &self.fleet, now)?;
-        let ran = self.each_service(services, |service| {
+        let ran = each_service(services, |service| {
             let known = (self.cache().reports.get(service)).map(|f| (f.arrivals, f.now));
             if !self.stale(known, now) {
                 return Ok(false);
@@ -304,62 +304,8 @@ impl Detector {
         now: i64,
     ) -> Result<BTreeMap<String, Report>, DetectionError> {
         let scales = series::fleet_scales(&*self.store, &self.fleet, now)?;
-        let reports = self.each_service(services, |s| self.report(s, &scales, now))?;
+        let reports = each_service(services, |s| self.report(s, &scales, now))?;
         Ok(services.iter().cloned().zip(reports).collect())
-    }
-
-    /// `f` of each service, in the order of `services`, on up to [`PASS_THREADS`] threads:
-    /// services are independent and the store reads from a pool of connections. The first
-    /// error is returned; the other threads stop before their next service.
-    fn each_service<T: Send>(
-        &self,
-        services: &[String],
-        f: impl Fn(&str) -> Result<T, DetectionError> + Sync,
-    ) -> Result<Vec<T>, DetectionError> {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, PASS_THREADS)
-            .min(services.len());
-        let next = AtomicUsize::new(0);
-        let failed = AtomicBool::new(false);
-        let done: Mutex<Vec<Option<Result<T, DetectionError>>>> =
-            Mutex::new(services.iter().map(|_| None).collect());
-        let work = || {
-            while !failed.load(Ordering::Acquire) {
-                let i = next.fetch_add(1, Ordering::AcqRel);
-                let Some(service) = services.get(i) else {
-                    return;
-                };
-                let out = f(service);
-                if out.is_err() {
-                    failed.store(true, Ordering::Release);
-                }
-                done.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(out);
-            }
-        };
-        std::thread::scope(|s| {
-            for _ in 1..threads {
-                s.spawn(work);
-            }
-            work();
-        });
-        let done = done.into_inner().unwrap_or_else(|p| p.into_inner());
-        // Any error wins over the services that were not reached because of it.
-        let mut out = Vec::with_capacity(done.len());
-        let mut first_err = None;
-        for r in done {
-            match r {
-                Some(Ok(v)) => out.push(v),
-                Some(Err(e)) => {
-                    first_err.get_or_insert(e);
-                }
-                None => {}
-            }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
     }
 
     /// `service`'s report as of `now` (unless the detector was cancelled).
@@ -451,6 +397,59 @@ impl Detector {
                 (s.clone(), open as u64)
             })
             .collect()
+    }
+}
+
+/// `f` of each service, in the order of `services`, on up to [`PASS_THREADS`] threads:
+/// services are independent and the store reads from a pool of connections. The first
+/// error is returned; the other threads stop before their next service.
+fn each_service<T: Send>(
+    services: &[String],
+    f: impl Fn(&str) -> Result<T, DetectionError> + Sync,
+) -> Result<Vec<T>, DetectionError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, PASS_THREADS)
+        .min(services.len());
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let done: Mutex<Vec<Option<Result<T, DetectionError>>>> =
+        Mutex::new(services.iter().map(|_| None).collect());
+    let work = || {
+        while !failed.load(Ordering::Acquire) {
+            let i = next.fetch_add(1, Ordering::AcqRel);
+            let Some(service) = services.get(i) else {
+                return;
+            };
+            let out = f(service);
+            if out.is_err() {
+                failed.store(true, Ordering::Release);
+            }
+            done.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(out);
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..threads {
+            s.spawn(work);
+        }
+        work();
+    });
+    let done = done.into_inner().unwrap_or_else(|p| p.into_inner());
+    // Any error wins over the services that were not reached because of it.
+    let mut out = Vec::with_capacity(done.len());
+    let mut first_err = None;
+    for r in done {
+        match r {
+            Some(Ok(v)) => out.push(v),
+            Some(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            None => {}
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(out),
     }
 }
 
@@ -551,6 +550,29 @@ pub async fn run(detector: Arc<Detector>, every: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn services_in_parallel_keep_their_order_and_the_first_error_wins() {
+        let services: Vec<String> = (0..40).map(|i| format!("s{i:02}")).collect();
+        let out = each_service(&services, |s| Ok(s.to_uppercase())).unwrap();
+        assert_eq!(
+            out,
+            services
+                .iter()
+                .map(|s| s.to_uppercase())
+                .collect::<Vec<_>>()
+        );
+        let err = each_service(&services, |s| match s {
+            "s07" => Err(DetectionError::Bad(format!("bad {s}"))),
+            _ => Ok(()),
+        });
+        assert!(matches!(err, Err(DetectionError::Bad(m)) if m == "bad s07"));
+        assert!(
+            each_service::<()>(&[], |_| unreachable!())
+                .unwrap()
+                .is_empty()
+        );
+    }
 
     fn load(text: &str) -> Result<DetectConfig, DetectionError> {
         let dir = tempfile::tempdir().unwrap();
