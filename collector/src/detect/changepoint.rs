@@ -127,18 +127,19 @@ fn seeded(x: &[f64], sigma: f64, min_segment: usize, alpha: f64) -> Scan {
 fn best_split(prefix: &[f64], lo: usize, hi: usize, m: usize, var: f64) -> Option<(usize, f64)> {
     let n = (hi - lo) as f64;
     let total = prefix[hi] - prefix[lo];
+    // k1 k2 / n (s1/k1 - s2/k2)^2 = (s1 n - total k1)^2 / (k1 k2 n): one division per
+    // position instead of four (this loop was a quarter of a pass).
     let mut best: Option<(usize, f64)> = None;
     for k in lo + m..=hi - m {
         let k1 = (k - lo) as f64;
-        let k2 = n - k1;
         let s1 = prefix[k] - prefix[lo];
-        let d = s1 / k1 - (total - s1) / k2;
-        let lr = k1 * k2 / n * d * d / var;
-        if best.is_none_or(|(_, b)| lr > b) {
-            best = Some((k, lr));
+        let d = s1 * n - total * k1;
+        let stat = d * d / (k1 * (n - k1));
+        if best.is_none_or(|(_, b)| stat > b) {
+            best = Some((k, stat));
         }
     }
-    best
+    best.map(|(k, stat)| (k, stat / (n * var)))
 }
 
 /// Likelihood ratio and Bonferroni p-value of a change between two adjacent ranges with
