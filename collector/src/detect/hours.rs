@@ -1,12 +1,15 @@
 //! A per-pass cache of a service's stacks by whole hour. One pass reads the stacks around
 //! every group of change points, windows of up to a day that overlap heavily; reading each
 //! whole hour from the store once and summing cached hours in memory replaces most of those
-//! reads. Part-hour edges are read straight from the source, and per-build reads pass through.
+//! reads. Part-hour edges are read straight from the source. Root cause reads one build's
+//! stacks over each regression's spans, for every change naming a build: from a source that
+//! keeps builds apart ([`StackSource::stacks_by_build`]) one read of an hour serves every
+//! build and all of them together; from another, hours are cached per build.
 
+use foldhash::HashMap;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 
-use super::{DetectError, StackSource};
+use super::{BuildStack, DetectError, StackSource};
 
 const HOUR: i64 = 3600;
 
@@ -20,15 +23,23 @@ pub(super) fn ceil(t: i64) -> i64 {
     floor(t + HOUR - 1)
 }
 
-/// One hour's stacks: (stack id, samples, µJ).
-type Hour = Vec<(u32, u64, f64)>;
+/// One hour's stacks: (build id, stack id, samples, µJ). The build id is [`ANY`] in an hour
+/// read without builds apart (for all builds, or for the one build of its key).
+type Hour = Vec<(u32, u32, u64, f64)>;
+const ANY: u32 = u32::MAX;
+
+/// (service, one build or all builds, hour).
+type HourKey = (String, Option<String>, i64);
 
 /// [`StackSource`] that reads each whole hour of a service once.
 pub struct HourCache<'a> {
     src: &'a dyn StackSource,
-    /// Folded stack → id, and back.
+    /// Folded stack or build id → id, and back.
     ids: RefCell<(HashMap<String, u32>, Vec<String>)>,
-    hours: RefCell<HashMap<(String, i64), Hour>>,
+    /// Per (service, build or all builds, hour); hours with builds apart are all-builds keys.
+    hours: RefCell<HashMap<HourKey, Hour>>,
+    /// Whether the source keeps builds apart (known after its first whole-hour read).
+    split: Cell<Option<bool>>,
     reads: Cell<u64>,
 }
 
@@ -36,8 +47,9 @@ impl<'a> HourCache<'a> {
     pub fn new(src: &'a dyn StackSource) -> HourCache<'a> {
         HourCache {
             src,
-            ids: RefCell::new((HashMap::new(), Vec::new())),
-            hours: RefCell::new(HashMap::new()),
+            ids: RefCell::new((HashMap::default(), Vec::new())),
+            hours: RefCell::new(HashMap::default()),
+            split: Cell::new(None),
             reads: Cell::new(0),
         }
     }
@@ -50,11 +62,15 @@ impl<'a> HourCache<'a> {
     fn read(
         &self,
         service: &str,
+        build: Option<&str>,
         from: i64,
         to: i64,
     ) -> Result<Vec<(String, u64, f64)>, DetectError> {
         self.reads.set(self.reads.get() + 1);
-        self.src.stacks(service, from, to)
+        match build {
+            None => self.src.stacks(service, from, to),
+            Some(b) => self.src.build_stacks(service, b, from, to),
+        }
     }
 
     fn id(&self, folded: &str) -> u32 {
@@ -68,18 +84,96 @@ impl<'a> HourCache<'a> {
         id
     }
 
-    /// Adds the hour starting at `h` to `sums`, reading it first when it is not cached.
-    fn add_hour(&self, service: &str, h: i64, sums: &mut Sums) -> Result<(), DetectError> {
-        let key = (service.to_string(), h);
+    /// Adds the hour starting at `h` to `sums` (only `build`'s stacks when given), reading it
+    /// first when it is not cached.
+    fn add_hour(
+        &self,
+        service: &str,
+        build: Option<&str>,
+        h: i64,
+        sums: &mut Sums,
+    ) -> Result<(), DetectError> {
+        if self.split.get().is_none() {
+            let rows = self.src.stacks_by_build(service, h, h + HOUR)?;
+            self.split.set(Some(rows.is_some()));
+            if let Some(rows) = rows {
+                self.reads.set(self.reads.get() + 1);
+                let hour = self.intern(&rows);
+                self.hours
+                    .borrow_mut()
+                    .insert((service.into(), None, h), hour);
+            }
+        }
+        let split = self.split.get() == Some(true);
+        let key = (
+            service.to_string(),
+            build.filter(|_| !split).map(str::to_string),
+            h,
+        );
         if !self.hours.borrow().contains_key(&key) {
-            let rows = self.read(service, h, h + HOUR)?;
-            let hour: Hour = rows.iter().map(|(f, s, e)| (self.id(f), *s, *e)).collect();
+            let hour = if split {
+                self.reads.set(self.reads.get() + 1);
+                let rows = self.src.stacks_by_build(service, h, h + HOUR)?;
+                self.intern(&rows.unwrap_or_default())
+            } else {
+                let rows = self.read(service, build, h, h + HOUR)?;
+                rows.iter()
+                    .map(|(f, s, e)| (ANY, self.id(f), *s, *e))
+                    .collect()
+            };
             self.hours.borrow_mut().insert(key.clone(), hour);
         }
-        for &(id, s, e) in &self.hours.borrow()[&key] {
-            sums.add(id, s, e);
+        let want = build.map(|b| self.id(b));
+        for &(b, id, s, e) in &self.hours.borrow()[&key] {
+            if b == ANY || want.is_none_or(|w| w == b) {
+                sums.add(id, s, e);
+            }
         }
         Ok(())
+    }
+
+    fn intern(&self, rows: &[BuildStack]) -> Hour {
+        (rows.iter())
+            .map(|(b, f, s, e)| (self.id(b), self.id(f), *s, *e))
+            .collect()
+    }
+
+    /// The stacks of `service` (of `build` only when given) over [from, to): whole hours
+    /// from the cache, part-hour edges read directly.
+    fn sum(
+        &self,
+        service: &str,
+        build: Option<&str>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(String, u64, f64)>, DetectError> {
+        let (h0, h1) = (ceil(from), floor(to));
+        if h0 >= h1 {
+            return self.read(service, build, from, to);
+        }
+        let mut sums = Sums::default();
+        for (a, b) in [(from, h0), (h1, to)] {
+            if a < b {
+                for (f, s, e) in self.read(service, build, a, b)? {
+                    let id = self.id(&f);
+                    sums.add(id, s, e);
+                }
+            }
+        }
+        let mut h = h0;
+        while h < h1 {
+            self.add_hour(service, build, h, &mut sums)?;
+            h += HOUR;
+        }
+        let ids = self.ids.borrow();
+        Ok(sums
+            .touched
+            .iter()
+            .map(|&id| {
+                let (s, e) = sums.by_id[id as usize].unwrap_or_default();
+                (ids.1[id as usize].clone(), s, e)
+            })
+            .collect())
     }
 }
 
@@ -116,33 +210,7 @@ impl StackSource for HourCache<'_> {
         from: i64,
         to: i64,
     ) -> Result<Vec<(String, u64, f64)>, DetectError> {
-        let (h0, h1) = (ceil(from), floor(to));
-        if h0 >= h1 {
-            return self.read(service, from, to);
-        }
-        let mut sums = Sums::default();
-        for (a, b) in [(from, h0), (h1, to)] {
-            if a < b {
-                for (f, s, e) in self.read(service, a, b)? {
-                    let id = self.id(&f);
-                    sums.add(id, s, e);
-                }
-            }
-        }
-        let mut h = h0;
-        while h < h1 {
-            self.add_hour(service, h, &mut sums)?;
-            h += HOUR;
-        }
-        let ids = self.ids.borrow();
-        Ok(sums
-            .touched
-            .iter()
-            .map(|&id| {
-                let (s, e) = sums.by_id[id as usize].unwrap_or_default();
-                (ids.1[id as usize].clone(), s, e)
-            })
-            .collect())
+        self.sum(service, None, from, to)
     }
 
     fn build_stacks(
@@ -152,7 +220,7 @@ impl StackSource for HourCache<'_> {
         from: i64,
         to: i64,
     ) -> Result<Vec<(String, u64, f64)>, DetectError> {
-        self.src.build_stacks(service, build, from, to)
+        self.sum(service, Some(build), from, to)
     }
 }
 
@@ -161,9 +229,54 @@ mod tests {
     use super::*;
     use crate::detect::testdata::Synth;
 
-    fn sorted(mut v: Vec<(String, u64, f64)>) -> Vec<(String, u64, f64)> {
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+    /// `all`'s stacks, as build "new" from `at` on and build "old" before; with `split`, it
+    /// also gives both builds apart in one read.
+    struct TwoBuilds<'a> {
+        all: &'a dyn StackSource,
+        at: i64,
+        split: bool,
+    }
+
+    impl StackSource for TwoBuilds<'_> {
+        fn stacks(
+            &self,
+            s: &str,
+            from: i64,
+            to: i64,
+        ) -> Result<Vec<(String, u64, f64)>, DetectError> {
+            self.all.stacks(s, from, to)
+        }
+
+        fn build_stacks(
+            &self,
+            s: &str,
+            build: &str,
+            from: i64,
+            to: i64,
+        ) -> Result<Vec<(String, u64, f64)>, DetectError> {
+            match build {
+                "new" => self.all.stacks(s, from.max(self.at), to.max(self.at)),
+                _ => self.all.stacks(s, from.min(self.at), to.min(self.at)),
+            }
+        }
+
+        fn stacks_by_build(
+            &self,
+            s: &str,
+            from: i64,
+            to: i64,
+        ) -> Result<Option<Vec<BuildStack>>, DetectError> {
+            if !self.split {
+                return Ok(None);
+            }
+            let mut out = Vec::new();
+            for b in ["old", "new"] {
+                for (f, n, e) in self.build_stacks(s, b, from, to)? {
+                    out.push((b.to_string(), f, n, e));
+                }
+            }
+            Ok(Some(out))
+        }
     }
 
     #[test]
@@ -172,9 +285,26 @@ mod tests {
             .stack("main;a", 0.6)
             .stack_fn("main;b", |i| if i < 500 { 0.2 } else { 0.4 })
             .stack("main;c;d", 0.1);
-        let (_, src) = synth.build(7);
-        let cache = HourCache::new(&src);
+        let (_, mem) = synth.build(7);
         let start = synth.start;
+        for split in [false, true] {
+            let src = TwoBuilds {
+                all: &mem,
+                at: start + 10 * HOUR + 600,
+                split,
+            };
+            let reads = check_cache(&src, start);
+            // Hours 1..30 once each (29) and per build without builds apart; the first
+            // window's two part-hour edges, the last one's head, and the window inside hour
+            // 40 read whole, per build asked (three: all, new, old).
+            let hours = if split { 29 } else { 3 * 29 };
+            assert_eq!(reads, hours + 3 * (2 + 1 + 1), "split {split}");
+        }
+    }
+
+    /// Reads of a cache over `src` whose windows sum like direct reads.
+    fn check_cache(src: &dyn StackSource, start: i64) -> u64 {
+        let cache = HourCache::new(src);
         // Part-hour edges, several whole hours, a window inside one hour, and overlaps.
         let windows = [
             (start + 1_500, start + 7 * HOUR + 900),
@@ -182,21 +312,27 @@ mod tests {
             (start + 40 * HOUR + 300, start + 40 * HOUR + 1_200),
             (start + 3 * HOUR + 600, start + 20 * HOUR),
         ];
-        for (from, to) in windows {
-            let direct = sorted(src.stacks("svc", from, to).unwrap());
-            let cached = sorted(cache.stacks("svc", from, to).unwrap());
-            assert!(!direct.is_empty());
-            assert_eq!(direct.len(), cached.len(), "{from}..{to}");
-            for (d, c) in direct.iter().zip(&cached) {
-                assert_eq!((&d.0, d.1), (&c.0, c.1), "{from}..{to}");
-                assert!(
-                    (d.2 - c.2).abs() <= 1e-6 * d.2.abs().max(1.0),
-                    "{from}..{to}"
-                );
+        let read = |s: &dyn StackSource, build: Option<&str>, (from, to): (i64, i64)| {
+            let mut v = match build {
+                None => s.stacks("svc", from, to),
+                Some(b) => s.build_stacks("svc", b, from, to),
+            }
+            .unwrap();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        for build in [None, Some("new"), Some("old")] {
+            for w in windows {
+                let direct = read(src, build, w);
+                let cached = read(&cache, build, w);
+                assert_eq!(direct.len(), cached.len(), "{build:?} {w:?}");
+                for (d, c) in direct.iter().zip(&cached) {
+                    assert_eq!((&d.0, d.1), (&c.0, c.1), "{build:?} {w:?}");
+                    assert!((d.2 - c.2).abs() <= 1e-6 * d.2.abs().max(1.0));
+                }
             }
         }
-        // Hours 1..30 once each (29), the first window's two part-hour edges, the last one's
-        // head, and the window inside hour 40 read whole.
-        assert_eq!(cache.reads(), 29 + 2 + 1 + 1);
+        assert!(!read(src, Some("new"), windows[1]).is_empty());
+        cache.reads()
     }
 }

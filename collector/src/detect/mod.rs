@@ -88,7 +88,23 @@ pub trait StackSource {
         let _ = (service, build, from, to);
         Ok(Vec::new())
     }
+
+    /// Every build's stacks kept apart, in one read: (build id, folded, samples, µJ). `None`
+    /// (the default) when the source cannot; [`StackSource::build_stacks`] is then asked per
+    /// build.
+    fn stacks_by_build(
+        &self,
+        service: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Option<Vec<BuildStack>>, DetectError> {
+        let _ = (service, from, to);
+        Ok(None)
+    }
 }
+
+/// One build's folded stack: (build id, folded, samples, µJ).
+pub type BuildStack = (String, String, u64, f64);
 
 /// A source with no stacks: the stack-based stages (normalization, cost shift, caller/leaf
 /// dedup, evidence, touched-function scoring) are skipped and the report's note says so.

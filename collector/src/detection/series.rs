@@ -5,7 +5,10 @@
 use std::collections::HashMap;
 
 use crate::attribute::FleetConfig;
-use crate::detect::{DetectConfig, DetectError, FunctionSeries, ServiceSeries, StackSource};
+use crate::detect::{
+    BuildStack, DetectConfig, DetectError, FunctionSeries, ServiceSeries, StackSource,
+};
+use crate::store::rollup::split_stack_key;
 use crate::store::{BucketSeries, Of, Store, StoreError, Window};
 
 /// Hosts reporting a service over this long before `now` set its fleet scale.
@@ -136,5 +139,29 @@ impl StackSource for StoreStacks<'_> {
         to: i64,
     ) -> Result<Vec<(String, u64, f64)>, DetectError> {
         self.read(service, Some(build), Window { from, to })
+    }
+
+    fn stacks_by_build(
+        &self,
+        service: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Option<Vec<BuildStack>>, DetectError> {
+        let rows = (self.0.stack_rows(Window { from, to }, Some(service))).map_err(|e| {
+            DetectError::Stacks {
+                service: service.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(Some(
+            rows.into_iter()
+                .map(|k| {
+                    let (build, folded) = split_stack_key(&k.key);
+                    let t = &k.totals;
+                    let uj = t.uj_self_all() as f64;
+                    (build.to_string(), folded.to_string(), t.samples_self, uj)
+                })
+                .collect(),
+        ))
     }
 }
