@@ -7,7 +7,7 @@
 //! about hundreds of functions per window, and a scan of every row's strings per question was
 //! most of a pass with stacks.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use super::candidate::Metric;
 use super::{DetectError, StackSource};
@@ -63,7 +63,7 @@ impl Window {
     ) -> Result<Window, DetectError> {
         let b = src.stacks(service, before.0, before.1)?;
         let a = src.stacks(service, after.0, after.1)?;
-        let mut shares: HashMap<&str, Sides> = HashMap::new();
+        let mut shares: HashMap<&str, Sides> = HashMap::default();
         for (side, list) in [(0, &b), (1, &a)] {
             let total_s: f64 = list.iter().map(|r| r.1 as f64).sum();
             let total_e: f64 = list.iter().map(|r| r.2).sum();
@@ -258,7 +258,7 @@ impl Window {
         };
         let mut out = Vec::new();
         for level in 1..=levels {
-            let mut tally: HashMap<&str, f64> = HashMap::new();
+            let mut tally: HashMap<&str, f64> = HashMap::default();
             for r in self.rows_through(func) {
                 if let Some(p) = r.pos(id).filter(|p| *p >= level) {
                     *tally

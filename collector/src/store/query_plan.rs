@@ -102,7 +102,7 @@ pub fn check_step(step: i64) -> Result<i64, StoreError> {
 /// rows keyed by folded stack: only build `build` when given, else summed over builds; sorted
 /// by (service, folded).
 pub fn fold_builds(rows: Vec<Keyed>, build: Option<&str>) -> Vec<Keyed> {
-    let mut out: std::collections::HashMap<(String, String), Keyed> = Default::default();
+    let mut out: foldhash::HashMap<(String, String), Keyed> = Default::default();
     for r in rows {
         let (b, folded) = split_stack_key(&r.key);
         if build.is_some_and(|want| want != b) {

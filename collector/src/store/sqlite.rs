@@ -13,7 +13,7 @@
 //! One connection writes; a few others read (WAL lets readers run alongside the writer, and
 //! each other: a `top` needs three scans, which the query engine issues at once).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -322,7 +322,7 @@ impl SqliteStore {
             "SELECT *",
             &format!("SELECT service, key, {}", TOTALS_COLUMNS.join(", ")),
         );
-        let mut groups: HashMap<String, (Keyed, HashSet<String>)> = HashMap::new();
+        let mut groups: foldhash::HashMap<String, (Keyed, HashSet<String>)> = Default::default();
         let mut id = String::new();
         self.read(|c| {
             let mut st = c.prepare_cached(&sql)?;
