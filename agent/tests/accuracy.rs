@@ -34,14 +34,19 @@ fn duration_secs() -> u64 {
         .unwrap_or(20)
 }
 /// Rounds continue until both tools hold this many samples of the workload: then the binomial
-/// noise of the difference of two 40% shares is about 0.9 points, so a 2-point gap is a real
-/// disagreement. On a quiet two-CPU machine two rounds suffice; a loaded one takes more.
+/// noise of the difference of two 40% shares is about 0.9 points. On a quiet two-CPU machine
+/// two rounds suffice; a loaded one takes more.
 const TARGET_SAMPLES: u64 = 6000;
 const MAX_ROUNDS: u64 = 5;
 /// Below this many samples after `MAX_ROUNDS` the comparison says nothing: fail as overloaded.
 const MIN_SAMPLES: u64 = 3000;
 const THRESHOLD: f64 = 0.05;
+/// Two shares agree within this many points, or within `NOISE_SDS` standard deviations of
+/// their difference from sampling alone when that is wider: a 2-point gap is only 2 to 3 of
+/// them at these sample counts, which an honest run crosses now and then (python3's
+/// `_PyEval_EvalFrameDefault`, 23.24% against 25.25% with an sd of 0.70, failed a CI run).
 const TOLERANCE_POINTS: f64 = 2.0;
+const NOISE_SDS: f64 = 4.0;
 
 type Shares = HashMap<(String, String), f64>;
 type Counts = HashMap<(String, String), u64>;
@@ -382,11 +387,11 @@ fn compare(name: &str, script: &str, comm: &str) {
             100.0 * ours.get(key).copied().unwrap_or(0.0),
             100.0 * theirs.get(key).copied().unwrap_or(0.0),
         );
-        let ok = (a - b).abs() <= TOLERANCE_POINTS;
-        // For reading failures: one standard deviation of the difference from sampling alone.
+        // One standard deviation of the difference from sampling alone.
         let p = (a + b) / 200.0;
         let sigma =
             100.0 * (p * (1.0 - p) * (1.0 / our_total as f64 + 1.0 / their_total as f64)).sqrt();
+        let ok = (a - b).abs() <= TOLERANCE_POINTS.max(NOISE_SDS * sigma);
         eprintln!(
             "  {:<7} {:>6.2}% wattson {:>6.2}% perf (noise sd {sigma:.2})  {} {}",
             if ok { "ok" } else { "DIFFERS" },
@@ -412,7 +417,8 @@ fn compare(name: &str, script: &str, comm: &str) {
     }
     assert!(
         failures.is_empty(),
-        "{name}: self shares differ by more than {TOLERANCE_POINTS} points: {failures:?}"
+        "{name}: self shares differ by more than {TOLERANCE_POINTS} points and \
+         {NOISE_SDS} noise sds: {failures:?}"
     );
 }
 
