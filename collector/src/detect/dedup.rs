@@ -250,7 +250,7 @@ mod tests {
     use super::*;
     use crate::detect::candidate::Kind;
     use crate::detect::series::Grid;
-    use crate::detect::testdata::{DAY, Synth};
+    use crate::detect::testdata::{DAY, MemStacks, Synth};
     use crate::detect::{DetectConfig, shares, span_mean};
 
     const AT: usize = 5 * DAY;
@@ -305,6 +305,25 @@ mod tests {
             .stack("main;gc", 0.10)
             .stack("main;serve;io", 0.59)
             .build(5);
+        let mut funnel = Funnel::new(10);
+        if let Some(stage) = stage {
+            funnel.remove(stage, step(&s, "hash"), "test".into());
+        }
+        let mut cands = vec![step(&s, "handle")];
+        if hash_reported {
+            cands.push(step(&s, "hash"));
+        }
+        let kept = dedup(&s, &stacks, &mut funnel, cands);
+        (kept, funnel)
+    }
+
+    /// `callers_and_leaves` over `cands` with the default settings and their stacks loaded.
+    fn dedup(
+        s: &ServiceSeries,
+        stacks: &MemStacks,
+        funnel: &mut Funnel,
+        cands: Vec<Candidate>,
+    ) -> Vec<Candidate> {
         let cfg = DetectConfig::default();
         let grid = Grid {
             start: s.start,
@@ -314,17 +333,8 @@ mod tests {
             samples: 1e6,
             counts: &s.samples,
         };
-        let mut funnel = Funnel::new(10);
-        if let Some(stage) = stage {
-            funnel.remove(stage, step(&s, "hash"), "test".into());
-        }
-        let mut cands = vec![step(&s, "handle")];
-        if hash_reported {
-            cands.push(step(&s, "hash"));
-        }
-        let around = Around::load(&s, &stacks, &grid, &cands).unwrap();
-        let kept = callers_and_leaves(&mut funnel, cands, &s, &around, cfg.dedup_flow);
-        (kept, funnel)
+        let around = Around::load(s, stacks, &grid, &cands).unwrap();
+        callers_and_leaves(funnel, cands, s, &around, cfg.dedup_flow)
     }
 
     #[test]
@@ -381,20 +391,9 @@ mod tests {
             .stack("main;gc", 0.10)
             .stack("main;serve;io", 0.65)
             .build(5);
-        let cfg = DetectConfig::default();
-        let grid = Grid {
-            start: s.start,
-            step: s.step,
-            cfg: &cfg,
-            first_reported: 0,
-            samples: 1e6,
-            counts: &s.samples,
-        };
         let mut funnel = Funnel::new(10);
         funnel.remove(stage, step(&s, "handle"), "test".into());
-        let cands = vec![step(&s, "hash")];
-        let around = Around::load(&s, &stacks, &grid, &cands).unwrap();
-        let kept = callers_and_leaves(&mut funnel, cands, &s, &around, cfg.dedup_flow);
+        let kept = dedup(&s, &stacks, &mut funnel, vec![step(&s, "hash")]);
         (kept, funnel)
     }
 
