@@ -414,12 +414,15 @@ fn source(kind: Kind, ranges: &[Range], by_service: bool, key: Option<()>) -> St
 /// < ?1` alone scanned the whole table with the writer held (about 30 s on a 2.4 GB store,
 /// stalling ingest every retention pass).
 fn expire_sql(res: &[u8]) -> String {
-    let list = |v: &mut dyn Iterator<Item = u8>| v.map(|c| c.to_string()).collect::<Vec<_>>();
-    let kinds = list(&mut (0..=u8::MAX).filter_map(Kind::from_code).map(|k| k as u8));
+    let kinds: Vec<String> = (0..=u8::MAX)
+        .filter_map(Kind::from_code)
+        .map(|k| (k as u8).to_string())
+        .collect();
+    let res: Vec<String> = res.iter().map(u8::to_string).collect();
     format!(
         "DELETE FROM rollup WHERE kind IN ({}) AND res IN ({}) AND minute < ?1",
         kinds.join(", "),
-        list(&mut res.iter().copied()).join(", ")
+        res.join(", ")
     )
 }
 
