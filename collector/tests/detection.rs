@@ -504,3 +504,35 @@ fn one_service_is_detected_alone_and_a_cancelled_pass_stops() {
         Err(DetectionError::Cancelled)
     ));
 }
+
+#[test]
+fn passes_within_a_day_read_the_series_from_the_same_start() {
+    use wattson_collector::detect::{DetectConfig, day_start};
+    use wattson_collector::detection::series;
+    use wattson_collector::store::{self, Store};
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("w.db").display());
+    let store: Box<dyn Store> = store::open(&url).unwrap();
+    let cfg = DetectConfig::default();
+    // Data from half an hour after the midnight that opens the history of a pass made
+    // yesterday, and an hour after yesterday's midnight.
+    let midnight = day_start(now()) - 86_400;
+    let first = day_start(midnight - cfg.history) + 1800;
+    for (i, at) in [first, midnight + 3600].into_iter().enumerate() {
+        let b = BatchBuilder::new("h1", i as u64 + 1)
+            .interval(at, 60, false, 0.0, &[("api", "", "main;work", 60, 6e6)])
+            .build();
+        store.ingest(&b).unwrap();
+    }
+    // Passes at 02:00, 05:00 and 23:00 all start at the first data; a window sliding with
+    // the pass would have dropped it.
+    let starts: Vec<i64> = [2, 5, 23]
+        .iter()
+        .map(|h| {
+            let s = series::read(&*store, "api", &cfg, 1.0, midnight + h * 3600).unwrap();
+            s.start
+        })
+        .collect();
+    assert_eq!(starts, [first, first, first]);
+}

@@ -149,6 +149,13 @@ pub enum DetectError {
     Stacks { service: String, reason: String },
 }
 
+/// The UTC midnight at or before `t`. History and analysis windows start there: change points
+/// found by segmenting a series move with the series' start, so passes within one day must
+/// all see the same start to agree.
+pub fn day_start(t: i64) -> i64 {
+    t.div_euclid(86_400) * 86_400
+}
+
 /// Runs the funnel over one service's series as of `now` (Unix seconds; buckets starting at or
 /// after it are ignored). `changes` are the root-cause candidates (other services' are ignored).
 pub fn detect(
@@ -187,8 +194,9 @@ pub fn detect(
             ..Report::default()
         });
     }
-    let first_reported =
-        ((now - cfg.analysis_window - series.start).div_euclid(series.step)).max(0) as usize;
+    let first_reported = ((day_start(now - cfg.analysis_window) - series.start)
+        .div_euclid(series.step))
+    .max(0) as usize;
     let mut counts: Vec<f64> = (0..len)
         .map(|i| series.samples[i])
         .filter(|s| *s > 0.0)

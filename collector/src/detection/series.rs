@@ -14,8 +14,9 @@ use crate::store::{BucketSeries, Of, Store, StoreError, Window};
 /// Hosts reporting a service over this long before `now` set its fleet scale.
 const SCALE_WINDOW: i64 = 86_400;
 
-/// The series of `service` over `cfg.history` before `now`, on `cfg.step` buckets aligned to
-/// the step (the last bucket is the one holding `now`), starting at the first bucket with
+/// The series of `service` over `cfg.history` before `now` (from the midnight before, see
+/// [`crate::detect::day_start`]), on `cfg.step` buckets aligned to the step (the last bucket
+/// is the one holding `now`), starting at the first bucket with
 /// samples: a young service costs its own age, not the whole history. Functions are not read
 /// when the history is shorter than `cfg.min_history` (detection only says so).
 pub fn read(
@@ -28,7 +29,7 @@ pub fn read(
     let step = cfg.step;
     let to = (now.div_euclid(step) + 1) * step;
     let window = Window {
-        from: to - cfg.history.div_euclid(step).max(1) * step,
+        from: crate::detect::day_start(to - cfg.history.div_euclid(step).max(1) * step),
         to,
     };
     let totals = store.buckets(Of::Totals, window, service, step)?;
