@@ -8,8 +8,8 @@ use super::{Around, ServiceSeries, shares};
 
 /// Removes candidates whose share moved only because the rest of the service's cost did:
 /// their own cost (excess over the rest's scale) moved under a third of their share's move,
-/// or the other way; or a larger opposite change elsewhere (in stacks they do not share)
-/// predicts their new share within a third of their move.
+/// or the other way; or an opposite change elsewhere (in stacks they do not share) that
+/// changed the service's total predicts their new share within a third of their move.
 pub fn normalization(
     funnel: &mut Funnel,
     cands: Vec<Candidate>,
@@ -42,8 +42,11 @@ pub fn normalization(
     one_verdict_per_change(funnel, "normalization", cands, why)
 }
 
-/// A larger opposite change `a` in stacks `c` does not share: when everything but `a` keeps
-/// its cost, `c`'s share becomes before x (1 - a after) / (1 - a before).
+/// An opposite change `a` in stacks `c` does not share that explains `c`: when everything but
+/// `a` keeps its cost, `c`'s share becomes before x (1 - a after) / (1 - a before). `a` must
+/// have changed the service's total (the stacks outside `a` moved that way, at least a quarter
+/// as far; a cost shift moves none), and when `c` explains `a` as well (two parts that make up
+/// most of the service) the change is the one that needs the smaller cost.
 fn elsewhere(
     c: &Candidate,
     all: &[Candidate],
@@ -52,18 +55,29 @@ fn elsewhere(
 ) -> Option<String> {
     let w = around.window(c)?;
     let f = s.functions[c.func].function.as_str();
+    let predicts = |a: &Candidate, c: &Candidate| {
+        let predicted = c.before * (1.0 - a.after) / (1.0 - a.before);
+        ((c.after - predicted).abs() <= c.delta().abs() / 3.0).then_some(predicted)
+    };
     all.iter()
         .filter(|a| a.sign() != c.sign() && a.metric == c.metric)
-        .filter(|a| a.cost_delta().abs() >= c.cost_delta().abs())
         .filter(|a| c.overlaps(a, 2) || around.covers(c, a))
         .filter(|a| a.before < 0.999 && a.after < 0.999)
         .filter(|a| w.disjoint(f, &s.functions[a.func].function))
         .find_map(|a| {
-            let predicted = c.before * (1.0 - a.after) / (1.0 - a.before);
-            ((c.after - predicted).abs() <= c.delta().abs() / 3.0).then(|| {
+            let predicted = predicts(a, c)?;
+            if predicts(c, a).is_some() && a.cost_delta().abs() > c.cost_delta().abs() {
+                return None;
+            }
+            let expected = (1.0 - a.after) / (1.0 - a.before);
+            let moved = w.scale(c.metric, &s.functions[a.func].function)?;
+            let total_changed = (moved - 1.0) * (expected - 1.0) > 0.0
+                && (moved - 1.0).abs() >= (expected - 1.0).abs() / 4.0;
+            total_changed.then(|| {
                 format!(
-                    "moved only as {} went {:.4}% -> {:.4}% of the service: expected {:.4}% -> \
-                     {:.4}%, measured {:.4}%",
+                    "moved only as {} went {:.4}% -> {:.4}% of the service (the stacks outside it \
+                     moved x{moved:.4}): expected {:.4}% -> {:.4}%, measured \
+                     {:.4}%",
                     s.functions[a.func].function,
                     a.before * 100.0,
                     a.after * 100.0,

@@ -663,3 +663,56 @@ fn a_subtree_that_grows_as_a_whole_is_reported_once_at_its_heavy_callee() {
     open.sort_unstable();
     assert_eq!(open, ["flush", "route"], "{}", summary(&r));
 }
+
+/// Eight fillers of 2% each under main, so the service has functions that keep their cost.
+fn with_fillers(s: Synth) -> Synth {
+    (0..8).fold(s, |s, k| s.stack(&format!("main;fill{k}"), 0.02))
+}
+
+#[test]
+fn work_moved_elsewhere_does_not_explain_a_step() {
+    // At AT 4.4% of the service moves from `a` to its sibling `b` (the total is unchanged),
+    // and `x` grows by 0.2%: `a`'s fall alone would predict `x`'s new share, but nothing was
+    // diluted.
+    let s = with_fillers(
+        Synth::new(7)
+            .stack_fn("main;a", |b| if b >= AT { 0.256 } else { 0.30 })
+            .stack_fn("main;b", |b| if b >= AT { 0.094 } else { 0.05 })
+            .stack_fn("main;x", |b| if b >= AT { 0.032 } else { 0.03 })
+            .stack("main;io", 0.45),
+    );
+    let r = run(&s, 11, &[]);
+    let open = with_status(&r, "open");
+    assert!(open.iter().any(|g| g.function == "x"), "{}", summary(&r));
+    assert!(
+        filtered_with(&r, "normalization", "x", "moved only as").is_none(),
+        "{}",
+        summary(&r)
+    );
+}
+
+#[test]
+fn of_two_parts_that_explain_each_other_the_cheaper_change_is_the_change() {
+    // `small` (25%) improves by 0.5% of the service; `big` (62%) keeps its cost, so its share
+    // rises by 0.4%. Each predicts the other's share; small's change costs less.
+    let mut s = Synth::new(7)
+        .stack_fn("main;small", |b| if b >= AT { 0.245 } else { 0.25 })
+        .stack("main;gc", 0.05);
+    for k in 0..8 {
+        s = s.stack(&format!("main;big;part{k}"), 0.0775);
+    }
+    let r = run(&s, 12, &[]);
+    assert!(with_status(&r, "open").is_empty(), "{}", summary(&r));
+    let better = with_status(&r, "improvement");
+    assert!(
+        better.iter().any(|g| g.function == "small"),
+        "{}",
+        summary(&r)
+    );
+    assert!(
+        filtered_with(&r, "normalization", "big", "moved only as main;small").is_some()
+            || filtered_with(&r, "normalization", "big", "moved only as small").is_some(),
+        "{}",
+        summary(&r)
+    );
+}
