@@ -332,6 +332,7 @@ mod tests {
             first_reported: 0,
             samples: 1e6,
             counts: &s.samples,
+            dilution: &crate::detect::dilution::Dilution::default(),
         };
         let around = Around::load(s, stacks, &grid, &cands).unwrap();
         callers_and_leaves(funnel, cands, s, &around, cfg.dedup_flow)

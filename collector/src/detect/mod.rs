@@ -16,6 +16,7 @@ mod cause;
 mod changepoint;
 mod config;
 mod dedup;
+mod dilution;
 mod hours;
 mod regression;
 mod seasonality;
@@ -201,6 +202,8 @@ pub fn detect(
         .map(|i| series.samples[i])
         .filter(|s| *s > 0.0)
         .collect();
+    let energy_known = series.energy_uj[..len].iter().any(|e| *e > 0.0);
+    let dilution = dilution::Dilution::new(series, len, energy_known);
     let grid = Grid {
         start: series.start,
         step: series.step,
@@ -208,12 +211,12 @@ pub fn detect(
         first_reported,
         samples: stats::median_in_place(&mut counts),
         counts: &series.samples[..len],
+        dilution: &dilution,
     };
 
     let mut funnel = Funnel::new(cfg.max_filtered);
     let mut cands = Vec::new();
     let mut examined = 0;
-    let energy_known = series.energy_uj[..len].iter().any(|e| *e > 0.0);
     for (fi, f) in series.functions.iter().enumerate() {
         for metric in [Metric::Cpu, Metric::Energy] {
             if metric == Metric::Energy && !energy_known {

@@ -6,6 +6,7 @@
 use super::DetectConfig;
 use super::candidate::{Candidate, Funnel, Kind, Metric};
 use super::changepoint::{segment, test_levels};
+use super::dilution::Dilution;
 use super::seasonality::{daily_strength, is_seasonal, remove_daily_profile};
 use super::stats::{binomial_two_sided, block_means, mean, noise_sd};
 use super::trend::{Segments, creep_start, levels, runs, went_away};
@@ -28,6 +29,8 @@ pub struct Grid<'a> {
     pub samples: f64,
     /// The service's samples in each bucket, for the count test of a candidate's levels.
     pub counts: &'a [f64],
+    /// How the rest of the service's shares moved, for went-away.
+    pub dilution: &'a Dilution,
 }
 
 /// Runs the per-series stages over `values` (a share per bucket, NaN where the service had no
@@ -139,8 +142,30 @@ pub fn analyze(
         let lasted = (idx[idx.len() - 1] + 1 - idx[at]) as i64 * grid.step;
         let (tlo, thi) = seg.range(r.first);
         let transient = (idx[thi - 1] + 1 - idx[tlo]) as i64 * grid.step;
-        let away = went_away(&seg, &r, c.before, c.after, lasted, transient, min_lasting)
-            .or_else(|| short_lived(&c, &y, a, cfg.buckets(min_lasting), m, r.kind));
+        // A seasonal series is judged with its daily profile removed, the index is not: its
+        // spans must hold whole days for the cycle to average out.
+        let day = cfg.buckets(86_400);
+        let moved = |j: usize| {
+            let (lo, hi) = seg.range(j);
+            let to = (idx[lo], idx[hi - 1] + 1);
+            let from = c.after_span;
+            if seasonal && (to.1 - to.0 < day || from.1 - from.0 < day) {
+                1.0
+            } else {
+                grid.dilution.factor(metric, c.after, from, to)
+            }
+        };
+        let away = went_away(
+            &seg,
+            &r,
+            c.before,
+            c.after,
+            lasted,
+            transient,
+            min_lasting,
+            &moved,
+        )
+        .or_else(|| short_lived(&c, &y, a, cfg.buckets(min_lasting), m, r.kind));
         cands.push((c, away, r.kind));
     }
 

@@ -49,6 +49,10 @@ const CREEP_RISE: f64 = 0.25;
 /// or a change rolled back within a day), not a change of its own.
 const TRANSIENT: i64 = 86_400;
 
+/// The least move of the rest of the service's shares that went-away takes out of a later
+/// level (another change of at least 0.2% of the service).
+const MIN_MOVE: f64 = 0.002;
+
 /// Consecutive splits `first..=last` that are one change.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Run {
@@ -169,6 +173,12 @@ pub fn creep_start(y: &[f64], at: usize, to: usize, before: f64, after: f64) -> 
 /// FBDetect's went-away check for a run whose levels are `before` and `after`: why it is not a
 /// lasting change, or None. `lasted` is how long the data after the change covers and
 /// `transient` the length of the segment before the run, both seconds; `min_lasting` seconds.
+/// `moved(j)` is the factor the rest of the service's shares moved by from the run's level
+/// after to segment j: a later level is judged divided by it, on the function's own cost.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one run's levels and spans, all needed"
+)]
 pub fn went_away(
     seg: &Segments<'_>,
     r: &Run,
@@ -177,6 +187,7 @@ pub fn went_away(
     lasted: i64,
     transient: i64,
     min_lasting: i64,
+    moved: &dyn Fn(usize) -> f64,
 ) -> Option<String> {
     let delta = after - before;
     if lasted < min_lasting {
@@ -206,12 +217,21 @@ pub fn went_away(
         (last > r.last + 2).then_some((r.last + 2, "then", "remained until the next change"));
     let now = (last > r.last + 1).then_some((last, "now", "remains"));
     for (j, when, kept) in next.into_iter().chain(now) {
+        // A factor within sampling noise of 1 is no move: it would only add its noise.
+        let factor = Some(moved(j))
+            .filter(|f| (f - 1.0).abs() >= MIN_MOVE)
+            .unwrap_or(1.0);
         let level = seg.mean(j);
-        let remains = (level - before) / delta;
+        let remains = (level / factor - before) / delta;
         if remains < 0.5 {
+            let rest = if factor == 1.0 {
+                String::new()
+            } else {
+                format!(", the rest of the service's shares having moved x{factor:.4}")
+            };
             return Some(format!(
                 "went away: {before:.6} -> {after:.6}, {when} back to {level:.6} ({:.0}% of the \
-                 change {kept})",
+                 change {kept}{rest})",
                 remains * 100.0
             ));
         }
@@ -297,7 +317,32 @@ mod tests {
     /// The went-away verdict of run `r` with the levels of its own segments.
     fn verdict(seg: &Segments<'_>, r: &Run, lasted: i64, transient: i64, min: i64) -> String {
         let (before, after) = (seg.mean(r.first), seg.mean(r.last + 1));
-        went_away(seg, r, before, after, lasted, transient, min).unwrap_or_default()
+        went_away(seg, r, before, after, lasted, transient, min, &|_| 1.0).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_step_whose_share_others_diluted_back_did_not_go_away() {
+        // A share steps 10 -> 12 at 300; from 600 another function's growth shrinks every
+        // share x0.85, this one's to 10.2 although its own cost kept the step.
+        let y = noisy(864, 21, |i| match i {
+            ..300 => 10.0,
+            300..600 => 12.0,
+            _ => 10.2,
+        });
+        let (splits, r) = runs_of(&y);
+        let seg = Segments::new(&y, &splits);
+        let (before, after) = (seg.mean(r[0].first), seg.mean(r[0].last + 1));
+        let judge = |moved: &dyn Fn(usize) -> f64| {
+            went_away(&seg, &r[0], before, after, 86_400, 86_400, 10_800, moved)
+        };
+        let why = judge(&|_| 1.0).unwrap_or_default();
+        assert!(why.starts_with("went away"), "{why}");
+        let last = seg.count() - 1;
+        let diluted = |j: usize| if j == last { 0.85 } else { 1.0 };
+        assert_eq!(judge(&diluted), None);
+        // The rest grew instead (x1.15): the fall is the function's own, it went away.
+        let why = judge(&|j| if j == last { 1.15 } else { 1.0 }).unwrap_or_default();
+        assert!(why.contains("having moved x1.1500"), "{why}");
     }
 
     #[test]
