@@ -102,18 +102,26 @@ impl Prefix {
             }
             out
         };
-        let in_range: Vec<Vec<f64>> = series
-            .functions
-            .iter()
-            .map(|f| prefix(shares(series, f, metric, len)))
-            .filter(|p| (SHARES.0..=SHARES.1).contains(&(p[len] / n)))
+        // Chosen before their prefix sums are kept: a service of thousands of functions holds
+        // MAX_FUNCTIONS of them, not all.
+        let mean = |f| {
+            shares(series, f, metric, len)
+                .iter()
+                .filter(|v| v.is_finite())
+                .sum::<f64>()
+                / n
+        };
+        let in_range: Vec<_> = (series.functions.iter())
+            .filter(|f| (SHARES.0..=SHARES.1).contains(&mean(f)))
             .collect();
         if in_range.len() < MIN_FUNCTIONS {
             return Prefix::default();
         }
         let stride = in_range.len().div_ceil(MAX_FUNCTIONS);
         Prefix {
-            sums: in_range.into_iter().step_by(stride).collect(),
+            sums: (in_range.into_iter().step_by(stride))
+                .map(|f| prefix(shares(series, f, metric, len)))
+                .collect(),
             live,
         }
     }

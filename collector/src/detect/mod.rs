@@ -154,7 +154,7 @@ pub enum DetectError {
 /// found by segmenting a series move with the series' start, so passes within one day must
 /// all see the same start to agree.
 pub fn day_start(t: i64) -> i64 {
-    t.div_euclid(86_400) * 86_400
+    t.div_euclid(seasonality::DAY) * seasonality::DAY
 }
 
 /// Runs the funnel over one service's series as of `now` (Unix seconds; buckets starting at or

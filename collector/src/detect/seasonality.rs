@@ -6,7 +6,7 @@
 
 use super::stats::{median_in_place, noise_sd};
 
-const DAY: i64 = 86_400;
+pub(super) const DAY: i64 = 86_400;
 
 /// How much of a series' hourly variance within days its daily profile explains, corrected
 /// for what the profile of pure noise would explain (about 0 without a cycle, up to 1), or

@@ -99,6 +99,7 @@ pub fn analyze(
     };
     let seg = Segments::new(&y, &scan.splits);
     let gap = cfg.buckets(cfg.creep_gap);
+    let day = cfg.buckets(super::seasonality::DAY);
     let block = cfg.buckets(3600);
     let history = cfg.buckets(cfg.history);
     let mut cands = Vec::new();
@@ -144,7 +145,6 @@ pub fn analyze(
         let transient = (idx[thi - 1] + 1 - idx[tlo]) as i64 * grid.step;
         // A seasonal series is judged with its daily profile removed, the index is not: its
         // spans must hold whole days for the cycle to average out.
-        let day = cfg.buckets(86_400);
         let moved = |j: usize| {
             let (lo, hi) = seg.range(j);
             let to = (idx[lo], idx[hi - 1] + 1);

@@ -16,9 +16,9 @@ const SCALE_WINDOW: i64 = 86_400;
 
 /// The series of `service` over `cfg.history` before `now` (from the midnight before, see
 /// [`crate::detect::day_start`]), on `cfg.step` buckets aligned to the step (the last bucket
-/// is the one holding `now`), starting at the first bucket with
-/// samples: a young service costs its own age, not the whole history. Functions are not read
-/// when the history is shorter than `cfg.min_history` (detection only says so).
+/// is the one holding `now`), starting at the first bucket with samples: a young service
+/// costs its own age, not the whole history. Functions are not read when the history is
+/// shorter than `cfg.min_history` (detection only says so).
 pub fn read(
     store: &dyn Store,
     service: &str,
