@@ -16,6 +16,7 @@ pub async fn run(store: Arc<dyn Store>, policy: Retention, every: Duration) {
         match tokio::task::spawn_blocking(move || store.retain(&policy, now)).await {
             Ok(Ok(r)) => tracing::info!(
                 minute_rows_deleted = r.minute_rows_deleted,
+                detect_rows_deleted = r.detect_rows_deleted,
                 expired_rows_deleted = r.expired_rows_deleted,
                 raw = ?policy.raw,
                 total = ?policy.total,

@@ -446,7 +446,7 @@ impl Store for ClickHouseStore {
             ))?;
             Ok(n.trim().parse().unwrap_or(0))
         };
-        let detect_cut = (now - policy.detect.min(policy.total).as_secs() as i64).max(0);
+        let detect_cut = policy.detect_cut(now);
         let detect_cond = format!(
             "res = {RES_DETECT} AND minute < toDateTime({detect_cut}) \
              AND minute >= toDateTime({total_cut})"

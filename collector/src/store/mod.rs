@@ -303,6 +303,15 @@ impl Default for Retention {
     }
 }
 
+impl Retention {
+    /// Detection rows before this go at `now`: the UTC midnight before `detect` ago, where
+    /// detection's series start ([`crate::detect::day_start`]). Cutting at `now - detect`
+    /// would move every series' start hour by hour and with it the change points found.
+    pub fn detect_cut(&self, now: i64) -> i64 {
+        crate::detect::day_start(now - self.detect.min(self.total).as_secs() as i64).max(0)
+    }
+}
+
 /// What [`Store::retain`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RetentionReport {

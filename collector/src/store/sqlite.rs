@@ -653,7 +653,7 @@ impl Store for SqliteStore {
         let run = |sql: &str, a: i64| conn.execute(sql, params![a]).map_err(|e| self.err(e));
         let expired = run(&expire_sql(&[RES_MINUTE, RES_HOUR, RES_DETECT]), total_cut)?;
         let minutes = run(&expire_sql(&[RES_MINUTE]), raw_cut)?;
-        let detect_cut = now - policy.detect.min(policy.total).as_secs() as i64;
+        let detect_cut = policy.detect_cut(now);
         let detect = super::sqlite_detect5::retain(&conn, detect_cut).map_err(|e| self.err(e))?;
         // Old dedup records fold into one floor row per agent instance; floors of instances
         // silent for the whole retention go.
