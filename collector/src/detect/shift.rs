@@ -9,7 +9,9 @@ use super::{Around, ServiceSeries, shares};
 /// Removes candidates whose share moved only because the rest of the service's cost did:
 /// their own cost (excess over the rest's scale) moved under a third of their share's move,
 /// or the other way; or an opposite change elsewhere (in stacks they do not share) that
-/// changed the service's total predicts their new share within a third of their move.
+/// changed the service's total predicts their new share within a third of their move; or,
+/// for an energy view, the service's energy per sample moved and theirs did not
+/// ([`intensity`]).
 pub fn normalization(
     funnel: &mut Funnel,
     cands: Vec<Candidate>,
@@ -23,6 +25,9 @@ pub fn normalization(
             return None;
         }
         if let Some(why) = elsewhere(c, &cands, s, around) {
+            return Some(why);
+        }
+        if let Some(why) = intensity(c, s) {
             return Some(why);
         }
         let scale = w.scale(c.metric, f)?;
@@ -87,6 +92,53 @@ fn elsewhere(
                 )
             })
         })
+}
+
+/// An energy view that moved only because the service's energy per sample did: the function's
+/// own energy per sample held, so its energy share follows its CPU share over the service's
+/// intensity, and that predicts its new level within a third of its move while its CPU share
+/// alone explains under a third of it. (Work moved between stacks that draw different power changes
+/// every other function's energy share; the stacks around a shift of a third of the service
+/// are too changed for the rest's scale to see it.)
+fn intensity(c: &Candidate, s: &ServiceSeries) -> Option<String> {
+    if c.metric != Metric::Energy {
+        return None;
+    }
+    let f = &s.functions[c.func];
+    let sum = |x: &[f64], (lo, hi): (usize, usize)| -> f64 { x[lo..hi.min(x.len())].iter().sum() };
+    let ratio = |part: &[f64], whole: &[f64], span| {
+        let w = sum(whole, span);
+        (w > 0.0).then(|| sum(part, span) / w)
+    };
+    let (b, a) = (c.before_span, c.after_span);
+    let (eb, ea) = (
+        ratio(&f.energy_incl_uj, &s.energy_uj, b)?,
+        ratio(&f.energy_incl_uj, &s.energy_uj, a)?,
+    );
+    let (sb, sa) = (
+        ratio(&f.samples_incl, &s.samples, b)?,
+        ratio(&f.samples_incl, &s.samples, a)?,
+    );
+    let k = ratio(&s.energy_uj, &s.samples, a)? / ratio(&s.energy_uj, &s.samples, b)?;
+    let moved = ea - eb;
+    if sb <= 0.0 || !k.is_finite() || k <= 0.0 || moved * c.sign() <= 0.0 {
+        return None;
+    }
+    let by_cpu = eb * sa / sb;
+    let predicted = by_cpu / k;
+    let explains = (ea - predicted).abs() <= moved.abs() / 3.0
+        && (by_cpu - eb) * c.sign() <= moved.abs() / 3.0;
+    explains.then(|| {
+        format!(
+            "energy share moved {:+.4}% with its CPU share {:+.4}% and its energy per sample \
+             unchanged: the service's energy per sample moved x{k:.4} (a change in what other \
+             stacks draw): expected {:.4}%, measured {:.4}%",
+            moved * 100.0,
+            (sa - sb) * 100.0,
+            predicted * 100.0,
+            ea * 100.0
+        )
+    })
 }
 
 /// Callers up to this many levels above a candidate are tried as its cost domain.

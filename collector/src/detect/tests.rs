@@ -715,3 +715,28 @@ fn of_two_parts_that_explain_each_other_the_cheaper_change_is_the_change() {
         summary(&r)
     );
 }
+
+#[test]
+fn work_moved_to_stacks_of_other_power_does_not_raise_the_rest_in_energy() {
+    // At AT a quarter of the service moves from `a` to `b` (a cost shift inside main), and
+    // `b` draws half the power per sample: the service's energy per sample falls 13%, so
+    // every other function's energy share rises 15%, with its CPU share and its own energy
+    // per sample unchanged. `a` held most of the service, so the rest's scale is a's, and
+    // a's fall predicts no such rise.
+    let s = with_fillers(
+        Synth::new(7)
+            .stack_fn("main;a", |b| if b >= AT { 0.35 } else { 0.60 })
+            .stack_fn("main;b", |b| if b >= AT { 0.30 } else { 0.05 })
+            .energy_fn("main;b", |_| 0.5)
+            .stack("main;x", 0.03)
+            .stack("main;io", 0.16),
+    );
+    let r = run(&s, 13, &[]);
+    let open = with_status(&r, "open");
+    assert!(open.iter().all(|g| g.function != "x"), "{}", summary(&r));
+    assert!(
+        filtered_with(&r, "normalization", "x", "energy per sample unchanged").is_some(),
+        "{}",
+        summary(&r)
+    );
+}
