@@ -67,6 +67,39 @@ fn same_factor(a: &Candidate, b: &Candidate) -> bool {
     x * y > 0.0 && (x - y).abs() <= SAME_FACTOR * x.abs().max(y.abs())
 }
 
+/// A callee carries at least this much of its caller's change to count toward [`several`].
+const PART: f64 = 0.1;
+
+/// Reported callees of `a` in distinct stacks (none calls another) that each carry at least
+/// [`PART`] and together at least `flow` of `a`'s added cost, none grown by `a`'s own factor
+/// (a whole subtree that grew is one change, at its root): two changes under one caller are
+/// reported each at its own function, not once at the caller. Their names and the part carried.
+fn several<'c>(
+    wa: &Window,
+    a: &Candidate,
+    callees: &[(&'c Candidate, f64, f64)],
+    total: f64,
+    flow: f64,
+    name: impl Fn(&Candidate) -> &'c str,
+) -> Option<(String, f64)> {
+    let mut parts: Vec<&(&Candidate, f64, f64)> = (callees.iter())
+        .filter(|(b, f, _)| b.verdict.is_none() && *f >= PART * total && !same_factor(a, b))
+        .collect();
+    parts.sort_by(|x, y| y.1.total_cmp(&x.1));
+    let mut chosen: Vec<&Candidate> = Vec::new();
+    let mut carried = 0.0;
+    for (b, f, _) in parts {
+        if chosen.iter().all(|c| wa.disjoint(name(c), name(b))) {
+            chosen.push(b);
+            carried += f / total;
+        }
+    }
+    (chosen.len() > 1 && carried >= flow).then(|| {
+        let names: Vec<&str> = chosen.iter().map(|c| name(c)).collect();
+        (names.join(" and "), carried)
+    })
+}
+
 /// Removes callers of a candidate that carries at least `flow` of their added cost (or all
 /// but what the caller's noise could hide), then candidates below a kept one that carry less.
 pub fn callers_and_leaves(
@@ -152,16 +185,15 @@ pub fn callers_and_leaves(
                 let t = b.sign() * wa.flow(b.metric, None, name(b), scale);
                 (b, local_step(b), f, Some(t))
             });
-        let best = reported
+        let callees: Vec<(&Candidate, f64, f64)> = reported
             .chain(filtered)
             .filter(|(_, _, f, _)| *f > 0.0)
-            .map(|(b, step, f, t)| {
-                let carried = (f / total).max(by_series(b, step, f, t));
-                (b, carried, total - f <= noise)
-            })
-            .filter(|(_, carried, within_noise)| *carried >= flow || *within_noise)
-            .max_by(|x, y| x.1.total_cmp(&y.1));
-        if let Some((b, carried, _)) = best {
+            .map(|(b, step, f, t)| (b, f, (f / total).max(by_series(b, step, f, t))))
+            .collect();
+        let best = (callees.iter())
+            .filter(|(_, f, carried)| *carried >= flow || total - f <= noise)
+            .max_by(|x, y| x.2.total_cmp(&y.2));
+        if let Some((b, _, carried)) = best {
             let removed = match &b.verdict {
                 Some((stage, _)) => format!(" ({stage} removed it)"),
                 None => String::new(),
@@ -169,6 +201,12 @@ pub fn callers_and_leaves(
             callers[i] = Some(format!(
                 "caller of {}, which carries {:.0}% of its added cost{removed}",
                 name(b),
+                carried.min(1.0) * 100.0
+            ));
+        } else if let Some((names, carried)) = several(wa, a, &callees, total, flow, name) {
+            callers[i] = Some(format!(
+                "caller of {names}, changes of their own which together carry {:.0}% of its \
+                 added cost",
                 carried.min(1.0) * 100.0
             ));
         }

@@ -740,3 +740,27 @@ fn work_moved_to_stacks_of_other_power_does_not_raise_the_rest_in_energy() {
         summary(&r)
     );
 }
+
+#[test]
+fn two_changes_under_one_caller_are_reported_each_at_its_function() {
+    // `p` grows 4% and `q` 16% of their cost at AT; their caller `h` (mostly its own time)
+    // grows 1.7%. Neither callee carries most of h's change, together they carry all of it.
+    let s = with_fillers(
+        Synth::new(7)
+            .stack("main;h", 0.30)
+            .stack_fn("main;h;p", |b| if b >= AT { 0.104 } else { 0.10 })
+            .stack_fn("main;h;q", |b| if b >= AT { 0.0232 } else { 0.02 })
+            .stack("main;io", 0.42),
+    );
+    let r = run(&s, 14, &[]);
+    let mut open: Vec<&str> = (with_status(&r, "open").iter())
+        .map(|g| g.function.as_str())
+        .collect();
+    open.sort();
+    assert_eq!(open, ["p", "q"], "{}", summary(&r));
+    assert!(
+        filtered_with(&r, "dedup", "h", "caller of p and q").is_some(),
+        "{}",
+        summary(&r)
+    );
+}
