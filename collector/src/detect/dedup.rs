@@ -10,8 +10,16 @@ use super::{Around, ServiceSeries, shares};
 /// Change points of one function this many buckets apart are the same change.
 const SAME_CHANGE: usize = 2;
 
-/// Keeps one view per (function, direction, change point).
-pub fn merge_metrics(funnel: &mut Funnel, mut cands: Vec<Candidate>) -> Vec<Candidate> {
+/// Keeps one view per (function, direction, change point). An energy view left without a CPU
+/// view of the same change must stand for a change of the function's work (its CPU share
+/// moved with it, though too little or too briefly for a CPU view of its own) or of its own
+/// energy per sample (by at least [`ENERGY_ALONE`]); otherwise its energy share moved with the
+/// service's power draw or the attribution's noise, not with anything the function does.
+pub fn merge_metrics(
+    funnel: &mut Funnel,
+    mut cands: Vec<Candidate>,
+    s: &ServiceSeries,
+) -> Vec<Candidate> {
     // On a tie (large changes all have p 0) the CPU view wins: samples are measured directly,
     // energy shares also move with every other stack's power draw.
     let energy = |c: &Candidate| c.metric == Metric::Energy;
@@ -21,18 +29,19 @@ pub fn merge_metrics(funnel: &mut Funnel, mut cands: Vec<Candidate>) -> Vec<Cand
             .then(a.func.cmp(&b.func))
             .then(a.start.cmp(&b.start))
     });
-    let mut kept: Vec<Candidate> = Vec::new();
+    let mut kept: Vec<(Candidate, bool)> = Vec::new();
     let n = cands.len() as u64;
     for c in cands {
-        let twin = kept.iter_mut().find(|k| {
+        let twin = kept.iter_mut().find(|(k, _)| {
             k.func == c.func
                 && k.metric != c.metric
                 && k.sign() == c.sign()
                 && k.overlaps(&c, SAME_CHANGE)
         });
         match twin {
-            Some(k) => {
+            Some((k, paired)) => {
                 k.other_delta = c.delta();
+                *paired = true;
                 let why = format!(
                     "same change as the {} view (p {:.1e})",
                     k.metric.name(),
@@ -40,11 +49,64 @@ pub fn merge_metrics(funnel: &mut Funnel, mut cands: Vec<Candidate>) -> Vec<Cand
                 );
                 funnel.remove("dedup", c, why);
             }
-            None => kept.push(c),
+            None => kept.push((c, false)),
         }
     }
-    funnel.count("dedup", n, n - kept.len() as u64);
-    kept
+    let mut out = Vec::with_capacity(kept.len());
+    for (c, paired) in kept {
+        match (energy(&c) && !paired)
+            .then(|| energy_alone(&c, s))
+            .flatten()
+        {
+            Some(why) => funnel.remove("dedup", c, why),
+            None => out.push(c),
+        }
+    }
+    funnel.count("dedup", n, n - out.len() as u64);
+    out
+}
+
+/// Least move of a function's own energy per sample, relative, that an energy view without a
+/// CPU view must show. Energy per function is attributed, not measured (package energy per
+/// interval spread over its samples): below a couple of percent it is the attribution's noise
+/// and other stacks' power draw seen through the share.
+pub const ENERGY_ALONE: f64 = 0.02;
+
+/// Why energy view `c` is no change of its own (None: it is one). Moves are relative to the
+/// level before. The function's share of energy over its share of samples is its energy per
+/// sample over the service's (no daily cycle of its share in it); what that ratio does not
+/// explain of the candidate's move (its levels, a daily profile taken out) is its work's.
+fn energy_alone(c: &Candidate, s: &ServiceSeries) -> Option<String> {
+    let f = &s.functions[c.func];
+    let per_sample = |uj: &[f64], n: &[f64], (lo, hi): (usize, usize)| {
+        let hi = hi.min(n.len());
+        let (uj, n): (f64, f64) = (
+            uj[lo.min(hi)..hi].iter().sum(),
+            n[lo.min(hi)..hi].iter().sum(),
+        );
+        (n > 0.0 && uj > 0.0).then(|| uj / n)
+    };
+    let ratio = |uj: &[f64], n: &[f64]| {
+        Some(per_sample(uj, n, c.after_span)? / per_sample(uj, n, c.before_span)?)
+    };
+    let own = ratio(&f.energy_incl_uj, &f.samples_incl)?;
+    let service = ratio(&s.energy_uj, &s.samples)?;
+    let moved = c.after / c.before.max(f64::MIN_POSITIVE) - 1.0;
+    let work = moved - (own / service - 1.0);
+    let with_work = work * c.sign() >= moved.abs() / 2.0;
+    let own = own - 1.0;
+    (!with_work && own * c.sign() < ENERGY_ALONE).then(|| {
+        format!(
+            "energy view alone: its energy share moved {:+.2}% (of itself), its work {:+.2}% \
+             and its energy per sample {:+.2}% (under the {:.0}% an energy-only change must \
+             show; the service's moved {:+.2}%)",
+            moved * 100.0,
+            work * 100.0,
+            own * 100.0,
+            ENERGY_ALONE * 100.0,
+            (service - 1.0) * 100.0
+        )
+    })
 }
 
 /// The filters whose removed changes take the leaves below them along. Not `min_change`: a

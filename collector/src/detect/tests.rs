@@ -764,3 +764,20 @@ fn two_changes_under_one_caller_are_reported_each_at_its_function() {
         summary(&r)
     );
 }
+
+#[test]
+fn an_energy_view_alone_needs_the_function_to_draw_more_per_sample() {
+    // sha256's µJ per sample rise 1% at AT, its samples stay: its energy share moves clearly,
+    // but an attributed energy per sample moving 1% is no change of its own (30% is: see
+    // `an_energy_only_regression_is_reported_in_the_energy_view`).
+    let s = service(7, |_| 1.0).energy_fn("main;serve;handle;hash;sha256", |b| {
+        if b >= AT { 1.01 } else { 1.0 }
+    });
+    let r = run(&s, 11, &[]);
+    assert!(with_status(&r, "open").is_empty(), "{}", summary(&r));
+    assert!(
+        filtered_with(&r, "dedup", "sha256", "energy view alone").is_some(),
+        "{}",
+        summary(&r)
+    );
+}
