@@ -200,6 +200,11 @@ pub fn cost_shift(
             why
         }));
     }
+    for (i, c) in cands.iter().enumerate() {
+        if why[i].is_none() {
+            why[i] = paired(c, &cands, s, around, tolerance);
+        }
+    }
     // A domain (or a caller of it) whose work did not move (no change in the cpu view) but
     // whose energy did, as a shift inside it moved work to stacks that draw more (or less)
     // power: that shift.
@@ -225,6 +230,52 @@ pub fn cost_shift(
     }
     one_verdict_per_change(funnel, "cost_shift", cands, why)
 }
+
+/// Work moved between functions with no caller in common that shows it (the whole service's
+/// total never moves, so [`shifted`] has no domain to weigh): an opposite change in stacks `c`
+/// does not share, at the same change point, of `c`'s size within `tolerance` of the smaller,
+/// and neither change the other's dilution (a function's share falls when another grows: a
+/// part holding most of the service falls by about the other's growth).
+fn paired(
+    c: &Candidate,
+    all: &[Candidate],
+    s: &ServiceSeries,
+    around: &Around,
+    tolerance: f64,
+) -> Option<String> {
+    let w = around.window(c)?;
+    let f = s.functions[c.func].function.as_str();
+    let same_point = |a: &Candidate| {
+        let slack = SAME_POINT.max(a.loc_err).max(c.loc_err);
+        a.start.abs_diff(c.start) <= slack && a.end.abs_diff(c.end) <= slack
+    };
+    let diluted = |x: &Candidate, by: &Candidate| {
+        let expected = x.before * (1.0 - by.after) / (1.0 - by.before);
+        (x.after - expected).abs() <= x.delta().abs() / 3.0
+    };
+    all.iter()
+        .filter(|a| a.metric == c.metric && a.sign() != c.sign() && a.before > 0.0)
+        .filter(|a| same_point(a))
+        .filter(|a| {
+            (a.delta() + c.delta()).abs() <= tolerance * a.delta().abs().min(c.delta().abs())
+        })
+        .filter(|a| !diluted(a, c) && !diluted(c, a))
+        .find(|a| w.disjoint(f, &s.functions[a.func].function))
+        .map(|a| {
+            format!(
+                "work moved between {} and {f} at one change point, in stacks they do not \
+                 share: {f} moved {:+.4}% of the service while {} moved {:+.4}%",
+                s.functions[a.func].function,
+                c.delta() * 100.0,
+                s.functions[a.func].function,
+                a.delta() * 100.0
+            )
+        })
+}
+
+/// Change points this many buckets apart are one point, for [`paired`] (more for changes
+/// located loosely).
+const SAME_POINT: usize = 2;
 
 /// The domain `c` is a cost shift inside, and why; None when it is not one.
 fn shifted(

@@ -781,3 +781,35 @@ fn an_energy_view_alone_needs_the_function_to_draw_more_per_sample() {
         summary(&r)
     );
 }
+
+#[test]
+fn work_moved_between_two_functions_under_the_root_is_a_shift() {
+    // At AT 2% of the service moves from `a` to `b`, siblings with no caller but main (whose
+    // share is always all of the service): a shift, neither a regression nor an improvement.
+    let s = with_fillers(
+        Synth::new(7)
+            .stack_fn("main;a", |b| if b >= AT { 0.08 } else { 0.10 })
+            .stack_fn("main;b", |b| if b >= AT { 0.07 } else { 0.05 })
+            .stack("main;io", 0.69),
+    );
+    let r = run(&s, 15, &[]);
+    let reported: Vec<&Regression> = (r.regressions.iter())
+        .filter(|g| g.status != "filtered")
+        .collect();
+    assert!(reported.is_empty(), "{}", summary(&r));
+    assert!(
+        filtered_with(&r, "cost_shift", "b", "work moved between a and b").is_some(),
+        "{}",
+        summary(&r)
+    );
+    // `x` grows 2% of the service as `y` falls 1%: sizes that do not match are two changes.
+    let s = with_fillers(
+        Synth::new(7)
+            .stack_fn("main;y", |b| if b >= AT { 0.09 } else { 0.10 })
+            .stack_fn("main;x", |b| if b >= AT { 0.07 } else { 0.05 })
+            .stack("main;io", 0.69),
+    );
+    let r = run(&s, 15, &[]);
+    let open = with_status(&r, "open");
+    assert!(open.iter().any(|g| g.function == "x"), "{}", summary(&r));
+}
