@@ -5,10 +5,11 @@
 
 use super::candidate::{Candidate, Funnel, Metric};
 use super::stacks::Window;
-use super::{Around, ServiceSeries, shares};
+use super::{Around, ServiceSeries, shares, span_ratio};
 
-/// Change points of one function this many buckets apart are the same change.
-const SAME_CHANGE: usize = 2;
+/// Change points of one function (or, for a shift, of two) this many buckets apart are the
+/// same change.
+pub(super) const SAME_CHANGE: usize = 2;
 
 /// Keeps one view per (function, direction, change point). An energy view left without a CPU
 /// view of the same change must stand for a change of the function's work (its CPU share
@@ -78,14 +79,7 @@ pub const ENERGY_ALONE: f64 = 0.02;
 /// explain of the candidate's move (its levels, a daily profile taken out) is its work's.
 fn energy_alone(c: &Candidate, s: &ServiceSeries) -> Option<String> {
     let f = &s.functions[c.func];
-    let per_sample = |uj: &[f64], n: &[f64], (lo, hi): (usize, usize)| {
-        let hi = hi.min(n.len());
-        let (uj, n): (f64, f64) = (
-            uj[lo.min(hi)..hi].iter().sum(),
-            n[lo.min(hi)..hi].iter().sum(),
-        );
-        (n > 0.0 && uj > 0.0).then(|| uj / n)
-    };
+    let per_sample = |uj: &[f64], n: &[f64], span| span_ratio(uj, n, span).filter(|r| *r > 0.0);
     let ratio = |uj: &[f64], n: &[f64]| {
         Some(per_sample(uj, n, c.after_span)? / per_sample(uj, n, c.before_span)?)
     };

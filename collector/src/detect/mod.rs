@@ -349,6 +349,15 @@ fn span_mean(x: &[f64], (lo, hi): (usize, usize)) -> f64 {
     if n == 0 { 0.0 } else { s / n as f64 }
 }
 
+/// Sum of `part` over sum of `whole` across bucket range [lo, hi): a share, or an energy per
+/// sample, over a span with each bucket weighing what it holds. None when `whole` sums to 0.
+fn span_ratio(part: &[f64], whole: &[f64], (lo, hi): (usize, usize)) -> Option<f64> {
+    let hi = hi.min(part.len()).min(whole.len());
+    let lo = lo.min(hi);
+    let w: f64 = whole[lo..hi].iter().sum();
+    (w > 0.0).then(|| part[lo..hi].iter().sum::<f64>() / w)
+}
+
 /// Stacks windows at least this long (seconds) are moved to whole hours.
 const WHOLE_HOURS_FROM: i64 = 6 * 3600;
 

@@ -4,7 +4,8 @@
 //! refactor, not a regression). A domain that is new (nothing before) is never a shift.
 
 use super::candidate::{Candidate, Funnel, LOCAL, Metric};
-use super::{Around, ServiceSeries, shares};
+use super::dedup::SAME_CHANGE;
+use super::{Around, ServiceSeries, shares, span_ratio};
 
 /// Removes candidates whose share moved only because the rest of the service's cost did:
 /// their own cost (excess over the rest's scale) moved under a third of their share's move,
@@ -105,21 +106,16 @@ fn intensity(c: &Candidate, s: &ServiceSeries) -> Option<String> {
         return None;
     }
     let f = &s.functions[c.func];
-    let sum = |x: &[f64], (lo, hi): (usize, usize)| -> f64 { x[lo..hi.min(x.len())].iter().sum() };
-    let ratio = |part: &[f64], whole: &[f64], span| {
-        let w = sum(whole, span);
-        (w > 0.0).then(|| sum(part, span) / w)
-    };
     let (b, a) = (c.before_span, c.after_span);
     let (eb, ea) = (
-        ratio(&f.energy_incl_uj, &s.energy_uj, b)?,
-        ratio(&f.energy_incl_uj, &s.energy_uj, a)?,
+        span_ratio(&f.energy_incl_uj, &s.energy_uj, b)?,
+        span_ratio(&f.energy_incl_uj, &s.energy_uj, a)?,
     );
     let (sb, sa) = (
-        ratio(&f.samples_incl, &s.samples, b)?,
-        ratio(&f.samples_incl, &s.samples, a)?,
+        span_ratio(&f.samples_incl, &s.samples, b)?,
+        span_ratio(&f.samples_incl, &s.samples, a)?,
     );
-    let k = ratio(&s.energy_uj, &s.samples, a)? / ratio(&s.energy_uj, &s.samples, b)?;
+    let k = span_ratio(&s.energy_uj, &s.samples, a)? / span_ratio(&s.energy_uj, &s.samples, b)?;
     let moved = ea - eb;
     if sb <= 0.0 || !k.is_finite() || k <= 0.0 || moved * c.sign() <= 0.0 {
         return None;
@@ -246,7 +242,7 @@ fn paired(
     let w = around.window(c)?;
     let f = s.functions[c.func].function.as_str();
     let same_point = |a: &Candidate| {
-        let slack = SAME_POINT.max(a.loc_err).max(c.loc_err);
+        let slack = SAME_CHANGE.max(a.loc_err).max(c.loc_err);
         a.start.abs_diff(c.start) <= slack && a.end.abs_diff(c.end) <= slack
     };
     let diluted = |x: &Candidate, by: &Candidate| {
@@ -272,10 +268,6 @@ fn paired(
             )
         })
 }
-
-/// Change points this many buckets apart are one point, for [`paired`] (more for changes
-/// located loosely).
-const SAME_POINT: usize = 2;
 
 /// The domain `c` is a cost shift inside, and why; None when it is not one.
 fn shifted(
