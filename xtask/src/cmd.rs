@@ -16,6 +16,18 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// `cargo` (the one running xtask) in the workspace root. Its builds are for running, not for
+/// edit loops, so unless the caller asked otherwise they keep no incremental state: on a clean
+/// clone that state is gigabytes more on disk, and CI once ran out of space building the VM lab.
+pub fn cargo() -> Command {
+    let mut c = Command::new(env!("CARGO"));
+    c.current_dir(root());
+    if std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        c.env("CARGO_INCREMENTAL", "0");
+    }
+    c
+}
+
 /// Printable form of a command line.
 pub fn display(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();

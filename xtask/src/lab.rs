@@ -157,7 +157,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     eprintln!("lab: checking prerequisites");
     setup::ensure(false, false)?;
     eprintln!("lab: building release binaries (the first build takes a few minutes)");
-    cmd::run(Command::new(env!("CARGO")).current_dir(cmd::root()).args([
+    cmd::run(cmd::cargo().args([
         "build",
         "--release",
         "-p",

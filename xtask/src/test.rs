@@ -145,19 +145,14 @@ fn fuzz(seconds: u64) -> anyhow::Result<String> {
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    cmd::run(
-        Command::new(env!("CARGO"))
-            .current_dir(cmd::root())
-            .args(args),
-    )
+    cmd::run(cmd::cargo().args(args))
 }
 
 /// Runs `cargo test --workspace`, echoing its output and summing libtest's counts. After
 /// `timeout` the whole process group (cargo and the test binaries) is killed.
 fn cargo_test(timeout: Duration) -> anyhow::Result<(u64, u64)> {
-    let mut c = Command::new(env!("CARGO"));
-    c.current_dir(cmd::root())
-        .args(["test", "--workspace", "--no-fail-fast"])
+    let mut c = cmd::cargo();
+    c.args(["test", "--workspace", "--no-fail-fast"])
         .stdout(Stdio::piped())
         .process_group(0);
     eprintln!("$ {}", cmd::display(&c));

@@ -310,8 +310,7 @@ impl PrivateApt {
 fn build_test_binaries() -> anyhow::Result<Vec<PathBuf>> {
     eprintln!("vm-test: building the in-VM tests (agent/tests/kernel.rs)");
     let out = cmd::output(
-        Command::new(env!("CARGO"))
-            .current_dir(cmd::root())
+        cmd::cargo()
             .args([
                 "test",
                 "-p",
