@@ -337,17 +337,28 @@ impl Detector {
         self.regressions_at(r, crate::report::now())
     }
 
-    /// [`Detector::regressions`] as of `now`. A window ending before the cached pass's
-    /// analysis window is detected as of its end, uncached.
+    /// [`Detector::regressions`] as of `now`. A request with its own `as_of_unix_seconds`, or
+    /// with a window ending before the cached pass's analysis window, is detected as of that
+    /// time (the window's end), uncached.
     pub fn regressions_at(
         &self,
         r: &ListRegressionsRequest,
         now: i64,
     ) -> Result<ListRegressionsResponse, DetectionError> {
+        let as_of = match r.as_of_unix_seconds {
+            0 => None,
+            t if t < 0 || t > now + 60 => {
+                return Err(DetectionError::Bad(format!(
+                    "as_of_unix_seconds: {t} is not a time up to now ({now})"
+                )));
+            }
+            t => Some(t),
+        };
+        let end = as_of.unwrap_or(now);
         let window = match &r.window {
             None => Window {
-                from: now - self.cfg.analysis_window,
-                to: now + 1,
+                from: end - self.cfg.analysis_window,
+                to: end + 1,
             },
             Some(w) if w.to_unix_seconds < w.from_unix_seconds => {
                 return Err(DetectionError::Bad(format!(
@@ -360,24 +371,29 @@ impl Detector {
                 to: w.to_unix_seconds,
             },
         };
+        let past = (window.to < now - self.cfg.analysis_window).then_some(window.to);
+        if let Some(at) = as_of.or(past) {
+            // One full pass at a time, periodic or asked for: each one takes every core.
+            let _one = self.passing.lock().unwrap_or_else(|p| p.into_inner());
+            let mut services = self.store.known_services()?;
+            services.retain(|s| r.service.is_empty() || *s == r.service);
+            if !r.service.is_empty() && services.is_empty() {
+                return Err(DetectionError::UnknownService(r.service.clone()));
+            }
+            self.changes.note_deploys(self.history(at))?;
+            return Ok(answer(&self.reports(&services, at)?, window, r.all));
+        }
         match r.service.as_str() {
             "" => self.refresh(now)?,
             one => self.refresh_service(one, now)?,
         };
-        let only = |s: &String| r.service.is_empty() || *s == r.service;
         let cache = self.cache();
         if !r.service.is_empty() && !cache.reports.contains_key(&r.service) {
             return Err(DetectionError::UnknownService(r.service.clone()));
         }
-        let past = window.to < now - self.cfg.analysis_window;
-        let reports = if past {
-            let services: Vec<String> = cache.reports.keys().filter(|s| only(s)).cloned().collect();
-            drop(cache);
-            self.reports(&services, window.to.min(now))?
-        } else {
-            let picked = cache.reports.iter().filter(|(s, _)| only(s));
-            picked.map(|(s, f)| (s.clone(), f.report.clone())).collect()
-        };
+        let picked =
+            (cache.reports.iter()).filter(|(s, _)| r.service.is_empty() || **s == r.service);
+        let reports = picked.map(|(s, f)| (s.clone(), f.report.clone())).collect();
         Ok(answer(&reports, window, r.all))
     }
 

@@ -442,6 +442,27 @@ async fn an_injected_step_is_found_at_its_function_with_its_change() {
         before.regressions.iter().all(|g| g.status != "open"),
         "{before:#?}"
     );
+    // As of an hour before the step, on the same stored data, nothing had regressed; as of the
+    // end, the same regression as the live pass; a future as-of is refused, naming the flag.
+    let as_of = |t: String| {
+        let args = ["--token", "s3cret", "--json", "regressions", "--as-of", &t];
+        let (ok, out, err) = wattson(&col.addr, &args);
+        assert!(ok, "{err}");
+        let j: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        let open = j.into_iter().filter(|g| g["status"] == "open");
+        open.map(|g| (g["function"].clone(), g["id"].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(as_of((step_at - 3600).to_string()), []);
+    assert_eq!(
+        as_of(end.to_string()),
+        [(g.function.clone().into(), g.id.clone().into())]
+    );
+    let (ok, _, err) = wattson(
+        &col.addr,
+        &["--token", "s3cret", "regressions", "--as-of", "2999-01-01T00:00:00Z"],
+    );
+    assert!(!ok && err.contains("--as-of") && err.contains("not a time up to now"), "{err}");
     col.stop().await;
 }
 

@@ -52,6 +52,7 @@ impl Skill for RegressionSolver {
             window: Some(wire_window(ctx.window)),
             service: r.service.clone(),
             all: false,
+            as_of_unix_seconds: r.as_of_unix_seconds,
         })?;
         let open: Vec<&Regression> = listed
             .regressions

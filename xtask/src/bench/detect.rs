@@ -116,8 +116,10 @@ struct Detected {
     /// Build id of every change the collector lists, by change id: the collector names the
     /// deploys it records by itself, so a deploy is matched by its build.
     builds: BTreeMap<String, String>,
-    /// Seconds the first `ListRegressions` took (the detection pass).
+    /// Seconds the first `ListRegressions` took (the collector's first pass, cold page cache).
     seconds: f64,
+    /// Seconds the scored pass (as of the fleet's end) took after it, on a warm cache.
+    again: f64,
     /// Per open regression that is an injected one with a change, the change the regression
     /// solver's report names (None: it names none).
     solved: BTreeMap<String, Option<String>>,
@@ -163,20 +165,31 @@ fn detect(a: &fleet_sim::Args, reuse: Option<&std::path::Path>) -> anyhow::Resul
         from_unix_seconds: truth.start_unix_seconds,
         to_unix_seconds: truth.end_unix_seconds,
     };
+    // Scored as of the simulated fleet's end, not the wall clock: a reused store then answers
+    // the same on any later day, instead of losing its first hours to the history window.
+    let as_of = truth.end_unix_seconds;
     let began = Instant::now();
-    let (answer, seconds, changes) = rt.block_on(async {
+    let (answer, (seconds, again), changes) = rt.block_on(async {
         let mut client = DetectionServiceClient::connect(url.clone())
             .await?
             .max_decoding_message_size(256 << 20);
-        let r = client
-            .list_regressions(ListRegressionsRequest {
-                window: Some(window),
-                service: String::new(),
-                all: true,
-            })
-            .await
-            .with_context(|| format!("ListRegressions at {url}"))?;
-        let seconds = began.elapsed().as_secs_f64();
+        let mut list = async |as_of_unix_seconds, all| {
+            let r = client
+                .list_regressions(ListRegressionsRequest {
+                    window: Some(window),
+                    service: String::new(),
+                    all,
+                    as_of_unix_seconds,
+                })
+                .await
+                .with_context(|| format!("ListRegressions at {url}"))?;
+            anyhow::Ok((r.into_inner(), began.elapsed().as_secs_f64()))
+        };
+        // The collector's own first pass (what a fresh collector costs), then the same
+        // services again as of the fleet's end, on a warm page cache.
+        let (_, first) = list(0, false).await?;
+        let (answer, both) = list(as_of, true).await?;
+        let seconds = (first, both - first);
         let changes = client
             .list_changes(ListChangesRequest {
                 window: Some(window),
@@ -184,7 +197,7 @@ fn detect(a: &fleet_sim::Args, reuse: Option<&std::path::Path>) -> anyhow::Resul
             })
             .await
             .with_context(|| format!("ListChanges at {url}"))?;
-        anyhow::Ok((r.into_inner(), seconds, changes.into_inner().changes))
+        anyhow::Ok((answer, seconds, changes.into_inner().changes))
     })?;
     // The solver on every report of an injected regression with a change.
     let solved = rt.block_on(async {
@@ -192,7 +205,8 @@ fn detect(a: &fleet_sim::Args, reuse: Option<&std::path::Path>) -> anyhow::Resul
         let mut solved = BTreeMap::new();
         for r in answer.regressions.iter().filter(|r| r.status == "open") {
             if injected(&truth, r).is_some_and(|(_, e)| e.change_id.is_some()) {
-                let c = fleet_sim::solve::culprit(&mut skills, window, &r.service, &r.id).await?;
+                let c = fleet_sim::solve::culprit(&mut skills, window, as_of, &r.service, &r.id)
+                    .await?;
                 solved.insert(r.id.clone(), c);
             }
         }
@@ -203,6 +217,7 @@ fn detect(a: &fleet_sim::Args, reuse: Option<&std::path::Path>) -> anyhow::Resul
         answer,
         builds: changes.into_iter().map(|c| (c.id, c.build_id)).collect(),
         seconds,
+        again,
         solved,
     })
 }
@@ -427,13 +442,19 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     a.collector_args = vec!["--request-timeout".into(), "30m".into()];
     let reuse = o.reuse.as_ref().map(|r| r.join("speed"));
     let Detected {
-        answer, seconds, ..
+        answer,
+        seconds,
+        again,
+        ..
     } = detect(&a, reuse.as_deref())?;
     rows.push(row(
         format!(
             "full detection pass, {SPEED_SERVICES} x {SPEED_FUNCTIONS} functions (cpu + energy), 14 d at 5 min, SQLite"
         ),
-        format!("{seconds:.2} s ({} series examined)", answer.series),
+        format!(
+            "{seconds:.2} s first (cold page cache), {again:.2} s again ({} series examined)",
+            answer.series
+        ),
         "< 10 s",
         Some(seconds < GOAL_PASS_SECONDS),
     ));

@@ -20,10 +20,11 @@ pub async fn connect(url: &str) -> anyhow::Result<SkillsServiceClient<Channel>> 
 }
 
 /// The change the solver's report on regression `id` of `service` names as the culprit (None
-/// when it names none).
+/// when it names none). `as_of` is the detection time the id is from (0: now).
 pub async fn culprit(
     client: &mut SkillsServiceClient<Channel>,
     window: TimeWindow,
+    as_of: i64,
     service: &str,
     id: &str,
 ) -> anyhow::Result<Option<String>> {
@@ -34,6 +35,7 @@ pub async fn culprit(
             service: service.into(),
             regression_id: id.into(),
             source_root: String::new(),
+            as_of_unix_seconds: as_of,
         })
         .await
         .with_context(|| format!("RunSkill {SOLVER} for regression {id} of {service}"))?

@@ -81,6 +81,7 @@ fn an_injected_step_gets_a_solver_report_naming_its_change() {
                 window: Some(window),
                 service: e.service.clone(),
                 all: false,
+                as_of_unix_seconds: 0,
             })
             .await
             .unwrap()
@@ -113,7 +114,7 @@ fn an_injected_step_gets_a_solver_report_naming_its_change() {
                 )
             });
         let mut skills = solve::connect(&addr).await.unwrap();
-        let culprit = solve::culprit(&mut skills, window, &found.service, &found.id)
+        let culprit = solve::culprit(&mut skills, window, 0, &found.service, &found.id)
             .await
             .unwrap();
         (found, culprit)

@@ -40,6 +40,13 @@ pub fn time_window(
     })
 }
 
+/// `--as-of` as the wire has it: Unix seconds, 0 when not given (now).
+pub fn as_of(t: Option<&str>) -> anyhow::Result<i64> {
+    t.map_or(Ok(0), |t| {
+        report::parse_time(t, report::now()).context("--as-of")
+    })
+}
+
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightArg {
     /// Widths by samples (CPU time).

@@ -6,7 +6,7 @@ use clap::{Subcommand, ValueEnum};
 use wattson_collector::report;
 use wattson_proto::v1::{Change, ListChangesRequest, ListRegressionsRequest, RecordChangeRequest};
 
-use crate::args::time_window;
+use crate::args::{as_of, time_window};
 use crate::connect::{Detection, status};
 use crate::output::Output;
 
@@ -25,6 +25,10 @@ pub struct RegressionsArgs {
     /// figures), and the funnel: how many candidates each stage removed.
     #[arg(long)]
     all: bool,
+    /// Detect as of this past time, on everything stored now (late data included): what a
+    /// pass then would have said. A full pass, not the collector's cached one.
+    #[arg(long, allow_hyphen_values = true)]
+    as_of: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -105,9 +109,15 @@ struct ListArgs {
     service: Option<String>,
 }
 
+/// A refusal, with the fields it names said as this command's flags.
+fn refused(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", flag_names(e.message()), e.code())
+}
+
 /// The collector names a refused field as the proto does (`change.title`); say the flag.
 fn flag_names(message: &str) -> String {
-    const FLAGS: [(&str, &str); 9] = [
+    const FLAGS: [(&str, &str); 10] = [
+        ("as_of_unix_seconds", "--as-of"),
         ("change.at_unix_seconds", "--at"),
         ("change.build_id", "--build-id"),
         ("change.service", "--service"),
@@ -135,9 +145,10 @@ pub async fn regressions(
             window: Some(time_window(&a.from, &a.to, "--from", "--to")?),
             service: a.service.unwrap_or_default(),
             all: a.all,
+            as_of_unix_seconds: as_of(a.as_of.as_deref())?,
         })
         .await
-        .map_err(status)?
+        .map_err(refused)?
         .into_inner();
     if out.json() && r.regressions.is_empty() && !r.note.is_empty() {
         eprintln!("no regressions: {}", r.note);
@@ -183,7 +194,7 @@ async fn record(client: &mut Detection, a: RecordArgs) -> anyhow::Result<()> {
             change: Some(change),
         })
         .await
-        .map_err(|e| anyhow::anyhow!("{} ({:?})", flag_names(e.message()), e.code()))?
+        .map_err(refused)?
         .into_inner();
     println!("{}", r.id);
     if r.merged {

@@ -133,6 +133,7 @@ impl Wattson {
             service: given(&p.service),
             regression_id,
             source_root: source_root(&p.source_root)?,
+            as_of_unix_seconds: 0,
         };
         self.reply(name, self.conn.skills().run_skill(r)).await
     }
@@ -298,6 +299,7 @@ impl Wattson {
             window: Some(p.window.wire("-24h")?),
             service: given(&p.service),
             all: p.all,
+            as_of_unix_seconds: 0,
         };
         let what = "detection (regressions)";
         self.reply(what, self.conn.detection().list_regressions(r))

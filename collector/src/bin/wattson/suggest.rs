@@ -12,7 +12,7 @@ use wattson_collector::report;
 use wattson_collector::skills::REGRESSION_SOLVER;
 use wattson_proto::v1::{Finding, ListSkillsRequest, RunSkillRequest};
 
-use crate::args::WindowArgs;
+use crate::args::{WindowArgs, as_of};
 use crate::connect::{Skills, status};
 use crate::output::Output;
 
@@ -39,6 +39,9 @@ pub struct SuggestArgs {
     /// `--regression all` explains every open one.
     #[arg(long, conflicts_with = "skill")]
     regression: Option<String>,
+    /// With `--regression`: the regressions as `wattson regressions --as-of` detected them.
+    #[arg(long, requires = "regression", allow_hyphen_values = true)]
+    as_of: Option<String>,
     /// Run only this skill (`wattson skills list` names them); default: every pattern skill,
     /// ranked by fleet watts saved.
     #[arg(long)]
@@ -87,6 +90,7 @@ fn request(a: &SuggestArgs) -> anyhow::Result<RunSkillRequest> {
         service: a.service.clone().unwrap_or_default(),
         regression_id,
         source_root,
+        as_of_unix_seconds: as_of(a.as_of.as_deref())?,
     })
 }
 
