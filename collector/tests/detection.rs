@@ -460,9 +460,18 @@ async fn an_injected_step_is_found_at_its_function_with_its_change() {
     );
     let (ok, _, err) = wattson(
         &col.addr,
-        &["--token", "s3cret", "regressions", "--as-of", "2999-01-01T00:00:00Z"],
+        &[
+            "--token",
+            "s3cret",
+            "regressions",
+            "--as-of",
+            "2999-01-01T00:00:00Z",
+        ],
     );
-    assert!(!ok && err.contains("--as-of") && err.contains("not a time up to now"), "{err}");
+    assert!(
+        !ok && err.contains("--as-of") && err.contains("not a time up to now"),
+        "{err}"
+    );
     col.stop().await;
 }
 

@@ -191,10 +191,12 @@ pub fn cost_shift(
     let mut domains: Vec<(String, usize)> = Vec::new();
     let mut why: Vec<Option<String>> = Vec::with_capacity(cands.len());
     for (i, c) in cands.iter().enumerate() {
-        why.push(shifted(c, s, around, tolerance).map(|(domain, why)| {
-            domains.push((domain, i));
-            why
-        }));
+        why.push(
+            shifted(c, &cands, s, around, tolerance).map(|(domain, why)| {
+                domains.push((domain, i));
+                why
+            }),
+        );
     }
     for (i, c) in cands.iter().enumerate() {
         if why[i].is_none() {
@@ -241,17 +243,13 @@ fn paired(
 ) -> Option<String> {
     let w = around.window(c)?;
     let f = s.functions[c.func].function.as_str();
-    let same_point = |a: &Candidate| {
-        let slack = SAME_CHANGE.max(a.loc_err).max(c.loc_err);
-        a.start.abs_diff(c.start) <= slack && a.end.abs_diff(c.end) <= slack
-    };
     let diluted = |x: &Candidate, by: &Candidate| {
         let expected = x.before * (1.0 - by.after) / (1.0 - by.before);
         (x.after - expected).abs() <= x.delta().abs() / 3.0
     };
     all.iter()
         .filter(|a| a.metric == c.metric && a.sign() != c.sign() && a.before > 0.0)
-        .filter(|a| same_point(a))
+        .filter(|a| same_point(a, c))
         .filter(|a| {
             (a.delta() + c.delta()).abs() <= tolerance * a.delta().abs().min(c.delta().abs())
         })
@@ -269,9 +267,38 @@ fn paired(
         })
 }
 
+/// Whether two candidates changed at one change point (up to their location errors).
+fn same_point(a: &Candidate, c: &Candidate) -> bool {
+    let slack = SAME_CHANGE.max(a.loc_err).max(c.loc_err);
+    a.start.abs_diff(c.start) <= slack && a.end.abs_diff(c.end) <= slack
+}
+
+/// What `domain` lost (its excess over `scale`) through the largest opposite change inside it,
+/// in stacks `c` does not share, that happened at another change point than `c`'s: a change of
+/// its own (an improvement a day later), not where `c`'s work came from. 0 when none.
+fn apart(
+    c: &Candidate,
+    all: &[Candidate],
+    s: &ServiceSeries,
+    w: &super::stacks::Window,
+    domain: &str,
+    scale: f64,
+) -> f64 {
+    let f = s.functions[c.func].function.as_str();
+    (all.iter())
+        .filter(|a| a.metric == c.metric && a.sign() != c.sign() && !same_point(a, c))
+        .map(|a| s.functions[a.func].function.as_str())
+        .filter(|g| *g != domain && w.calls(domain, g) && w.disjoint(f, g))
+        .map(|g| w.flow(c.metric, Some(domain), g, scale))
+        .filter(|lost| lost * c.sign() < 0.0)
+        .max_by(|x, y| x.abs().total_cmp(&y.abs()))
+        .unwrap_or(0.0)
+}
+
 /// The domain `c` is a cost shift inside, and why; None when it is not one.
 fn shifted(
     c: &Candidate,
+    all: &[Candidate],
     s: &ServiceSeries,
     around: &Around,
     tolerance: f64,
@@ -301,6 +328,7 @@ fn shifted(
             // "Unchanged" must be measurable: a growth the size of `inside` would stand out.
             if 3.0 * w.flow_noise(c.metric, &domain) < inside.abs()
                 && total.abs() < tolerance * inside.abs()
+                && (total - apart(c, all, s, w, &domain, dscale)).abs() < tolerance * inside.abs()
             {
                 let why = format!(
                     "cost shift inside {domain}: {f} moved {:+.4}% of the service while \
@@ -310,7 +338,10 @@ fn shifted(
                 );
                 return Some((domain, why));
             }
-            if let Some(why) = own_step.and_then(|own| flat_at(c, own, s, &domain, tolerance)) {
+            let dshare = w.before(c.metric, &domain);
+            if let Some(why) =
+                own_step.and_then(|own| flat_at(c, own, s, (&domain, dshare), tolerance))
+            {
                 return Some((domain, why));
             }
         }
@@ -321,19 +352,23 @@ fn shifted(
 /// The series' view of a step's domain, for when the stacks compared across times of day
 /// carry the domain's daily swing into its total: the domain's own cost just before and just
 /// after the change point (a line fitted on each side, so a cycle's slope is no step) moved
-/// under `tolerance` of `c`'s (`own`, measured the same way), and measurably so.
+/// under `tolerance` of `c`'s (`own`, measured the same way), and measurably so: `c`'s step
+/// stands out, and the domain's is told from the one `c`'s growth alone would give it (its
+/// share, `dshare` of the service, grows by `own` x (1 - dshare) / (1 - `c`'s share)).
 fn flat_at(
     c: &Candidate,
     own: f64,
     s: &ServiceSeries,
-    domain: &str,
+    (domain, dshare): (&str, f64),
     tolerance: f64,
 ) -> Option<String> {
     let f = &s.functions[c.func];
     let d = s.functions.iter().find(|g| g.function == domain)?;
     let (moved, var) = c.local_cost_step(&shares(s, d, c.metric, s.samples.len()))?;
     let se = var.sqrt();
-    (own * c.sign() > 3.0 * se && moved.abs() < tolerance * own.abs()).then(|| {
+    let grown = own * (1.0 - dshare) / (1.0 - c.before).max(1e-9);
+    let told = (grown - moved) * c.sign() >= 2.0 * se;
+    (own * c.sign() > 3.0 * se && moved.abs() < tolerance * own.abs() && told).then(|| {
         format!(
             "cost shift inside {domain}: at the change {} stepped {:+.4}% of the service while \
              {domain} stepped {:+.4}% (standard error {:.4}%; lines fitted {} either side)",

@@ -813,3 +813,27 @@ fn work_moved_between_two_functions_under_the_root_is_a_shift() {
     let open = with_status(&r, "open");
     assert!(open.iter().any(|g| g.function == "x"), "{}", summary(&r));
 }
+
+#[test]
+fn a_creep_whose_caller_lost_other_work_at_another_time_is_no_shift() {
+    // Under `h`, `p` creeps from 10% to 12% of the service over days 4 to 6 while `q` falls
+    // from 10% to 8% in one step on day 5: h's total ends where it began, but the work `p`
+    // gained did not come from `q`, which fell at another time. Two changes, not a shift.
+    let ramp = |b: usize| ((b as f64 - 4.0 * DAY as f64) / (2.0 * DAY as f64)).clamp(0.0, 1.0);
+    let s = with_fillers(
+        Synth::new(7)
+            .stack("main;h", 0.20)
+            .stack_fn("main;h;p", move |b| 0.10 + 0.02 * ramp(b))
+            .stack_fn("main;h;q", |b| if b >= AT { 0.08 } else { 0.10 })
+            .stack("main;io", 0.44),
+    );
+    let r = run(&s, 16, &[]);
+    let open = with_status(&r, "open");
+    assert!(
+        open.iter().any(|g| g.function == "p" && g.kind == "creep"),
+        "{}",
+        summary(&r)
+    );
+    let better = with_status(&r, "improvement");
+    assert!(better.iter().any(|g| g.function == "q"), "{}", summary(&r));
+}
