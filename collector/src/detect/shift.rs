@@ -50,8 +50,8 @@ pub fn normalization(
 
 /// An opposite change `a` in stacks `c` does not share that explains `c`: when everything but
 /// `a` keeps its cost, `c`'s share becomes before x (1 - a after) / (1 - a before). `a` must
-/// have changed the service's total (the stacks outside `a` moved that way, at least a quarter
-/// as far; a cost shift moves none), and when `c` explains `a` as well (two parts that make up
+/// have changed the service's total (the stacks through neither moved that way against the
+/// service without `c`, at least a quarter as far; a cost shift moves none), and when `c` explains `a` as well (two parts that make up
 /// most of the service) the change is the one that needs the smaller cost.
 fn elsewhere(
     c: &Candidate,
@@ -76,13 +76,22 @@ fn elsewhere(
                 return None;
             }
             let expected = (1.0 - a.after) / (1.0 - a.before);
-            let moved = w.scale(c.metric, &s.functions[a.func].function)?;
+            let g = s.functions[a.func].function.as_str();
+            // Measured on the stacks through neither, against the service without `c`'s: a
+            // daily cycle of `c`'s own in a part-day window moves the rest against `a`. When
+            // the two leave under 5% of the service, on the stacks outside `a`.
+            let cb = w.before(c.metric, f);
+            let ca = cb + w.raw_delta(c.metric, f);
+            let moved = match w.scale_outside(c.metric, &[g, f]) {
+                Some(r) => r * (1.0 - cb) / (1.0 - ca),
+                None => w.scale(c.metric, g)?,
+            };
             let total_changed = (moved - 1.0) * (expected - 1.0) > 0.0
                 && (moved - 1.0).abs() >= (expected - 1.0).abs() / 4.0;
             total_changed.then(|| {
                 format!(
-                    "moved only as {} went {:.4}% -> {:.4}% of the service (the stacks outside it \
-                     moved x{moved:.4}): expected {:.4}% -> {:.4}%, measured \
+                    "moved only as {} went {:.4}% -> {:.4}% of the service (the rest of the \
+                     service moved x{moved:.4}): expected {:.4}% -> {:.4}%, measured \
                      {:.4}%",
                     s.functions[a.func].function,
                     a.before * 100.0,

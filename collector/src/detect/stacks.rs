@@ -196,9 +196,17 @@ impl Window {
     /// by the before share. None when those stacks hold under 5% of the service (nothing to
     /// compare with).
     pub fn scale(&self, metric: Metric, func: &str) -> Option<f64> {
+        self.scale_outside(metric, &[func])
+    }
+
+    /// [`Window::scale`] over the stacks through none of `funcs`.
+    pub fn scale_outside(&self, metric: Metric, funcs: &[&str]) -> Option<f64> {
         let k = m(metric);
-        let id = self.id(func);
-        let outside = |i: u32| id.is_none_or(|id| self.rows[i as usize].pos(id).is_none());
+        let ids: Vec<u32> = funcs.iter().filter_map(|f| self.id(f)).collect();
+        let outside = |i: u32| {
+            ids.iter()
+                .all(|id| self.rows[i as usize].pos(*id).is_none())
+        };
         let ratios = || self.by_ratio[k].iter().filter(|(_, i)| outside(*i));
         let total: f64 = ratios()
             .map(|(_, i)| self.rows[*i as usize].before[k])

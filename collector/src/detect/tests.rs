@@ -837,3 +837,28 @@ fn a_creep_whose_caller_lost_other_work_at_another_time_is_no_shift() {
     let better = with_status(&r, "improvement");
     assert!(better.iter().any(|g| g.function == "q"), "{}", summary(&r));
 }
+
+#[test]
+fn an_improvement_elsewhere_explains_a_daily_functions_rise_in_a_part_day_window() {
+    // `a` improves by 0.5% of the service at noon of the last day, so the stacks around it
+    // span half a day each side. `x` (8%) follows the day: over those half days its share
+    // grows by a half, shrinking every other stack's share, while its rise at the change
+    // point is only the dilution `a`'s fall gives it.
+    let cycle =
+        |b: usize| 1.0 - 0.4 * ((b % DAY) as f64 / DAY as f64 * std::f64::consts::TAU).sin();
+    let at = 6 * DAY + DAY / 2 - 24;
+    let s = with_fillers(
+        Synth::new(7)
+            .stack_fn("main;a", move |b| if b >= at { 0.055 } else { 0.06 })
+            .stack_fn("main;serve;x", move |b| 0.08 * cycle(b))
+            .stack("main;serve;io", 0.30)
+            .stack("main;gc", 0.40),
+    );
+    let r = run(&s, 13, &[]);
+    assert!(with_status(&r, "open").is_empty(), "{}", summary(&r));
+    assert!(
+        filtered_with(&r, "normalization", "x", "moved only as a").is_some(),
+        "{}",
+        summary(&r)
+    );
+}
