@@ -8,8 +8,9 @@ use super::dedup::SAME_CHANGE;
 use super::{Around, ServiceSeries, shares, span_ratio};
 
 /// Removes candidates whose share moved only because the rest of the service's cost did:
-/// their own cost (excess over the rest's scale) moved under a third of their share's move,
-/// or the other way; or an opposite change elsewhere (in stacks they do not share) that
+/// their own cost (excess over the rest's scale) moved the other way, or under a third of
+/// both their share's move between the windows and their series' change (a part-day window
+/// carries other functions' daily cycles); or an opposite change elsewhere (in stacks they do not share) that
 /// changed the service's total predicts their new share within a third of their move; or,
 /// for an energy view, the service's energy per sample moved and theirs did not
 /// ([`intensity`]).
@@ -34,7 +35,8 @@ pub fn normalization(
         let scale = w.scale(c.metric, f)?;
         let own = w.flow(c.metric, None, f, scale);
         let raw = w.raw_delta(c.metric, f);
-        let agrees = own * c.sign() > 0.0 && own.abs() >= raw.abs() / 3.0;
+        let agrees = own * c.sign() > 0.0
+            && (own.abs() >= raw.abs() / 3.0 || own.abs() >= c.delta().abs() / 3.0);
         (!agrees).then(|| {
             format!(
                 "share moved {:+.4}% but its own cost {:+.4}% of the service: the rest of the \

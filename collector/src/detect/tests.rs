@@ -862,3 +862,27 @@ fn an_improvement_elsewhere_explains_a_daily_functions_rise_in_a_part_day_window
         summary(&r)
     );
 }
+
+#[test]
+fn a_step_beside_other_work_that_follows_the_day_is_its_own_in_a_part_day_window() {
+    // `x` grows by 0.1% of the service at 11:00 on the last day, so the stacks around it span
+    // about half a day each side; over those half days `y` (15%, following the day) grows by
+    // a half and every other share shrinks. `x`'s own growth is a third of its step in its
+    // series, though not of its share's move between the windows.
+    let cycle =
+        |b: usize| 1.0 - 0.4 * ((b % DAY) as f64 / DAY as f64 * std::f64::consts::TAU).sin();
+    let at = 6 * DAY + DAY / 2 - 12;
+    let s = with_fillers(
+        Synth::new(7)
+            .stack_fn("main;x", move |b| if b >= at { 0.101 } else { 0.10 })
+            .stack_fn("main;y", move |b| 0.15 * cycle(b))
+            .stack("main;io", 0.30)
+            .stack("main;gc", 0.29),
+    );
+    let r = run(&s, 14, &[]);
+    let open: Vec<&str> = with_status(&r, "open")
+        .iter()
+        .map(|g| g.function.as_str())
+        .collect();
+    assert_eq!(open, ["x"], "{}", summary(&r));
+}
