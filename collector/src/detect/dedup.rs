@@ -119,7 +119,10 @@ fn growth(c: &Candidate) -> f64 {
 /// True when `a` and `b` grew by about the same factor, as the functions of one subtree do
 /// when the whole subtree grows.
 fn same_factor(a: &Candidate, b: &Candidate) -> bool {
-    let (x, y) = (growth(a), growth(b));
+    same_growth(growth(a), growth(b))
+}
+
+fn same_growth(x: f64, y: f64) -> bool {
     x * y > 0.0 && (x - y).abs() <= SAME_FACTOR * x.abs().max(y.abs())
 }
 
@@ -128,8 +131,9 @@ const PART: f64 = 0.1;
 
 /// Reported callees of `a` in distinct stacks (none calls another) that each carry at least
 /// [`PART`] and together at least `flow` of `a`'s added cost, none grown by `a`'s own factor
-/// (a whole subtree that grew is one change, at its root): two changes under one caller are
-/// reported each at its own function, not once at the caller. Their names and the part carried.
+/// (with the chosen ones' changes taken out; a whole subtree that grew is one change, at its
+/// root): two changes under one caller are reported each at its own function, not once at the
+/// caller. Their names and the part carried.
 fn several<'c>(
     wa: &Window,
     a: &Candidate,
@@ -139,15 +143,29 @@ fn several<'c>(
     name: impl Fn(&Candidate) -> &'c str,
 ) -> Option<(String, f64)> {
     let mut parts: Vec<&(&Candidate, f64, f64)> = (callees.iter())
-        .filter(|(b, f, _)| b.verdict.is_none() && *f >= PART * total && !same_factor(a, b))
+        .filter(|(b, f, _)| b.verdict.is_none() && *f >= PART * total)
         .collect();
     parts.sort_by(|x, y| y.1.total_cmp(&x.1));
     let mut chosen: Vec<&Candidate> = Vec::new();
     let mut carried = 0.0;
-    for (b, f, _) in parts {
-        if chosen.iter().all(|c| wa.disjoint(name(c), name(b))) {
-            chosen.push(b);
-            carried += f / total;
+    // `a`'s growth with the chosen callees' changes taken out: one callee's big change makes
+    // `a`'s whole growth look like another callee's own factor.
+    // Passes until none adds a callee: taking out a smaller one can tell a bigger one apart.
+    let (mut delta, mut before) = (a.cost_delta(), a.before);
+    let mut added = true;
+    while added {
+        added = false;
+        for &&(b, f, _) in &parts {
+            let rest = delta / before.max(f64::MIN_POSITIVE);
+            // A chosen one is not disjoint from itself.
+            if chosen.iter().all(|c| wa.disjoint(name(c), name(b))) && !same_growth(rest, growth(b))
+            {
+                chosen.push(b);
+                carried += f / total;
+                delta -= b.cost_delta();
+                before -= b.before;
+                added = true;
+            }
         }
     }
     (chosen.len() > 1 && carried >= flow).then(|| {

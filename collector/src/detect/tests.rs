@@ -886,3 +886,23 @@ fn a_step_beside_other_work_that_follows_the_day_is_its_own_in_a_part_day_window
         .collect();
     assert_eq!(open, ["x"], "{}", summary(&r));
 }
+
+#[test]
+fn two_changes_under_one_caller_are_each_their_own_when_one_grew_by_the_callers_factor() {
+    // `q` grows 40% and `p` 11.4% of their cost at AT; their caller `h` grows 11.4% as a
+    // whole, `p`'s factor, though the rest of `h` (its own time) keeps its cost: with `q`'s
+    // change taken out, `h` grew 7.6%.
+    let s = with_fillers(
+        Synth::new(7)
+            .stack("main;h", 0.05)
+            .stack_fn("main;h;p", |b| if b >= AT { 0.1114 } else { 0.10 })
+            .stack_fn("main;h;q", |b| if b >= AT { 0.028 } else { 0.02 })
+            .stack("main;io", 0.67),
+    );
+    let r = run(&s, 15, &[]);
+    let mut open: Vec<&str> = (with_status(&r, "open").iter())
+        .map(|g| g.function.as_str())
+        .collect();
+    open.sort();
+    assert_eq!(open, ["p", "q"], "{}", summary(&r));
+}
