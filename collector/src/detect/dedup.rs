@@ -212,6 +212,9 @@ pub fn callers_and_leaves(
     let explained = std::mem::take(&mut funnel.explained);
     let steps: Vec<Option<f64>> = cands.iter().map(local_step).collect();
     let mut callers = vec![None; cands.len()];
+    // Per caller removed for one callee: that callee's index and the part of the caller's
+    // change it carries (all of it when the rest is within the caller's noise).
+    let mut best_of: Vec<Option<(usize, f64)>> = vec![None; cands.len()];
     for (i, a) in cands.iter().enumerate() {
         let Some(wa) = around.window(a) else {
             continue;
@@ -267,7 +270,15 @@ pub fn callers_and_leaves(
         let best = (callees.iter())
             .filter(|(_, f, carried)| *carried >= flow || total - f <= noise)
             .max_by(|x, y| x.2.total_cmp(&y.2));
-        if let Some((b, _, carried)) = best {
+        if let Some((b, f, carried)) = best {
+            if let Some(j) = cands.iter().position(|x| std::ptr::eq(x, *b)) {
+                let part = if total - f <= noise {
+                    1.0
+                } else {
+                    carried.min(1.0)
+                };
+                best_of[i] = Some((j, part));
+            }
             let removed = match &b.verdict {
                 Some((stage, _)) => format!(" ({stage} removed it)"),
                 None => String::new(),
@@ -300,6 +311,7 @@ pub fn callers_and_leaves(
                     .then(|| (b, total / whole))
             })
     };
+    let cut = deepest_of_chains(&mut callers, &best_of, flow, |i| name(&cands[i]));
     let mut leaves = vec![None; cands.len()];
     for (i, l) in cands.iter().enumerate() {
         if callers[i].is_some() {
@@ -347,14 +359,63 @@ pub fn callers_and_leaves(
     }
     let n = cands.len();
     let mut kept = Vec::new();
-    for ((c, caller), leaf) in cands.into_iter().zip(callers).zip(leaves) {
-        match caller.or(leaf) {
+    for (((c, caller), cut), leaf) in cands.into_iter().zip(callers).zip(cut).zip(leaves) {
+        match caller.or(cut).or(leaf) {
             Some(why) => funnel.remove("dedup", c, why),
             None => kept.push(c),
         }
     }
     funnel.count("dedup", 0, (n - kept.len()) as u64);
     kept
+}
+
+/// Along each chain of callers removed for one callee, the change is reported at the deepest
+/// function carrying `flow` of the whole of it (of the top caller's change), not of its own
+/// caller's part: the parts multiply down the chain. Keeps that function (clears its entry in
+/// `callers`) and returns, per candidate, why the chain's last one, below it, is removed.
+fn deepest_of_chains<'n>(
+    callers: &mut [Option<String>],
+    best_of: &[Option<(usize, f64)>],
+    flow: f64,
+    name: impl Fn(usize) -> &'n str,
+) -> Vec<Option<String>> {
+    let n = best_of.len();
+    let mut cut = vec![None; n];
+    let mut is_callee = vec![false; n];
+    for (j, _) in best_of.iter().flatten() {
+        is_callee[*j] = true;
+    }
+    for top in (0..n).filter(|t| best_of[*t].is_some() && !is_callee[*t]) {
+        let (mut node, mut part) = (top, 1.0);
+        // A chain is at most as long as there are candidates.
+        for _ in 0..n {
+            let Some((next, p)) = best_of[node] else {
+                break;
+            };
+            if part * p >= flow {
+                (node, part) = (next, part * p);
+                continue;
+            }
+            callers[node] = None;
+            let (mut end, mut carried) = (next, part * p);
+            for _ in 0..n {
+                match best_of[end] {
+                    Some((k, q)) => (end, carried) = (k, carried * q),
+                    None => break,
+                }
+            }
+            cut[end] = Some(format!(
+                "below {}, which carries {:.0}% of the change at {}; this carries only {:.0}% \
+                 of it",
+                name(node),
+                part * 100.0,
+                name(top),
+                carried * 100.0
+            ));
+            break;
+        }
+    }
+    cut
 }
 
 #[cfg(test)]

@@ -906,3 +906,28 @@ fn two_changes_under_one_caller_are_each_their_own_when_one_grew_by_the_callers_
     open.sort();
     assert_eq!(open, ["p", "q"], "{}", summary(&r));
 }
+
+#[test]
+fn a_subtree_that_grows_as_a_whole_is_reported_where_nearly_all_of_it_flows_not_below() {
+    // h's whole subtree grows 26% at AT. v carries 88% of it and leaf 86% of v's part, but
+    // only 76% of the whole: the change is reported at v, not at leaf.
+    let grow = |w: f64| move |b: usize| if b >= AT { w * 1.26 } else { w };
+    let s = with_fillers(
+        Synth::new(7)
+            .stack_fn("main;serve;h", grow(0.012))
+            .stack_fn("main;serve;h;v", grow(0.012))
+            .stack_fn("main;serve;h;v;leaf", grow(0.076))
+            .stack("main;serve;io", 0.40)
+            .stack("main;gc", 0.34),
+    );
+    let r = run(&s, 16, &[]);
+    let open: Vec<&str> = (with_status(&r, "open").iter())
+        .map(|g| g.function.as_str())
+        .collect();
+    assert_eq!(open, ["v"], "{}", summary(&r));
+    assert!(
+        filtered_with(&r, "dedup", "leaf", "of the change at").is_some(),
+        "{}",
+        summary(&r)
+    );
+}
