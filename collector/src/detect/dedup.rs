@@ -386,24 +386,19 @@ fn deepest_of_chains<'n>(
         is_callee[*j] = true;
     }
     for top in (0..n).filter(|t| best_of[*t].is_some() && !is_callee[*t]) {
-        let (mut node, mut part) = (top, 1.0);
-        // A chain is at most as long as there are candidates.
-        for _ in 0..n {
-            let Some((next, p)) = best_of[node] else {
+        // (function, part of the top's change it carries), top first; at most n long.
+        let mut chain = vec![(top, 1.0)];
+        while chain.len() <= n {
+            let (last, part) = chain[chain.len() - 1];
+            let Some((next, p)) = best_of[last] else {
                 break;
             };
-            if part * p >= flow {
-                (node, part) = (next, part * p);
-                continue;
-            }
+            chain.push((next, part * p));
+        }
+        // The top carries all of it, so a link that falls below `flow` has one above it.
+        if let Some(k) = chain.iter().position(|(_, part)| *part < flow) {
+            let ((node, part), (end, carried)) = (chain[k - 1], chain[chain.len() - 1]);
             callers[node] = None;
-            let (mut end, mut carried) = (next, part * p);
-            for _ in 0..n {
-                match best_of[end] {
-                    Some((k, q)) => (end, carried) = (k, carried * q),
-                    None => break,
-                }
-            }
             cut[end] = Some(format!(
                 "below {}, which carries {:.0}% of the change at {}; this carries only {:.0}% \
                  of it",
@@ -412,7 +407,6 @@ fn deepest_of_chains<'n>(
                 name(top),
                 carried * 100.0
             ));
-            break;
         }
     }
     cut

@@ -10,10 +10,10 @@ use super::{Around, ServiceSeries, shares, span_ratio};
 /// Removes candidates whose share moved only because the rest of the service's cost did:
 /// their own cost (excess over the rest's scale) moved the other way, or under a third of
 /// both their share's move between the windows and their series' change (a part-day window
-/// carries other functions' daily cycles); or an opposite change elsewhere (in stacks they do not share) that
-/// changed the service's total predicts their new share within a third of their move; or,
-/// for an energy view, the service's energy per sample moved and theirs did not
-/// ([`intensity`]).
+/// carries other functions' daily cycles); or an opposite change elsewhere (in stacks they do
+/// not share) that changed the service's total predicts their new share within a third of
+/// their move; or, for an energy view, the service's energy per sample moved and theirs did
+/// not ([`intensity`]).
 pub fn normalization(
     funnel: &mut Funnel,
     cands: Vec<Candidate>,
@@ -53,8 +53,9 @@ pub fn normalization(
 /// An opposite change `a` in stacks `c` does not share that explains `c`: when everything but
 /// `a` keeps its cost, `c`'s share becomes before x (1 - a after) / (1 - a before). `a` must
 /// have changed the service's total (the stacks through neither moved that way against the
-/// service without `c`, at least a quarter as far; a cost shift moves none), and when `c` explains `a` as well (two parts that make up
-/// most of the service) the change is the one that needs the smaller cost.
+/// service without `c`, at least a quarter as far; a cost shift moves none), and when `c`
+/// explains `a` as well (two parts that make up most of the service) the change is the one
+/// that needs the smaller cost.
 fn elsewhere(
     c: &Candidate,
     all: &[Candidate],
@@ -84,7 +85,7 @@ fn elsewhere(
             // the two leave under 5% of the service, on the stacks outside `a`.
             let cb = w.before(c.metric, f);
             let ca = cb + w.raw_delta(c.metric, f);
-            let moved = match w.scale_outside(c.metric, &[g, f]) {
+            let moved = match w.scale_outside(c.metric, [g, f]) {
                 Some(r) => r * (1.0 - cb) / (1.0 - ca),
                 None => w.scale(c.metric, g)?,
             };

@@ -196,17 +196,16 @@ impl Window {
     /// by the before share. None when those stacks hold under 5% of the service (nothing to
     /// compare with).
     pub fn scale(&self, metric: Metric, func: &str) -> Option<f64> {
-        self.scale_outside(metric, &[func])
+        self.scale_outside(metric, [func])
     }
 
-    /// [`Window::scale`] over the stacks through none of `funcs`.
-    pub fn scale_outside(&self, metric: Metric, funcs: &[&str]) -> Option<f64> {
+    /// [`Window::scale`] over the stacks through none of `funcs` (an array: this runs for
+    /// every caller and pair the stages weigh, so it allocates nothing).
+    pub fn scale_outside<const N: usize>(&self, metric: Metric, funcs: [&str; N]) -> Option<f64> {
         let k = m(metric);
-        let ids: Vec<u32> = funcs.iter().filter_map(|f| self.id(f)).collect();
-        let outside = |i: u32| {
-            ids.iter()
-                .all(|id| self.rows[i as usize].pos(*id).is_none())
-        };
+        let ids = funcs.map(|f| self.id(f));
+        let outside =
+            |i: u32| (ids.iter().flatten()).all(|id| self.rows[i as usize].pos(*id).is_none());
         let ratios = || self.by_ratio[k].iter().filter(|(_, i)| outside(*i));
         let total: f64 = ratios()
             .map(|(_, i)| self.rows[*i as usize].before[k])

@@ -34,6 +34,15 @@ fn with_status<'a>(r: &'a Report, status: &str) -> Vec<&'a Regression> {
         .collect()
 }
 
+/// The functions of the open regressions, sorted.
+fn open_functions(r: &Report) -> Vec<&str> {
+    let mut open: Vec<&str> = (with_status(r, "open").iter())
+        .map(|g| g.function.as_str())
+        .collect();
+    open.sort_unstable();
+    open
+}
+
 fn filtered_by<'a>(r: &'a Report, filter: &str, function: &str) -> Option<&'a Regression> {
     filtered_with(r, filter, function, "")
 }
@@ -656,11 +665,7 @@ fn a_subtree_that_grows_as_a_whole_is_reported_once_at_its_heavy_callee() {
     }
 
     let r = run(&subtree(2.0), 9, &[]);
-    let mut open: Vec<&str> = with_status(&r, "open")
-        .iter()
-        .map(|g| g.function.as_str())
-        .collect();
-    open.sort_unstable();
+    let open = open_functions(&r);
     assert_eq!(open, ["flush", "route"], "{}", summary(&r));
 }
 
@@ -753,10 +758,7 @@ fn two_changes_under_one_caller_are_reported_each_at_its_function() {
             .stack("main;io", 0.42),
     );
     let r = run(&s, 14, &[]);
-    let mut open: Vec<&str> = (with_status(&r, "open").iter())
-        .map(|g| g.function.as_str())
-        .collect();
-    open.sort();
+    let open = open_functions(&r);
     assert_eq!(open, ["p", "q"], "{}", summary(&r));
     assert!(
         filtered_with(&r, "dedup", "h", "caller of p and q").is_some(),
@@ -880,10 +882,7 @@ fn a_step_beside_other_work_that_follows_the_day_is_its_own_in_a_part_day_window
             .stack("main;gc", 0.29),
     );
     let r = run(&s, 14, &[]);
-    let open: Vec<&str> = with_status(&r, "open")
-        .iter()
-        .map(|g| g.function.as_str())
-        .collect();
+    let open = open_functions(&r);
     assert_eq!(open, ["x"], "{}", summary(&r));
 }
 
@@ -900,10 +899,7 @@ fn two_changes_under_one_caller_are_each_their_own_when_one_grew_by_the_callers_
             .stack("main;io", 0.67),
     );
     let r = run(&s, 15, &[]);
-    let mut open: Vec<&str> = (with_status(&r, "open").iter())
-        .map(|g| g.function.as_str())
-        .collect();
-    open.sort();
+    let open = open_functions(&r);
     assert_eq!(open, ["p", "q"], "{}", summary(&r));
 }
 
@@ -921,9 +917,7 @@ fn a_subtree_that_grows_as_a_whole_is_reported_where_nearly_all_of_it_flows_not_
             .stack("main;gc", 0.34),
     );
     let r = run(&s, 16, &[]);
-    let open: Vec<&str> = (with_status(&r, "open").iter())
-        .map(|g| g.function.as_str())
-        .collect();
+    let open = open_functions(&r);
     assert_eq!(open, ["v"], "{}", summary(&r));
     assert!(
         filtered_with(&r, "dedup", "leaf", "of the change at").is_some(),
