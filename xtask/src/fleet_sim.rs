@@ -39,9 +39,14 @@ pub struct Args {
     /// Functions per service (one stack each; at least 4).
     #[arg(long, default_value_t = 60)]
     pub functions: usize,
-    /// Days of history, ending now.
+    /// Days of history, ending now (or at `--end`).
     #[arg(long, default_value_t = 14.0)]
     pub days: f64,
+    /// End of the history, Unix seconds (default now). The daily cycle follows UTC time of
+    /// day, so the same seed gives the same fleet only at the same end time of day: the
+    /// detect bench pins it to the last UTC midnight.
+    #[arg(long)]
+    pub end: Option<i64>,
     /// Seconds per step (one interval profile per service per step; a multiple of 60).
     #[arg(long, default_value_t = 300)]
     pub step: i64,
@@ -205,8 +210,13 @@ pub fn simulate(args: &Args, url: &str, truth_to: Option<&Path>) -> anyhow::Resu
     anyhow::ensure!(args.hosts >= 1, "--hosts must be at least 1");
     anyhow::ensure!(args.chunk >= 1, "--chunk must be at least 1");
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
-    // The last step ends before now (nothing in the future), on a whole step.
-    let end = now - now.rem_euclid(args.step);
+    let end = args.end.unwrap_or(now);
+    anyhow::ensure!(
+        end <= now,
+        "--end {end} is in the future (now is {now}): the collector refuses future samples"
+    );
+    // The last step ends on a whole step.
+    let end = end - end.rem_euclid(args.step);
     let steps = (args.days * 86_400.0) as usize / args.step as usize;
     let start = end - steps as i64 * args.step;
     let clock = stream::Clock {

@@ -96,6 +96,7 @@ fn args(seed: u64, services: usize, functions: usize) -> fleet_sim::Args {
         services,
         functions,
         days: 14.0,
+        end: None,
         step: 300,
         hosts: 1000,
         collector: None,
@@ -408,8 +409,14 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     );
     let mut score = Score::default();
     let mut per_seed = Vec::new();
+    // Pinned to the last UTC midnight: the simulated daily cycle follows the time of day, so
+    // a seed streamed at another hour would be another fleet and score differently.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
     let quality = fleet_sim::Args {
         days: o.days,
+        end: Some(now - now.rem_euclid(86_400)),
         ..args(0, o.services, o.functions)
     };
     for &seed in &o.seeds {
@@ -437,6 +444,7 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     }
     // Speed: one seed at 10,000 (service, function) series.
     let mut a = args(o.seeds[0], SPEED_SERVICES, SPEED_FUNCTIONS);
+    a.end = quality.end;
     // The pass is timed whatever it takes: the collector's default 60 s request timeout
     // would turn a slow pass into an error instead of a figure.
     a.collector_args = vec!["--request-timeout".into(), "30m".into()];

@@ -39,6 +39,7 @@ fn an_injected_step_gets_a_solver_report_naming_its_change() {
         services: 1,
         functions: 20,
         days: 4.0,
+        end: None,
         step: 300,
         hosts: 1000,
         collector: Some(addr.clone()),
