@@ -732,6 +732,14 @@ async fn mcp_serves_the_tools_to_a_real_client() {
         text.starts_with("invalid params: from: cannot read time"),
         "{text}"
     );
+    let (code, text) = call(&c, "regressions", json!({"as_of": "last tuesday"}))
+        .await
+        .unwrap_err();
+    assert_eq!(code, INVALID);
+    assert!(
+        text.starts_with("invalid params: as_of: cannot read time"),
+        "{text}"
+    );
     let (code, text) = call(&c, "top", json!({"limit": "ten"})).await.unwrap_err();
     assert_eq!(code, INVALID);
     assert!(text.contains("invalid type: string \"ten\""), "{text}");

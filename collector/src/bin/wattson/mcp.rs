@@ -27,7 +27,7 @@ use crate::connect::Conn;
 use crate::mcp_params::{
     DiffParams, Failure, Rank, RegressionsParams, RunSkillParams, SeriesParams,
     ServiceWindowParams, SourceParams, StacksParams, SuggestParams, TopParams, Weight, Window,
-    WindowParams,
+    WindowParams, as_of,
 };
 
 /// Stacks the `stacks` tool returns unless asked otherwise: an agent's context is small.
@@ -133,7 +133,7 @@ impl Wattson {
             service: given(&p.service),
             regression_id,
             source_root: source_root(&p.source_root)?,
-            as_of_unix_seconds: 0,
+            as_of_unix_seconds: as_of(p.as_of.as_deref())?,
         };
         self.reply(name, self.conn.skills().run_skill(r)).await
     }
@@ -299,7 +299,7 @@ impl Wattson {
             window: Some(p.window.wire("-24h")?),
             service: given(&p.service),
             all: p.all,
-            as_of_unix_seconds: 0,
+            as_of_unix_seconds: as_of(p.as_of.as_deref())?,
         };
         let what = "detection (regressions)";
         self.reply(what, self.conn.detection().list_regressions(r))

@@ -221,6 +221,10 @@ pub struct RegressionsParams {
     /// Also improvements and the candidates a filter removed, with the funnel.
     #[serde(default)]
     pub all: bool,
+    /// Detect as of this past time (same syntax as `from`) over everything stored now,
+    /// late data included (default: the collector's latest pass).
+    #[serde(default)]
+    pub as_of: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -237,6 +241,18 @@ pub struct SuggestParams {
     /// Source tree ON THE COLLECTOR'S HOST (absolute path) to write patches against.
     #[serde(default)]
     pub source_root: Option<String>,
+    /// The regression as detected at this past time (same syntax as `from`; default: the
+    /// latest pass). Give the `as_of` its id came from.
+    #[serde(default)]
+    pub as_of: Option<String>,
+}
+
+/// `as_of` as Unix seconds for the wire (0: now); a bad time is invalid params.
+pub fn as_of(t: Option<&str>) -> Result<i64, Failure> {
+    t.map_or(Ok(0), |t| {
+        wattson_collector::report::parse_time(t, wattson_collector::report::now())
+            .map_err(|e| Failure::invalid(format!("as_of: {e}")))
+    })
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -266,6 +282,15 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn as_of_is_now_by_default_and_a_bad_time_names_it() {
+        assert_eq!(as_of(None).unwrap(), 0);
+        assert_eq!(as_of(Some("1796600000")).unwrap(), 1_796_600_000);
+        let e = as_of(Some("last tuesday")).unwrap_err();
+        assert_eq!(e.code, ErrorCode::INVALID_PARAMS);
+        assert!(e.message.starts_with("as_of: "), "{}", e.message);
     }
 
     #[test]
