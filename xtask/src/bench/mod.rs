@@ -16,8 +16,8 @@ mod store;
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Only run areas whose name contains this (e.g. `agent`, `ingest`, `store`, `detect`,
-    /// `detect-speed`, `skills`).
+    /// Only run the area of this name (`agent`, `ingest`, `store`, `detect`, `detect-speed`,
+    /// `skills`), or the areas whose name contains it.
     #[arg(long)]
     pub only: Option<String>,
     #[command(flatten)]
@@ -53,10 +53,14 @@ const AREAS: &[Area] = &[
     ("skills", skills::run, false),
 ];
 
+/// The area `--only` names exactly, or else every area whose name contains it (`detect`
+/// alone, not `detect-speed` too).
 fn selected(args: &Args) -> impl Iterator<Item = &'static Area> + '_ {
-    AREAS
-        .iter()
-        .filter(|(name, _, _)| args.only.as_deref().is_none_or(|o| name.contains(o)))
+    let only = args.only.as_deref();
+    let exact = only.is_some_and(|o| AREAS.iter().any(|(name, _, _)| *name == o));
+    AREAS.iter().filter(move |(name, _, _)| {
+        only.is_none_or(|o| if exact { *name == o } else { name.contains(o) })
+    })
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
