@@ -155,6 +155,10 @@ pub fn analyze(
                 grid.dilution.factor(metric, c.after, from, to)
             }
         };
+        let span_of = |j: usize| {
+            let (lo, hi) = seg.range(j);
+            (idx[hi - 1] + 1 - idx[lo]) as i64 * grid.step
+        };
         let away = went_away(
             &seg,
             &r,
@@ -164,6 +168,7 @@ pub fn analyze(
             transient,
             min_lasting,
             &moved,
+            &span_of,
         )
         .or_else(|| short_lived(&c, &y, a, cfg.buckets(min_lasting), m, r.kind));
         cands.push((c, away, r.kind));

@@ -175,6 +175,8 @@ pub fn creep_start(y: &[f64], at: usize, to: usize, before: f64, after: f64) -> 
 /// `transient` the length of the segment before the run, both seconds; `min_lasting` seconds.
 /// `moved(j)` is the factor the rest of the service's shares moved by from the run's level
 /// after to segment j: a later level is judged divided by it, on the function's own cost.
+/// `span(j)` is how long segment j lasts, seconds: a later level shorter than `min_lasting`
+/// (another function's spike seen through this share) is not what the change went back to.
 #[expect(
     clippy::too_many_arguments,
     reason = "one run's levels and spans, all needed"
@@ -188,6 +190,7 @@ pub fn went_away(
     transient: i64,
     min_lasting: i64,
     moved: &dyn Fn(usize) -> f64,
+    span_of: &dyn Fn(usize) -> i64,
 ) -> Option<String> {
     let delta = after - before;
     if lasted < min_lasting {
@@ -210,12 +213,16 @@ pub fn went_away(
         }
     }
     let last = seg.count() - 1;
-    // The level right after the run's, then the latest: a spike ends at the first even when
-    // later changes (other functions' regressions seen through this share) move the latest
-    // level away again.
-    let next =
-        (last > r.last + 2).then_some((r.last + 2, "then", "remained until the next change"));
-    let now = (last > r.last + 1).then_some((last, "now", "remains"));
+    // The first lasting level after the run's, then the latest lasting one: a spike ends at
+    // the first even when later changes (other functions' regressions seen through this
+    // share) move the latest level away again.
+    let lasting: Vec<usize> = (r.last + 2..=last)
+        .filter(|j| span_of(*j) >= min_lasting)
+        .collect();
+    let next = (lasting.first())
+        .filter(|j| **j < last)
+        .map(|j| (*j, "then", "remained until the next change"));
+    let now = (lasting.last()).map(|j| (*j, "now", "remains"));
     for (j, when, kept) in next.into_iter().chain(now) {
         // A factor within sampling noise of 1 is no move: it would only add its noise.
         let factor = Some(moved(j))
@@ -317,7 +324,19 @@ mod tests {
     /// The went-away verdict of run `r` with the levels of its own segments.
     fn verdict(seg: &Segments<'_>, r: &Run, lasted: i64, transient: i64, min: i64) -> String {
         let (before, after) = (seg.mean(r.first), seg.mean(r.last + 1));
-        went_away(seg, r, before, after, lasted, transient, min, &|_| 1.0).unwrap_or_default()
+        let long = &|_| i64::MAX;
+        went_away(
+            seg,
+            r,
+            before,
+            after,
+            lasted,
+            transient,
+            min,
+            &|_| 1.0,
+            long,
+        )
+        .unwrap_or_default()
     }
 
     #[test]
@@ -333,7 +352,17 @@ mod tests {
         let seg = Segments::new(&y, &splits);
         let (before, after) = (seg.mean(r[0].first), seg.mean(r[0].last + 1));
         let judge = |moved: &dyn Fn(usize) -> f64| {
-            went_away(&seg, &r[0], before, after, 86_400, 86_400, 10_800, moved)
+            went_away(
+                &seg,
+                &r[0],
+                before,
+                after,
+                86_400,
+                86_400,
+                10_800,
+                moved,
+                &|_| i64::MAX,
+            )
         };
         let why = judge(&|_| 1.0).unwrap_or_default();
         assert!(why.starts_with("went away"), "{why}");
@@ -374,5 +403,54 @@ mod tests {
         assert_eq!(verdict(&seg, &r[0], 86_400, 86_400, 10_800), "");
         let why = verdict(&seg, &r[0], 3600, 86_400, 10_800);
         assert!(why.contains("not lasting yet: 1h of the 3h"), "{why}");
+    }
+
+    #[test]
+    fn a_step_is_not_gone_because_of_a_short_dip_after_it() {
+        // +3 at 300 that lasts; 600..624 (2 h at 5-minute points) another function's spike
+        // dilutes the share back down for a while. The dip is no level the change went back
+        // to; a rollback that lasts is.
+        let dip = |end: usize| {
+            noisy(864, 17, move |i| match i {
+                ..300 => 0.0,
+                600..624 => 0.0,
+                _ if i >= end => 0.0,
+                _ => 3.0,
+            })
+        };
+        fn five_min<'s>(seg: &'s Segments<'_>) -> impl Fn(usize) -> i64 + 's {
+            move |j: usize| {
+                let (lo, hi) = seg.range(j);
+                (hi - lo) as i64 * 300
+            }
+        }
+        let y = dip(usize::MAX);
+        let (splits, r) = runs_of(&y);
+        let seg = Segments::new(&y, &splits);
+        assert!(splits.len() >= 3, "{splits:?}");
+        let (before, after) = (seg.mean(r[0].first), seg.mean(r[0].last + 1));
+        let span_of = five_min(&seg);
+        let judge = |seg: &Segments<'_>, r: &Run, span_of: &dyn Fn(usize) -> i64| {
+            went_away(
+                seg,
+                r,
+                before,
+                after,
+                86_400,
+                86_400,
+                3 * 3600,
+                &|_| 1.0,
+                span_of,
+            )
+        };
+        assert_eq!(judge(&seg, &r[0], &span_of), None);
+        let why = judge(&seg, &r[0], &|_| i64::MAX).unwrap_or_default();
+        assert!(why.contains("until the next change"), "{why}");
+        // Rolled back for good after the dip: it went away.
+        let y = dip(700);
+        let (splits, r) = runs_of(&y);
+        let seg = Segments::new(&y, &splits);
+        let why = judge(&seg, &r[0], &five_min(&seg)).unwrap_or_default();
+        assert!(why.starts_with("went away"), "{why}");
     }
 }
