@@ -117,7 +117,8 @@ struct Detected {
     /// Build id of every change the collector lists, by change id: the collector names the
     /// deploys it records by itself, so a deploy is matched by its build.
     builds: BTreeMap<String, String>,
-    /// Seconds the first `ListRegressions` took (the collector's first pass, cold page cache).
+    /// Seconds the first `ListRegressions` took (the collector's first pass after a restart,
+    /// reading what the page cache lacks).
     seconds: f64,
     /// Seconds the scored pass (as of the fleet's end) took after it, on a warm cache.
     again: f64,
@@ -460,7 +461,7 @@ pub fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
             "full detection pass, {SPEED_SERVICES} x {SPEED_FUNCTIONS} functions (cpu + energy), 14 d at 5 min, SQLite"
         ),
         format!(
-            "{seconds:.2} s first (cold page cache), {again:.2} s again ({} series examined)",
+            "{seconds:.2} s first (after restart), {again:.2} s again ({} series examined)",
             answer.series
         ),
         "< 10 s",
