@@ -141,8 +141,12 @@ pub fn analyze(
             ..c
         };
         let lasted = (idx[idx.len() - 1] + 1 - idx[at]) as i64 * grid.step;
-        let (tlo, thi) = seg.range(r.first);
-        let transient = (idx[thi - 1] + 1 - idx[tlo]) as i64 * grid.step;
+        // How long segment j lasts, seconds (gaps in the data included).
+        let span_of = |j: usize| {
+            let (lo, hi) = seg.range(j);
+            (idx[hi - 1] + 1 - idx[lo]) as i64 * grid.step
+        };
+        let transient = span_of(r.first);
         // A seasonal series is judged with its daily profile removed, the index is not: its
         // spans must hold whole days for the cycle to average out.
         let moved = |j: usize| {
@@ -154,10 +158,6 @@ pub fn analyze(
             } else {
                 grid.dilution.factor(metric, c.after, from, to)
             }
-        };
-        let span_of = |j: usize| {
-            let (lo, hi) = seg.range(j);
-            (idx[hi - 1] + 1 - idx[lo]) as i64 * grid.step
         };
         let away = went_away(
             &seg,

@@ -175,7 +175,7 @@ pub fn creep_start(y: &[f64], at: usize, to: usize, before: f64, after: f64) -> 
 /// `transient` the length of the segment before the run, both seconds; `min_lasting` seconds.
 /// `moved(j)` is the factor the rest of the service's shares moved by from the run's level
 /// after to segment j: a later level is judged divided by it, on the function's own cost.
-/// `span(j)` is how long segment j lasts, seconds: a later level shorter than `min_lasting`
+/// `span_of(j)` is how long segment j lasts, seconds: a later level shorter than `min_lasting`
 /// (another function's spike seen through this share) is not what the change went back to.
 #[expect(
     clippy::too_many_arguments,
@@ -216,13 +216,14 @@ pub fn went_away(
     // The first lasting level after the run's, then the latest lasting one: a spike ends at
     // the first even when later changes (other functions' regressions seen through this
     // share) move the latest level away again.
-    let lasting: Vec<usize> = (r.last + 2..=last)
-        .filter(|j| span_of(*j) >= min_lasting)
-        .collect();
-    let next = (lasting.first())
-        .filter(|j| **j < last)
-        .map(|j| (*j, "then", "remained until the next change"));
-    let now = (lasting.last()).map(|j| (*j, "now", "remains"));
+    // Runs once per candidate of every series: no list of the lasting levels is built.
+    let lasts = |j: &usize| span_of(*j) >= min_lasting;
+    let next = (r.last + 2..last)
+        .find(lasts)
+        .map(|j| (j, "then", "remained until the next change"));
+    let now = (r.last + 2..=last)
+        .rfind(lasts)
+        .map(|j| (j, "now", "remains"));
     for (j, when, kept) in next.into_iter().chain(now) {
         // A factor within sampling noise of 1 is no move: it would only add its noise.
         let factor = Some(moved(j))
