@@ -16,13 +16,15 @@ pub(super) const SAME_CHANGE: usize = 2;
 /// moved with it, though too little or too briefly for a CPU view of its own) or of its own
 /// energy per sample (by at least [`ENERGY_ALONE`]); otherwise its energy share moved with the
 /// service's power draw or the attribution's noise, not with anything the function does.
+/// `creep_gap` (seconds) is the config's: parts of a creep resume within it.
 pub fn merge_metrics(
     funnel: &mut Funnel,
     cands: Vec<Candidate>,
     s: &ServiceSeries,
+    creep_gap: i64,
 ) -> Vec<Candidate> {
     let n = cands.len() as u64;
-    let mut cands = creep_parts(funnel, cands, s.step);
+    let mut cands = creep_parts(funnel, cands, s.step, creep_gap);
     // On a tie (large changes all have p 0) the CPU view wins: samples are measured directly,
     // energy shares also move with every other stack's power draw.
     let energy = |c: &Candidate| c.metric == Metric::Energy;
@@ -68,17 +70,20 @@ pub fn merge_metrics(
     out
 }
 
-/// A creep broken by a transient resumes within this long (seconds) of its last change point.
-const CREEP_BREAK: i64 = 86_400;
-
 /// Two runs of one series in one direction, one of them a creep, the later starting within
-/// [`CREEP_BREAK`] of the earlier's last change point, are one creep that a transient (another
+/// `creep_gap` (the config's, which joins same-direction changes into a creep; seconds) of the
+/// earlier's last change point, are one creep that a transient (another
 /// function's spike seen through the share) broke in two: the earlier is kept as measured (its
 /// stacks were read around its own levels; on 20 bench fleets, giving it the later's level after
 /// found one fewer regression and let through one more false positive) and the later removed
 /// (the count is the caller's).
-fn creep_parts(funnel: &mut Funnel, mut cands: Vec<Candidate>, step: i64) -> Vec<Candidate> {
-    let gap = (CREEP_BREAK / step.max(1)) as usize;
+fn creep_parts(
+    funnel: &mut Funnel,
+    mut cands: Vec<Candidate>,
+    step: i64,
+    creep_gap: i64,
+) -> Vec<Candidate> {
+    let gap = (creep_gap / step.max(1)) as usize;
     cands.sort_by(|a, b| {
         (a.func, a.metric == Metric::Energy, a.start).cmp(&(
             b.func,
@@ -480,6 +485,11 @@ mod tests {
     use crate::detect::testdata::{DAY, MemStacks, Synth};
     use crate::detect::{DetectConfig, shares, span_mean};
 
+    /// The default config's creep gap, seconds.
+    fn gap() -> i64 {
+        DetectConfig::default().creep_gap
+    }
+
     const AT: usize = 5 * DAY;
 
     /// A step of function `name`'s CPU share at `AT`, measured a day either side.
@@ -673,7 +683,7 @@ mod tests {
             let cpu = shares(s, &s.functions[c.func], Metric::Cpu, s.samples.len());
             c.other_delta = span_mean(&cpu, c.after_span) - span_mean(&cpu, c.before_span);
             let mut funnel = Funnel::new(10);
-            let kept = merge_metrics(&mut funnel, vec![c], s).len();
+            let kept = merge_metrics(&mut funnel, vec![c], s, gap()).len();
             let why = funnel.filtered.first().and_then(|c| c.verdict.clone());
             (kept, why.map(|v| v.1).unwrap_or_default())
         };
@@ -717,7 +727,7 @@ mod tests {
         // first's start.
         let (first, second) = (level(part(AT, AT + 24)), level(part(AT + 96, AT + 120)));
         let mut funnel = Funnel::new(10);
-        let kept = merge_metrics(&mut funnel, vec![second.clone(), first.clone()], &s);
+        let kept = merge_metrics(&mut funnel, vec![second.clone(), first.clone()], &s, gap());
         assert_eq!(kept.len(), 1, "{kept:?}");
         assert_eq!((kept[0].start, kept[0].after), (first.start, first.after));
         let why = &funnel.filtered[0].verdict.as_ref().unwrap().1;
@@ -729,14 +739,18 @@ mod tests {
         let later = level(part(AT + 400, AT + 420));
         let down = Candidate {
             after: second.before - 0.01,
-            ..second
+            ..second.clone()
         };
         for other in [later, down] {
             let mut funnel = Funnel::new(10);
             assert_eq!(
-                merge_metrics(&mut funnel, vec![first.clone(), other], &s).len(),
+                merge_metrics(&mut funnel, vec![first.clone(), other], &s, gap()).len(),
                 2
             );
         }
+        // The gap is the config's: with creeps joined over 2 h only, 6 h apart are two.
+        let mut funnel = Funnel::new(10);
+        let kept = merge_metrics(&mut funnel, vec![first.clone(), second], &s, 7_200);
+        assert_eq!(kept.len(), 2, "{kept:?}");
     }
 }
