@@ -103,7 +103,8 @@ pub fn analyze(
     let block = cfg.buckets(3600);
     let history = cfg.buckets(cfg.history);
     let mut cands = Vec::new();
-    for r in runs(&seg, &scan.splits, gap, block, cfg.alpha) {
+    let short = cfg.buckets(min_lasting);
+    for r in runs(&seg, &scan.splits, gap, block, cfg.alpha, short) {
         let at = scan.splits[r.first].at;
         if idx[at] < grid.first_reported {
             continue;

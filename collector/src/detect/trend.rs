@@ -64,13 +64,15 @@ pub struct Run {
 /// Groups splits into runs: same direction and no more than `gap` points apart. A run of three
 /// or more is a creep, and so is one with a significant trend between its splits or after its
 /// last one when that is the latest segment (Mann-Kendall on `block`-point means at level
-/// `alpha`, Theil-Sen slope the same way).
+/// `alpha`, Theil-Sen slope the same way). A run without a trend whose first split only ends
+/// an excursion shorter than `short` points (see [`ends_excursion`]) starts at its next split.
 pub fn runs(
     seg: &Segments<'_>,
     splits: &[Split],
     gap: usize,
     block: usize,
     alpha: f64,
+    short: usize,
 ) -> Vec<Run> {
     let mut out: Vec<Run> = Vec::new();
     for j in 0..splits.len() {
@@ -100,7 +102,12 @@ pub fn runs(
         };
         if (r.first + 1..=end).any(|j| trending(range(seg, j), block, sign, alpha, rise)) {
             r.kind = Kind::Creep;
-        } else if let Some(k) = dominant(seg, r) {
+            continue;
+        }
+        if r.first < r.last && ends_excursion(seg, r.first, short) {
+            r.first += 1;
+        }
+        if let Some(k) = dominant(seg, r) {
             // One step with smaller wiggles (leftovers of a daily cycle, noise) beside it.
             (r.first, r.last) = (k, k);
         } else if r.last - r.first >= 2 {
@@ -108,6 +115,23 @@ pub fn runs(
         }
     }
     out
+}
+
+/// Split `j` takes the series back, within half of its own move, to the level before the
+/// opposite split just ahead of it, and the excursion between them is shorter than `short`
+/// points: it ends a dip or spike (often another function's, seen through the share). Joined
+/// to a real change after it, it would move that change's start to the excursion's end and
+/// measure it from the excursion's level.
+fn ends_excursion(seg: &Segments<'_>, j: usize, short: usize) -> bool {
+    if j == 0 {
+        return false;
+    }
+    let (lo, hi) = seg.range(j);
+    let back = seg.mean(j + 1) - seg.mean(j);
+    let out = seg.mean(j) - seg.mean(j - 1);
+    hi - lo < short
+        && back * out < 0.0
+        && (seg.mean(j + 1) - seg.mean(j - 1)).abs() <= back.abs() / 2.0
 }
 
 /// The split of a run of several that carries at least `1 - CREEP_RISE` of the run's
@@ -283,7 +307,7 @@ mod tests {
     fn runs_of(x: &[f64]) -> (Vec<Split>, Vec<Run>) {
         let s = segment(x, 1.0, 12, 0.01);
         let seg = Segments::new(x, &s.splits);
-        let r = runs(&seg, &s.splits, 144, 12, 0.01);
+        let r = runs(&seg, &s.splits, 144, 12, 0.01, 36);
         (s.splits, r)
     }
 
@@ -320,6 +344,31 @@ mod tests {
             .map(|r| (s[r.first].at, s[r.last].at, r.kind))
             .collect();
         assert!(at.contains(&(600, 600, Kind::Step)), "{at:?}");
+    }
+
+    #[test]
+    fn a_step_after_a_short_dip_is_a_step_where_it_happened() {
+        // A 20-point dip (another function's spike seen through the share) ends at 420, and
+        // the real +8 sd step comes at 480: both splits go up, neither carries 3/4 of the two.
+        let at = |x: &[f64]| {
+            let (s, r) = runs_of(x);
+            r.iter()
+                .map(|r| (s[r.first].at, s[r.last].at, r.kind))
+                .collect::<Vec<_>>()
+        };
+        let x = noisy(864, 16, |i| match i {
+            400..420 => -10.0,
+            480.. => 8.0,
+            _ => 0.0,
+        });
+        assert!(at(&x).contains(&(480, 480, Kind::Step)), "{:?}", at(&x));
+        // Two stages of one rollout, no dip: one change from the first stage.
+        let x = noisy(864, 16, |i| match i {
+            0..400 => 0.0,
+            400..480 => 4.0,
+            _ => 8.0,
+        });
+        assert!(at(&x).contains(&(400, 480, Kind::Step)), "{:?}", at(&x));
     }
 
     /// The went-away verdict of run `r` with the levels of its own segments.
