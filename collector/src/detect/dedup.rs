@@ -390,9 +390,11 @@ pub fn callers_and_leaves(
         // above, grown by the same factor as it and carrying less than its reported callee
         // must: its whole subtree grew, and the change is reported at the callee that
         // carries most of it.
+        // A change larger than `b`'s own is no part of it, whatever flows through `b`.
         let above = cands.iter().enumerate().find(|(j, b)| {
             related(l, b)
                 && flow_of(l, Some(b)).is_some_and(|f| f >= total / 2.0)
+                && flow_of(b, None).is_some_and(|t| total < t)
                 && (callers[*j].is_none()
                     || (same_factor(l, b)
                         && flow_of(b, None).is_some_and(|t| total < t * (1.0 - flow))))
@@ -481,8 +483,7 @@ fn deepest_of_chains<'n>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::series::Grid;
-    use crate::detect::testdata::{DAY, MemStacks, Synth};
+    use crate::detect::testdata::{DAY, MemStacks, Synth, around, step_at};
     use crate::detect::{DetectConfig, shares, span_mean};
 
     /// The default config's creep gap, seconds.
@@ -499,25 +500,7 @@ mod tests {
 
     /// A step of function `name`'s share in `metric` at `AT`, measured a day either side.
     fn step_of(s: &ServiceSeries, name: &str, metric: Metric) -> Candidate {
-        let func = s.functions.iter().position(|f| f.function == name).unwrap();
-        let y = shares(s, &s.functions[func], metric, s.samples.len());
-        let (before_span, after_span) = ((AT - DAY, AT), (AT, AT + DAY));
-        Candidate {
-            func,
-            metric,
-            kind: Kind::Step,
-            start: AT,
-            end: AT,
-            before: span_mean(&y, before_span),
-            after: span_mean(&y, after_span),
-            before_span,
-            after_span,
-            p: 0.0,
-            loc_err: 0,
-            lasting: 0,
-            other_delta: 0.0,
-            verdict: None,
-        }
+        step_at(s, name, metric, AT, DAY)
     }
 
     /// Dedup of `handle` alone, after `stage` (when given) removed the step of `hash`, the
@@ -566,18 +549,14 @@ mod tests {
         funnel: &mut Funnel,
         cands: Vec<Candidate>,
     ) -> Vec<Candidate> {
-        let cfg = DetectConfig::default();
-        let grid = Grid {
-            start: s.start,
-            step: s.step,
-            cfg: &cfg,
-            first_reported: 0,
-            samples: 1e6,
-            counts: &s.samples,
-            dilution: &crate::detect::dilution::Dilution::default(),
-        };
-        let around = Around::load(s, stacks, &grid, &cands).unwrap();
-        callers_and_leaves(funnel, cands, s, &around, cfg.dedup_flow)
+        let around = around(s, stacks, &cands);
+        callers_and_leaves(
+            funnel,
+            cands,
+            s,
+            &around,
+            DetectConfig::default().dedup_flow,
+        )
     }
 
     #[test]
@@ -620,6 +599,38 @@ mod tests {
         assert_eq!(kept.len(), 1, "{kept:?}\n{:?}", funnel.filtered);
         let why = funnel.filtered[0].verdict.as_ref().unwrap();
         assert!(why.1.starts_with("caller of hash"), "{why:?}");
+    }
+
+    #[test]
+    fn a_change_larger_than_its_callers_is_no_part_of_the_callers() {
+        // hash's work grows by 0.5% of the service while its energy per sample falls a little
+        // more: in the stacks handle's energy falls, while its energy view's levels (over
+        // other spans, say) rose a little. hash's CPU view is no part of that change.
+        let (s, stacks) = Synth::new(7)
+            .stack("main;serve;handle;parse", 0.20)
+            .stack_fn(
+                "main;serve;handle;hash",
+                |b| if b >= AT { 0.115 } else { 0.11 },
+            )
+            .energy_fn(
+                "main;serve;handle;hash",
+                |b| if b >= AT { 0.955 } else { 1.0 },
+            )
+            .stack("main;gc", 0.10)
+            .stack("main;serve;io", 0.59)
+            .build(5);
+        let handle = step_of(&s, "handle", Metric::Energy);
+        let handle = Candidate {
+            after: handle.before + 0.0004,
+            ..handle
+        };
+        let mut funnel = Funnel::new(10);
+        let kept = dedup(&s, &stacks, &mut funnel, vec![handle, step(&s, "hash")]);
+        assert!(
+            kept.iter().any(|c| s.functions[c.func].function == "hash"),
+            "{:?}",
+            funnel.filtered
+        );
     }
 
     /// Dedup of `hash` below `handle`, whose step a filter (`stage`) removed; with `subtree`

@@ -20,13 +20,25 @@ pub fn normalization(
     s: &ServiceSeries,
     around: &Around,
 ) -> Vec<Candidate> {
+    // A change that went away (a spike, a change rolled back) moved the other shares while it
+    // lasted, and again when it ended: it explains them as well as one that lasts.
+    let gone: Vec<&Candidate> = funnel
+        .explained
+        .iter()
+        .filter(|a| {
+            a.verdict
+                .as_ref()
+                .is_some_and(|(stage, _)| *stage == "went_away")
+        })
+        .collect();
     let why = cands.iter().map(|c| {
         let w = around.window(c)?;
         let f = s.functions[c.func].function.as_str();
         if !w.has(f) {
             return None;
         }
-        if let Some(why) = elsewhere(c, &cands, s, around) {
+        let others = cands.iter().chain(gone.iter().copied());
+        if let Some(why) = elsewhere(c, others, s, around) {
             return Some(why);
         }
         if let Some(why) = intensity(c, s) {
@@ -56,9 +68,9 @@ pub fn normalization(
 /// service without `c`, at least a quarter as far; a cost shift moves none), and when `c`
 /// explains `a` as well (two parts that make up most of the service) the change is the one
 /// that needs the smaller cost.
-fn elsewhere(
+fn elsewhere<'c>(
     c: &Candidate,
-    all: &[Candidate],
+    all: impl Iterator<Item = &'c Candidate>,
     s: &ServiceSeries,
     around: &Around,
 ) -> Option<String> {
@@ -68,8 +80,7 @@ fn elsewhere(
         let predicted = c.before * (1.0 - a.after) / (1.0 - a.before);
         ((c.after - predicted).abs() <= c.delta().abs() / 3.0).then_some(predicted)
     };
-    all.iter()
-        .filter(|a| a.sign() != c.sign() && a.metric == c.metric)
+    all.filter(|a| a.sign() != c.sign() && a.metric == c.metric)
         .filter(|a| c.overlaps(a, 2) || around.covers(c, a))
         .filter(|a| a.before < 0.999 && a.after < 0.999)
         .filter(|a| w.disjoint(f, &s.functions[a.func].function))
@@ -91,10 +102,15 @@ fn elsewhere(
             };
             let total_changed = (moved - 1.0) * (expected - 1.0) > 0.0
                 && (moved - 1.0).abs() >= (expected - 1.0).abs() / 4.0;
+            let gone = if a.verdict.is_some() {
+                " (a change that went away)"
+            } else {
+                ""
+            };
             total_changed.then(|| {
                 format!(
-                    "moved only as {} went {:.4}% -> {:.4}% of the service (the rest of the \
-                     service moved x{moved:.4}): expected {:.4}% -> {:.4}%, measured \
+                    "moved only as {}{gone} went {:.4}% -> {:.4}% of the service (the rest of \
+                     the service moved x{moved:.4}): expected {:.4}% -> {:.4}%, measured \
                      {:.4}%",
                     s.functions[a.func].function,
                     a.before * 100.0,
@@ -391,4 +407,59 @@ fn flat_at(
             super::trend::span(LOCAL as i64 * s.step)
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::testdata::{DAY, Synth, around, step_at};
+
+    #[test]
+    fn a_change_that_went_away_still_explains_the_shares_it_moved() {
+        // `a` falls by 0.5% of the service at noon of the last day; `x` (8%) follows the day,
+        // so over the half days around the change its own cost moves by a half and that
+        // check cannot tell; only `a`'s fall explains `x`'s rise at the change point. `a`'s
+        // fall was removed as gone again (it came back later): it still moved the shares.
+        let cycle =
+            |b: usize| 1.0 - 0.4 * ((b % DAY) as f64 / DAY as f64 * std::f64::consts::TAU).sin();
+        let at = 6 * DAY + DAY / 2 - 24;
+        let (s, stacks) = (0..8)
+            .fold(
+                Synth::new(7)
+                    .stack_fn("main;a", move |b| if b >= at { 0.055 } else { 0.06 })
+                    .stack_fn("main;serve;x", move |b| 0.08 * cycle(b))
+                    .stack("main;serve;io", 0.30)
+                    .stack("main;gc", 0.40),
+                |s, k| s.stack(&format!("main;fill{k}"), 0.02),
+            )
+            .build(13);
+        let a = step_at(&s, "a", Metric::Cpu, at, DAY / 2);
+        // Its levels as the series sees them with the daily profile taken out: the rise
+        // `a`'s fall gives it. Its stacks are those of the half days.
+        let x = step_at(&s, "x", Metric::Cpu, at, DAY / 2);
+        let level = step_at(&s, "x", Metric::Cpu, at, 6).before;
+        let x = Candidate {
+            before: level,
+            after: level * (1.0 - a.after) / (1.0 - a.before),
+            ..x
+        };
+        let around = around(&s, &stacks, &[x.clone(), a.clone()]);
+        let mut funnel = Funnel::new(10);
+        let kept = normalization(&mut funnel, vec![x.clone()], &s, &around);
+        assert_eq!(
+            kept.len(),
+            1,
+            "nothing known explains x: {:?}",
+            funnel.filtered
+        );
+        let mut funnel = Funnel::new(10);
+        funnel.remove("went_away", a, "test".into());
+        let kept = normalization(&mut funnel, vec![x], &s, &around);
+        assert!(kept.is_empty(), "{kept:?}");
+        let why = &funnel.filtered[1].verdict.as_ref().unwrap().1;
+        assert!(
+            why.starts_with("moved only as a (a change that went away) went"),
+            "{why}"
+        );
+    }
 }

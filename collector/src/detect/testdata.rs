@@ -200,3 +200,53 @@ impl StackSource for MemStacks {
             .collect())
     }
 }
+
+/// A step of function `name`'s share in `metric` at bucket `at`, measured over `half` buckets
+/// either side, as the funnel's stages receive it.
+pub fn step_at(
+    s: &ServiceSeries,
+    name: &str,
+    metric: super::Metric,
+    at: usize,
+    half: usize,
+) -> super::candidate::Candidate {
+    let func = s.functions.iter().position(|f| f.function == name).unwrap();
+    let y = super::shares(s, &s.functions[func], metric, s.samples.len());
+    let end = (at + half).min(y.len());
+    let (before_span, after_span) = ((at - half, at), (at, end));
+    super::candidate::Candidate {
+        func,
+        metric,
+        kind: super::candidate::Kind::Step,
+        start: at,
+        end: at,
+        before: super::span_mean(&y, before_span),
+        after: super::span_mean(&y, after_span),
+        before_span,
+        after_span,
+        p: 0.0,
+        loc_err: 0,
+        lasting: 0,
+        other_delta: 0.0,
+        verdict: None,
+    }
+}
+
+/// The stacks around `cands`, loaded as a pass does with the default settings.
+pub fn around(
+    s: &ServiceSeries,
+    stacks: &MemStacks,
+    cands: &[super::candidate::Candidate],
+) -> super::Around {
+    let cfg = super::DetectConfig::default();
+    let grid = super::series::Grid {
+        start: s.start,
+        step: s.step,
+        cfg: &cfg,
+        first_reported: 0,
+        samples: 1e6,
+        counts: &s.samples,
+        dilution: &super::dilution::Dilution::default(),
+    };
+    super::Around::load(s, stacks, &grid, cands).unwrap()
+}
