@@ -114,8 +114,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     eprintln!("\nsummary ({:.0}s):", started.elapsed().as_secs_f64());
     for s in &steps {
         let verdict = if s.ok { "ok" } else { "FAILED" };
-        let note = s.note.lines().next().unwrap_or("");
-        eprintln!("  {:<11} {verdict:<6} {:>6.0}s  {note}", s.name, s.secs);
+        let mut note = s.note.lines();
+        eprintln!(
+            "  {:<11} {verdict:<6} {:>6.0}s  {}",
+            s.name,
+            s.secs,
+            note.next().unwrap_or("")
+        );
+        // A failed step's detail (each failing test and its panic) ends the log.
+        if !s.ok {
+            for l in note {
+                eprintln!("  {l}");
+            }
+        }
     }
     let failed_step = steps.iter().find(|s| !s.ok).map(|s| s.name.clone());
     println!("{} passed, {} failed", counts.0, counts.1);
@@ -178,9 +189,11 @@ fn cargo_test(timeout: Duration) -> anyhow::Result<(u64, u64)> {
     };
     let stdout = child.stdout.take().expect("piped");
     let mut lines = Vec::new();
+    let mut digest = Digest::default();
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         println!("{line}");
+        digest.read(&line);
         if line.contains("test result:") {
             lines.push(line);
         }
@@ -198,10 +211,93 @@ fn cargo_test(timeout: Duration) -> anyhow::Result<(u64, u64)> {
     }
     if !status.success() {
         bail!(
-            "cargo test failed ({} passed, {} failed)",
+            "cargo test failed ({} passed, {} failed)\n{}",
             counts.0,
-            counts.1
+            counts.1,
+            digest.text()
         );
     }
     Ok(counts)
+}
+
+/// Lines of a failing test's panic kept for the summary (its context can run to pages).
+const DIGEST_LINES: usize = 6;
+/// Characters of one digest line.
+const DIGEST_WIDTH: usize = 400;
+
+/// Each failing test's name and the start of its panic, read from libtest's output: the
+/// summary repeats them at the end, where a log cut to its tail still shows every failure.
+#[derive(Default)]
+struct Digest {
+    failures: Vec<(String, Vec<String>)>,
+    /// Lines still to keep of the current panic.
+    keep: usize,
+}
+
+impl Digest {
+    fn read(&mut self, line: &str) {
+        if let Some(name) = line
+            .strip_prefix("---- ")
+            .and_then(|l| l.strip_suffix(" stdout ----"))
+        {
+            self.failures.push((name.to_owned(), Vec::new()));
+            self.keep = 0;
+        } else if (line.starts_with("thread '") && line.contains("panicked at"))
+            || line.starts_with("Error: ")
+        {
+            self.keep = DIGEST_LINES;
+        } else if line.starts_with("failures:") || line.starts_with("stack backtrace:") {
+            self.keep = 0;
+            return;
+        }
+        if self.keep > 0
+            && let Some((_, kept)) = self.failures.last_mut()
+        {
+            self.keep -= 1;
+            kept.push(line.chars().take(DIGEST_WIDTH).collect());
+        }
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        for (name, kept) in &self.failures {
+            out.push_str(&format!("  {name}\n"));
+            for l in kept {
+                out.push_str(&format!("      {l}\n"));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_digest_keeps_each_failing_tests_name_and_panic() {
+        let mut d = Digest::default();
+        let out = "running 2 tests\n\
+            ---- a::one stdout ----\n\
+            setup noise\n\
+            thread 'a::one' (7) panicked at src/a.rs:3:5:\n\
+            off by 7.12%\n\
+            stack backtrace:\n\
+               0: frames\n\
+            ---- a::two stdout ----\n\
+            thread 'a::two' (8) panicked at src/a.rs:9:5:\n\
+            no regression at hash_records\n\
+            \n\
+            failures:\n\
+                a::one\n";
+        for l in out.lines() {
+            d.read(l);
+        }
+        assert_eq!(
+            d.text(),
+            "  a::one\n      thread 'a::one' (7) panicked at src/a.rs:3:5:\n      off by 7.12%\n\
+             \x20 a::two\n      thread 'a::two' (8) panicked at src/a.rs:9:5:\n      no \
+             regression at hash_records\n      \n"
+        );
+    }
 }
