@@ -199,7 +199,30 @@ fn a_slower_function_is_reported_with_the_change_that_touched_it() {
     let found: Value = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("regressions --json is not JSON ({e}):\n{text}"));
     let list = found.as_array().expect("regressions --json is an array");
-    let context = || format!("change {id} at {at}, {acked} batches\nopen: {text}\nall: {all}");
+    // First, one line per candidate of HOT (its status, start and filter): a log that keeps
+    // only a failure's first lines still says why.
+    let hot_lines = serde_json::from_str::<Value>(&all)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r["function"] == HOT)
+        .map(|r| {
+            format!(
+                "{HOT} {} {} {} at {} {:+.4}: {} {}",
+                r["status"].as_str().unwrap_or(""),
+                r["metric"].as_str().unwrap_or(""),
+                r["kind"].as_str().unwrap_or(""),
+                r["started_unix_seconds"],
+                r["delta_share"].as_f64().unwrap_or(0.0),
+                r["filtered_by"]["filter"].as_str().unwrap_or(""),
+                r["filtered_by"]["detail"].as_str().unwrap_or("")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let context =
+        || format!("{hot_lines}\nchange {id} at {at}, {acked} batches\nopen: {text}\nall: {all}");
     // At HOT, or at a callee of HOT in every evidence stack (the deepest function carrying
     // the change).
     let under_hot = |r: &Value| {
