@@ -11,9 +11,9 @@ use super::{Around, ServiceSeries, shares, span_ratio};
 /// their own cost (excess over the rest's scale) moved the other way, or under a third of
 /// both their share's move between the windows and their series' change (a part-day window
 /// carries other functions' daily cycles); or an opposite change elsewhere (in stacks they do
-/// not share) that changed the service's total predicts their new share within a third of
-/// their move; or, for an energy view, the service's energy per sample moved and theirs did
-/// not ([`intensity`]).
+/// not share; one `went_away` removed counts) that changed the service's total predicts their
+/// new share within a third of their move; or, for an energy view, the service's energy per
+/// sample moved and theirs did not ([`intensity`]).
 pub fn normalization(
     funnel: &mut Funnel,
     cands: Vec<Candidate>,
