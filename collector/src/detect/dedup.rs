@@ -16,12 +16,12 @@ pub(super) const SAME_CHANGE: usize = 2;
 /// moved with it, though too little or too briefly for a CPU view of its own) or of its own
 /// energy per sample (by at least [`ENERGY_ALONE`]); otherwise its energy share moved with the
 /// service's power draw or the attribution's noise, not with anything the function does.
-/// `creep_gap` (seconds) is the config's: parts of a creep resume within it.
+/// `creep_gap` (buckets) is the config's: parts of a creep resume within it.
 pub fn merge_metrics(
     funnel: &mut Funnel,
     cands: Vec<Candidate>,
     s: &ServiceSeries,
-    creep_gap: i64,
+    creep_gap: usize,
 ) -> Vec<Candidate> {
     let n = cands.len() as u64;
     let mut cands = creep_parts(funnel, cands, s.step, creep_gap);
@@ -71,19 +71,18 @@ pub fn merge_metrics(
 }
 
 /// Two runs of one series in one direction, one of them a creep, the later starting within
-/// `creep_gap` (the config's, which joins same-direction changes into a creep; seconds) of the
-/// earlier's last change point, are one creep that a transient (another
-/// function's spike seen through the share) broke in two: the earlier is kept as measured (its
-/// stacks were read around its own levels; on 20 bench fleets, giving it the later's level after
+/// `gap` buckets (the config's `creep_gap`, which joins same-direction changes into a creep)
+/// of the earlier's last change point, are one creep that a transient (another function's
+/// spike seen through the share) broke in two: the earlier is kept as measured (its stacks
+/// were read around its own levels; on 20 bench fleets, giving it the later's level after
 /// found one fewer regression and let through one more false positive) and the later removed
 /// (the count is the caller's).
 fn creep_parts(
     funnel: &mut Funnel,
     mut cands: Vec<Candidate>,
     step: i64,
-    creep_gap: i64,
+    gap: usize,
 ) -> Vec<Candidate> {
-    let gap = (creep_gap / step.max(1)) as usize;
     cands.sort_by(|a, b| {
         (a.func, a.metric == Metric::Energy, a.start).cmp(&(
             b.func,
@@ -389,15 +388,16 @@ pub fn callers_and_leaves(
         // Below a kept change and carrying under half of it; or below a caller removed
         // above, grown by the same factor as it and carrying less than its reported callee
         // must: its whole subtree grew, and the change is reported at the callee that
-        // carries most of it.
-        // A change larger than `b`'s own is no part of it, whatever flows through `b`.
+        // carries most of it. A change larger than `b`'s own is no part of it, whatever flows
+        // through `b`.
         let above = cands.iter().enumerate().find(|(j, b)| {
             related(l, b)
                 && flow_of(l, Some(b)).is_some_and(|f| f >= total / 2.0)
-                && flow_of(b, None).is_some_and(|t| total < t)
-                && (callers[*j].is_none()
-                    || (same_factor(l, b)
-                        && flow_of(b, None).is_some_and(|t| total < t * (1.0 - flow))))
+                && flow_of(b, None).is_some_and(|t| {
+                    total < t
+                        && (callers[*j].is_none()
+                            || (same_factor(l, b) && total < t * (1.0 - flow)))
+                })
         });
         if let Some((j, b)) = above {
             let share = flow_of(b, None).map_or(0.0, |t| total / t * 100.0);
@@ -486,9 +486,10 @@ mod tests {
     use crate::detect::testdata::{DAY, MemStacks, Synth, around, step_at};
     use crate::detect::{DetectConfig, shares, span_mean};
 
-    /// The default config's creep gap, seconds.
-    fn gap() -> i64 {
-        DetectConfig::default().creep_gap
+    /// The default config's creep gap, buckets.
+    fn gap() -> usize {
+        let cfg = DetectConfig::default();
+        cfg.buckets(cfg.creep_gap)
     }
 
     const AT: usize = 5 * DAY;
@@ -761,7 +762,7 @@ mod tests {
         }
         // The gap is the config's: with creeps joined over 2 h only, 6 h apart are two.
         let mut funnel = Funnel::new(10);
-        let kept = merge_metrics(&mut funnel, vec![first.clone(), second], &s, 7_200);
+        let kept = merge_metrics(&mut funnel, vec![first.clone(), second], &s, 24);
         assert_eq!(kept.len(), 2, "{kept:?}");
     }
 }

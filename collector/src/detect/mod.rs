@@ -246,7 +246,7 @@ pub fn detect(
     let mut around = Around::load(series, stacks, &grid, &cands)?;
     let cands = shift::normalization(&mut funnel, cands, series, &around);
     let cands = shift::cost_shift(&mut funnel, cands, series, &around, cfg.shift_tolerance);
-    let cands = dedup::merge_metrics(&mut funnel, cands, series, cfg.creep_gap);
+    let cands = dedup::merge_metrics(&mut funnel, cands, series, cfg.buckets(cfg.creep_gap));
     let cands = dedup::callers_and_leaves(&mut funnel, cands, series, &around, cfg.dedup_flow);
     around.missing_note(&cands);
 

@@ -102,8 +102,13 @@ pub fn analyze(
     let day = cfg.buckets(super::seasonality::DAY);
     let block = cfg.buckets(3600);
     let history = cfg.buckets(cfg.history);
-    let mut cands = Vec::new();
     let short = cfg.buckets(min_lasting);
+    // How long segment j lasts, seconds (gaps in the data included).
+    let span_of = |j: usize| {
+        let (lo, hi) = seg.range(j);
+        (idx[hi - 1] + 1 - idx[lo]) as i64 * grid.step
+    };
+    let mut cands = Vec::new();
     for r in runs(&seg, &scan.splits, gap, block, cfg.alpha, short) {
         let at = scan.splits[r.first].at;
         if idx[at] < grid.first_reported {
@@ -142,11 +147,6 @@ pub fn analyze(
             ..c
         };
         let lasted = (idx[idx.len() - 1] + 1 - idx[at]) as i64 * grid.step;
-        // How long segment j lasts, seconds (gaps in the data included).
-        let span_of = |j: usize| {
-            let (lo, hi) = seg.range(j);
-            (idx[hi - 1] + 1 - idx[lo]) as i64 * grid.step
-        };
         let transient = span_of(r.first);
         // A seasonal series is judged with its daily profile removed, the index is not: its
         // spans must hold whole days for the cycle to average out.
@@ -171,7 +171,7 @@ pub fn analyze(
             &moved,
             &span_of,
         )
-        .or_else(|| short_lived(&c, &y, a, cfg.buckets(min_lasting), m, r.kind));
+        .or_else(|| short_lived(&c, &y, a, short, m, r.kind));
         cands.push((c, away, r.kind));
     }
 

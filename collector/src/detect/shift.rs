@@ -412,7 +412,7 @@ fn flat_at(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::testdata::{DAY, Synth, around, step_at};
+    use crate::detect::testdata::{DAY, Synth, around, step_at, with_fillers};
 
     #[test]
     fn a_change_that_went_away_still_explains_the_shares_it_moved() {
@@ -423,16 +423,14 @@ mod tests {
         let cycle =
             |b: usize| 1.0 - 0.4 * ((b % DAY) as f64 / DAY as f64 * std::f64::consts::TAU).sin();
         let at = 6 * DAY + DAY / 2 - 24;
-        let (s, stacks) = (0..8)
-            .fold(
-                Synth::new(7)
-                    .stack_fn("main;a", move |b| if b >= at { 0.055 } else { 0.06 })
-                    .stack_fn("main;serve;x", move |b| 0.08 * cycle(b))
-                    .stack("main;serve;io", 0.30)
-                    .stack("main;gc", 0.40),
-                |s, k| s.stack(&format!("main;fill{k}"), 0.02),
-            )
-            .build(13);
+        let (s, stacks) = with_fillers(
+            Synth::new(7)
+                .stack_fn("main;a", move |b| if b >= at { 0.055 } else { 0.06 })
+                .stack_fn("main;serve;x", move |b| 0.08 * cycle(b))
+                .stack("main;serve;io", 0.30)
+                .stack("main;gc", 0.40),
+        )
+        .build(13);
         let a = step_at(&s, "a", Metric::Cpu, at, DAY / 2);
         // Its levels as the series sees them with the daily profile taken out: the rise
         // `a`'s fall gives it. Its stacks are those of the half days.

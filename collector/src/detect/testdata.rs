@@ -250,3 +250,8 @@ pub fn around(
     };
     super::Around::load(s, stacks, &grid, cands).unwrap()
 }
+
+/// Eight fillers of 2% each under main, so the service has functions that keep their cost.
+pub fn with_fillers(s: Synth) -> Synth {
+    (0..8).fold(s, |s, k| s.stack(&format!("main;fill{k}"), 0.02))
+}

@@ -4,7 +4,7 @@
 
 use wattson_proto::v1::{Change, Regression};
 
-use super::testdata::{DAY, Synth};
+use super::testdata::{DAY, Synth, with_fillers};
 use super::{DetectConfig, NoStacks, Report, detect};
 
 /// A service: 11% of it under `hash` (which calls sha256 and memcpy), the rest spread wide.
@@ -667,11 +667,6 @@ fn a_subtree_that_grows_as_a_whole_is_reported_once_at_its_heavy_callee() {
     let r = run(&subtree(2.0), 9, &[]);
     let open = open_functions(&r);
     assert_eq!(open, ["flush", "route"], "{}", summary(&r));
-}
-
-/// Eight fillers of 2% each under main, so the service has functions that keep their cost.
-fn with_fillers(s: Synth) -> Synth {
-    (0..8).fold(s, |s, k| s.stack(&format!("main;fill{k}"), 0.02))
 }
 
 #[test]

@@ -123,15 +123,13 @@ pub fn runs(
 /// to a real change after it, it would move that change's start to the excursion's end and
 /// measure it from the excursion's level.
 fn ends_excursion(seg: &Segments<'_>, j: usize, short: usize) -> bool {
-    if j == 0 {
+    let (lo, hi) = seg.range(j);
+    if j == 0 || hi - lo >= short {
         return false;
     }
-    let (lo, hi) = seg.range(j);
-    let back = seg.mean(j + 1) - seg.mean(j);
-    let out = seg.mean(j) - seg.mean(j - 1);
-    hi - lo < short
-        && back * out < 0.0
-        && (seg.mean(j + 1) - seg.mean(j - 1)).abs() <= back.abs() / 2.0
+    let (before, during, after) = (seg.mean(j - 1), seg.mean(j), seg.mean(j + 1));
+    let back = after - during;
+    back * (during - before) < 0.0 && (after - before).abs() <= back.abs() / 2.0
 }
 
 /// The split of a run of several that carries at least `1 - CREEP_RISE` of the run's
