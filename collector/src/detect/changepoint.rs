@@ -154,9 +154,10 @@ fn best_split(prefix: &[f64], lo: usize, hi: usize, m: usize, var: f64) -> Optio
         }
         k += LANES;
     }
+    // The rest join lane 0 (later than every position before, so ties keep the earlier).
     for k in k..=last {
         let v = stat(k);
-        if v > best[0].0 || (v == best[0].0 && k < best[0].1) {
+        if v > best[0].0 {
             best[0] = (v, k);
         }
     }
