@@ -69,13 +69,7 @@ fn seeded(x: &[f64], sigma: f64, min_segment: usize, alpha: f64) -> Scan {
     if n < 2 * m || sigma.is_nan() || sigma <= 0.0 {
         return scan;
     }
-    let mut prefix = Vec::with_capacity(n + 1);
-    let mut acc = 0.0;
-    prefix.push(0.0);
-    for v in x {
-        acc += v;
-        prefix.push(acc);
-    }
+    let prefix = prefix_sums(x);
     let var = sigma * sigma;
     let mut found: Vec<(usize, usize, usize, f64)> = Vec::new();
     let mut positions = 0usize;
@@ -121,6 +115,18 @@ fn seeded(x: &[f64], sigma: f64, min_segment: usize, alpha: f64) -> Scan {
     }
     scan.splits.sort_by_key(|s| s.at);
     scan
+}
+
+/// `p[i]` is the sum of `x[..i]`.
+fn prefix_sums(x: &[f64]) -> Vec<f64> {
+    let mut p = Vec::with_capacity(x.len() + 1);
+    let mut acc = 0.0;
+    p.push(0.0);
+    for v in x {
+        acc += v;
+        p.push(acc);
+    }
+    p
 }
 
 /// Positions [`best_split`] weighs side by side.
@@ -224,15 +230,9 @@ mod tests {
 
     #[test]
     fn best_split_takes_the_first_greatest_position_of_any_interval() {
-        let prefix = |x: &[f64]| {
-            let mut p = vec![0.0];
-            for v in x {
-                p.push(p.last().unwrap() + v);
-            }
-            p
-        };
         // A step, noise, and flat series whose every position ties (the first must win, in
-        // any lane); interval lengths cover every remainder of the lane count.
+        // any lane). Positions tried: 180, 141, 30, 11 and 1 (every remainder of the lane
+        // count), and none.
         let series = [
             noisy(203, 5, |i| if i >= 77 { 2.0 } else { 0.0 }),
             noisy(203, 6, |_| 0.0),
@@ -240,11 +240,12 @@ mod tests {
             (0..203).map(|i| (i % 2) as f64).collect(),
         ];
         for x in &series {
-            let p = prefix(x);
+            let p = prefix_sums(x);
             for (lo, hi, m) in [
                 (0, 203, 12),
-                (5, 150, 3),
-                (10, 40, 1),
+                (5, 151, 3),
+                (10, 41, 1),
+                (0, 34, 12),
                 (0, 24, 12),
                 (0, 23, 12),
             ] {
